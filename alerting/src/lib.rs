@@ -1,0 +1,20 @@
+//! greenplate alerting: decides which sightings matter and makes sure the right patrol units
+//! hear about them, fast, and hear about all of them. See `ARCHITECTURE.md` beside `src/`.
+//!
+//! Layout:
+//! - [`zones`]: GeoJSON patrol zones (parsed, validated) and routing by containment.
+//! - [`store`]: [`Alerting`], the shared state: zones and units, the durable alert log,
+//!   and the live hub.
+//! - [`engine`]: the task that turns sightings of stolen bikes into logged alerts.
+//! - [`service`]: the `greenplate.v1.Patrol` gRPC service (replay, then live).
+
+pub mod engine;
+mod error;
+pub mod service;
+pub mod store;
+pub mod zones;
+
+pub use engine::{EngineHandle, Sighted};
+pub use error::AlertingError;
+pub use service::PatrolService;
+pub use store::{Alerting, LoggedAlert};

@@ -1,0 +1,243 @@
+//! Service configuration: file, then environment, then flags. Every field is documented in
+//! the embedded default file that `greenplate generate-config` prints.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The default configuration file, printed by `greenplate generate-config`.
+pub const DEFAULT_TOML: &str = include_str!("../greenplate.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole service configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory for the SQLite database, the generated admin token and the at-rest key.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Database URL: `sqlite://PATH` or `postgres://...`; default `<data_dir>/greenplate.db`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// Admin bearer token. Without one, a token is generated at first start and written to
+    /// `<data_dir>/admin-token` (mode 0600). Also `GREENPLATE_ADMIN_TOKEN`.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// At-rest key (64 hex digits) sealing owners' personal data and readers' secrets. Without
+    /// one, a key is generated at first start in `<data_dir>/secret.key` (mode 0600).
+    /// Also `GREENPLATE_SECRET_KEY`. Losing it makes stored personal data unreadable.
+    #[serde(default)]
+    pub secret_key: Option<String>,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub grpc: GrpcConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+}
+
+/// The embedded MQTT broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Address readers connect to.
+    #[serde(default = "default_mqtt_listen")]
+    pub listen: SocketAddr,
+    /// Largest MQTT payload accepted, bytes; a larger publish closes the connection.
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    /// Most simultaneous MQTT connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Memory for reader messages waiting for ingest, in MiB (a ring of segments).
+    #[serde(default = "default_buffer_mib")]
+    pub buffer_mib: usize,
+}
+
+/// The gRPC port (Admin, Registry, Patrol, reflection).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    #[serde(default = "default_grpc_listen")]
+    pub listen: SocketAddr,
+}
+
+/// The HTTP port (`/healthz`, `/metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+}
+
+/// Checks on what readers send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// A sighting stamped further than this from the server clock (past or future) is
+    /// rejected, milliseconds.
+    #[serde(default = "default_max_clock_skew_ms")]
+    pub max_clock_skew_ms: i64,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./greenplate-data")
+}
+fn default_mqtt_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 1883))
+}
+fn default_grpc_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 50051))
+}
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_max_payload() -> usize {
+    256 * 1024
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_buffer_mib() -> usize {
+    64
+}
+fn default_max_clock_skew_ms() -> i64 {
+    24 * 3600 * 1000
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            database_url: None,
+            admin_token: None,
+            secret_key: None,
+            mqtt: MqttConfig::default(),
+            grpc: GrpcConfig::default(),
+            http: HttpConfig::default(),
+            ingest: IngestConfig::default(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_mqtt_listen(),
+            max_payload_bytes: default_max_payload(),
+            max_connections: default_max_connections(),
+            buffer_mib: default_buffer_mib(),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_grpc_listen(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_clock_skew_ms: default_max_clock_skew_ms(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned()
+                + &e.span()
+                    .map(|s| format!(" (at byte {})", s.start))
+                    .unwrap_or_default(),
+        })
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.mqtt.max_payload_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "mqtt.max_payload_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.mqtt.buffer_mib == 0 {
+            return Err(ConfigError::Invalid("mqtt.buffer_mib must be at least 1".into()));
+        }
+        if self.ingest.max_clock_skew_ms <= 0 {
+            return Err(ConfigError::Invalid(
+                "ingest.max_clock_skew_ms must be positive".into(),
+            ));
+        }
+        if let Some(k) = &self.secret_key {
+            parse_key(k)?;
+        }
+        Ok(())
+    }
+
+    /// The database URL in force.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            greenplate_registry::Db::sqlite_url(&self.data_dir.join("greenplate.db"))
+        })
+    }
+}
+
+/// Parses a 64-hex-digit key.
+pub fn parse_key(text: &str) -> Result<[u8; 32], ConfigError> {
+    let bytes = hex::decode(text.trim())
+        .map_err(|_| ConfigError::Invalid("secret_key must be 64 hex digits".into()))?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| ConfigError::Invalid("secret_key must be 64 hex digits".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_matches_the_code() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn typos_are_errors() {
+        let err = toml::from_str::<Config>("[mqtt]\nlisten_addr = \"0.0.0.0:1\"\n").unwrap_err();
+        assert!(err.message().contains("listen_addr"), "{err}");
+    }
+}

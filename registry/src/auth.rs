@@ -1,0 +1,214 @@
+//! Who is calling: bearer tokens for the admin, kiosks and patrol units.
+//!
+//! The admin token comes from config. Kiosk and patrol-unit tokens are issued by the server
+//! (random, 256 bits), shown once, and only their SHA-256 is stored. All token hashes are
+//! held in memory so the (synchronous) tonic interceptor checks a call without touching the
+//! database; the interceptor puts the [`Caller`] in the request's extensions and each handler
+//! says which roles it accepts with [`require`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use subtle::ConstantTimeEq;
+use tonic::{Request, Status};
+
+use crate::db::{Db, now_ms};
+use crate::error::RegistryError;
+
+/// What a token lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Kiosk,
+    Patrol,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Kiosk => "kiosk",
+            Role::Patrol => "patrol",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "kiosk" => Some(Role::Kiosk),
+            "patrol" => Some(Role::Patrol),
+            _ => None,
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub role: Role,
+    /// The kiosk or unit id; `admin` for the admin.
+    pub id: String,
+}
+
+impl Caller {
+    /// How the caller is named in the audit log, e.g. `kiosk:k-01`.
+    pub fn audit_name(&self) -> String {
+        format!("{}:{}", self.role.as_str(), self.id)
+    }
+}
+
+type TokenHash = [u8; 32];
+
+fn hash(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Checks bearer tokens.
+#[derive(Debug)]
+pub struct Authenticator {
+    admin: TokenHash,
+    tokens: RwLock<HashMap<TokenHash, Caller>>,
+}
+
+impl Authenticator {
+    /// Loads the issued tokens from the database.
+    pub async fn load(db: &Db, admin_token: &str) -> Result<Arc<Self>, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT token_hash, role, principal_id FROM api_tokens WHERE revoked_at_ms IS NULL",
+        )
+        .fetch_all(db.pool())
+        .await?;
+        let mut tokens = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let h: Vec<u8> = row.try_get("token_hash")?;
+            let role: String = row.try_get("role")?;
+            let (Ok(h), Some(role)) = (TokenHash::try_from(h.as_slice()), Role::parse(&role))
+            else {
+                tracing::warn!("Skipped a malformed api_tokens row.");
+                continue;
+            };
+            tokens.insert(
+                h,
+                Caller {
+                    role,
+                    id: row.try_get("principal_id")?,
+                },
+            );
+        }
+        Ok(Arc::new(Self {
+            admin: hash(admin_token),
+            tokens: RwLock::new(tokens),
+        }))
+    }
+
+    /// The caller a token belongs to, if any.
+    pub fn authenticate(&self, token: &str) -> Option<Caller> {
+        let h = hash(token);
+        if bool::from(h.ct_eq(&self.admin)) {
+            return Some(Caller {
+                role: Role::Admin,
+                id: "admin".into(),
+            });
+        }
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&h)
+            .cloned()
+    }
+
+    /// Issues a new token for a kiosk or a patrol unit, inside the caller's transaction.
+    /// Call [`Authenticator::activate`] with the result once the transaction commits.
+    pub async fn issue(
+        tx: &mut sqlx::AnyConnection,
+        role: Role,
+        principal_id: &str,
+    ) -> Result<IssuedToken, RegistryError> {
+        let mut raw = [0u8; 32];
+        rand::rng().fill_bytes(&mut raw);
+        let token = format!("gp{}_{}", &role.as_str()[..1], hex::encode(raw));
+        let h = hash(&token);
+        sqlx::query(
+            "INSERT INTO api_tokens (token_hash, role, principal_id, created_at_ms) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(h.to_vec())
+        .bind(role.as_str())
+        .bind(principal_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        Ok(IssuedToken {
+            token,
+            hash: h,
+            caller: Caller {
+                role,
+                id: principal_id.to_owned(),
+            },
+        })
+    }
+
+    /// Makes a committed token usable.
+    pub fn activate(&self, issued: &IssuedToken) {
+        self.tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(issued.hash, issued.caller.clone());
+    }
+
+    /// A tonic interceptor that authenticates every call or refuses it with UNAUTHENTICATED.
+    pub fn interceptor(self: &Arc<Self>) -> AuthInterceptor {
+        AuthInterceptor(self.clone())
+    }
+}
+
+/// A token issued inside a transaction, not yet active.
+#[derive(Debug)]
+pub struct IssuedToken {
+    pub token: String,
+    hash: TokenHash,
+    caller: Caller,
+}
+
+/// See [`Authenticator::interceptor`].
+#[derive(Debug, Clone)]
+pub struct AuthInterceptor(Arc<Authenticator>);
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let header = req
+            .metadata()
+            .get(greenplate_proto::AUTHORIZATION)
+            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization must be Bearer <token>"))?;
+        let caller = self
+            .0
+            .authenticate(token.trim())
+            .ok_or_else(|| Status::unauthenticated("unknown or revoked token"))?;
+        req.extensions_mut().insert(caller);
+        Ok(req)
+    }
+}
+
+/// The authenticated caller of a request, if it has one of `roles`.
+pub fn require<T>(req: &Request<T>, roles: &[Role]) -> Result<Caller, Status> {
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .ok_or_else(|| Status::unauthenticated("call was not authenticated"))?;
+    if roles.contains(&caller.role) {
+        Ok(caller.clone())
+    } else {
+        Err(Status::permission_denied(format!(
+            "a {} token cannot make this call",
+            caller.role.as_str()
+        )))
+    }
+}

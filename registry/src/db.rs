@@ -1,0 +1,135 @@
+//! The database handle shared by every crate: one sqlx `Any` pool over SQLite or PostgreSQL,
+//! chosen by URL, and per-crate migrations (each crate keeps its own migrations folder and its
+//! own migrations table, so the schema a crate owns lives next to its code).
+//!
+//! SQL written against [`Db`] uses `$1`-style placeholders (SQLite accepts them too) and only
+//! the types both backends map the same way through `Any`: `i64`, `f64`, text, blobs.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+/// Which database the URL named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("cannot open database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("migration of {owner} failed: {source}")]
+    Migrate {
+        owner: &'static str,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// A pooled connection to the service's database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A crate's migrations for each backend, applied under their own migrations table.
+pub struct Migrations {
+    /// Who owns these tables (used to name the migrations table and in errors).
+    pub owner: &'static str,
+    pub sqlite: Migrator,
+    pub postgres: Migrator,
+}
+
+impl Db {
+    /// Opens (and for SQLite creates) the database at `url`.
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(DbError::UnsupportedUrl(url.to_owned()));
+        };
+        let options = AnyConnectOptions::from_str(url).map_err(DbError::Connect)?;
+        let pool = match backend {
+            Backend::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await
+            }
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+            }
+        }
+        .map_err(DbError::Connect)?;
+        Ok(Self { pool, backend })
+    }
+
+    /// The SQLite URL of a database file, created if missing.
+    pub fn sqlite_url(path: &std::path::Path) -> String {
+        format!("sqlite://{}?mode=rwc", path.display())
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies a crate's migrations for this backend.
+    pub async fn migrate(&self, migrations: Migrations) -> Result<(), DbError> {
+        let Migrations {
+            owner,
+            sqlite,
+            postgres,
+        } = migrations;
+        let mut migrator = match self.backend {
+            Backend::Sqlite => sqlite,
+            Backend::Postgres => postgres,
+        };
+        migrator.dangerous_set_table_name(format!("_migrations_{owner}"));
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|source| DbError::Migrate { owner, source })
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

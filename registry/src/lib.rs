@@ -1,0 +1,46 @@
+//! greenplate registry: where a bike, its plate tag and its owner are bound, free of charge,
+//! at a kiosk, and where thefts and recoveries are recorded. It also owns the identities the
+//! rest of the system checks (readers, kiosks, API tokens) and the in-memory hot index that
+//! ingest consults for every read. See `ARCHITECTURE.md` beside this crate's `src/`.
+//!
+//! Layout:
+//! - [`db`]: the database handle (sqlx `Any`: SQLite or PostgreSQL) and per-crate migrations.
+//! - [`store`]: [`Registry`], the operations; one transaction each, audited.
+//! - [`service`]: the `greenplate.v1.Registry` gRPC service.
+//! - [`hot_index`]: tag -> (bike, stolen, armed, revoked), lock-free reads.
+//! - [`readers`]: the reader directory (positions, sealing keys, counters) for the broker.
+//! - [`auth`]: bearer tokens and roles; the tonic interceptor.
+//! - [`secrets`]: sealing and keyed hashing of data at rest.
+//! - [`validate`]: tag ids, plates, resident ID numbers, phones; masking.
+
+pub mod auth;
+pub mod db;
+mod error;
+pub mod hot_index;
+pub mod readers;
+pub mod secrets;
+pub mod service;
+pub mod store;
+pub mod validate;
+
+pub use auth::{Authenticator, Caller, Role};
+pub use db::{Backend, Db, DbError, now_ms};
+pub use error::RegistryError;
+pub use hot_index::{HotIndex, TagState};
+pub use readers::{Reader, Readers};
+pub use secrets::SecretBox;
+pub use service::RegistryService;
+pub use store::{BikeKey, BikeRecord, NewBike, Registry};
+pub use validate::TagId;
+
+/// Errors opening the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+#[cfg(test)]
+mod tests;

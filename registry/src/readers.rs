@@ -1,0 +1,152 @@
+//! The reader directory: every roadside reader's position, sealing key and counters, in
+//! memory, for the broker's authentication callback and for ingest.
+//!
+//! Secrets are stored sealed with the at-rest key (the server needs them to derive each
+//! reader's sealing key); here only a SHA-256 of the secret is kept, compared in constant
+//! time, and the derived [`ReaderKey`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use greenplate_proto::seal::ReaderKey;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use subtle::ConstantTimeEq;
+
+use crate::db::{Db, now_ms};
+use crate::error::RegistryError;
+use crate::secrets::SecretBox;
+
+/// One reader as the hot path sees it.
+#[derive(Debug)]
+pub struct Reader {
+    pub id: String,
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub key: ReaderKey,
+    secret_hash: [u8; 32],
+    enabled: AtomicBool,
+    /// Last accepted batch, Unix ms (0: never).
+    pub last_seen_ms: AtomicI64,
+    pub batches_accepted: AtomicU64,
+    pub sightings_accepted: AtomicU64,
+    /// Highest batch seq processed (replay protection).
+    pub last_seq: AtomicU64,
+}
+
+impl Reader {
+    pub(crate) fn new(id: String, name: String, lat: f64, lon: f64, secret: &str) -> Self {
+        Self {
+            id,
+            name,
+            lat,
+            lon,
+            key: ReaderKey::derive(secret),
+            secret_hash: Sha256::digest(secret.as_bytes()).into(),
+            enabled: AtomicBool::new(true),
+            last_seen_ms: AtomicI64::new(0),
+            batches_accepted: AtomicU64::new(0),
+            sightings_accepted: AtomicU64::new(0),
+            last_seq: AtomicU64::new(0),
+        }
+    }
+
+    /// Constant-time check of an MQTT password against the reader's secret.
+    pub fn check_secret(&self, password: &str) -> bool {
+        let h: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        bool::from(h.ct_eq(&self.secret_hash))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Records an accepted batch.
+    pub fn record_batch(&self, sightings: usize) {
+        self.last_seen_ms.store(now_ms(), Ordering::Relaxed);
+        self.batches_accepted.fetch_add(1, Ordering::Relaxed);
+        self.sightings_accepted
+            .fetch_add(sightings as u64, Ordering::Relaxed);
+    }
+}
+
+/// All readers, by id.
+#[derive(Debug, Default)]
+pub struct Readers {
+    map: papaya::HashMap<String, Arc<Reader>>,
+}
+
+impl Readers {
+    pub(crate) async fn load(db: &Db, secrets: &SecretBox) -> Result<Self, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT reader_id, name, lat, lon, secret_sealed, enabled FROM readers",
+        )
+        .fetch_all(db.pool())
+        .await?;
+        let readers = Self::default();
+        for row in rows {
+            let sealed: Vec<u8> = row.try_get("secret_sealed")?;
+            let secret = secrets.open_string(&sealed)?;
+            let reader = Reader::new(
+                row.try_get("reader_id")?,
+                row.try_get("name")?,
+                row.try_get("lat")?,
+                row.try_get("lon")?,
+                &secret,
+            );
+            let enabled: i64 = row.try_get("enabled")?;
+            reader.enabled.store(enabled != 0, Ordering::Relaxed);
+            readers.insert(reader);
+        }
+        Ok(readers)
+    }
+
+    pub(crate) fn insert(&self, reader: Reader) {
+        self.map.pin().insert(reader.id.clone(), Arc::new(reader));
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Reader>> {
+        self.map.pin().get(id).cloned()
+    }
+
+    /// The broker's authentication decision: the client id and username must both be the
+    /// reader id, the reader must be enabled, and the password must be its secret.
+    pub fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool {
+        client_id == username
+            && self
+                .get(username)
+                .is_some_and(|r| r.enabled() && r.check_secret(password))
+    }
+
+    pub fn all(&self) -> Vec<Arc<Reader>> {
+        let mut v: Vec<_> = self.map.pin().values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authenticate_checks_everything() {
+        let readers = Readers::default();
+        readers.insert(Reader::new("r1".into(), "R1".into(), 23.3, 116.6, "pw"));
+        assert!(readers.authenticate("r1", "r1", "pw"));
+        assert!(!readers.authenticate("r1", "r1", "bad"));
+        assert!(!readers.authenticate("other", "r1", "pw"));
+        assert!(!readers.authenticate("r2", "r2", "pw"));
+        readers.get("r1").unwrap().enabled.store(false, Ordering::Relaxed);
+        assert!(!readers.authenticate("r1", "r1", "pw"));
+    }
+}
