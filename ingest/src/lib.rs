@@ -1,1 +1,26 @@
+//! greenplate ingest, and the service that composes every part. Ingest is the front door
+//! that roadside readers hit all day: an MQTT broker takes their sealed sighting batches,
+//! ingest opens and checks them, looks every tag up in the registry's in-memory hot index,
+//! and hands sightings of stolen bikes to the alerting engine. See `ARCHITECTURE.md`.
+//!
+//! Layout:
+//! - [`config`]: the service configuration (TOML; `greenplate generate-config`).
+//! - [`broker`]: the embedded rumqttd broker and the in-process link ingest reads.
+//! - [`pipeline`]: open (unseal, reader, seq) -> decode (tag ids, clocks) -> lookup -> alerting.
+//! - [`admin`]: the `greenplate.v1.Admin` gRPC service (readers, zones, units, kiosks).
+//! - [`http`]: `/healthz` and `/metrics`.
+//! - [`metrics`]: counters by reason.
+//! - [`app`]: [`Service`], which starts all of it and stops it on one path.
+//!
+//! The `greenplate` binary (`src/main.rs`) only parses flags and calls [`Service`].
 
+pub mod admin;
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+
+pub use app::{Service, StartError};
+pub use config::Config;

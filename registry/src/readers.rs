@@ -36,7 +36,8 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub(crate) fn new(id: String, name: String, lat: f64, lon: f64, secret: &str) -> Self {
+    /// An in-memory reader (the registry builds these from its table).
+    pub fn new(id: String, name: String, lat: f64, lon: f64, secret: &str) -> Self {
         Self {
             id,
             name,
@@ -102,7 +103,8 @@ impl Readers {
         Ok(readers)
     }
 
-    pub(crate) fn insert(&self, reader: Reader) {
+    /// Adds or replaces a reader in memory only; the registry calls this after its commit.
+    pub fn insert(&self, reader: Reader) {
         self.map.pin().insert(reader.id.clone(), Arc::new(reader));
     }
 

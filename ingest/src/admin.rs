@@ -1,0 +1,114 @@
+//! The `greenplate.v1.Admin` gRPC service: provisioning readers, zones, patrol units and
+//! kiosks. It composes the registry (readers, kiosks) and alerting (zones, units), which is
+//! why it lives in the crate at the top of the graph. Admin token only.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use greenplate_alerting::Alerting;
+use greenplate_proto::v1::admin_server::{self, AdminServer};
+use greenplate_proto::v1::{
+    AddKioskRequest, AddKioskResponse, AddPatrolUnitRequest, AddPatrolUnitResponse,
+    AddReaderRequest, AddReaderResponse, AddZoneRequest, AddZoneResponse, ListReadersRequest,
+    ListReadersResponse, ReaderInfo,
+};
+use greenplate_registry::auth::{AuthInterceptor, Role, require};
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+/// The Admin service.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    alerting: Arc<Alerting>,
+}
+
+impl AdminService {
+    pub fn server(alerting: Arc<Alerting>) -> InterceptedService<AdminServer<Self>, AuthInterceptor> {
+        let auth = alerting.registry().auth().interceptor();
+        AdminServer::with_interceptor(Self { alerting }, auth)
+    }
+}
+
+#[tonic::async_trait]
+impl admin_server::Admin for AdminService {
+    async fn add_reader(
+        &self,
+        req: Request<AddReaderRequest>,
+    ) -> Result<Response<AddReaderResponse>, Status> {
+        let caller = require(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        let secret = self
+            .alerting
+            .registry()
+            .add_reader(&caller, &r.reader_id, &r.name, r.lat, r.lon)
+            .await?;
+        tracing::info!(reader = %r.reader_id, "Added a reader.");
+        Ok(Response::new(AddReaderResponse { secret }))
+    }
+
+    async fn add_zone(
+        &self,
+        req: Request<AddZoneRequest>,
+    ) -> Result<Response<AddZoneResponse>, Status> {
+        let caller = require(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        self.alerting
+            .add_zone(&caller, &r.zone_id, &r.name, &r.geojson)
+            .await?;
+        tracing::info!(zone = %r.zone_id, "Added a patrol zone.");
+        Ok(Response::new(AddZoneResponse {}))
+    }
+
+    async fn add_patrol_unit(
+        &self,
+        req: Request<AddPatrolUnitRequest>,
+    ) -> Result<Response<AddPatrolUnitResponse>, Status> {
+        let caller = require(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        let token = self
+            .alerting
+            .add_patrol_unit(&caller, &r.unit_id, &r.name, &r.zone_ids)
+            .await?;
+        tracing::info!(unit = %r.unit_id, zones = r.zone_ids.len(), "Added a patrol unit.");
+        Ok(Response::new(AddPatrolUnitResponse { token }))
+    }
+
+    async fn add_kiosk(
+        &self,
+        req: Request<AddKioskRequest>,
+    ) -> Result<Response<AddKioskResponse>, Status> {
+        let caller = require(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        let token = self
+            .alerting
+            .registry()
+            .add_kiosk(&caller, &r.kiosk_id, &r.name)
+            .await?;
+        tracing::info!(kiosk = %r.kiosk_id, "Added a kiosk.");
+        Ok(Response::new(AddKioskResponse { token }))
+    }
+
+    async fn list_readers(
+        &self,
+        req: Request<ListReadersRequest>,
+    ) -> Result<Response<ListReadersResponse>, Status> {
+        require(&req, &[Role::Admin])?;
+        let readers = self
+            .alerting
+            .registry()
+            .readers()
+            .all()
+            .into_iter()
+            .map(|r| ReaderInfo {
+                reader_id: r.id.clone(),
+                name: r.name.clone(),
+                lat: r.lat,
+                lon: r.lon,
+                last_seen_ms: r.last_seen_ms.load(Ordering::Relaxed),
+                batches_accepted: r.batches_accepted.load(Ordering::Relaxed),
+                sightings_accepted: r.sightings_accepted.load(Ordering::Relaxed),
+            })
+            .collect();
+        Ok(Response::new(ListReadersResponse { readers }))
+    }
+}

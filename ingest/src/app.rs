@@ -1,0 +1,234 @@
+//! Composition: builds every part from a [`Config`], binds the ports, and returns a
+//! [`Service`] handle whose [`Service::stop`] is the one shutdown path (cancel, drain, close).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use greenplate_alerting::{Alerting, PatrolService};
+use greenplate_registry::{Db, Registry, RegistryService, SecretBox};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::AdminService;
+use crate::config::{Config, ConfigError, parse_key};
+use crate::metrics::Metrics;
+use crate::{broker, http, pipeline};
+
+/// Messages queued between the broker link and the pipeline's sharding.
+const BROKER_QUEUE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{what} address {addr} is not available: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] greenplate_registry::DbError),
+    #[error(transparent)]
+    Registry(#[from] greenplate_registry::Error),
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// A running service.
+#[derive(Debug)]
+pub struct Service {
+    pub mqtt_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// The admin token in force (from config, env, or generated into the data dir).
+    pub admin_token: String,
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    db: Db,
+}
+
+impl Service {
+    /// Starts everything. Ports given as 0 (gRPC, HTTP) are chosen by the OS; the MQTT
+    /// address must be concrete (rumqttd cannot report a port it chose).
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        config.validate()?;
+        let grpc = bind("gRPC", config.grpc.listen).await?;
+        let http = bind("HTTP", config.http.listen).await?;
+        let grpc_addr = local_addr("gRPC", &grpc, config.grpc.listen)?;
+        let http_addr = local_addr("HTTP", &http, config.http.listen)?;
+
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let admin_token = match &config.admin_token {
+            Some(t) if !t.trim().is_empty() => t.trim().to_owned(),
+            _ => read_or_create(&config.data_dir.join("admin-token"), || {
+                hex::encode(rand::random::<[u8; 24]>())
+            })?,
+        };
+        let key = match &config.secret_key {
+            Some(k) => parse_key(k)?,
+            None => parse_key(&read_or_create(&config.data_dir.join("secret.key"), || {
+                hex::encode(SecretBox::generate_key())
+            })?)?,
+        };
+
+        let db = Db::connect(&config.database_url()).await?;
+        let registry = Registry::open(db.clone(), SecretBox::new(&key), &admin_token).await?;
+        let alerting = Alerting::open(registry.clone()).await?;
+        let metrics = Arc::new(Metrics::new());
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let engine = greenplate_alerting::engine::spawn(alerting.clone(), shutdown.clone(), &tracker);
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let input = pipeline::spawn(
+            pipeline::Context {
+                readers: registry.readers().clone(),
+                index: registry.index().clone(),
+                engine,
+                metrics: metrics.clone(),
+                max_clock_skew_ms: config.ingest.max_clock_skew_ms,
+            },
+            workers,
+            &tracker,
+        );
+        let (inbound_tx, mut inbound_rx) = tokio::sync::mpsc::channel(BROKER_QUEUE);
+        broker::start(
+            &config.mqtt,
+            registry.readers().clone(),
+            metrics.clone(),
+            inbound_tx,
+            shutdown.clone(),
+            &tracker,
+        )
+        .await?;
+        // Broker link -> pipeline shards; ends when the link stops, which lets workers drain.
+        tracker.spawn(async move {
+            while let Some(msg) = inbound_rx.recv().await {
+                if input.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(greenplate_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartError::Reflection(e.to_string()))?;
+        let grpc_server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(AdminService::server(alerting.clone()))
+            .add_service(RegistryService::server(registry.clone()))
+            .add_service(PatrolService::server(alerting.clone(), shutdown.clone()))
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc),
+                shutdown.clone().cancelled_owned(),
+            );
+        tracker.spawn(async move {
+            if let Err(e) = grpc_server.await {
+                tracing::error!(error = %e, "gRPC server failed.");
+            }
+        });
+
+        let http_server = axum::serve(http, http::router(metrics.clone(), registry.clone()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        tracker.spawn(async move {
+            if let Err(e) = http_server.await {
+                tracing::error!(error = %e, "HTTP server failed.");
+            }
+        });
+
+        tracing::info!(
+            mqtt = %config.mqtt.listen,
+            grpc = %grpc_addr,
+            http = %http_addr,
+            data_dir = %config.data_dir.display(),
+            "greenplate is serving."
+        );
+        Ok(Self {
+            mqtt_addr: config.mqtt.listen,
+            grpc_addr,
+            http_addr,
+            admin_token,
+            metrics,
+            shutdown,
+            tracker,
+            db,
+        })
+    }
+
+    /// A token that stops the service when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops taking work, drains the tasks (at most `grace`), and closes the database.
+    /// Returns false if tasks were still running when the grace period ended.
+    pub async fn stop(self, grace: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let drained = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        if !drained {
+            tracing::warn!(?grace, "Tasks still running after the grace period.");
+        }
+        self.db.close().await;
+        drained
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local_addr(
+    what: &'static str,
+    l: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    l.local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Reads a one-line secret file, or creates it (mode 0600) with `make()`.
+fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String, StartError> {
+    let err = |source| StartError::DataDir {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(s) => return Ok(s.trim().to_owned()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        Err(_) => {}
+    }
+    let value = make();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path).map_err(err)?;
+    writeln!(f, "{value}").map_err(err)?;
+    tracing::info!(path = %path.display(), "Generated a secret file.");
+    Ok(value)
+}

@@ -1,0 +1,170 @@
+//! The embedded MQTT broker (rumqttd), wrapped so the rest of the service does not care
+//! about its quirks:
+//! - rumqttd has no shutdown API: its listener runs as a task here and is dropped when the
+//!   service stops (the router thread lives until the process exits).
+//! - it cannot report a port bound to 0, so the caller gives a concrete address (tests
+//!   reserve a free port first) and a port in use is found before starting.
+//! - authentication asks the registry's reader directory (client id = username = reader id,
+//!   password = the reader's secret); a refused client gets its socket closed.
+//! - readers get no dynamic filters: a publish to a topic nobody subscribed is refused and
+//!   the reader disconnected, so a reader cannot make the broker allocate logs at will.
+//! - the in-process link must be woken after `Unschedule`, or it stalls after ~200 messages.
+//!
+//! Ingest receives what readers publish as [`Inbound`] messages on a bounded channel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use greenplate_proto::topics;
+use greenplate_registry::Readers;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::v4::V4;
+use rumqttd::{ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::MqttConfig;
+use crate::metrics::Metrics;
+
+/// The id of the server's own in-process MQTT client (reader ids may not start with
+/// `greenplate`, so no reader can take it).
+pub const INGEST_CLIENT_ID: &str = "greenplate-ingest";
+
+/// One message a reader published.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub topic: Bytes,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("MQTT address {addr} is not available: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot attach ingest to the MQTT router: {0}")]
+    Link(String),
+}
+
+/// Starts the embedded broker on `config.listen` and forwards every reader publish to `out`.
+pub async fn start(
+    config: &MqttConfig,
+    readers: Arc<Readers>,
+    metrics: Arc<Metrics>,
+    out: mpsc::Sender<Inbound>,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<(), BrokerError> {
+    let addr = config.listen;
+    // rumqttd binds inside its accept loop and only logs a failure; find it here instead.
+    drop(
+        std::net::TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?,
+    );
+
+    let segment = 4 * 1024 * 1024;
+    let router = Router::new(
+        0,
+        RouterConfig {
+            max_connections: config.max_connections + 1,
+            max_outgoing_packet_count: 200,
+            max_segment_size: segment,
+            max_segment_count: (config.buffer_mib * 1024 * 1024 / segment).max(1),
+            custom_segment: None,
+            initialized_filters: Some(vec![topics::SIGHTINGS_FILTER.to_owned()]),
+            shared_subscriptions_strategy: Default::default(),
+        },
+    );
+    let router_tx = router.spawn();
+
+    let link_router_tx = router_tx.clone();
+    let (mut link_tx, link_rx) = tokio::task::spawn_blocking(move || {
+        rumqttd::local::LinkBuilder::new(INGEST_CLIENT_ID, link_router_tx)
+            .build()
+            .map(|(tx, rx, _ack)| (tx, rx))
+    })
+    .await
+    .map_err(|e| BrokerError::Link(e.to_string()))?
+    .map_err(|e| BrokerError::Link(e.to_string()))?;
+    link_tx
+        .subscribe(topics::SIGHTINGS_FILTER)
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
+
+    let mut connections = ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: config.max_payload_bytes,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: false,
+    };
+    connections.set_auth_handler(move |client_id: String, user: String, pass: String| {
+        let ok = readers.authenticate(&client_id, &user, &pass);
+        if !ok {
+            metrics.mqtt_auth_failures.inc();
+            tracing::warn!(client_id = %client_id, user = %user, "Refused an MQTT login.");
+        }
+        async move { ok }
+    });
+    let settings = ServerSettings {
+        name: "greenplate-mqtt".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    let mut server = Server::new(settings, router_tx, V4);
+    let stop = shutdown.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            r = server.start(LinkType::Remote) => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "MQTT listener failed.");
+                }
+            }
+            _ = stop.cancelled() => {}
+        }
+    });
+    tracker.spawn(forward(link_tx, link_rx, out, shutdown));
+    Ok(())
+}
+
+/// Moves publishes from the router link to ingest, waking the link when the router pauses it.
+async fn forward(
+    // Held so the router keeps the link's subscription for as long as it is read.
+    _link_tx: LinkTx,
+    mut link: LinkRx,
+    out: mpsc::Sender<Inbound>, shutdown: CancellationToken) {
+    loop {
+        let next = tokio::select! {
+            n = link.next() => n,
+            _ = shutdown.cancelled() => break,
+        };
+        match next {
+            Ok(Some(Notification::Forward(f))) => {
+                let msg = Inbound {
+                    topic: f.publish.topic,
+                    payload: f.publish.payload,
+                };
+                if out.send(msg).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Some(Notification::Unschedule)) => {
+                if let Err(e) = link.wake().await {
+                    tracing::error!(error = %e, "Cannot wake the ingest link.");
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "The ingest link to the MQTT router failed.");
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Stage 1, open: from an MQTT message to a batch we trust, or a rejection with a reason.
+//!
+//! The topic names the reader; the envelope and the sealed batch must name the same one;
+//! the batch must open with that reader's key (so it was sealed by the holder of its
+//! secret); its seq must be new (a replayed or re-sent batch is processed once).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use greenplate_proto::seal::OpenError;
+use greenplate_proto::topics;
+use greenplate_proto::v1::{SealedSightingBatch, SightingBatch};
+use greenplate_registry::{Reader, Readers};
+use prost::Message;
+
+/// Why a reader message was dropped. Each has a metric label.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Rejection {
+    #[error("topic is not greenplate/readers/{{id}}/sightings")]
+    Topic,
+    #[error("payload is not a SealedSightingBatch: {0}")]
+    Malformed(String),
+    #[error("reader is not provisioned")]
+    UnknownReader,
+    #[error("reader is disabled")]
+    ReaderDisabled,
+    #[error("reader id in the envelope or batch differs from the topic's")]
+    ReaderMismatch,
+    #[error("batch does not open: {0}")]
+    Unsealed(#[from] OpenError),
+    #[error("batch seq {seq} was already processed (last {last})")]
+    Replay { seq: u64, last: u64 },
+}
+
+impl Rejection {
+    /// The metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Topic => "topic",
+            Rejection::Malformed(_) => "malformed",
+            Rejection::UnknownReader => "unknown_reader",
+            Rejection::ReaderDisabled => "reader_disabled",
+            Rejection::ReaderMismatch => "reader_mismatch",
+            Rejection::Unsealed(OpenError::Decode(_)) => "malformed_batch",
+            Rejection::Unsealed(_) => "unsealed",
+            Rejection::Replay { .. } => "replay",
+        }
+    }
+}
+
+/// Opens one message. The topic is checked before anything is decoded.
+pub fn open(
+    readers: &Readers,
+    topic: &[u8],
+    payload: &[u8],
+) -> Result<(Arc<Reader>, SightingBatch), Rejection> {
+    let topic = std::str::from_utf8(topic).map_err(|_| Rejection::Topic)?;
+    let reader_id = topics::reader_of_sightings_topic(topic).ok_or(Rejection::Topic)?;
+    let reader = readers.get(reader_id).ok_or(Rejection::UnknownReader)?;
+    if !reader.enabled() {
+        return Err(Rejection::ReaderDisabled);
+    }
+    let sealed =
+        SealedSightingBatch::decode(payload).map_err(|e| Rejection::Malformed(e.to_string()))?;
+    if sealed.reader_id != reader.id {
+        return Err(Rejection::ReaderMismatch);
+    }
+    let batch = reader.key.open(&sealed)?;
+    if batch.reader_id != reader.id {
+        return Err(Rejection::ReaderMismatch);
+    }
+    // Accept only a seq above every seq seen; fetch_max makes the check and the update one.
+    let last = reader.last_seq.fetch_max(batch.seq, Ordering::AcqRel);
+    if batch.seq <= last {
+        return Err(Rejection::Replay {
+            seq: batch.seq,
+            last,
+        });
+    }
+    Ok((reader, batch))
+}
