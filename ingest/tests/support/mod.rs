@@ -1,0 +1,138 @@
+//! Starts the real service in-process on ephemeral ports, and small helpers to talk to it
+//! through its real interfaces.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use greenplate_ingest::{Config, Service, StartError};
+use greenplate_proto::v1::Alert;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Streaming;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A running service in a temporary data directory; `stop` shuts it down and checks it drained.
+pub struct TestService {
+    pub service: Service,
+    pub grpc_url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestService {
+    pub async fn start() -> Self {
+        Self::start_in(tempfile::tempdir().unwrap()).await
+    }
+
+    /// Starts on an existing data directory (for restart tests).
+    pub async fn start_in(dir: tempfile::TempDir) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        // rumqttd cannot report a port it chose, so reserve one; retry if another test
+        // takes it between the reservation and the broker's bind.
+        for attempt in 0.. {
+            let mut config = Config::default();
+            config.data_dir = dir.path().to_owned();
+            config.admin_token = Some(ADMIN_TOKEN.into());
+            config.mqtt.listen = free_port();
+            config.grpc.listen = "127.0.0.1:0".parse().unwrap();
+            config.http.listen = "127.0.0.1:0".parse().unwrap();
+            match Service::start(config).await {
+                Ok(service) => {
+                    let grpc_url = format!("http://{}", service.grpc_addr);
+                    return Self {
+                        service,
+                        grpc_url,
+                        dir,
+                    };
+                }
+                Err(StartError::Broker(e)) if attempt < 5 => {
+                    eprintln!("retrying after: {e}");
+                }
+                Err(e) => panic!("service did not start: {e}"),
+            }
+        }
+        unreachable!()
+    }
+
+    pub fn mqtt_port(&self) -> u16 {
+        self.service.mqtt_addr.port()
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        greenplate_simulator::clients::channel(&self.grpc_url)
+            .await
+            .unwrap()
+    }
+
+    /// GET a path on the HTTP port; returns the body.
+    pub async fn http_get(&self, path: &str) -> String {
+        http_get(self.service.http_addr, path).await
+    }
+
+    /// The value of one metric sample line (e.g. `greenplate_ingest_batches_accepted_total`).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let body = self.http_get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Polls a metric until it reaches `at_least`, or fails after a deadline.
+    pub async fn wait_metric(&self, sample: &str, at_least: f64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.metric(sample).await;
+            if v >= at_least {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metric {sample} is {v}, expected at least {at_least} within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the service and returns its data directory.
+    pub async fn stop(self) -> tempfile::TempDir {
+        assert!(
+            self.service.stop(Duration::from_secs(10)).await,
+            "service did not drain within 10 s"
+        );
+        self.dir
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// The next alert on a stream, or a failure after a deadline.
+pub async fn next_alert(stream: &mut Streaming<Alert>) -> Alert {
+    match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+        Ok(Ok(Some(a))) => a,
+        Ok(Ok(None)) => panic!("alert stream ended"),
+        Ok(Err(status)) => panic!("alert stream failed: {status}"),
+        Err(_) => panic!("no alert within 10 s"),
+    }
+}

@@ -1,0 +1,140 @@
+//! A roadside reader: one MQTT connection with the reader's own credentials, publishing
+//! sealed sighting batches to `greenplate/readers/{id}/sightings`, as a real reader would.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use greenplate_proto::seal::ReaderKey;
+use greenplate_proto::topics;
+use greenplate_proto::v1::{Sighting, SightingBatch};
+use prost::Message;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+
+/// How long to wait for the broker to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connected reader.
+pub struct ReaderClient {
+    pub id: String,
+    key: ReaderKey,
+    client: AsyncClient,
+    seq: u64,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl ReaderClient {
+    /// Connects with client id = username = `reader_id` and waits for the broker's CONNACK.
+    /// Fails if the broker refuses (it closes the socket) or does not answer in time.
+    pub async fn connect(host: &str, port: u16, reader_id: &str, secret: &str) -> anyhow::Result<Self> {
+        let mut opts = MqttOptions::new(reader_id, host, port);
+        opts.set_credentials(reader_id, secret);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let (client, mut events) = AsyncClient::new(opts, 256);
+        tokio::time::timeout(CONNECT_TIMEOUT, wait_connack(&mut events))
+            .await
+            .context("no CONNACK from the broker in time")??;
+        let id = reader_id.to_owned();
+        let driver = tokio::spawn(drive(id.clone(), events));
+        Ok(Self {
+            id,
+            key: ReaderKey::derive(secret),
+            client,
+            // Start from the clock so a restarted reader's seq still increases.
+            seq: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(1),
+            driver,
+        })
+    }
+
+    /// Seals and publishes one batch (QoS 1); returns its seq.
+    pub async fn publish(&mut self, sightings: Vec<Sighting>) -> anyhow::Result<u64> {
+        self.seq += 1;
+        let batch = SightingBatch {
+            reader_id: self.id.clone(),
+            seq: self.seq,
+            sent_at_ms: now_ms(),
+            sightings,
+        };
+        let sealed = self.key.seal(&batch);
+        self.publish_raw(&topics::sightings(&self.id), sealed.encode_to_vec())
+            .await?;
+        Ok(self.seq)
+    }
+
+    /// Publishes arbitrary bytes to any topic (for hostile-input tests and scenarios).
+    pub async fn publish_raw(&self, topic: &str, payload: Vec<u8>) -> anyhow::Result<()> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await?;
+        Ok(())
+    }
+
+    /// Subscribes to a filter (readers may; the seal is what keeps batches private).
+    pub fn client(&self) -> &AsyncClient {
+        &self.client
+    }
+
+    /// Disconnects cleanly.
+    pub async fn disconnect(mut self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.driver).await;
+    }
+}
+
+impl Drop for ReaderClient {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+async fn wait_connack(events: &mut EventLoop) -> anyhow::Result<()> {
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                if ack.code == rumqttc::ConnectReturnCode::Success {
+                    return Ok(());
+                }
+                bail!("broker refused the connection: {:?}", ack.code);
+            }
+            Ok(_) => {}
+            Err(e) => bail!("broker refused or dropped the connection: {e}"),
+        }
+    }
+}
+
+/// Polls the event loop for the life of the client; reconnects after a pause on errors.
+async fn drive(id: String, mut events: EventLoop) {
+    loop {
+        match events.poll().await {
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(reader = %id, error = %e, "MQTT connection lost; reconnecting.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// A sighting of `tag_id` now, as a reader folds a short window of reads.
+pub fn sighting(tag_id: &str, read_count: u32, peak_rssi_dbm: i32) -> Sighting {
+    let now = now_ms();
+    Sighting {
+        tag_id: tag_id.to_owned(),
+        first_seen_ms: now - 150,
+        last_seen_ms: now,
+        read_count,
+        peak_rssi_dbm,
+        antenna: 1,
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
