@@ -59,7 +59,11 @@ pub fn spawn(
     EngineHandle { tx }
 }
 
-async fn run(alerting: Arc<Alerting>, mut rx: mpsc::Receiver<Sighted>, shutdown: CancellationToken) {
+async fn run(
+    alerting: Arc<Alerting>,
+    mut rx: mpsc::Receiver<Sighted>,
+    shutdown: CancellationToken,
+) {
     let mut incidents: HashMap<i64, String> = HashMap::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {

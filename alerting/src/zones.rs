@@ -11,13 +11,17 @@ use geojson::{GeoJson, GeometryValue, PolygonType};
 pub enum ZoneError {
     #[error("geojson is not valid GeoJSON: {0}")]
     Parse(String),
-    #[error("geojson must be a Polygon or MultiPolygon (or a Feature / one-feature FeatureCollection of one), not {0}")]
+    #[error(
+        "geojson must be a Polygon or MultiPolygon (or a Feature / one-feature FeatureCollection of one), not {0}"
+    )]
     WrongType(String),
     #[error("geojson ring {ring} has {points} positions; a ring needs at least 4")]
     ShortRing { ring: usize, points: usize },
     #[error("geojson ring {0} is not closed (its first and last positions differ)")]
     OpenRing(usize),
-    #[error("geojson has an invalid coordinate {0:?}: want [lon, lat] with lon in -180..180, lat in -90..90")]
+    #[error(
+        "geojson has an invalid coordinate {0:?}: want [lon, lat] with lon in -180..180, lat in -90..90"
+    )]
     BadCoordinate(Vec<f64>),
     #[error("geojson polygon is not valid: {0}")]
     Invalid(String),

@@ -23,7 +23,9 @@ pub struct AdminService {
 }
 
 impl AdminService {
-    pub fn server(alerting: Arc<Alerting>) -> InterceptedService<AdminServer<Self>, AuthInterceptor> {
+    pub fn server(
+        alerting: Arc<Alerting>,
+    ) -> InterceptedService<AdminServer<Self>, AuthInterceptor> {
         let auth = alerting.registry().auth().interceptor();
         AdminServer::with_interceptor(Self { alerting }, auth)
     }

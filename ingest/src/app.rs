@@ -85,9 +85,10 @@ impl Service {
         };
         let key = match &config.secret_key {
             Some(k) => parse_key(k)?,
-            None => parse_key(&read_or_create(&config.data_dir.join("secret.key"), || {
-                hex::encode(SecretBox::generate_key())
-            })?)?,
+            None => parse_key(&read_or_create(
+                &config.data_dir.join("secret.key"),
+                || hex::encode(SecretBox::generate_key()),
+            )?)?,
         };
 
         let db = Db::connect(&config.database_url()).await?;
@@ -97,7 +98,8 @@ impl Service {
 
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let engine = greenplate_alerting::engine::spawn(alerting.clone(), shutdown.clone(), &tracker);
+        let engine =
+            greenplate_alerting::engine::spawn(alerting.clone(), shutdown.clone(), &tracker);
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let input = pipeline::spawn(
             pipeline::Context {
@@ -187,7 +189,9 @@ impl Service {
     pub async fn stop(self, grace: Duration) -> bool {
         self.shutdown.cancel();
         self.tracker.close();
-        let drained = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        let drained = tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok();
         if !drained {
             tracing::warn!(?grace, "Tasks still running after the grace period.");
         }

@@ -195,7 +195,9 @@ impl Config {
             ));
         }
         if self.mqtt.buffer_mib == 0 {
-            return Err(ConfigError::Invalid("mqtt.buffer_mib must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "mqtt.buffer_mib must be at least 1".into(),
+            ));
         }
         if self.ingest.max_clock_skew_ms <= 0 {
             return Err(ConfigError::Invalid(

@@ -14,7 +14,11 @@ use greenplate_ingest::{Service, StartError};
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "greenplate", version, about = "Theft alerts from roadside RFID reads of plate tags.")]
+#[command(
+    name = "greenplate",
+    version,
+    about = "Theft alerts from roadside RFID reads of plate tags."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service: MQTT broker, gRPC (Admin, Registry, Patrol), HTTP (/healthz, /metrics).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the default configuration (TOML).
     GenerateConfig,
 }
@@ -82,7 +86,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> ExitCode {
+async fn serve(args: Box<ServeArgs>) -> ExitCode {
     let mut config = match &args.config {
         Some(path) => match Config::from_file(path) {
             Ok(c) => c,

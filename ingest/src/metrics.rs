@@ -88,12 +88,16 @@ impl Metrics {
 
     /// Counts a rejected batch.
     pub fn reject_batch(&self, reason: &'static str) {
-        self.batches_rejected.get_or_create(&Reason { reason }).inc();
+        self.batches_rejected
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     /// Counts a rejected sighting.
     pub fn reject_sighting(&self, reason: &'static str) {
-        self.sightings_rejected.get_or_create(&Reason { reason }).inc();
+        self.sightings_rejected
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     /// The Prometheus text exposition.

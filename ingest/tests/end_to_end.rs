@@ -127,8 +127,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
     let mut anon = clients::admin(channel.clone(), "not-a-token").unwrap();
     let err = anon.list_readers(ListReadersRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let mut no_header =
-        greenplate_proto::v1::registry_client::RegistryClient::new(channel.clone());
+    let mut no_header = greenplate_proto::v1::registry_client::RegistryClient::new(channel.clone());
     let err = no_header
         .get_bike(GetBikeRequest {
             key: Some(get_bike_request::Key::Plate(PLATE_STOLEN.into())),
@@ -208,7 +207,10 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
     svc.wait_metric("greenplate_ingest_sightings_accepted_total", 1.0)
         .await;
     west_reader
-        .publish(vec![sighting(TAG_OTHER, 2, -60), sighting(TAG_STOLEN, 5, -48)])
+        .publish(vec![
+            sighting(TAG_OTHER, 2, -60),
+            sighting(TAG_STOLEN, 5, -48),
+        ])
         .await
         .unwrap();
     let first = next_alert(&mut west).await;
@@ -347,7 +349,11 @@ async fn health_metrics_and_restart_keep_state() {
     let reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-1", &secret)
         .await
         .unwrap();
-    assert!(svc.http_get("/metrics").await.contains("greenplate_registry_readers 1"));
+    assert!(
+        svc.http_get("/metrics")
+            .await
+            .contains("greenplate_registry_readers 1")
+    );
     reader.disconnect().await;
     svc.stop().await;
 }

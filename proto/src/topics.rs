@@ -13,7 +13,9 @@ pub fn sightings(reader_id: &str) -> String {
 
 /// Which reader a sightings topic belongs to, or `None` if the topic is not one.
 pub fn reader_of_sightings_topic(topic: &str) -> Option<&str> {
-    let id = topic.strip_prefix(READERS_PREFIX)?.strip_suffix("/sightings")?;
+    let id = topic
+        .strip_prefix(READERS_PREFIX)?
+        .strip_suffix("/sightings")?;
     (!id.is_empty() && !id.contains('/')).then_some(id)
 }
 
@@ -24,8 +26,17 @@ mod tests {
     #[test]
     fn topic_round_trip() {
         assert_eq!(reader_of_sightings_topic(&sightings("r-17")), Some("r-17"));
-        assert_eq!(reader_of_sightings_topic("greenplate/readers//sightings"), None);
-        assert_eq!(reader_of_sightings_topic("greenplate/readers/a/b/sightings"), None);
-        assert_eq!(reader_of_sightings_topic("greenplate/readers/a/status"), None);
+        assert_eq!(
+            reader_of_sightings_topic("greenplate/readers//sightings"),
+            None
+        );
+        assert_eq!(
+            reader_of_sightings_topic("greenplate/readers/a/b/sightings"),
+            None
+        );
+        assert_eq!(
+            reader_of_sightings_topic("greenplate/readers/a/status"),
+            None
+        );
     }
 }

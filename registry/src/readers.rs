@@ -80,11 +80,10 @@ pub struct Readers {
 
 impl Readers {
     pub(crate) async fn load(db: &Db, secrets: &SecretBox) -> Result<Self, RegistryError> {
-        let rows = sqlx::query(
-            "SELECT reader_id, name, lat, lon, secret_sealed, enabled FROM readers",
-        )
-        .fetch_all(db.pool())
-        .await?;
+        let rows =
+            sqlx::query("SELECT reader_id, name, lat, lon, secret_sealed, enabled FROM readers")
+                .fetch_all(db.pool())
+                .await?;
         let readers = Self::default();
         for row in rows {
             let sealed: Vec<u8> = row.try_get("secret_sealed")?;
@@ -148,7 +147,11 @@ mod tests {
         assert!(!readers.authenticate("r1", "r1", "bad"));
         assert!(!readers.authenticate("other", "r1", "pw"));
         assert!(!readers.authenticate("r2", "r2", "pw"));
-        readers.get("r1").unwrap().enabled.store(false, Ordering::Relaxed);
+        readers
+            .get("r1")
+            .unwrap()
+            .enabled
+            .store(false, Ordering::Relaxed);
         assert!(!readers.authenticate("r1", "r1", "pw"));
     }
 }

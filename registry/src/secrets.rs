@@ -98,6 +98,9 @@ mod tests {
         assert_eq!(b.open_string(&s).unwrap(), "13812345678");
         assert!(SecretBox::new(&[8; 32]).open(&s).is_err());
         assert_eq!(b.keyed_hash(b"x"), b.keyed_hash(b"x"));
-        assert_ne!(b.keyed_hash(b"x"), SecretBox::new(&[8; 32]).keyed_hash(b"x"));
+        assert_ne!(
+            b.keyed_hash(b"x"),
+            SecretBox::new(&[8; 32]).keyed_hash(b"x")
+        );
     }
 }

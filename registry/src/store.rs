@@ -132,7 +132,10 @@ impl Registry {
             return Err(RegistryError::invalid("lat", "must be between -90 and 90"));
         }
         if !(-180.0..=180.0).contains(&lon) {
-            return Err(RegistryError::invalid("lon", "must be between -180 and 180"));
+            return Err(RegistryError::invalid(
+                "lon",
+                "must be between -180 and 180",
+            ));
         }
         let mut raw = [0u8; 24];
         rand::rng().fill_bytes(&mut raw);
@@ -183,11 +186,7 @@ impl Registry {
     }
 
     /// Registers a bike, free of charge, and returns its id.
-    pub async fn register_bike(
-        &self,
-        caller: &Caller,
-        new: NewBike,
-    ) -> Result<i64, RegistryError> {
+    pub async fn register_bike(&self, caller: &Caller, new: NewBike) -> Result<i64, RegistryError> {
         let tag = TagId::parse_field("tag_id", &new.tag_id)?;
         let plate = validate::plate("plate", &new.plate)?;
         let owner_name = validate::text("owner.name", &new.owner_name, 100)?;
@@ -249,7 +248,13 @@ impl Registry {
         .await
         .map_err(|e| already_exists(e, || format!("tag {tag_text} or plate {plate}")))?
         .try_get("bike_id")?;
-        audit(&mut tx, caller, "register_bike", &format!("bike {bike_id} plate {plate}")).await?;
+        audit(
+            &mut tx,
+            caller,
+            "register_bike",
+            &format!("bike {bike_id} plate {plate}"),
+        )
+        .await?;
         tx.commit().await?;
         self.index.set(tag, TagState::new(bike_id));
         Ok(bike_id)
@@ -272,9 +277,9 @@ impl Registry {
              WHERE b.plate = $1 OR b.tag_id = $1",
         )
         .bind(&value)
-            .fetch_optional(self.db.pool())
-            .await?
-            .ok_or_else(|| RegistryError::NotFound(format!("bike with {column} {value}")))?;
+        .fetch_optional(self.db.pool())
+        .await?
+        .ok_or_else(|| RegistryError::NotFound(format!("bike with {column} {value}")))?;
         let id_number = self
             .secrets
             .open_string(&row.try_get::<Vec<u8>, _>("id_number_sealed")?)?;
@@ -320,14 +325,24 @@ impl Registry {
         .fetch_one(&mut *tx)
         .await?
         .try_get("report_id")?;
-        audit(&mut tx, caller, "report_stolen", &format!("bike {bike_id} report {report_id}")).await?;
+        audit(
+            &mut tx,
+            caller,
+            "report_stolen",
+            &format!("bike {bike_id} report {report_id}"),
+        )
+        .await?;
         tx.commit().await?;
         self.index.update(tag, |s| s.with_stolen(true));
         Ok(report_id)
     }
 
     /// Takes a bike off the hotlist.
-    pub async fn report_recovered(&self, caller: &Caller, plate: &str) -> Result<(), RegistryError> {
+    pub async fn report_recovered(
+        &self,
+        caller: &Caller,
+        plate: &str,
+    ) -> Result<(), RegistryError> {
         let plate = validate::plate("plate", plate)?;
         let mut tx = self.db.pool().begin().await?;
         let (bike_id, tag) = bike_by_plate(&mut tx, &plate).await?;
@@ -345,14 +360,23 @@ impl Registry {
                 "bike {plate} is not reported stolen"
             )));
         }
-        audit(&mut tx, caller, "report_recovered", &format!("bike {bike_id}")).await?;
+        audit(
+            &mut tx,
+            caller,
+            "report_recovered",
+            &format!("bike {bike_id}"),
+        )
+        .await?;
         tx.commit().await?;
         self.index.update(tag, |s| s.with_stolen(false));
         Ok(())
     }
 
     /// Plate and tag of a bike, for alerts.
-    pub async fn bike_plate_and_tag(&self, bike_id: i64) -> Result<(String, String), RegistryError> {
+    pub async fn bike_plate_and_tag(
+        &self,
+        bike_id: i64,
+    ) -> Result<(String, String), RegistryError> {
         let row = sqlx::query("SELECT plate, tag_id FROM bikes WHERE bike_id = $1")
             .bind(bike_id)
             .fetch_optional(self.db.pool())

@@ -8,6 +8,8 @@ use crate::{BikeKey, Caller, Db, NewBike, Registry, RegistryError, Role, SecretB
 pub(crate) struct TestDb {
     pub db: Db,
     _dir: Option<tempfile::TempDir>,
+    /// For PostgreSQL: the server connection and the database to drop afterwards.
+    pg: Option<(Db, String)>,
 }
 
 impl TestDb {
@@ -19,6 +21,7 @@ impl TestDb {
         Self {
             db,
             _dir: Some(dir),
+            pg: None,
         }
     }
 
@@ -40,6 +43,20 @@ impl TestDb {
         Self {
             db: Db::connect(&url).await.unwrap(),
             _dir: None,
+            pg: Some((admin, name)),
+        }
+    }
+
+    /// Closes the pool and drops a PostgreSQL test database.
+    pub async fn cleanup(self) {
+        self.db.close().await;
+        if let Some((admin, name)) = self.pg {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name}"
+            )))
+            .execute(admin.pool())
+            .await
+            .unwrap();
         }
     }
 }
@@ -70,7 +87,8 @@ async fn open(db: Db) -> Arc<Registry> {
         .unwrap()
 }
 
-async fn registry_behaviour(db: Db) {
+async fn registry_behaviour(t: &TestDb) {
+    let db = t.db.clone();
     let reg = open(db.clone()).await;
     let tag = "e2801160600002070000abcd";
     let id = reg
@@ -106,7 +124,12 @@ async fn registry_behaviour(db: Db) {
     let r2 = reg.report_stolen(&kiosk(), "潮阳A12345").await.unwrap();
     assert_eq!(r1, r2);
     assert!(reg.index().lookup(tag_id).unwrap().stolen());
-    assert!(reg.get_bike(&BikeKey::Plate("潮阳A12345".into())).await.unwrap().stolen);
+    assert!(
+        reg.get_bike(&BikeKey::Plate("潮阳A12345".into()))
+            .await
+            .unwrap()
+            .stolen
+    );
 
     // A restart rebuilds the index from the database.
     let reopened = open(db.clone()).await;
@@ -152,17 +175,24 @@ async fn registry_behaviour(db: Db) {
     assert_eq!(reg.auth().authenticate(&token).unwrap().id, "k-1");
     let reopened = open(db).await;
     assert!(reopened.readers().authenticate("rd-1", "rd-1", &secret));
-    assert_eq!(reopened.auth().authenticate(&token).unwrap().role, Role::Kiosk);
+    assert_eq!(
+        reopened.auth().authenticate(&token).unwrap().role,
+        Role::Kiosk
+    );
     assert!(reopened.auth().authenticate("nope").is_none());
 }
 
 #[tokio::test]
 async fn registry_on_sqlite() {
-    registry_behaviour(TestDb::sqlite().await.db).await;
+    let t = TestDb::sqlite().await;
+    registry_behaviour(&t).await;
+    t.cleanup().await;
 }
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG, default postgres://postgres@127.0.0.1:5432/test)"]
 async fn registry_on_postgres() {
-    registry_behaviour(TestDb::postgres().await.db).await;
+    let t = TestDb::postgres().await;
+    registry_behaviour(&t).await;
+    t.cleanup().await;
 }

@@ -20,9 +20,8 @@ impl TagId {
 
     /// Like [`TagId::parse`], with an INVALID_ARGUMENT error naming `field`.
     pub fn parse_field(field: &'static str, s: &str) -> Result<Self, RegistryError> {
-        Self::parse(s).ok_or_else(|| {
-            RegistryError::invalid(field, "must be an EPC-96 tag id: 24 hex digits")
-        })
+        Self::parse(s)
+            .ok_or_else(|| RegistryError::invalid(field, "must be an EPC-96 tag id: 24 hex digits"))
     }
 
     pub fn as_u128(self) -> u128 {
@@ -97,7 +96,7 @@ pub fn resident_id(field: &'static str, raw: &str) -> Result<String, RegistryErr
 }
 
 fn valid_date(year: u32, month: u32, day: u32) -> bool {
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let leap = (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400);
     let days = match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,

@@ -38,7 +38,10 @@ pub fn admin(channel: Channel, token: &str) -> anyhow::Result<AdminClient<Authed
 }
 
 pub fn registry(channel: Channel, token: &str) -> anyhow::Result<RegistryClient<Authed>> {
-    Ok(RegistryClient::with_interceptor(channel, Bearer::new(token)?))
+    Ok(RegistryClient::with_interceptor(
+        channel,
+        Bearer::new(token)?,
+    ))
 }
 
 pub fn patrol(channel: Channel, token: &str) -> anyhow::Result<PatrolClient<Authed>> {

@@ -1,1 +1,265 @@
-fn main() {}
+//! `simulator`: provisions a small town through the real APIs, drives sightings through the
+//! real broker with one MQTT connection per reader, listens as the town's patrol units, and
+//! reports which alerts arrived and how fast.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use greenplate_proto::v1::{ReportStolenRequest, StreamAlertsRequest};
+use greenplate_simulator::clients;
+use greenplate_simulator::reader::{ReaderClient, now_ms, sighting};
+use greenplate_simulator::town::{self, TownSpec};
+use rand::{Rng, SeedableRng};
+use tokio::sync::Mutex;
+
+#[derive(Parser)]
+#[command(
+    name = "simulator",
+    version,
+    about = "Load generator and demo town for greenplate."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Provision a small town, steal a bike, ride it past the readers, print the alerts.
+    Town(TownArgs),
+}
+
+#[derive(clap::Args)]
+struct TownArgs {
+    /// greenplate gRPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    grpc: String,
+    /// greenplate MQTT broker, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: String,
+    /// Admin token (or use --admin-token-file).
+    #[arg(long, env = "GREENPLATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// File holding the admin token (the service writes <data-dir>/admin-token).
+    #[arg(long, default_value = "greenplate-data/admin-token")]
+    admin_token_file: PathBuf,
+    /// Readers, on a grid over the town.
+    #[arg(long, default_value_t = 16)]
+    readers: usize,
+    /// Registered bikes.
+    #[arg(long, default_value_t = 200)]
+    bikes: usize,
+    /// Sightings per reader batch.
+    #[arg(long, default_value_t = 5)]
+    batch: usize,
+    /// Each reader publishes a batch this often, milliseconds.
+    #[arg(long, default_value_t = 500)]
+    interval_ms: u64,
+    /// How long to drive traffic, seconds.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Town(args) => run_town(args).await,
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    /// (unit, reader) -> stolen sightings published that the unit should hear about.
+    expected: HashMap<String, u64>,
+    received: HashMap<String, u64>,
+    duplicates: u64,
+    /// reader -> when the stolen bike's sighting was published there (Unix ms).
+    published_at: HashMap<String, i64>,
+    latencies_ms: Vec<i64>,
+}
+
+async fn run_town(args: TownArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.readers >= 1, "--readers must be at least 1");
+    anyhow::ensure!(args.bikes >= 2, "--bikes must be at least 2");
+    let admin_token = match args.admin_token {
+        Some(t) => t,
+        None => std::fs::read_to_string(&args.admin_token_file)
+            .with_context(|| {
+                format!(
+                    "reading the admin token from {} (or pass --admin-token)",
+                    args.admin_token_file.display()
+                )
+            })?
+            .trim()
+            .to_owned(),
+    };
+    let (host, port) = args
+        .mqtt
+        .rsplit_once(':')
+        .context("--mqtt must be HOST:PORT")?;
+    let port: u16 = port.parse().context("--mqtt port")?;
+    let channel = clients::channel(&args.grpc)
+        .await
+        .with_context(|| format!("connecting to {}", args.grpc))?;
+
+    let prefix = format!("t{}-", now_ms() / 1000 % 1_000_000);
+    let started = Instant::now();
+    let town = town::provision(
+        channel.clone(),
+        &admin_token,
+        &TownSpec {
+            prefix: prefix.clone(),
+            readers: args.readers,
+            bikes: args.bikes,
+        },
+    )
+    .await?;
+    println!(
+        "Provisioned town {prefix}: {} readers, {} patrol units, {} bikes in {:.1?}.",
+        town.readers.len(),
+        town.units.len(),
+        town.bikes.len(),
+        started.elapsed()
+    );
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    for unit in &town.units {
+        let mut stream = clients::patrol(channel.clone(), &unit.token)?
+            .stream_alerts(StreamAlertsRequest { resume_after: 0 })
+            .await?
+            .into_inner();
+        let tally = tally.clone();
+        let unit_id = unit.id.clone();
+        tokio::spawn(async move {
+            let mut last_seq = 0;
+            while let Ok(Some(alert)) = stream.message().await {
+                let mut t = tally.lock().await;
+                let latency = t
+                    .published_at
+                    .get(&alert.reader_id)
+                    .map_or(-1, |at| now_ms() - at);
+                println!(
+                    "ALERT to {unit_id}: stolen bike {} (tag {}) seen by {} at ({:.4}, {:.4}), incident {}, seq {}, {latency} ms after publish",
+                    alert.plate,
+                    alert.tag_id,
+                    alert.reader_id,
+                    alert.lat,
+                    alert.lon,
+                    alert.incident_id,
+                    alert.seq
+                );
+                if alert.seq <= last_seq {
+                    t.duplicates += 1;
+                }
+                last_seq = last_seq.max(alert.seq);
+                *t.received.entry(unit_id.clone()).or_default() += 1;
+                t.latencies_ms.push(latency);
+            }
+        });
+    }
+
+    let mut readers = Vec::with_capacity(town.readers.len());
+    for r in &town.readers {
+        readers.push(
+            ReaderClient::connect(host, port, &r.id, &r.secret)
+                .await
+                .with_context(|| format!("reader {} connecting to {}", r.id, args.mqtt))?,
+        );
+    }
+    println!("{} readers connected to {}.", readers.len(), args.mqtt);
+
+    let stolen = town.bikes[0].clone();
+    clients::registry(channel.clone(), &town.kiosk_token)?
+        .report_stolen(ReportStolenRequest {
+            plate: stolen.plate.clone(),
+        })
+        .await?;
+    println!(
+        "Reported {} stolen; riding it past the readers.",
+        stolen.plate
+    );
+
+    let interval = Duration::from_millis(args.interval_ms.max(10));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let (mut batches, mut sightings) = (0u64, 0u64);
+    let mut tick = tokio::time::interval(interval);
+    let mut round = 0usize;
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    while Instant::now() < deadline {
+        tick.tick().await;
+        // The thief passes one reader every four rounds.
+        let thief_at = round.is_multiple_of(4);
+        let thief_reader = (round / 4) % readers.len();
+        for (i, reader) in readers.iter_mut().enumerate() {
+            let mut batch: Vec<_> = (0..args.batch)
+                .map(|_| {
+                    // Bike 0 is the stolen one; the others are honest traffic.
+                    let b = &town.bikes[rng.random_range(1..town.bikes.len())];
+                    sighting(&b.tag_id, rng.random_range(1..8), -rng.random_range(40..75))
+                })
+                .collect();
+            if thief_at && i == thief_reader {
+                batch.push(sighting(&stolen.tag_id, 4, -45));
+                let r = &town.readers[i];
+                let mut t = tally.lock().await;
+                if let Some(unit) = town.unit_covering(r.lon) {
+                    *t.expected.entry(unit.id.clone()).or_default() += 1;
+                }
+                t.published_at.insert(r.id.clone(), now_ms());
+            }
+            sightings += batch.len() as u64;
+            reader.publish(batch).await?;
+            batches += 1;
+        }
+        round += 1;
+    }
+
+    // Give the last alerts a moment to arrive, then report.
+    let settle = Instant::now() + Duration::from_secs(3);
+    loop {
+        let t = tally.lock().await;
+        let done = t
+            .expected
+            .iter()
+            .all(|(u, n)| t.received.get(u).copied().unwrap_or(0) >= *n);
+        drop(t);
+        if done || Instant::now() > settle {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut t = tally.lock().await;
+    t.latencies_ms.sort_unstable();
+    let pct = |p: f64| {
+        t.latencies_ms
+            .get(((t.latencies_ms.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    let expected: u64 = t.expected.values().sum();
+    let received: u64 = t.received.values().sum();
+    println!(
+        "\nSummary: {batches} batches, {sightings} sightings published in {}s.",
+        args.seconds
+    );
+    println!(
+        "Alerts: expected {expected}, received {received}, lost {}, duplicated {}; latency publish->patrol p50 {} ms, max {} ms.",
+        expected.saturating_sub(received),
+        t.duplicates,
+        pct(0.5),
+        pct(1.0)
+    );
+    for r in readers {
+        r.disconnect().await;
+    }
+    Ok(())
+}

@@ -25,7 +25,12 @@ pub struct ReaderClient {
 impl ReaderClient {
     /// Connects with client id = username = `reader_id` and waits for the broker's CONNACK.
     /// Fails if the broker refuses (it closes the socket) or does not answer in time.
-    pub async fn connect(host: &str, port: u16, reader_id: &str, secret: &str) -> anyhow::Result<Self> {
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        reader_id: &str,
+        secret: &str,
+    ) -> anyhow::Result<Self> {
         let mut opts = MqttOptions::new(reader_id, host, port);
         opts.set_credentials(reader_id, secret);
         opts.set_keep_alive(Duration::from_secs(30));

@@ -73,7 +73,11 @@ fn square(west: f64, east: f64) -> String {
 }
 
 /// Provisions the town.
-pub async fn provision(channel: Channel, admin_token: &str, spec: &TownSpec) -> anyhow::Result<Town> {
+pub async fn provision(
+    channel: Channel,
+    admin_token: &str,
+    spec: &TownSpec,
+) -> anyhow::Result<Town> {
     let mut admin = clients::admin(channel.clone(), admin_token)?;
     let p = &spec.prefix;
     let mid = (WEST + EAST) / 2.0;

@@ -20,7 +20,9 @@ use greenplate_proto::topics;
 use greenplate_registry::Readers;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
-use rumqttd::{ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings};
+use rumqttd::{
+    ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -62,9 +64,7 @@ pub async fn start(
 ) -> Result<(), BrokerError> {
     let addr = config.listen;
     // rumqttd binds inside its accept loop and only logs a failure; find it here instead.
-    drop(
-        std::net::TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?,
-    );
+    drop(std::net::TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?);
 
     let segment = 4 * 1024 * 1024;
     let router = Router::new(
@@ -86,10 +86,10 @@ pub async fn start(
         rumqttd::local::LinkBuilder::new(INGEST_CLIENT_ID, link_router_tx)
             .build()
             .map(|(tx, rx, _ack)| (tx, rx))
+            .map_err(|e| BrokerError::Link(e.to_string()))
     })
     .await
-    .map_err(|e| BrokerError::Link(e.to_string()))?
-    .map_err(|e| BrokerError::Link(e.to_string()))?;
+    .map_err(|e| BrokerError::Link(e.to_string()))??;
     link_tx
         .subscribe(topics::SIGHTINGS_FILTER)
         .map_err(|e| BrokerError::Link(e.to_string()))?;
@@ -138,7 +138,9 @@ async fn forward(
     // Held so the router keeps the link's subscription for as long as it is read.
     _link_tx: LinkTx,
     mut link: LinkRx,
-    out: mpsc::Sender<Inbound>, shutdown: CancellationToken) {
+    out: mpsc::Sender<Inbound>,
+    shutdown: CancellationToken,
+) {
     loop {
         let next = tokio::select! {
             n = link.next() => n,

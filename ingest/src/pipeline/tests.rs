@@ -9,8 +9,20 @@ use super::open::{Rejection, open};
 
 fn readers() -> Readers {
     let r = Readers::default();
-    r.insert(Reader::new("r1".into(), "R1".into(), 23.3, 116.6, "secret-1"));
-    r.insert(Reader::new("r2".into(), "R2".into(), 23.3, 116.6, "secret-2"));
+    r.insert(Reader::new(
+        "r1".into(),
+        "R1".into(),
+        23.3,
+        116.6,
+        "secret-1",
+    ));
+    r.insert(Reader::new(
+        "r2".into(),
+        "R2".into(),
+        23.3,
+        116.6,
+        "secret-2",
+    ));
     r
 }
 
@@ -39,7 +51,12 @@ fn accepts_a_sealed_batch_once() {
         Rejection::Replay { seq: 5, last: 5 }
     );
     let older = sealed("secret-1", &batch("r1", 4));
-    assert_eq!(open(&readers, topic.as_bytes(), &older).unwrap_err().reason(), "replay");
+    assert_eq!(
+        open(&readers, topic.as_bytes(), &older)
+            .unwrap_err()
+            .reason(),
+        "replay"
+    );
 }
 
 #[test]
@@ -55,9 +72,15 @@ fn rejects_each_kind_of_bad_message() {
     assert_eq!(reason(&topics::sightings("r9"), b""), "unknown_reader");
     assert_eq!(reason(&r1, b"\xff\xff\xff garbage"), "malformed");
     // Sealed by r2 (with r2's key) but published on r1's topic.
-    assert_eq!(reason(&r1, &sealed("secret-2", &batch("r2", 1))), "reader_mismatch");
+    assert_eq!(
+        reason(&r1, &sealed("secret-2", &batch("r2", 1))),
+        "reader_mismatch"
+    );
     // Claims to be r1 but sealed with another key.
-    assert_eq!(reason(&r1, &sealed("secret-2", &batch("r1", 1))), "unsealed");
+    assert_eq!(
+        reason(&r1, &sealed("secret-2", &batch("r1", 1))),
+        "unsealed"
+    );
     // Envelope says r1, sealed batch inside says r2.
     let inner_r2 = ReaderKey::derive("secret-1")
         .seal_bytes("r1", &batch("r2", 1).encode_to_vec())
@@ -87,17 +110,26 @@ fn decodes_and_checks_sightings() {
         tag_id: "xyz".into(),
         ..good.clone()
     };
-    assert_eq!(decode(&bad_tag, now, 1000), Err(SightingRejection::BadTagId));
+    assert_eq!(
+        decode(&bad_tag, now, 1000),
+        Err(SightingRejection::BadTagId)
+    );
     let future = Sighting {
         first_seen_ms: now + 5000,
         last_seen_ms: now + 5000,
         ..good.clone()
     };
-    assert_eq!(decode(&future, now, 1000), Err(SightingRejection::BadTimestamp));
+    assert_eq!(
+        decode(&future, now, 1000),
+        Err(SightingRejection::BadTimestamp)
+    );
     let backwards = Sighting {
         first_seen_ms: now,
         last_seen_ms: now - 1,
         ..good
     };
-    assert_eq!(decode(&backwards, now, 1000), Err(SightingRejection::BadTimestamp));
+    assert_eq!(
+        decode(&backwards, now, 1000),
+        Err(SightingRejection::BadTimestamp)
+    );
 }

@@ -37,9 +37,11 @@ impl TestService {
         // rumqttd cannot report a port it chose, so reserve one; retry if another test
         // takes it between the reservation and the broker's bind.
         for attempt in 0.. {
-            let mut config = Config::default();
-            config.data_dir = dir.path().to_owned();
-            config.admin_token = Some(ADMIN_TOKEN.into());
+            let mut config = Config {
+                data_dir: dir.path().to_owned(),
+                admin_token: Some(ADMIN_TOKEN.into()),
+                ..Config::default()
+            };
             config.mqtt.listen = free_port();
             config.grpc.listen = "127.0.0.1:0".parse().unwrap();
             config.http.listen = "127.0.0.1:0".parse().unwrap();
@@ -80,7 +82,13 @@ impl TestService {
     pub async fn metric(&self, sample: &str) -> f64 {
         let body = self.http_get("/metrics").await;
         body.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(sample)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0.0)
     }
 
@@ -123,7 +131,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
     body.to_owned()
 }
 
