@@ -111,7 +111,7 @@ async fn process(
         return Ok(());
     }
     let now = now_ms();
-    let mut tx = registry.db().pool().begin().await?;
+    let mut tx = registry.db().begin_write().await?;
     let mut committed = Vec::with_capacity(pending.len());
     for (s, report_id, plate, tag_id, recipients) in pending {
         let incident_id = match incidents.get(&report_id) {

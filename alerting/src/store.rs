@@ -101,7 +101,7 @@ impl Alerting {
         let zone_id = greenplate_registry::validate::ident("zone_id", zone_id)?;
         let name = greenplate_registry::validate::text("name", name, 200)?;
         let area = parse_geojson(geojson)?;
-        let mut tx = self.db().pool().begin().await?;
+        let mut tx = self.db().begin_write().await?;
         sqlx::query(
             "INSERT INTO zones (zone_id, name, geojson, created_at_ms) VALUES ($1, $2, $3, $4)",
         )
@@ -138,7 +138,7 @@ impl Alerting {
         } {
             return Err(RegistryError::NotFound(format!("zone {missing}")).into());
         }
-        let mut tx = self.db().pool().begin().await?;
+        let mut tx = self.db().begin_write().await?;
         sqlx::query("INSERT INTO patrol_units (unit_id, name, created_at_ms) VALUES ($1, $2, $3)")
             .bind(&unit_id)
             .bind(&name)

@@ -9,8 +9,8 @@ use greenplate_alerting::Alerting;
 use greenplate_proto::v1::admin_server::{self, AdminServer};
 use greenplate_proto::v1::{
     AddKioskRequest, AddKioskResponse, AddPatrolUnitRequest, AddPatrolUnitResponse,
-    AddReaderRequest, AddReaderResponse, AddZoneRequest, AddZoneResponse, ListReadersRequest,
-    ListReadersResponse, ReaderInfo,
+    AddReaderRequest, AddReaderResponse, AddZoneRequest, AddZoneResponse, AuditEntry,
+    ListAuditRequest, ListAuditResponse, ListReadersRequest, ListReadersResponse, ReaderInfo,
 };
 use greenplate_registry::auth::{AuthInterceptor, Role, require};
 use tonic::service::interceptor::InterceptedService;
@@ -112,5 +112,32 @@ impl admin_server::Admin for AdminService {
             })
             .collect();
         Ok(Response::new(ListReadersResponse { readers }))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        require(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => 100,
+            n => n.min(1000),
+        };
+        let entries = self
+            .alerting
+            .registry()
+            .list_audit(r.after_id, i64::from(limit))
+            .await?
+            .into_iter()
+            .map(|e| AuditEntry {
+                audit_id: e.audit_id,
+                at_ms: e.at_ms,
+                actor: e.actor,
+                action: e.action,
+                subject: e.subject,
+            })
+            .collect();
+        Ok(Response::new(ListAuditResponse { entries }))
     }
 }

@@ -73,26 +73,8 @@ impl Service {
         let grpc_addr = local_addr("gRPC", &grpc, config.grpc.listen)?;
         let http_addr = local_addr("HTTP", &http, config.http.listen)?;
 
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
-        let admin_token = match &config.admin_token {
-            Some(t) if !t.trim().is_empty() => t.trim().to_owned(),
-            _ => read_or_create(&config.data_dir.join("admin-token"), || {
-                hex::encode(rand::random::<[u8; 24]>())
-            })?,
-        };
-        let key = match &config.secret_key {
-            Some(k) => parse_key(k)?,
-            None => parse_key(&read_or_create(
-                &config.data_dir.join("secret.key"),
-                || hex::encode(SecretBox::generate_key()),
-            )?)?,
-        };
-
-        let db = Db::connect(&config.database_url()).await?;
-        let registry = Registry::open(db.clone(), SecretBox::new(&key), &admin_token).await?;
+        let (registry, admin_token) = open_registry(&config).await?;
+        let db = registry.db().clone();
         let alerting = Alerting::open(registry.clone()).await?;
         let metrics = Arc::new(Metrics::new());
 
@@ -198,6 +180,31 @@ impl Service {
         self.db.close().await;
         drained
     }
+}
+
+/// Opens the data directory (creating the admin token and at-rest key on first use), the
+/// database, and the registry. Returns the registry and the admin token in force.
+pub async fn open_registry(config: &Config) -> Result<(Arc<Registry>, String), StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let admin_token = match &config.admin_token {
+        Some(t) if !t.trim().is_empty() => t.trim().to_owned(),
+        _ => read_or_create(&config.data_dir.join("admin-token"), || {
+            hex::encode(rand::random::<[u8; 24]>())
+        })?,
+    };
+    let key = match &config.secret_key {
+        Some(k) => parse_key(k)?,
+        None => parse_key(&read_or_create(
+            &config.data_dir.join("secret.key"),
+            || hex::encode(SecretBox::generate_key()),
+        )?)?,
+    };
+    let db = Db::connect(&config.database_url()).await?;
+    let registry = Registry::open(db, SecretBox::new(&key), &admin_token).await?;
+    Ok((registry, admin_token))
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -30,10 +30,31 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print the default configuration (TOML).
     GenerateConfig,
+    /// Registry maintenance.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Import existing registrations from a CSV file with the header
+    /// tag_id,plate,owner_name,owner_id_number,owner_phone,make,model,color,frame_number.
+    /// Re-running the same file changes nothing. Stop the service first, or restart it
+    /// afterwards, so its in-memory index includes the imported bikes.
+    Import(ImportArgs),
 }
 
 #[derive(clap::Args)]
-struct ServeArgs {
+struct ImportArgs {
+    /// The CSV file.
+    file: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Where the data lives (the same flags as `serve`).
+#[derive(clap::Args)]
+struct StoreArgs {
     /// Configuration file (TOML); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -43,6 +64,35 @@ struct ServeArgs {
     /// Database URL: sqlite://PATH or postgres://...
     #[arg(long)]
     database_url: Option<String>,
+    /// At-rest key, 64 hex digits.
+    #[arg(long, env = "GREENPLATE_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+}
+
+impl StoreArgs {
+    /// The config file (or defaults) with these flags applied.
+    fn load(&self) -> Result<Config, greenplate_ingest::config::ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &self.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = &self.database_url {
+            config.database_url = Some(v.clone());
+        }
+        if let Some(v) = &self.secret_key {
+            config.secret_key = Some(v.clone());
+        }
+        Ok(config)
+    }
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
     /// MQTT listen address, HOST:PORT.
     #[arg(long)]
     mqtt_listen: Option<SocketAddr>,
@@ -55,9 +105,6 @@ struct ServeArgs {
     /// Admin bearer token.
     #[arg(long, env = "GREENPLATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// At-rest key, 64 hex digits.
-    #[arg(long, env = "GREENPLATE_SECRET_KEY", hide_env_values = true)]
-    secret_key: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -67,42 +114,108 @@ fn main() -> ExitCode {
             print!("{DEFAULT_TOML}");
             ExitCode::SUCCESS
         }
-        Command::Serve(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info,rumqttd=warn".into()),
-                )
-                .init();
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("greenplate: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            runtime.block_on(serve(args))
+        Command::Serve(args) => run(serve(args), "info,rumqttd=warn"),
+        Command::Registry(RegistryCommand::Import(args)) => run(import(args), "warn"),
+    }
+}
+
+/// Sets up logging and a runtime, and runs a command on it.
+fn run(command: impl std::future::Future<Output = ExitCode>, default_log: &str) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_log.into()),
+        )
+        .init();
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(command),
+        Err(e) => {
+            eprintln!("greenplate: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn import(args: ImportArgs) -> ExitCode {
+    let config = match args.store.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("greenplate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (registry, _) = match greenplate_ingest::app::open_registry(&config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("greenplate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let file = match std::fs::File::open(&args.file) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("greenplate: cannot open {}: {e}", args.file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    // Count lines for the progress bar (cheap next to the import itself).
+    let total = std::fs::read(&args.file)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count().saturating_sub(1) as u64)
+        .unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} rows ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let caller = greenplate_registry::Caller {
+        role: greenplate_registry::Role::Admin,
+        id: format!("import:{}", args.file.display()),
+    };
+    let started = std::time::Instant::now();
+    let result = registry
+        .import_csv(&caller, std::io::BufReader::new(file), |n| {
+            bar.set_position(n)
+        })
+        .await;
+    bar.finish_and_clear();
+    registry.db().close().await;
+    match result {
+        Ok(report) => {
+            for r in &report.rejected {
+                println!("line {}: {}", r.line, r.reason);
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "{} rows in {secs:.1} s ({:.0} rows/s): {} imported, {} already there, {} rejected.",
+                report.rows,
+                report.rows as f64 / secs.max(1e-9),
+                report.accepted,
+                report.unchanged,
+                report.rejected.len()
+            );
+            if report.accepted > 0 {
+                println!("Restart a running greenplate so its hot index includes the new bikes.");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("greenplate: import failed: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
 async fn serve(args: Box<ServeArgs>) -> ExitCode {
-    let mut config = match &args.config {
-        Some(path) => match Config::from_file(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("greenplate: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        },
-        None => Config::default(),
+    let mut config = match args.store.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("greenplate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
-    if let Some(v) = args.data_dir {
-        config.data_dir = v;
-    }
-    if let Some(v) = args.database_url {
-        config.database_url = Some(v);
-    }
     if let Some(v) = args.mqtt_listen {
         config.mqtt.listen = v;
     }
@@ -114,9 +227,6 @@ async fn serve(args: Box<ServeArgs>) -> ExitCode {
     }
     if let Some(v) = args.admin_token {
         config.admin_token = Some(v);
-    }
-    if let Some(v) = args.secret_key {
-        config.secret_key = Some(v);
     }
     let service = match Service::start(config).await {
         Ok(s) => s,

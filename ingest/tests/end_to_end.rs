@@ -35,7 +35,10 @@ fn bike(tag: &str, plate: &str, id_number: &str) -> RegisterBikeRequest {
             make: "Yadea".into(),
             model: "DE3".into(),
             color: "green".into(),
+            frame_number: "LYDDE3000123".into(),
         }),
+        request_id: String::new(),
+        pin: "1357".into(),
     }
 }
 
@@ -170,6 +173,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
     registry
         .report_stolen(ReportStolenRequest {
             plate: PLATE_STOLEN.into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -299,6 +303,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
     registry
         .report_stolen(ReportStolenRequest {
             plate: PLATE_OTHER.into(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -81,10 +81,10 @@ impl HotIndex {
     /// Rebuilds the index from the registry tables.
     pub async fn load(db: &Db) -> Result<Self, RegistryError> {
         let rows = sqlx::query(
-            "SELECT b.tag_id, b.bike_id, \
+            "SELECT g.tag_id, g.bike_id, g.state, b.armed, \
                     (SELECT COUNT(*) FROM theft_reports t \
-                      WHERE t.bike_id = b.bike_id AND t.recovered_at_ms IS NULL) AS open_thefts \
-             FROM bikes b",
+                      WHERE t.bike_id = g.bike_id AND t.recovered_at_ms IS NULL) AS open_thefts \
+             FROM tags g JOIN bikes b ON b.bike_id = g.bike_id",
         )
         .fetch_all(db.pool())
         .await?;
@@ -98,7 +98,12 @@ impl HotIndex {
                     continue;
                 };
                 let open: i64 = row.try_get("open_thefts")?;
-                let state = TagState::new(row.try_get("bike_id")?).with_stolen(open > 0);
+                let revoked = row.try_get::<String, _>("state")? == "revoked";
+                let armed = !revoked && row.try_get::<i64, _>("armed")? != 0;
+                let state = TagState::new(row.try_get("bike_id")?)
+                    .with_stolen(open > 0)
+                    .with_armed(armed)
+                    .with_revoked(revoked);
                 map.insert(tag.as_u128(), state);
             }
         }

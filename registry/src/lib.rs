@@ -5,7 +5,12 @@
 //!
 //! Layout:
 //! - [`db`]: the database handle (sqlx `Any`: SQLite or PostgreSQL) and per-crate migrations.
-//! - [`store`]: [`Registry`], the operations; one transaction each, audited.
+//! - [`store`]: [`Registry`]: opening, readers, kiosks, the audit log.
+//! - [`bikes`]: registration (free, idempotent), lookups, transfer, tag replacement,
+//!   deregistration, arming — one transaction each, audited.
+//! - [`thefts`]: theft and recovery reports (the hotlist).
+//! - [`import`]: bulk import of existing registrations from CSV.
+//! - [`pin`]: owners' PINs (Argon2id, lockout).
 //! - [`service`]: the `greenplate.v1.Registry` gRPC service.
 //! - [`hot_index`]: tag -> (bike, stolen, armed, revoked), lock-free reads.
 //! - [`readers`]: the reader directory (positions, sealing keys, counters) for the broker.
@@ -14,23 +19,29 @@
 //! - [`validate`]: tag ids, plates, resident ID numbers, phones; masking.
 
 pub mod auth;
+pub mod bikes;
 pub mod db;
 mod error;
 pub mod hot_index;
+pub mod import;
+pub mod pin;
 pub mod readers;
 pub mod secrets;
 pub mod service;
 pub mod store;
+pub mod thefts;
 pub mod validate;
 
 pub use auth::{Authenticator, Caller, Role};
+pub use bikes::{BikeKey, BikeRecord, NewBike, NewOwner, Registered};
 pub use db::{Backend, Db, DbError, now_ms};
 pub use error::RegistryError;
 pub use hot_index::{HotIndex, TagState};
 pub use readers::{Reader, Readers};
 pub use secrets::SecretBox;
 pub use service::RegistryService;
-pub use store::{BikeKey, BikeRecord, NewBike, Registry};
+pub use store::{AuditEntry, Registry};
+pub use thefts::{TheftDetails, TheftReport};
 pub use validate::TagId;
 
 /// Errors opening the registry.

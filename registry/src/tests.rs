@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use crate::{BikeKey, Caller, Db, NewBike, Registry, RegistryError, Role, SecretBox, TagId};
+use crate::{
+    BikeKey, Caller, Db, NewBike, NewOwner, Registry, RegistryError, Role, SecretBox, TagId,
+    TheftDetails,
+};
 
 /// A throwaway database: a SQLite file in a temp dir, or a fresh PostgreSQL database.
 pub(crate) struct TestDb {
@@ -68,16 +71,31 @@ fn kiosk() -> Caller {
     }
 }
 
+fn admin() -> Caller {
+    Caller {
+        role: Role::Admin,
+        id: "admin".into(),
+    }
+}
+
+const ID_A: &str = "11010519491231002X";
+const ID_B: &str = "440513199001011230";
+
 fn bike(tag: &str, plate: &str) -> NewBike {
     NewBike {
         tag_id: tag.into(),
         plate: plate.into(),
-        owner_name: "陈伟".into(),
-        owner_id_number: "11010519491231002X".into(),
-        owner_phone: "13812345678".into(),
+        owner: NewOwner {
+            name: "陈伟".into(),
+            id_number: ID_A.into(),
+            phone: "13812345678".into(),
+        },
         make: "Yadea".into(),
         model: "G5".into(),
         color: "green".into(),
+        frame_number: "LYD1234567".into(),
+        request_id: String::new(),
+        pin: Some("2468".into()),
     }
 }
 
@@ -87,19 +105,23 @@ async fn open(db: Db) -> Arc<Registry> {
         .unwrap()
 }
 
+fn tag(s: &str) -> TagId {
+    TagId::parse(s).unwrap()
+}
+
 async fn registry_behaviour(t: &TestDb) {
     let db = t.db.clone();
     let reg = open(db.clone()).await;
-    let tag = "e2801160600002070000abcd";
+    let tag_a = "e2801160600002070000abcd";
     let id = reg
-        .register_bike(&kiosk(), bike(tag, "潮阳A12345"))
+        .register_bike(&kiosk(), bike(tag_a, "潮阳A12345"))
         .await
-        .unwrap();
-    let tag_id = TagId::parse(tag).unwrap();
-    assert_eq!(reg.index().lookup(tag_id).unwrap().bike_id, id);
+        .unwrap()
+        .bike_id;
+    assert_eq!(reg.index().lookup(tag(tag_a)).unwrap().bike_id, id);
 
     // Taken tag or plate.
-    let dup_tag = reg.register_bike(&kiosk(), bike(tag, "潮阳B12345")).await;
+    let dup_tag = reg.register_bike(&kiosk(), bike(tag_a, "潮阳B12345")).await;
     assert!(matches!(dup_tag, Err(RegistryError::AlreadyExists(w)) if w.contains("tag")));
     let dup_plate = reg
         .register_bike(&kiosk(), bike("E2801160600002070000ABCE", "潮阳a 12345"))
@@ -108,42 +130,178 @@ async fn registry_behaviour(t: &TestDb) {
 
     // Bad input names the field.
     let mut bad = bike("E2801160600002070000ABCF", "潮阳C12345");
-    bad.owner_id_number = "110105194912310021".into();
+    bad.owner.id_number = "110105194912310021".into();
     let err = reg.register_bike(&kiosk(), bad).await.unwrap_err();
     assert!(err.to_string().starts_with("owner.id_number"), "{err}");
 
-    // Lookup masks personal data.
-    let rec = reg.get_bike(&BikeKey::Tag(tag.into())).await.unwrap();
+    // Idempotent with a request id: a retry returns the same bike.
+    let mut with_rid = bike("E2801160600002070000AB01", "潮阳D12345");
+    with_rid.request_id = "kiosk-1-0001".into();
+    let first = reg.register_bike(&kiosk(), with_rid.clone()).await.unwrap();
+    let retry = reg.register_bike(&kiosk(), with_rid.clone()).await.unwrap();
+    assert!(first.created && !retry.created);
+    assert_eq!(first.bike_id, retry.bike_id);
+    with_rid.plate = "潮阳D99999".into();
+    assert!(matches!(
+        reg.register_bike(&kiosk(), with_rid).await,
+        Err(RegistryError::AlreadyExists(w)) if w.contains("request_id")
+    ));
+
+    // Lookup masks personal data; one owner, several bikes.
+    let rec = reg.get_bike(&BikeKey::Tag(tag_a.into())).await.unwrap();
     assert_eq!(rec.plate, "潮阳A12345");
     assert_eq!(rec.owner_id_number_masked, "110***********002X");
     assert_eq!(rec.owner_phone_masked, "138****5678");
-    assert!(!rec.stolen);
+    assert_eq!(rec.frame_number, "LYD1234567");
+    assert!(!rec.stolen && !rec.armed && rec.registered);
+    let owned = reg.list_owner_bikes(ID_A).await.unwrap();
+    assert_eq!(owned.len(), 2);
 
     // Theft and recovery, idempotent theft report, hot index follows.
-    let r1 = reg.report_stolen(&kiosk(), "潮阳A12345").await.unwrap();
-    let r2 = reg.report_stolen(&kiosk(), "潮阳A12345").await.unwrap();
-    assert_eq!(r1, r2);
-    assert!(reg.index().lookup(tag_id).unwrap().stolen());
+    let details = TheftDetails {
+        stolen_at_ms: 0,
+        place: "Mianbei Rd".into(),
+        notes: "taken from outside the market".into(),
+    };
+    let r1 = reg
+        .report_stolen(&kiosk(), "潮阳A12345", &details)
+        .await
+        .unwrap();
+    let r2 = reg
+        .report_stolen(&kiosk(), "潮阳A12345", &details)
+        .await
+        .unwrap();
+    assert!(!r1.already_open && r2.already_open);
+    assert_eq!(r1.report_id, r2.report_id);
+    assert!(reg.index().lookup(tag(tag_a)).unwrap().stolen());
     assert!(
         reg.get_bike(&BikeKey::Plate("潮阳A12345".into()))
             .await
             .unwrap()
             .stolen
     );
+    // A stolen bike cannot be deregistered.
+    assert!(matches!(
+        reg.deregister_bike(&kiosk(), "潮阳A12345", "scrapped")
+            .await,
+        Err(RegistryError::FailedPrecondition(_))
+    ));
 
     // A restart rebuilds the index from the database.
     let reopened = open(db.clone()).await;
-    assert!(reopened.index().lookup(tag_id).unwrap().stolen());
+    assert!(reopened.index().lookup(tag(tag_a)).unwrap().stolen());
 
     reg.report_recovered(&kiosk(), "潮阳A12345").await.unwrap();
-    assert!(!reg.index().lookup(tag_id).unwrap().stolen());
+    assert!(!reg.index().lookup(tag(tag_a)).unwrap().stolen());
     assert!(matches!(
         reg.report_recovered(&kiosk(), "潮阳A12345").await,
         Err(RegistryError::FailedPrecondition(_))
     ));
     assert!(matches!(
-        reg.report_stolen(&kiosk(), "潮阳Z99999").await,
+        reg.report_stolen(&kiosk(), "潮阳Z99999", &details).await,
         Err(RegistryError::NotFound(_))
+    ));
+
+    // Arming needs the PIN; wrong PINs lock it after five tries.
+    assert!(
+        reg.set_armed(&kiosk(), "潮阳A12345", "2468", true)
+            .await
+            .unwrap()
+    );
+    assert!(reg.index().lookup(tag(tag_a)).unwrap().armed());
+    assert!(matches!(
+        reg.set_armed(&kiosk(), "潮阳A12345", "0000", false).await,
+        Err(RegistryError::PermissionDenied(_))
+    ));
+    assert!(reg.index().lookup(tag(tag_a)).unwrap().armed());
+    assert!(
+        !reg.set_armed(&kiosk(), "潮阳A12345", "2468", false)
+            .await
+            .unwrap()
+    );
+
+    // Replace the tag: the old one is revoked and can never be bound again.
+    let tag_new = "E2801160600002070000BBBB";
+    reg.replace_tag(&kiosk(), "潮阳A12345", tag_new)
+        .await
+        .unwrap();
+    assert!(reg.index().lookup(tag(tag_a)).unwrap().revoked());
+    let new_state = reg.index().lookup(tag(tag_new)).unwrap();
+    assert!(!new_state.revoked() && new_state.bike_id == id);
+    assert_eq!(
+        reg.get_bike(&BikeKey::Tag(tag_a.into()))
+            .await
+            .unwrap()
+            .tag_id,
+        tag_new
+    );
+    let rebind = reg.register_bike(&kiosk(), bike(tag_a, "潮阳E12345")).await;
+    assert!(matches!(rebind, Err(RegistryError::AlreadyExists(w)) if w.contains("revoked")));
+    assert!(matches!(
+        reg.replace_tag(&kiosk(), "潮阳D12345", tag_new).await,
+        Err(RegistryError::AlreadyExists(_))
+    ));
+
+    // Transfer: the current PIN authorises; the new owner's PIN then works, the old does not.
+    let new_owner = NewOwner {
+        name: "李娜".into(),
+        id_number: ID_B.into(),
+        phone: "13900001111".into(),
+    };
+    assert!(matches!(
+        reg.transfer_ownership(&kiosk(), "潮阳A12345", &new_owner, "1111", "9753")
+            .await,
+        Err(RegistryError::PermissionDenied(_))
+    ));
+    reg.transfer_ownership(&kiosk(), "潮阳A12345", &new_owner, "2468", "9753")
+        .await
+        .unwrap();
+    assert_eq!(reg.list_owner_bikes(ID_B).await.unwrap().len(), 1);
+    assert_eq!(reg.list_owner_bikes(ID_A).await.unwrap().len(), 1);
+    assert!(
+        reg.set_armed(&kiosk(), "潮阳A12345", "9753", true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        reg.set_armed(&kiosk(), "潮阳A12345", "2468", true)
+            .await
+            .is_err()
+    );
+
+    // Deregister: tag revoked, plate free for another bike.
+    reg.deregister_bike(&kiosk(), "潮阳A12345", "scrapped")
+        .await
+        .unwrap();
+    assert!(reg.index().lookup(tag(tag_new)).unwrap().revoked());
+    assert!(!reg.index().lookup(tag(tag_new)).unwrap().armed());
+    assert!(matches!(
+        reg.get_bike(&BikeKey::Plate("潮阳A12345".into())).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(
+        !reg.get_bike(&BikeKey::Tag(tag_new.into()))
+            .await
+            .unwrap()
+            .registered
+    );
+    reg.register_bike(&kiosk(), bike("E2801160600002070000CCCC", "潮阳A12345"))
+        .await
+        .unwrap();
+    let reopened = open(db.clone()).await;
+    assert!(reopened.index().lookup(tag(tag_new)).unwrap().revoked());
+    assert!(reopened.index().lookup(tag(tag_a)).unwrap().revoked());
+
+    // PIN lockout after five wrong PINs, counted across calls.
+    for _ in 0..5 {
+        assert!(matches!(
+            reg.set_armed(&kiosk(), "潮阳D12345", "0000", true).await,
+            Err(RegistryError::PermissionDenied(m)) if m.contains("does not match")
+        ));
+    }
+    assert!(matches!(
+        reg.set_armed(&kiosk(), "潮阳D12345", "2468", true).await,
+        Err(RegistryError::PermissionDenied(m)) if m.contains("locked")
     ));
 
     // Personal data is not in the database in clear.
@@ -152,26 +310,45 @@ async fn registry_behaviour(t: &TestDb) {
             .fetch_all(db.pool())
             .await
             .unwrap();
+    assert!(!raw.is_empty());
     for (id, phone) in raw {
-        assert!(!id.windows(6).any(|w| w == b"110105"));
-        assert!(!phone.windows(6).any(|w| w == b"138123"));
+        assert!(!id.windows(6).any(|w| w == b"110105" || w == b"440513"));
+        assert!(!phone.windows(6).any(|w| w == b"138123" || w == b"139000"));
     }
 
+    // The audit log says who did what.
+    let log = reg.list_audit(0, 1000).await.unwrap();
+    let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+    for a in [
+        "register_bike",
+        "report_stolen",
+        "report_recovered",
+        "arm",
+        "disarm",
+        "pin_failed",
+        "replace_tag",
+        "transfer_ownership",
+        "deregister_bike",
+    ] {
+        assert!(actions.contains(&a), "audit log lacks {a}: {actions:?}");
+    }
+    assert!(log.iter().all(|e| e.actor == "kiosk:k1" && e.at_ms > 0));
+    assert!(log.windows(2).all(|w| w[0].audit_id < w[1].audit_id));
+    let later = reg.list_audit(log[2].audit_id, 2).await.unwrap();
+    assert_eq!(later[0].audit_id, log[3].audit_id);
+    assert_eq!(later.len(), 2);
+
     // Readers and kiosk tokens.
-    let admin = Caller {
-        role: Role::Admin,
-        id: "admin".into(),
-    };
     let secret = reg
-        .add_reader(&admin, "rd-1", "Gate 1", 23.26, 116.6)
+        .add_reader(&admin(), "rd-1", "Gate 1", 23.26, 116.6)
         .await
         .unwrap();
     assert!(reg.readers().authenticate("rd-1", "rd-1", &secret));
     assert!(matches!(
-        reg.add_reader(&admin, "rd-1", "again", 23.0, 116.0).await,
+        reg.add_reader(&admin(), "rd-1", "again", 23.0, 116.0).await,
         Err(RegistryError::AlreadyExists(_))
     ));
-    let token = reg.add_kiosk(&admin, "k-1", "Kiosk 1").await.unwrap();
+    let token = reg.add_kiosk(&admin(), "k-1", "Kiosk 1").await.unwrap();
     assert_eq!(reg.auth().authenticate(&token).unwrap().id, "k-1");
     let reopened = open(db).await;
     assert!(reopened.readers().authenticate("rd-1", "rd-1", &secret));
@@ -182,17 +359,133 @@ async fn registry_behaviour(t: &TestDb) {
     assert!(reopened.auth().authenticate("nope").is_none());
 }
 
-#[tokio::test]
-async fn registry_on_sqlite() {
-    let t = TestDb::sqlite().await;
-    registry_behaviour(&t).await;
-    t.cleanup().await;
+/// Sixteen kiosks register the same tag at once: exactly one wins, the rest are told the
+/// tag is taken, and nothing is half-written.
+async fn concurrent_registration(t: &TestDb) {
+    let reg = open(t.db.clone()).await;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let reg = reg.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut b = bike("E28011606000020700000FFF", &format!("潮阳K{:05}", i));
+            b.pin = None;
+            reg.register_bike(&kiosk(), b).await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(RegistryError::AlreadyExists(_)) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    let (bikes,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM bikes")
+        .fetch_one(t.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(bikes, 1);
 }
 
-#[tokio::test]
-#[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG, default postgres://postgres@127.0.0.1:5432/test)"]
-async fn registry_on_postgres() {
-    let t = TestDb::postgres().await;
-    registry_behaviour(&t).await;
-    t.cleanup().await;
+async fn import_behaviour(t: &TestDb) {
+    let reg = open(t.db.clone()).await;
+    let csv = "\
+plate,tag_id,owner_name,owner_id_number,owner_phone,make,model,color,frame_number
+潮阳A00001,E28011600000000000000001,王芳,11010519491231002X,13800000001,Yadea,G5,green,FRAME00001
+潮阳A00002,E28011600000000000000002,王芳,11010519491231002X,13800000001,Aima,A500,white,FRAME00002
+潮阳A00003,NOT-A-TAG,张强,440513199001011230,13800000003,Aima,A500,white,FRAME00003
+潮阳A00004,E28011600000000000000004,张强,440513199001011231,13800000004,Aima,A500,white,FRAME00004
+潮阳A00001,E28011600000000000000005,张强,440513199001011230,13800000005,Aima,A500,white,FRAME00005
+潮阳A00006,E28011600000000000000006,张强,440513199001011230,13800000006,Aima,A500,white,FRAME00006
+";
+    let mut seen = 0;
+    let report = reg
+        .import_csv(&admin(), csv.as_bytes(), |n| seen = n)
+        .await
+        .unwrap();
+    assert_eq!(seen, 6);
+    assert_eq!((report.rows, report.accepted, report.unchanged), (6, 3, 0));
+    let lines: Vec<u64> = report.rejected.iter().map(|r| r.line).collect();
+    assert_eq!(lines, vec![4, 5, 6], "{:?}", report.rejected);
+    assert!(report.rejected[0].reason.starts_with("tag_id"));
+    assert!(
+        report.rejected[1].reason.starts_with("owner_id_number")
+            || report.rejected[1].reason.starts_with("owner.id_number")
+    );
+    assert!(report.rejected[2].reason.contains("plate"));
+    assert!(
+        reg.index()
+            .lookup(tag("E28011600000000000000006"))
+            .is_some()
+    );
+    // Imported bikes have no PIN until the owner sets one.
+    assert!(matches!(
+        reg.set_armed(&kiosk(), "潮阳A00001", "1234", true).await,
+        Err(RegistryError::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        reg.set_pin(&kiosk(), "潮阳A00001", ID_B, "1234").await,
+        Err(RegistryError::PermissionDenied(_))
+    ));
+    reg.set_pin(&kiosk(), "潮阳A00001", ID_A, "1234")
+        .await
+        .unwrap();
+    assert!(
+        reg.set_armed(&kiosk(), "潮阳A00001", "1234", true)
+            .await
+            .unwrap()
+    );
+
+    // A re-run changes nothing.
+    let again = reg
+        .import_csv(&admin(), csv.as_bytes(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!((again.accepted, again.unchanged), (0, 3));
+    assert_eq!(again.rejected.len(), 3);
+    let (bikes,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM bikes")
+        .fetch_one(t.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(bikes, 3);
+
+    // A file without the documented header is refused whole.
+    assert!(matches!(
+        reg.import_csv(&admin(), "tag,plate\n".as_bytes(), |_| {})
+            .await,
+        Err(crate::import::ImportError::Header { .. })
+    ));
 }
+
+macro_rules! on_both_backends {
+    ($($name:ident),*) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let t = super::TestDb::sqlite().await;
+                    super::$name(&t).await;
+                    t.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG, default postgres://postgres@127.0.0.1:5432/test)"]
+                async fn $name() {
+                    let t = super::TestDb::postgres().await;
+                    super::$name(&t).await;
+                    t.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    registry_behaviour,
+    concurrent_registration,
+    import_behaviour
+);

@@ -139,6 +139,32 @@ pub fn text(field: &'static str, raw: &str, max: usize) -> Result<String, Regist
     Ok(t.to_owned())
 }
 
+/// An optional free-text field: trimmed, at most `max` characters.
+pub fn optional_text(field: &'static str, raw: &str, max: usize) -> Result<String, RegistryError> {
+    let t = raw.trim();
+    if t.chars().count() > max {
+        return Err(RegistryError::invalid(field, "is too long"));
+    }
+    Ok(t.to_owned())
+}
+
+/// A frame (VIN) number: 6 to 20 letters or digits, upper-cased; spaces and dashes dropped.
+pub fn frame_number(field: &'static str, raw: &str) -> Result<String, RegistryError> {
+    let v: String = raw
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    if (6..=20).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(v)
+    } else {
+        Err(RegistryError::invalid(
+            field,
+            "must be 6 to 20 letters or digits",
+        ))
+    }
+}
+
 /// An identifier chosen by an operator (reader, zone, unit, kiosk): 1-64 of `[A-Za-z0-9_.-]`.
 /// Reader ids appear in MQTT topics, so no `/`, `+` or `#`.
 pub fn ident(field: &'static str, raw: &str) -> Result<String, RegistryError> {

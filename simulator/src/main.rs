@@ -181,6 +181,8 @@ async fn run_town(args: TownArgs) -> anyhow::Result<()> {
     clients::registry(channel.clone(), &town.kiosk_token)?
         .report_stolen(ReportStolenRequest {
             plate: stolen.plate.clone(),
+            place: "Simulated street".into(),
+            ..Default::default()
         })
         .await?;
     println!(

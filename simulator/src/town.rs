@@ -17,6 +17,9 @@ pub const NORTH: f64 = 23.32;
 pub const WEST: f64 = 116.50;
 pub const EAST: f64 = 116.66;
 
+/// The PIN every simulated owner chooses.
+pub const PIN: &str = "2468";
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct TownSpec {
@@ -168,7 +171,10 @@ pub async fn provision(
                     make: "Yadea".into(),
                     model: "G5".into(),
                     color: ["green", "white", "black", "red"][i % 4].into(),
+                    frame_number: format!("LYDG5{run:04}{i:07}"),
                 }),
+                request_id: format!("{p}reg-{i}"),
+                pin: PIN.into(),
             })
             .await
             .with_context(|| format!("RegisterBike {}", bike.plate))?;

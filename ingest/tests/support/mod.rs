@@ -18,6 +18,8 @@ pub struct TestService {
     pub service: Service,
     pub grpc_url: String,
     pub dir: tempfile::TempDir,
+    /// For PostgreSQL runs: the server connection and the database to drop at `stop`.
+    pg: Option<(greenplate_registry::Db, String)>,
 }
 
 impl TestService {
@@ -27,6 +29,29 @@ impl TestService {
 
     /// Starts on an existing data directory (for restart tests).
     pub async fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_with(dir, None).await
+    }
+
+    /// Starts on a fresh database of the PostgreSQL server at `GREENPLATE_TEST_PG`
+    /// (default `postgres://postgres@127.0.0.1:5432/test`).
+    pub async fn start_postgres() -> Self {
+        let base = std::env::var("GREENPLATE_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let server = greenplate_registry::Db::connect(&base)
+            .await
+            .expect("PostgreSQL is reachable");
+        let name = format!("gp_e2e_{}", hex::encode(rand::random::<[u8; 6]>()));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(server.pool())
+            .await
+            .unwrap();
+        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+        let mut svc = Self::start_with(tempfile::tempdir().unwrap(), Some(url)).await;
+        svc.pg = Some((server, name));
+        svc
+    }
+
+    async fn start_with(dir: tempfile::TempDir, database_url: Option<String>) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -40,6 +65,7 @@ impl TestService {
             let mut config = Config {
                 data_dir: dir.path().to_owned(),
                 admin_token: Some(ADMIN_TOKEN.into()),
+                database_url: database_url.clone(),
                 ..Config::default()
             };
             config.mqtt.listen = free_port();
@@ -52,6 +78,7 @@ impl TestService {
                         service,
                         grpc_url,
                         dir,
+                        pg: None,
                     };
                 }
                 Err(StartError::Broker(e)) if attempt < 5 => {
@@ -114,6 +141,14 @@ impl TestService {
             self.service.stop(Duration::from_secs(10)).await,
             "service did not drain within 10 s"
         );
+        if let Some((server, name)) = self.pg {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name}"
+            )))
+            .execute(server.pool())
+            .await
+            .unwrap();
+        }
         self.dir
     }
 }

@@ -1,0 +1,397 @@
+//! The Registry and Admin APIs through gRPC: every operation, every validation rule, masking,
+//! the audit log, and concurrent kiosks. Runs on SQLite, and on PostgreSQL when asked.
+
+mod support;
+
+use greenplate_proto::v1::registry_client::RegistryClient;
+use greenplate_proto::v1::{
+    AddKioskRequest, BikeDetails, DeregisterBikeRequest, GetBikeRequest, ListAuditRequest,
+    ListOwnerBikesRequest, Owner, RegisterBikeRequest, ReplaceTagRequest, ReportRecoveredRequest,
+    ReportStolenRequest, SetArmedRequest, TransferOwnershipRequest, get_bike_request,
+};
+use greenplate_simulator::clients::{self, Authed};
+use support::{ADMIN_TOKEN, TestService};
+use tonic::Code;
+
+const ID_A: &str = "11010519491231002X";
+const ID_B: &str = "440513199001011230";
+
+fn request(tag: &str, plate: &str) -> RegisterBikeRequest {
+    RegisterBikeRequest {
+        tag_id: tag.into(),
+        plate: plate.into(),
+        owner: Some(Owner {
+            name: "陈伟".into(),
+            id_number: ID_A.into(),
+            phone: "13812345678".into(),
+        }),
+        bike: Some(BikeDetails {
+            make: "Yadea".into(),
+            model: "G5".into(),
+            color: "green".into(),
+            frame_number: "LYDG5000001".into(),
+        }),
+        request_id: String::new(),
+        pin: "2468".into(),
+    }
+}
+
+fn by_plate(p: &str) -> GetBikeRequest {
+    GetBikeRequest {
+        key: Some(get_bike_request::Key::Plate(p.into())),
+    }
+}
+
+async fn kiosk(svc: &TestService) -> RegistryClient<Authed> {
+    let channel = svc.channel().await;
+    let token = clients::admin(channel.clone(), ADMIN_TOKEN)
+        .unwrap()
+        .add_kiosk(AddKioskRequest {
+            kiosk_id: "k-1".into(),
+            name: "Kiosk".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    clients::registry(channel, &token).unwrap()
+}
+
+async fn every_operation(svc: TestService) {
+    let mut k = kiosk(&svc).await;
+
+    // Register (free: one call) and look up, masked.
+    let id = k
+        .register_bike(request("E28011606000000000000001", "潮阳A00001"))
+        .await
+        .unwrap()
+        .into_inner()
+        .bike_id;
+    let bike = k
+        .get_bike(by_plate("潮阳 a0000-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bike.bike_id, id);
+    let owner = bike.owner.unwrap();
+    assert_eq!(
+        (owner.id_number.as_str(), owner.phone.as_str()),
+        ("110***********002X", "138****5678")
+    );
+    assert_eq!(bike.bike.unwrap().frame_number, "LYDG5000001");
+
+    // Idempotent retry.
+    let mut r = request("E28011606000000000000002", "潮阳A00002");
+    r.request_id = "k-1/42".into();
+    let a = k
+        .register_bike(r.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .bike_id;
+    let b = k.register_bike(r).await.unwrap().into_inner().bike_id;
+    assert_eq!(a, b);
+    let owned = k
+        .list_owner_bikes(ListOwnerBikesRequest {
+            id_number: ID_A.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .bikes;
+    assert_eq!(owned.len(), 2);
+    assert!(
+        owned
+            .iter()
+            .all(|b| b.owner.as_ref().unwrap().phone == "138****5678")
+    );
+
+    // Theft report with details; a second report returns the open one.
+    let stolen = ReportStolenRequest {
+        plate: "潮阳A00001".into(),
+        stolen_at_ms: 0,
+        place: "Mianbei Rd market".into(),
+        notes: "black top case".into(),
+    };
+    let first = k.report_stolen(stolen.clone()).await.unwrap().into_inner();
+    let again = k.report_stolen(stolen).await.unwrap().into_inner();
+    assert!(!first.already_open && again.already_open);
+    assert_eq!(first.report_id, again.report_id);
+    assert!(
+        k.get_bike(by_plate("潮阳A00001"))
+            .await
+            .unwrap()
+            .into_inner()
+            .stolen
+    );
+    let err = k
+        .deregister_bike(DeregisterBikeRequest {
+            plate: "潮阳A00001".into(),
+            reason: "scrapped".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    k.report_recovered(ReportRecoveredRequest {
+        plate: "潮阳A00001".into(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        !k.get_bike(by_plate("潮阳A00001"))
+            .await
+            .unwrap()
+            .into_inner()
+            .stolen
+    );
+
+    // Arm and disarm with the PIN; a wrong PIN is PERMISSION_DENIED.
+    let arm = |pin: &str, armed: bool| SetArmedRequest {
+        plate: "潮阳A00001".into(),
+        pin: pin.into(),
+        armed,
+    };
+    assert!(
+        k.set_armed(arm("2468", true))
+            .await
+            .unwrap()
+            .into_inner()
+            .armed
+    );
+    assert!(
+        k.get_bike(by_plate("潮阳A00001"))
+            .await
+            .unwrap()
+            .into_inner()
+            .armed
+    );
+    assert_eq!(
+        k.set_armed(arm("1111", false)).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    assert!(
+        !k.set_armed(arm("2468", false))
+            .await
+            .unwrap()
+            .into_inner()
+            .armed
+    );
+
+    // Replace the tag; the old one can never be bound again.
+    k.replace_tag(ReplaceTagRequest {
+        plate: "潮阳A00001".into(),
+        new_tag_id: "E28011606000000000000003".into(),
+    })
+    .await
+    .unwrap();
+    let via_old = k
+        .get_bike(GetBikeRequest {
+            key: Some(get_bike_request::Key::TagId(
+                "E28011606000000000000001".into(),
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(via_old.tag_id, "E28011606000000000000003");
+    let err = k
+        .register_bike(request("E28011606000000000000001", "潮阳A00009"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(err.message().contains("revoked"), "{}", err.message());
+
+    // Transfer to a new owner with the current PIN.
+    k.transfer_ownership(TransferOwnershipRequest {
+        plate: "潮阳A00001".into(),
+        new_owner: Some(Owner {
+            name: "李娜".into(),
+            id_number: ID_B.into(),
+            phone: "13900001111".into(),
+        }),
+        pin: "2468".into(),
+        new_pin: "9753".into(),
+    })
+    .await
+    .unwrap();
+    let b = k
+        .get_bike(by_plate("潮阳A00001"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(b.owner.unwrap().id_number, "440***********1230");
+
+    // Deregister: plate freed, bike gone from plate lookups.
+    k.deregister_bike(DeregisterBikeRequest {
+        plate: "潮阳A00001".into(),
+        reason: "scrapped".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        k.get_bike(by_plate("潮阳A00001")).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    k.register_bike(request("E28011606000000000000004", "潮阳A00001"))
+        .await
+        .unwrap();
+
+    // The audit log, through Admin.
+    let mut admin = clients::admin(svc.channel().await, ADMIN_TOKEN).unwrap();
+    let entries = admin
+        .list_audit(ListAuditRequest {
+            after_id: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let kiosk_actions: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.actor == "kiosk:k-1")
+        .map(|e| e.action.as_str())
+        .collect();
+    for a in [
+        "register_bike",
+        "report_stolen",
+        "report_recovered",
+        "arm",
+        "disarm",
+        "pin_failed",
+        "replace_tag",
+        "transfer_ownership",
+        "deregister_bike",
+    ] {
+        assert!(kiosk_actions.contains(&a), "audit lacks {a}");
+    }
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.actor == "admin:admin" && e.action == "add_kiosk")
+    );
+    // No personal data in the audit log.
+    assert!(
+        entries
+            .iter()
+            .all(|e| !e.subject.contains("1381234") && !e.subject.contains("110105"))
+    );
+    // Kiosks cannot read it.
+    assert_eq!(
+        clients::admin(svc.channel().await, "wrong")
+            .unwrap()
+            .list_audit(ListAuditRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    svc.stop().await;
+}
+
+async fn validation(svc: TestService) {
+    let mut k = kiosk(&svc).await;
+    type Edit = fn(&mut RegisterBikeRequest);
+    let cases: Vec<(&str, Edit)> = vec![
+        ("tag_id", |r| r.tag_id = "E2801160600000000000001".into()),
+        ("tag_id", |r| r.tag_id = "E2801160600000000000000G".into()),
+        ("plate", |r| r.plate = "".into()),
+        ("plate", |r| r.plate = "A12345".into()),
+        ("plate", |r| r.plate = "潮阳A1".into()),
+        ("plate", |r| r.plate = "潮阳A12$45".into()),
+        ("owner.name", |r| {
+            r.owner.as_mut().unwrap().name = " ".into()
+        }),
+        ("owner.id_number", |r| {
+            r.owner.as_mut().unwrap().id_number = "1101051949123100".into()
+        }),
+        ("owner.id_number", |r| {
+            r.owner.as_mut().unwrap().id_number = "110105194912310021".into()
+        }),
+        ("owner.id_number", |r| {
+            r.owner.as_mut().unwrap().id_number = "110105194902300028".into()
+        }),
+        ("owner.phone", |r| {
+            r.owner.as_mut().unwrap().phone = "1381234567".into()
+        }),
+        ("owner.phone", |r| {
+            r.owner.as_mut().unwrap().phone = "12812345678".into()
+        }),
+        ("bike.make", |r| r.bike.as_mut().unwrap().make = "".into()),
+        ("bike.model", |r| r.bike.as_mut().unwrap().model = "".into()),
+        ("bike.color", |r| r.bike.as_mut().unwrap().color = "".into()),
+        ("bike.frame_number", |r| {
+            r.bike.as_mut().unwrap().frame_number = "AB1".into()
+        }),
+        ("pin", |r| r.pin = "123".into()),
+        ("pin", |r| r.pin = "12a4".into()),
+    ];
+    for (field, edit) in cases {
+        let mut r = request("E28011606000000000000011", "潮阳B00001");
+        edit(&mut r);
+        let err = k.register_bike(r).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
+    }
+    // Nothing was half-written by the refusals.
+    k.register_bike(request("E28011606000000000000011", "潮阳B00001"))
+        .await
+        .unwrap();
+    svc.stop().await;
+}
+
+/// Sixteen kiosks race to register the same tag through gRPC: exactly one wins.
+async fn concurrent_kiosks(svc: TestService) {
+    let k = kiosk(&svc).await;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let mut k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            k.register_bike(request("E280116060000000000000AA", &format!("潮阳C{i:05}")))
+                .await
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap().map(|_| ()).map_err(|s| s.code()));
+    }
+    assert_eq!(codes.iter().filter(|c| c.is_ok()).count(), 1, "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(c, Ok(()) | Err(Code::AlreadyExists))),
+        "{codes:?}"
+    );
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_sqlite() {
+    every_operation(TestService::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_sqlite() {
+    validation(TestService::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_kiosks_sqlite() {
+    concurrent_kiosks(TestService::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG)"]
+async fn every_operation_postgres() {
+    every_operation(TestService::start_postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG)"]
+async fn concurrent_kiosks_postgres() {
+    concurrent_kiosks(TestService::start_postgres().await).await;
+}

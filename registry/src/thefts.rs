@@ -1,0 +1,165 @@
+//! Theft and recovery reports: the hotlist.
+
+use sqlx::Row;
+
+use crate::auth::Caller;
+use crate::bikes::registered_bike;
+use crate::db::now_ms;
+use crate::error::RegistryError;
+use crate::store::{Registry, audit};
+use crate::validate;
+
+/// What a kiosk or officer says about a theft.
+#[derive(Debug, Clone, Default)]
+pub struct TheftDetails {
+    /// When it happened, Unix ms; 0 for now.
+    pub stolen_at_ms: i64,
+    pub place: String,
+    pub notes: String,
+}
+
+/// Result of [`Registry::report_stolen`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TheftReport {
+    pub report_id: i64,
+    /// True when the bike already had an open report (this one).
+    pub already_open: bool,
+}
+
+impl Registry {
+    /// Puts a bike on the hotlist; a second report of an open theft returns the open one.
+    pub async fn report_stolen(
+        &self,
+        caller: &Caller,
+        plate: &str,
+        details: &TheftDetails,
+    ) -> Result<TheftReport, RegistryError> {
+        let plate = validate::plate("plate", plate)?;
+        let now = now_ms();
+        let stolen_at = match details.stolen_at_ms {
+            0 => now,
+            t if t > now + 60_000 => {
+                return Err(RegistryError::invalid("stolen_at_ms", "is in the future"));
+            }
+            t if t < 946_684_800_000 => {
+                return Err(RegistryError::invalid(
+                    "stolen_at_ms",
+                    "is before the year 2000",
+                ));
+            }
+            t => t,
+        };
+        let place = validate::optional_text("place", &details.place, 200)?;
+        let notes = validate::optional_text("notes", &details.notes, 2000)?;
+        let mut tx = self.db.begin_write().await?;
+        let bike = registered_bike(&mut tx, &plate).await?;
+        let open = sqlx::query(
+            "SELECT report_id FROM theft_reports WHERE bike_id = $1 AND recovered_at_ms IS NULL",
+        )
+        .bind(bike.bike_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = open {
+            return Ok(TheftReport {
+                report_id: row.try_get("report_id")?,
+                already_open: true,
+            });
+        }
+        let report_id: i64 = sqlx::query(
+            "INSERT INTO theft_reports (bike_id, stolen_at_ms, place, notes, reported_by, reported_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING report_id",
+        )
+        .bind(bike.bike_id)
+        .bind(stolen_at)
+        .bind(&place)
+        .bind(&notes)
+        .bind(caller.audit_name())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("report_id")?;
+        audit(
+            &mut tx,
+            caller,
+            "report_stolen",
+            &format!("bike {} plate {plate} report {report_id}", bike.bike_id),
+        )
+        .await?;
+        tx.commit().await?;
+        if let Some(tag) = bike.tag {
+            self.index.update(tag, |s| s.with_stolen(true));
+        }
+        Ok(TheftReport {
+            report_id,
+            already_open: false,
+        })
+    }
+
+    /// Takes a bike off the hotlist.
+    pub async fn report_recovered(
+        &self,
+        caller: &Caller,
+        plate: &str,
+    ) -> Result<(), RegistryError> {
+        let plate = validate::plate("plate", plate)?;
+        let mut tx = self.db.begin_write().await?;
+        let bike = registered_bike(&mut tx, &plate).await?;
+        let done = sqlx::query(
+            "UPDATE theft_reports SET recovered_by = $1, recovered_at_ms = $2 \
+             WHERE bike_id = $3 AND recovered_at_ms IS NULL",
+        )
+        .bind(caller.audit_name())
+        .bind(now_ms())
+        .bind(bike.bike_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "bike {plate} is not reported stolen"
+            )));
+        }
+        audit(
+            &mut tx,
+            caller,
+            "report_recovered",
+            &format!("bike {} plate {plate}", bike.bike_id),
+        )
+        .await?;
+        tx.commit().await?;
+        if let Some(tag) = bike.tag {
+            self.index.update(tag, |s| s.with_stolen(false));
+        }
+        Ok(())
+    }
+
+    /// Plate and current tag of a bike, for alerts.
+    pub async fn bike_plate_and_tag(
+        &self,
+        bike_id: i64,
+    ) -> Result<(String, String), RegistryError> {
+        let row = sqlx::query("SELECT plate, tag_id FROM bikes WHERE bike_id = $1")
+            .bind(bike_id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("bike {bike_id}")))?;
+        Ok((
+            row.try_get("plate")?,
+            row.try_get::<Option<String>, _>("tag_id")?
+                .unwrap_or_default(),
+        ))
+    }
+
+    /// The open theft report of a bike, if any.
+    pub async fn open_theft_report(&self, bike_id: i64) -> Result<Option<i64>, RegistryError> {
+        let row = sqlx::query(
+            "SELECT report_id FROM theft_reports WHERE bike_id = $1 AND recovered_at_ms IS NULL",
+        )
+        .bind(bike_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("report_id")?),
+            None => None,
+        })
+    }
+}
