@@ -9,11 +9,14 @@
 //! - readers get no dynamic filters: a publish to a topic nobody subscribed is refused and
 //!   the reader disconnected, so a reader cannot make the broker allocate logs at will.
 //! - the in-process link must be woken after `Unschedule`, or it stalls after ~200 messages.
+//! - its listener binds asynchronously, so `start` returns only once a probe client has
+//!   completed an MQTT CONNECT (with a one-time credential).
 //!
 //! Ingest receives what readers publish as [`Inbound`] messages on a bounded channel.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use greenplate_proto::topics;
@@ -23,6 +26,7 @@ use rumqttd::protocol::v4::V4;
 use rumqttd::{
     ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
 };
+use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +37,12 @@ use crate::metrics::Metrics;
 /// The id of the server's own in-process MQTT client (reader ids may not start with
 /// `greenplate`, so no reader can take it).
 pub const INGEST_CLIENT_ID: &str = "greenplate-ingest";
+
+/// The client id of the readiness probe that connects once at start.
+const PROBE_CLIENT_ID: &str = "greenplate-probe";
+
+/// How long the broker may take to start listening.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One message a reader published.
 #[derive(Debug, Clone)]
@@ -51,6 +61,13 @@ pub enum BrokerError {
     },
     #[error("cannot attach ingest to the MQTT router: {0}")]
     Link(String),
+    #[error(
+        "MQTT broker did not accept connections on {addr} within {READY_TIMEOUT:?}: {last_error}"
+    )]
+    NotReady {
+        addr: SocketAddr,
+        last_error: String,
+    },
 }
 
 /// Starts the embedded broker on `config.listen` and forwards every reader publish to `out`.
@@ -102,8 +119,15 @@ pub async fn start(
         external_auth: None,
         dynamic_filters: false,
     };
+    // A one-time credential for the readiness probe below; nothing else can log in with
+    // the reserved `greenplate` client-id prefix.
+    let probe_secret = hex::encode(rand::random::<[u8; 16]>());
+    let probe_check = probe_secret.clone();
     connections.set_auth_handler(move |client_id: String, user: String, pass: String| {
-        let ok = readers.authenticate(&client_id, &user, &pass);
+        let probe = client_id == PROBE_CLIENT_ID
+            && user == PROBE_CLIENT_ID
+            && bool::from(pass.as_bytes().ct_eq(probe_check.as_bytes()));
+        let ok = probe || readers.authenticate(&client_id, &user, &pass);
         if !ok {
             metrics.mqtt_auth_failures.inc();
             tracing::warn!(client_id = %client_id, user = %user, "Refused an MQTT login.");
@@ -129,8 +153,59 @@ pub async fn start(
             _ = stop.cancelled() => {}
         }
     });
-    tracker.spawn(forward(link_tx, link_rx, out, shutdown));
+    tracker.spawn(forward(link_tx, link_rx, out, shutdown.clone()));
+    let (probe, mut probe_events) = wait_ready(addr, &probe_secret).await?;
+    // Keep the probe connected until shutdown: rumqttd logs every client disconnect as an
+    // error, and a connection that stays is harmless.
+    tracker.spawn(async move {
+        let _probe = probe;
+        loop {
+            tokio::select! {
+                r = probe_events.poll() => if r.is_err() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                },
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    });
     Ok(())
+}
+
+/// rumqttd binds inside its accept loop; wait until it answers a real MQTT CONNECT, so the
+/// service is only reported up once readers can connect.
+async fn wait_ready(
+    addr: SocketAddr,
+    secret: &str,
+) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), BrokerError> {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "::1".to_owned(),
+        ip => ip.to_string(),
+    };
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let mut last_error = String::from("no attempt");
+    while tokio::time::Instant::now() < deadline {
+        let mut opts = rumqttc::MqttOptions::new(PROBE_CLIENT_ID, host.as_str(), addr.port());
+        opts.set_credentials(PROBE_CLIENT_ID, secret);
+        let (client, mut events) = rumqttc::AsyncClient::new(opts, 1);
+        let attempt = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        match attempt {
+            Ok(Ok(())) => return Ok((client, events)),
+            Ok(Err(e)) => last_error = e,
+            Err(_) => last_error = "timed out waiting for CONNACK".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(BrokerError::NotReady { addr, last_error })
 }
 
 /// Moves publishes from the router link to ingest, waking the link when the router pauses it.
