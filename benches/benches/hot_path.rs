@@ -75,24 +75,38 @@ fn bench_open(c: &mut Criterion) {
 }
 
 fn bench_index(c: &mut Criterion) {
-    let index = HotIndex::default();
-    let tags: Vec<TagId> = (0..TAGS).map(|i| TagId::parse(&tag(i)).unwrap()).collect();
-    for (i, t) in tags.iter().enumerate() {
-        index.set(*t, TagState::new(i as i64));
-    }
     let mut g = c.benchmark_group("hot_index");
     g.throughput(Throughput::Elements(1));
-    let mut i = 0usize;
-    g.bench_function("lookup_hit_210k", |b| {
-        b.iter(|| {
-            i = (i + 7919) % tags.len();
-            black_box(index.lookup(tags[i]))
-        })
-    });
-    let miss = TagId::parse("FFFFFFFFFFFFFFFFFFFFFFFF").unwrap();
-    g.bench_function("lookup_miss_210k", |b| {
-        b.iter(|| black_box(index.lookup(miss)))
-    });
+    for (label, n) in [("210k", 210_000u64), ("10M", 10_000_000)] {
+        let index = HotIndex::default();
+        let tags: Vec<TagId> = (0..n).map(|i| TagId::parse(&tag(i)).unwrap()).collect();
+        for (i, t) in tags.iter().enumerate() {
+            index.set(*t, TagState::new(i as i64));
+        }
+        eprintln!(
+            "hot_index {label}: {} tags, {} bytes, {:.1} bytes per tag",
+            index.len(),
+            index.memory_bytes(),
+            index.memory_bytes() as f64 / index.len() as f64
+        );
+        let mut i = 0usize;
+        g.bench_function(format!("lookup_hit_{label}"), |b| {
+            b.iter(|| {
+                i = (i + 7919) % tags.len();
+                black_box(index.lookup(tags[i]))
+            })
+        });
+        let absent: Vec<TagId> = (0..65_536u64)
+            .map(|j| TagId::parse(&format!("FFFFFFFF{:016X}", j * 7919)).unwrap())
+            .collect();
+        let mut j = 0usize;
+        g.bench_function(format!("lookup_miss_{label}"), |b| {
+            b.iter(|| {
+                j = (j + 1) & 65_535;
+                black_box(index.lookup(absent[j]))
+            })
+        });
+    }
     g.bench_function("parse_tag_id", |b| {
         b.iter(|| black_box(TagId::parse(black_box("e2801160600002070000abcd"))))
     });

@@ -188,45 +188,46 @@ impl Registry {
         pin_hash: Option<&str>,
     ) -> Result<Registered, RegistryError> {
         let tag_text = bike.tag.to_string();
-        if let Some(rid) = &bike.request_id {
-            let done =
-                sqlx::query("SELECT bike_id, tag_id, plate FROM bikes WHERE request_id = $1")
-                    .bind(rid)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some(row) = done {
-                let same = row.try_get::<Option<String>, _>("tag_id")?.as_deref()
-                    == Some(tag_text.as_str())
-                    && row.try_get::<String, _>("plate")? == bike.plate;
-                if !same {
-                    return Err(RegistryError::AlreadyExists(format!(
-                        "request_id {rid} (used for a different bike)"
-                    )));
-                }
-                return Ok(Registered {
-                    bike_id: row.try_get("bike_id")?,
-                    created: false,
-                });
+        // One round trip for the three things that can already be taken.
+        let taken = sqlx::query(
+            "SELECT (SELECT bike_id FROM bikes WHERE request_id = $1) AS by_request, \
+                    (SELECT state FROM tags WHERE tag_id = $2) AS tag_state, \
+                    (SELECT bike_id FROM bikes WHERE plate = $3 AND state = 'registered') AS by_plate",
+        )
+        .bind(bike.request_id.as_deref())
+        .bind(&tag_text)
+        .bind(&bike.plate)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let (Some(rid), Some(done)) = (
+            &bike.request_id,
+            taken.try_get::<Option<i64>, _>("by_request")?,
+        ) {
+            let row = sqlx::query("SELECT tag_id, plate FROM bikes WHERE bike_id = $1")
+                .bind(done)
+                .fetch_one(&mut *tx)
+                .await?;
+            let same = row.try_get::<Option<String>, _>("tag_id")?.as_deref()
+                == Some(tag_text.as_str())
+                && row.try_get::<String, _>("plate")? == bike.plate;
+            if !same {
+                return Err(RegistryError::AlreadyExists(format!(
+                    "request_id {rid} (used for a different bike)"
+                )));
             }
+            return Ok(Registered {
+                bike_id: done,
+                created: false,
+            });
         }
-        let tag = sqlx::query("SELECT state FROM tags WHERE tag_id = $1")
-            .bind(&tag_text)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(row) = tag {
-            let state: String = row.try_get("state")?;
+        if let Some(state) = taken.try_get::<Option<String>, _>("tag_state")? {
             return Err(RegistryError::AlreadyExists(if state == "revoked" {
                 format!("tag {tag_text} (revoked; a revoked tag is never bound again)")
             } else {
                 format!("tag {tag_text}")
             }));
         }
-        let plate_taken =
-            sqlx::query("SELECT bike_id FROM bikes WHERE plate = $1 AND state = 'registered'")
-                .bind(&bike.plate)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if plate_taken.is_some() {
+        if taken.try_get::<Option<i64>, _>("by_plate")?.is_some() {
             return Err(RegistryError::AlreadyExists(format!(
                 "plate {}",
                 bike.plate
@@ -283,33 +284,23 @@ impl Registry {
         now: i64,
     ) -> Result<i64, RegistryError> {
         let id_hash = self.secrets.keyed_hash(owner.id_number.as_bytes());
-        let found = sqlx::query("SELECT owner_id FROM owners WHERE id_number_hash = $1")
-            .bind(&id_hash)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(row) = found {
-            return Ok(row.try_get("owner_id")?);
-        }
-        // Another registration may be creating the same owner right now: let the database
-        // decide (ON CONFLICT), then read whichever row won.
-        sqlx::query(
+        // Another registration may be creating the same owner right now: the database
+        // decides (ON CONFLICT), and RETURNING gives the id of whichever row won. The
+        // existing owner's details are kept.
+        Ok(sqlx::query(
             "INSERT INTO owners (name, id_number_hash, id_number_sealed, phone_sealed, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id_number_hash) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id_number_hash) DO UPDATE SET id_number_hash = excluded.id_number_hash \
+             RETURNING owner_id",
         )
         .bind(&owner.name)
         .bind(&id_hash)
         .bind(self.secrets.seal(owner.id_number.as_bytes()))
         .bind(self.secrets.seal(owner.phone.as_bytes()))
         .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        Ok(
-            sqlx::query("SELECT owner_id FROM owners WHERE id_number_hash = $1")
-                .bind(&id_hash)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("owner_id")?,
-        )
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("owner_id")?)
     }
 
     /// Finds a bike; the owner's personal data comes back masked.

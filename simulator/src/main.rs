@@ -31,6 +31,42 @@ struct Cli {
 enum Command {
     /// Provision a small town, steal a bike, ride it past the readers, print the alerts.
     Town(TownArgs),
+    /// Measure RegisterBike calls/s through gRPC with many concurrent kiosks.
+    KioskLoad(KioskLoadArgs),
+    /// Write a CSV of synthetic registrations for `greenplate registry import`.
+    ImportCsv(ImportCsvArgs),
+}
+
+#[derive(clap::Args)]
+struct KioskLoadArgs {
+    /// greenplate gRPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    grpc: String,
+    /// Admin token (or use --admin-token-file).
+    #[arg(long, env = "GREENPLATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, default_value = "greenplate-data/admin-token")]
+    admin_token_file: PathBuf,
+    /// Concurrent kiosks, each with its own token and connection.
+    #[arg(long, default_value_t = 16)]
+    kiosks: usize,
+    /// Registrations in all.
+    #[arg(long, default_value_t = 2000)]
+    bikes: usize,
+}
+
+#[derive(clap::Args)]
+struct ImportCsvArgs {
+    /// Rows to write.
+    #[arg(long, default_value_t = 210_000)]
+    rows: u64,
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Distinguishes the tags, plates and owners of one file from another's.
+    #[arg(long, default_value_t = 1)]
+    run: u64,
 }
 
 #[derive(clap::Args)]
@@ -73,7 +109,125 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Town(args) => run_town(args).await,
+        Command::KioskLoad(args) => kiosk_load(args).await,
+        Command::ImportCsv(args) => import_csv(args),
     }
+}
+
+fn admin_token(token: Option<String>, file: &std::path::Path) -> anyhow::Result<String> {
+    match token {
+        Some(t) => Ok(t),
+        None => Ok(std::fs::read_to_string(file)
+            .with_context(|| {
+                format!(
+                    "reading the admin token from {} (or pass --admin-token)",
+                    file.display()
+                )
+            })?
+            .trim()
+            .to_owned()),
+    }
+}
+
+async fn kiosk_load(args: KioskLoadArgs) -> anyhow::Result<()> {
+    use greenplate_proto::v1::{AddKioskRequest, BikeDetails, Owner, RegisterBikeRequest};
+    anyhow::ensure!(args.kiosks >= 1, "--kiosks must be at least 1");
+    let token = admin_token(args.admin_token, &args.admin_token_file)?;
+    let channel = clients::channel(&args.grpc).await?;
+    let mut admin = clients::admin(channel.clone(), &token)?;
+    let run = (now_ms() / 1000 % 4000) as u64;
+    let mut kiosks = Vec::new();
+    for k in 0..args.kiosks {
+        let token = admin
+            .add_kiosk(AddKioskRequest {
+                kiosk_id: format!("load{run}-k{k}"),
+                name: format!("Load kiosk {k}"),
+            })
+            .await?
+            .into_inner()
+            .token;
+        // Each kiosk has its own HTTP/2 connection, as separate kiosks would.
+        kiosks.push(clients::registry(
+            clients::channel(&args.grpc).await?,
+            &token,
+        )?);
+    }
+    let per = args.bikes.div_ceil(args.kiosks);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (k, mut client) in kiosks.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per);
+            for j in 0..per {
+                let i = (k * per + j) as u64;
+                let t = Instant::now();
+                client
+                    .register_bike(RegisterBikeRequest {
+                        tag_id: town::tag_id(run, i),
+                        plate: town::plate(run, i),
+                        owner: Some(Owner {
+                            name: format!("车主{i}"),
+                            id_number: town::resident_id(run, i),
+                            phone: format!("139{:08}", i % 100_000_000),
+                        }),
+                        bike: Some(BikeDetails {
+                            make: "Yadea".into(),
+                            model: "G5".into(),
+                            color: "green".into(),
+                            frame_number: format!("LOAD{run:04}{i:08}"),
+                        }),
+                        request_id: format!("load{run}-{i}"),
+                        pin: town::PIN.into(),
+                    })
+                    .await?;
+                latencies.push(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    println!(
+        "{} registrations by {} kiosks in {secs:.2} s: {:.0} calls/s; latency p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        args.kiosks,
+        latencies.len() as f64 / secs,
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    Ok(())
+}
+
+fn import_csv(args: ImportCsvArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&args.out)?);
+    writeln!(
+        out,
+        "tag_id,plate,owner_name,owner_id_number,owner_phone,make,model,color,frame_number"
+    )?;
+    for i in 0..args.rows {
+        // Most owners have one bike; every tenth owner has two.
+        let owner = if i % 10 == 9 { i - 1 } else { i };
+        writeln!(
+            out,
+            "{},{},车主{owner},{},138{:08},Yadea,G5,{},IMP{:04}{i:09}",
+            town::tag_id(args.run, i),
+            town::plate(args.run, i),
+            town::resident_id(args.run, owner),
+            owner % 100_000_000,
+            ["green", "white", "black", "red"][(i % 4) as usize],
+            args.run
+        )?;
+    }
+    out.flush()?;
+    println!("Wrote {} rows to {}.", args.rows, args.out.display());
+    Ok(())
 }
 
 #[derive(Default)]
@@ -90,18 +244,7 @@ struct Tally {
 async fn run_town(args: TownArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.readers >= 1, "--readers must be at least 1");
     anyhow::ensure!(args.bikes >= 2, "--bikes must be at least 2");
-    let admin_token = match args.admin_token {
-        Some(t) => t,
-        None => std::fs::read_to_string(&args.admin_token_file)
-            .with_context(|| {
-                format!(
-                    "reading the admin token from {} (or pass --admin-token)",
-                    args.admin_token_file.display()
-                )
-            })?
-            .trim()
-            .to_owned(),
-    };
+    let admin_token = admin_token(args.admin_token, &args.admin_token_file)?;
     let (host, port) = args
         .mqtt
         .rsplit_once(':')
