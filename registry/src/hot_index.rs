@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use futures::TryStreamExt;
 use sqlx::Row;
 
 use crate::db::Db;
@@ -171,16 +172,19 @@ impl HotIndex {
 
     /// Rebuilds the index from the registry tables.
     pub async fn load(db: &Db) -> Result<Self, RegistryError> {
-        let rows = sqlx::query(
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tags")
+            .fetch_one(db.pool())
+            .await?;
+        let index = Self::with_capacity(usize::try_from(count).unwrap_or(0));
+        // Streamed, so the rows of a district never sit in memory all at once.
+        let mut rows = sqlx::query(
             "SELECT g.tag_id, g.bike_id, g.state, b.armed, \
                     (SELECT COUNT(*) FROM theft_reports t \
                       WHERE t.bike_id = g.bike_id AND t.recovered_at_ms IS NULL) AS open_thefts \
              FROM tags g JOIN bikes b ON b.bike_id = g.bike_id",
         )
-        .fetch_all(db.pool())
-        .await?;
-        let index = Self::with_capacity(rows.len());
-        for row in rows {
+        .fetch(db.pool());
+        while let Some(row) = rows.try_next().await? {
             let tag: String = row.try_get("tag_id")?;
             let Some(tag) = TagId::parse(&tag) else {
                 tracing::warn!(tag = %tag, "Skipped a malformed tag id.");
