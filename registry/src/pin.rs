@@ -80,7 +80,12 @@ thread_local! {
 }
 
 /// Argon2id with `params` into `out`, in this thread's reused working memory.
-fn argon2_into(params: &Params, pin: &[u8], salt: &[u8], out: &mut [u8]) -> Result<(), RegistryError> {
+fn argon2_into(
+    params: &Params,
+    pin: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), RegistryError> {
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     MEMORY.with(|m| {
         let mut m = m.borrow_mut();
@@ -122,11 +127,14 @@ pub async fn hash(pin: &str) -> Result<String, RegistryError> {
 pub async fn verify(pin: &str, phc: &str) -> Result<bool, RegistryError> {
     let (pin, phc) = (pin.to_owned(), phc.to_owned());
     run(move || {
-        let corrupt = |e: password_hash::Error| RegistryError::Corrupt(format!("stored PIN hash: {e}"));
+        let corrupt =
+            |e: password_hash::Error| RegistryError::Corrupt(format!("stored PIN hash: {e}"));
         let parsed = PasswordHash::new(&phc).map_err(corrupt)?;
         let params = Params::try_from(&parsed).map_err(corrupt)?;
         let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
-            return Err(RegistryError::Corrupt("stored PIN hash lacks salt or hash".into()));
+            return Err(RegistryError::Corrupt(
+                "stored PIN hash lacks salt or hash".into(),
+            ));
         };
         let mut salt_buf = [0u8; 64];
         let raw_salt = salt.decode_b64(&mut salt_buf).map_err(corrupt)?;

@@ -450,6 +450,21 @@ plate,tag_id,owner_name,owner_id_number,owner_phone,make,model,color,frame_numbe
         .unwrap();
     assert_eq!(bikes, 3);
 
+    // The same tag twice in one file: a repeat is unchanged, a clash is rejected.
+    let dupes = "\
+tag_id,plate,owner_name,owner_id_number,owner_phone,make,model,color,frame_number
+E28011600000000000000007,潮阳A00007,王芳,11010519491231002X,13800000001,Yadea,G5,green,FRAME00007
+E28011600000000000000007,潮阳A00007,王芳,11010519491231002X,13800000001,Yadea,G5,green,FRAME00007
+E28011600000000000000007,潮阳A00008,王芳,11010519491231002X,13800000001,Yadea,G5,green,FRAME00008
+";
+    let r = reg
+        .import_csv(&admin(), dupes.as_bytes(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!((r.accepted, r.unchanged), (1, 1), "{r:?}");
+    assert_eq!(r.rejected.len(), 1);
+    assert_eq!(r.rejected[0].line, 4);
+
     // A file without the documented header is refused whole.
     assert!(matches!(
         reg.import_csv(&admin(), "tag,plate\n".as_bytes(), |_| {})
