@@ -1,24 +1,24 @@
 //! The alerting engine: one task that turns sightings of stolen bikes into alerts.
 //!
-//! For each batch of sightings it drains from its queue: find the open theft (the bike may
-//! have been recovered since ingest looked), find or open the theft's incident, route to the
-//! units whose zones contain the reader, then append every alert and its recipients to the
-//! log in one transaction (group commit), and only after the commit hand them to the hub.
+//! For each batch of sightings it drains from its queue: run the rules (stolen, armed and
+//! moving, revoked tag; inside a watch zone any of them becomes an urgent watch-zone alert),
+//! find or open the matter's incident, route to the units whose patrol zones contain the
+//! reader (and every command center), then append every alert and its recipients to the log
+//! in one transaction (group commit), and only after the commit hand them to the hub.
 //! A failed commit is retried until it succeeds or the service stops: alerts are not dropped.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use greenplate_proto::v1::{Alert, AlertKind};
-use greenplate_registry::{Reader, TagId, now_ms};
+use greenplate_registry::{Reader, TagId, TagState, now_ms};
 use sqlx::Row;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::AlertingError;
-use crate::store::{Alerting, LoggedAlert};
+use crate::store::{Alerting, LoggedAlert, record_event};
 
 /// Sightings waiting for the engine. Only sightings of flagged bikes are sent, so this is
 /// generous; a full queue makes ingest wait (backpressure), never drop.
@@ -26,13 +26,22 @@ const QUEUE: usize = 4096;
 /// Sightings folded into one transaction at most.
 const MAX_BATCH: usize = 256;
 
-/// A sighting of a flagged bike, from ingest.
+/// A sighting of a flagged tag (stolen, armed or revoked), from ingest.
 #[derive(Debug, Clone)]
 pub struct Sighted {
     pub bike_id: i64,
     pub tag: TagId,
+    /// The tag's state when ingest looked it up.
+    pub state: TagState,
     pub reader: Arc<Reader>,
     pub seen_at_ms: i64,
+}
+
+impl Sighted {
+    /// True if any rule may care about this tag.
+    pub fn flagged(state: TagState) -> bool {
+        state.stolen() || state.armed() || state.revoked()
+    }
 }
 
 /// Where ingest submits sightings. Cheap to clone.
@@ -64,7 +73,6 @@ async fn run(
     mut rx: mpsc::Receiver<Sighted>,
     shutdown: CancellationToken,
 ) {
-    let mut incidents: HashMap<i64, String> = HashMap::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let n = tokio::select! {
@@ -78,11 +86,10 @@ async fn run(
             break;
         }
         loop {
-            match process(&alerting, &mut incidents, &batch).await {
+            match process(&alerting, &batch).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::error!(error = %e, sightings = batch.len(), "Alert commit failed; retrying.");
-                    incidents.clear();
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -92,20 +99,61 @@ async fn run(
     tracing::debug!("Alerting engine stopped.");
 }
 
-async fn process(
+/// One alert to write: which rule, which matter (incident), where.
+struct Pending<'a> {
+    sighted: &'a Sighted,
+    /// The rule that fired.
+    base: AlertKind,
+    /// Names the matter, so successive sightings share one incident.
+    dedup_key: String,
+    plate: String,
+    watch_zone: Option<String>,
+    recipients: Vec<String>,
+}
+
+/// The rules, in order: a stolen bike (with an open theft report), an armed bike that moves,
+/// a revoked tag. One sighting can fire several.
+async fn rules(
     alerting: &Alerting,
-    incidents: &mut HashMap<i64, String>,
-    batch: &[Sighted],
-) -> Result<(), AlertingError> {
+    s: &Sighted,
+) -> Result<Vec<(AlertKind, String)>, AlertingError> {
+    let mut fired = Vec::new();
+    if s.state.stolen() {
+        // The bike may have been recovered since ingest looked.
+        if let Some(report) = alerting.registry().open_theft_report(s.bike_id).await? {
+            fired.push((AlertKind::StolenSighted, format!("theft:{report}")));
+        }
+    }
+    if s.state.armed() && !s.state.stolen() {
+        fired.push((AlertKind::ArmedMoved, format!("armed:{}", s.bike_id)));
+    }
+    if s.state.revoked() {
+        fired.push((AlertKind::RevokedTagSeen, format!("revoked:{}", s.tag)));
+    }
+    Ok(fired)
+}
+
+async fn process(alerting: &Alerting, batch: &[Sighted]) -> Result<(), AlertingError> {
     let registry = alerting.registry();
     let mut pending = Vec::with_capacity(batch.len());
     for s in batch {
-        let Some(report_id) = registry.open_theft_report(s.bike_id).await? else {
-            continue; // recovered since ingest looked
-        };
-        let (plate, tag_id) = registry.bike_plate_and_tag(s.bike_id).await?;
+        let fired = rules(alerting, s).await?;
+        if fired.is_empty() {
+            continue;
+        }
+        let (plate, _) = registry.bike_plate_and_tag(s.bike_id).await?;
         let recipients = alerting.units_covering(s.reader.lat, s.reader.lon);
-        pending.push((s, report_id, plate, tag_id, recipients));
+        let watch_zone = alerting.watch_zone_at(s.reader.lat, s.reader.lon);
+        for (base, dedup_key) in fired {
+            pending.push(Pending {
+                sighted: s,
+                base,
+                dedup_key,
+                plate: plate.clone(),
+                watch_zone: watch_zone.clone(),
+                recipients: recipients.clone(),
+            });
+        }
     }
     if pending.is_empty() {
         return Ok(());
@@ -113,45 +161,61 @@ async fn process(
     let now = now_ms();
     let mut tx = registry.db().begin_write().await?;
     let mut committed = Vec::with_capacity(pending.len());
-    for (s, report_id, plate, tag_id, recipients) in pending {
-        let incident_id = match incidents.get(&report_id) {
-            Some(id) => id.clone(),
-            None => {
-                sqlx::query(
-                    "INSERT INTO incidents (incident_id, bike_id, report_id, state, opened_at_ms, updated_at_ms) \
-                     VALUES ($1, $2, $3, 'open', $4, $4) ON CONFLICT (report_id) DO NOTHING",
-                )
-                .bind(format!("inc-{}", hex::encode(rand::random::<[u8; 8]>())))
-                .bind(s.bike_id)
-                .bind(report_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("SELECT incident_id FROM incidents WHERE report_id = $1")
-                    .bind(report_id)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("incident_id")?
+    for p in pending {
+        let s = p.sighted;
+        let opened: Option<String> = sqlx::query(
+            "INSERT INTO incidents (incident_id, kind, bike_id, dedup_key, state, opened_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, 'open', $5, $5) \
+             ON CONFLICT (dedup_key) WHERE state <> 'resolved' DO NOTHING RETURNING incident_id",
+        )
+        .bind(format!("inc-{}", hex::encode(rand::random::<[u8; 8]>())))
+        .bind(i64::from(p.base as i32))
+        .bind(s.bike_id)
+        .bind(&p.dedup_key)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get("incident_id"))
+        .transpose()?;
+        let incident_id: String = match opened {
+            Some(id) => {
+                record_event(&mut tx, &id, "engine", "open", &p.dedup_key, now).await?;
+                id
             }
+            None => sqlx::query(
+                "SELECT incident_id FROM incidents WHERE dedup_key = $1 AND state <> 'resolved'",
+            )
+            .bind(&p.dedup_key)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("incident_id")?,
+        };
+        let (kind, priority) = match &p.watch_zone {
+            Some(_) => (AlertKind::WatchZone, 2u32),
+            None => (p.base, 1u32),
         };
         let mut alert = Alert {
             seq: 0,
             alert_id: format!("al-{}", hex::encode(rand::random::<[u8; 8]>())),
-            kind: AlertKind::StolenSighted as i32,
-            plate,
-            tag_id,
+            kind: kind as i32,
+            plate: p.plate,
+            tag_id: s.tag.to_string(),
             reader_id: s.reader.id.clone(),
             lat: s.reader.lat,
             lon: s.reader.lon,
             seen_at_ms: s.seen_at_ms,
             incident_id: incident_id.clone(),
+            priority,
+            zone_id: p.watch_zone.unwrap_or_default(),
         };
         let seq: i64 = sqlx::query(
-            "INSERT INTO alerts (alert_id, kind, plate, tag_id, reader_id, lat, lon, seen_at_ms, incident_id, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq",
+            "INSERT INTO alerts (alert_id, kind, priority, plate, tag_id, reader_id, lat, lon, \
+                                 seen_at_ms, incident_id, zone_id, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING seq",
         )
         .bind(&alert.alert_id)
         .bind(i64::from(alert.kind))
+        .bind(i64::from(alert.priority))
         .bind(&alert.plate)
         .bind(&alert.tag_id)
         .bind(&alert.reader_id)
@@ -159,12 +223,13 @@ async fn process(
         .bind(alert.lon)
         .bind(alert.seen_at_ms)
         .bind(&alert.incident_id)
+        .bind(&alert.zone_id)
         .bind(now)
         .fetch_one(&mut *tx)
         .await?
         .try_get("seq")?;
         alert.seq = seq as u64;
-        for unit in &recipients {
+        for unit in &p.recipients {
             sqlx::query("INSERT INTO alert_recipients (unit_id, seq) VALUES ($1, $2)")
                 .bind(unit)
                 .bind(seq)
@@ -176,18 +241,21 @@ async fn process(
             .bind(&incident_id)
             .execute(&mut *tx)
             .await?;
-        committed.push((report_id, LoggedAlert { alert, recipients }));
+        committed.push(LoggedAlert {
+            alert,
+            recipients: p.recipients,
+        });
     }
     tx.commit().await?;
-    for (report_id, logged) in committed {
+    for logged in committed {
         tracing::info!(
             seq = logged.alert.seq,
+            kind = logged.alert.kind().as_str_name(),
             plate = %logged.alert.plate,
             reader = %logged.alert.reader_id,
             units = logged.recipients.len(),
-            "Stolen bike sighted."
+            "Alert."
         );
-        incidents.insert(report_id, logged.alert.incident_id.clone());
         alerting.publish(logged);
     }
     Ok(())

@@ -18,3 +18,4 @@ pub use engine::{EngineHandle, Sighted};
 pub use error::AlertingError;
 pub use service::PatrolService;
 pub use store::{Alerting, LoggedAlert};
+pub use zones::ZoneKind;

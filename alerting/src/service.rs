@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use greenplate_proto::v1::patrol_server::{self, PatrolServer};
-use greenplate_proto::v1::{Alert, StreamAlertsRequest};
+use greenplate_proto::v1::{
+    AcknowledgeIncidentRequest, Alert, Incident, ResolveIncidentRequest, StreamAlertsRequest,
+};
 use greenplate_registry::auth::{AuthInterceptor, Role, require};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -64,6 +66,39 @@ impl patrol_server::Patrol for PatrolService {
             self.shutdown.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn acknowledge_incident(
+        &self,
+        req: Request<AcknowledgeIncidentRequest>,
+    ) -> Result<Response<Incident>, Status> {
+        let caller = require(&req, &[Role::Patrol, Role::Admin])?;
+        let r = req.into_inner();
+        let incident = self
+            .alerting
+            .acknowledge(&caller, &r.incident_id, &r.note)
+            .await?;
+        tracing::info!(caller = %caller.audit_name(), incident = %r.incident_id, "Incident acknowledged.");
+        Ok(Response::new(incident))
+    }
+
+    async fn resolve_incident(
+        &self,
+        req: Request<ResolveIncidentRequest>,
+    ) -> Result<Response<Incident>, Status> {
+        let caller = require(&req, &[Role::Patrol, Role::Admin])?;
+        let r = req.into_inner();
+        let incident = self
+            .alerting
+            .resolve(&caller, &r.incident_id, r.outcome(), &r.note)
+            .await?;
+        tracing::info!(
+            caller = %caller.audit_name(),
+            incident = %r.incident_id,
+            outcome = r.outcome().as_str_name(),
+            "Incident resolved."
+        );
+        Ok(Response::new(incident))
     }
 }
 

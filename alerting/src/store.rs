@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use greenplate_proto::v1::Alert;
+use greenplate_proto::v1::{Alert, AlertKind, Incident, IncidentState, Outcome};
 use greenplate_registry::db::Migrations;
 use greenplate_registry::store::{already_exists, audit};
 use greenplate_registry::{Authenticator, Caller, Db, Registry, RegistryError, Role, now_ms};
@@ -13,7 +13,7 @@ use sqlx::any::AnyRow;
 use tokio::sync::broadcast;
 
 use crate::error::AlertingError;
-use crate::zones::{Zone, ZoneMap, parse_geojson};
+use crate::zones::{Zone, ZoneKind, ZoneMap, parse_geojson};
 
 /// Alerts kept in the live hub for streams that fall behind; a stream that lags further
 /// catches up from the alert log instead.
@@ -49,16 +49,18 @@ impl Alerting {
         let db = registry.db();
         db.migrate(migrations()).await?;
         let mut map = ZoneMap::default();
-        let zones = sqlx::query("SELECT zone_id, name, geojson FROM zones")
+        let zones = sqlx::query("SELECT zone_id, name, kind, geojson FROM zones")
             .fetch_all(db.pool())
             .await
             .map_err(RegistryError::from)?;
         for row in zones {
             let id: String = row.try_get("zone_id").map_err(RegistryError::from)?;
             let text: String = row.try_get("geojson").map_err(RegistryError::from)?;
+            let kind: String = row.try_get("kind").map_err(RegistryError::from)?;
             match parse_geojson(&text) {
                 Ok(area) => map.add_zone(Zone {
                     name: row.try_get("name").map_err(RegistryError::from)?,
+                    kind: ZoneKind::parse(&kind).unwrap_or(ZoneKind::Patrol),
                     id,
                     area,
                 }),
@@ -73,6 +75,14 @@ impl Alerting {
             let unit: String = row.try_get("unit_id").map_err(RegistryError::from)?;
             let zone: String = row.try_get("zone_id").map_err(RegistryError::from)?;
             map.assign(&unit, &zone);
+        }
+        let commands = sqlx::query("SELECT unit_id FROM patrol_units WHERE command_center = 1")
+            .fetch_all(db.pool())
+            .await
+            .map_err(RegistryError::from)?;
+        for row in commands {
+            let unit: String = row.try_get("unit_id").map_err(RegistryError::from)?;
+            map.add_command_unit(&unit);
         }
         let (hub, _) = broadcast::channel(HUB_CAPACITY);
         Ok(Arc::new(Self {
@@ -90,12 +100,13 @@ impl Alerting {
         self.registry.db()
     }
 
-    /// Adds a patrol zone from GeoJSON.
+    /// Adds a zone from GeoJSON.
     pub async fn add_zone(
         &self,
         caller: &Caller,
         zone_id: &str,
         name: &str,
+        kind: ZoneKind,
         geojson: &str,
     ) -> Result<(), AlertingError> {
         let zone_id = greenplate_registry::validate::ident("zone_id", zone_id)?;
@@ -103,10 +114,11 @@ impl Alerting {
         let area = parse_geojson(geojson)?;
         let mut tx = self.db().begin_write().await?;
         sqlx::query(
-            "INSERT INTO zones (zone_id, name, geojson, created_at_ms) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO zones (zone_id, name, kind, geojson, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&zone_id)
         .bind(&name)
+        .bind(kind.as_str())
         .bind(geojson)
         .bind(now_ms())
         .execute(&mut *tx)
@@ -117,6 +129,7 @@ impl Alerting {
         self.zones_mut().add_zone(Zone {
             id: zone_id,
             name,
+            kind,
             area,
         });
         Ok(())
@@ -129,6 +142,7 @@ impl Alerting {
         unit_id: &str,
         name: &str,
         zone_ids: &[String],
+        command_center: bool,
     ) -> Result<String, AlertingError> {
         let unit_id = greenplate_registry::validate::ident("unit_id", unit_id)?;
         let name = greenplate_registry::validate::text("name", name, 200)?;
@@ -139,13 +153,17 @@ impl Alerting {
             return Err(RegistryError::NotFound(format!("zone {missing}")).into());
         }
         let mut tx = self.db().begin_write().await?;
-        sqlx::query("INSERT INTO patrol_units (unit_id, name, created_at_ms) VALUES ($1, $2, $3)")
-            .bind(&unit_id)
-            .bind(&name)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| already_exists(e, || format!("patrol unit {unit_id}")))?;
+        sqlx::query(
+            "INSERT INTO patrol_units (unit_id, name, command_center, created_at_ms) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&unit_id)
+        .bind(&name)
+        .bind(i64::from(command_center))
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| already_exists(e, || format!("patrol unit {unit_id}")))?;
         for zone in zone_ids {
             sqlx::query(
                 "INSERT INTO unit_zones (unit_id, zone_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -163,12 +181,157 @@ impl Alerting {
         for zone in zone_ids {
             zones.assign(&unit_id, zone);
         }
+        if command_center {
+            zones.add_command_unit(&unit_id);
+        }
         Ok(issued.token)
     }
 
     /// The units entitled to an alert at (lat, lon).
     pub fn units_covering(&self, lat: f64, lon: f64) -> Vec<String> {
         self.zones_read().units_covering(lat, lon)
+    }
+
+    /// The watch zone containing (lat, lon), if any.
+    pub fn watch_zone_at(&self, lat: f64, lon: f64) -> Option<String> {
+        self.zones_read()
+            .watch_zone_at(lat, lon)
+            .map(|z| z.id.clone())
+    }
+
+    /// True if the unit may act on the incident: it was sent one of its alerts, or it is
+    /// a command center.
+    async fn entitled(&self, unit_id: &str, incident_id: &str) -> Result<bool, AlertingError> {
+        if self.zones_read().is_command_unit(unit_id) {
+            return Ok(true);
+        }
+        let row = sqlx::query(
+            "SELECT 1 AS yes FROM alerts a JOIN alert_recipients r ON r.seq = a.seq \
+             WHERE a.incident_id = $1 AND r.unit_id = $2 LIMIT 1",
+        )
+        .bind(incident_id)
+        .bind(unit_id)
+        .fetch_optional(self.db().pool())
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// A unit takes an incident on.
+    pub async fn acknowledge(
+        &self,
+        caller: &Caller,
+        incident_id: &str,
+        note: &str,
+    ) -> Result<Incident, AlertingError> {
+        let note = greenplate_registry::validate::optional_text("note", note, 2000)?;
+        self.require_entitled(caller, incident_id).await?;
+        let now = now_ms();
+        let mut tx = self.db().begin_write().await?;
+        let current = incident_row(&mut tx, incident_id).await?;
+        match current.state() {
+            IncidentState::Resolved => {
+                return Err(RegistryError::FailedPrecondition(format!(
+                    "incident {incident_id} is resolved"
+                ))
+                .into());
+            }
+            IncidentState::Acknowledged => {}
+            _ => {
+                sqlx::query(
+                    "UPDATE incidents SET state = 'acknowledged', acknowledged_by = $1, \
+                     acknowledged_at_ms = $2, updated_at_ms = $2 WHERE incident_id = $3",
+                )
+                .bind(caller.audit_name())
+                .bind(now)
+                .bind(incident_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        record_event(
+            &mut tx,
+            incident_id,
+            &caller.audit_name(),
+            "acknowledge",
+            &note,
+            now,
+        )
+        .await?;
+        let out = incident_row(&mut tx, incident_id).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Closes an incident with an outcome; `Recovered` takes the bike off the hotlist too.
+    pub async fn resolve(
+        &self,
+        caller: &Caller,
+        incident_id: &str,
+        outcome: Outcome,
+        note: &str,
+    ) -> Result<Incident, AlertingError> {
+        let note = greenplate_registry::validate::optional_text("note", note, 2000)?;
+        if outcome == Outcome::Unspecified {
+            return Err(RegistryError::invalid(
+                "outcome",
+                "must be RECOVERED, FALSE_ALARM or LOST_TRACK",
+            )
+            .into());
+        }
+        self.require_entitled(caller, incident_id).await?;
+        let now = now_ms();
+        let mut tx = self.db().begin_write().await?;
+        let current = incident_row(&mut tx, incident_id).await?;
+        if current.state() == IncidentState::Resolved {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "incident {incident_id} is already resolved"
+            ))
+            .into());
+        }
+        sqlx::query(
+            "UPDATE incidents SET state = 'resolved', resolved_by = $1, resolved_at_ms = $2, \
+             updated_at_ms = $2, outcome = $3, note = $4 WHERE incident_id = $5",
+        )
+        .bind(caller.audit_name())
+        .bind(now)
+        .bind(i64::from(outcome as i32))
+        .bind(&note)
+        .bind(incident_id)
+        .execute(&mut *tx)
+        .await?;
+        record_event(
+            &mut tx,
+            incident_id,
+            &caller.audit_name(),
+            &format!("resolve:{}", outcome.as_str_name()),
+            &note,
+            now,
+        )
+        .await?;
+        let out = incident_row(&mut tx, incident_id).await?;
+        tx.commit().await?;
+        if outcome == Outcome::Recovered && out.kind == AlertKind::StolenSighted as i32 {
+            match self.registry.report_recovered(caller, &out.plate).await {
+                Ok(()) | Err(RegistryError::FailedPrecondition(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn require_entitled(
+        &self,
+        caller: &Caller,
+        incident_id: &str,
+    ) -> Result<(), AlertingError> {
+        if caller.role == greenplate_registry::Role::Admin
+            || self.entitled(&caller.id, incident_id).await?
+        {
+            Ok(())
+        } else {
+            // Do not tell a unit whether an incident it may not see exists.
+            Err(RegistryError::NotFound(format!("incident {incident_id}")).into())
+        }
     }
 
     /// A receiver of every alert committed from now on.
@@ -190,8 +353,8 @@ impl Alerting {
         limit: i64,
     ) -> Result<Vec<Alert>, AlertingError> {
         let rows = sqlx::query(
-            "SELECT a.seq, a.alert_id, a.kind, a.plate, a.tag_id, a.reader_id, a.lat, a.lon, \
-                    a.seen_at_ms, a.incident_id \
+            "SELECT a.seq, a.alert_id, a.kind, a.priority, a.plate, a.tag_id, a.reader_id, \
+                    a.lat, a.lon, a.seen_at_ms, a.incident_id, a.zone_id \
              FROM alerts a JOIN alert_recipients r ON r.seq = a.seq \
              WHERE r.unit_id = $1 AND a.seq > $2 ORDER BY a.seq LIMIT $3",
         )
@@ -215,6 +378,67 @@ impl Alerting {
     }
 }
 
+pub(crate) async fn record_event(
+    conn: &mut sqlx::AnyConnection,
+    incident_id: &str,
+    actor: &str,
+    action: &str,
+    note: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO incident_events (incident_id, at_ms, actor, action, note) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(incident_id)
+    .bind(now)
+    .bind(actor)
+    .bind(action)
+    .bind(note)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// An incident as the API shows it (the kind of the rule that opened it; the plate of its
+/// bike).
+async fn incident_row(
+    conn: &mut sqlx::AnyConnection,
+    incident_id: &str,
+) -> Result<Incident, AlertingError> {
+    let row = sqlx::query(
+        "SELECT i.incident_id, i.kind, i.state, i.opened_at_ms, i.updated_at_ms, \
+                i.acknowledged_by, i.resolved_by, i.outcome, i.note, b.plate \
+         FROM incidents i JOIN bikes b ON b.bike_id = i.bike_id WHERE i.incident_id = $1",
+    )
+    .bind(incident_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| RegistryError::NotFound(format!("incident {incident_id}")))?;
+    let state: String = row.try_get("state")?;
+    Ok(Incident {
+        incident_id: row.try_get("incident_id")?,
+        kind: row.try_get::<i64, _>("kind")? as i32,
+        state: match state.as_str() {
+            "open" => IncidentState::Open,
+            "acknowledged" => IncidentState::Acknowledged,
+            "resolved" => IncidentState::Resolved,
+            _ => IncidentState::Unspecified,
+        } as i32,
+        plate: row.try_get("plate")?,
+        opened_at_ms: row.try_get("opened_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+        acknowledged_by: row
+            .try_get::<Option<String>, _>("acknowledged_by")?
+            .unwrap_or_default(),
+        resolved_by: row
+            .try_get::<Option<String>, _>("resolved_by")?
+            .unwrap_or_default(),
+        outcome: row.try_get::<Option<i64>, _>("outcome")?.unwrap_or(0) as i32,
+        note: row.try_get("note")?,
+    })
+}
+
 fn alert_from_row(row: &AnyRow) -> Result<Alert, sqlx::Error> {
     Ok(Alert {
         seq: row.try_get::<i64, _>("seq")? as u64,
@@ -227,5 +451,7 @@ fn alert_from_row(row: &AnyRow) -> Result<Alert, sqlx::Error> {
         lon: row.try_get("lon")?,
         seen_at_ms: row.try_get("seen_at_ms")?,
         incident_id: row.try_get("incident_id")?,
+        priority: row.try_get::<i64, _>("priority")? as u32,
+        zone_id: row.try_get("zone_id")?,
     })
 }

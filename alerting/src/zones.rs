@@ -99,11 +99,38 @@ fn polygon(rings: &PolygonType, ring_no: &mut usize) -> Result<Polygon<f64>, Zon
     Ok(Polygon::new(exterior, it.collect()))
 }
 
-/// A patrol zone.
+/// What a zone is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZoneKind {
+    /// Units assigned to it get the alerts of readers inside it.
+    Patrol,
+    /// Flagged bikes seen inside it raise urgent watch-zone alerts.
+    Watch,
+}
+
+impl ZoneKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ZoneKind::Patrol => "patrol",
+            ZoneKind::Watch => "watch",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "patrol" => Some(ZoneKind::Patrol),
+            "watch" => Some(ZoneKind::Watch),
+            _ => None,
+        }
+    }
+}
+
+/// A zone.
 #[derive(Debug, Clone)]
 pub struct Zone {
     pub id: String,
     pub name: String,
+    pub kind: ZoneKind,
     pub area: MultiPolygon<f64>,
 }
 
@@ -112,9 +139,30 @@ pub struct Zone {
 pub struct ZoneMap {
     zones: Vec<Zone>,
     units_by_zone: HashMap<String, Vec<String>>,
+    /// Command-center units: they receive every alert.
+    command_units: Vec<String>,
 }
 
 impl ZoneMap {
+    /// Marks a unit as a command center.
+    pub fn add_command_unit(&mut self, unit_id: &str) {
+        if !self.command_units.iter().any(|u| u == unit_id) {
+            self.command_units.push(unit_id.to_owned());
+        }
+    }
+
+    pub fn is_command_unit(&self, unit_id: &str) -> bool {
+        self.command_units.iter().any(|u| u == unit_id)
+    }
+
+    /// The first watch zone containing (lat, lon).
+    pub fn watch_zone_at(&self, lat: f64, lon: f64) -> Option<&Zone> {
+        let p = Point::new(lon, lat);
+        self.zones
+            .iter()
+            .find(|z| z.kind == ZoneKind::Watch && z.area.contains(&p))
+    }
+
     pub fn add_zone(&mut self, zone: Zone) {
         self.zones.retain(|z| z.id != zone.id);
         self.zones.push(zone);
@@ -131,15 +179,17 @@ impl ZoneMap {
         }
     }
 
-    /// The units assigned to any zone that contains (lat, lon), sorted, without repeats.
+    /// The units assigned to any patrol zone that contains (lat, lon), and every command
+    /// center: sorted, without repeats.
     pub fn units_covering(&self, lat: f64, lon: f64) -> Vec<String> {
         let p = Point::new(lon, lat);
         let set: BTreeSet<&String> = self
             .zones
             .iter()
-            .filter(|z| z.area.contains(&p))
+            .filter(|z| z.kind == ZoneKind::Patrol && z.area.contains(&p))
             .filter_map(|z| self.units_by_zone.get(&z.id))
             .flatten()
+            .chain(self.command_units.iter())
             .collect();
         set.into_iter().cloned().collect()
     }
@@ -192,12 +242,25 @@ mod tests {
         map.add_zone(Zone {
             id: "z1".into(),
             name: "Z1".into(),
+            kind: ZoneKind::Patrol,
+            area: parse_geojson(SQUARE).unwrap(),
+        });
+        map.add_zone(Zone {
+            id: "exit".into(),
+            name: "Exit".into(),
+            kind: ZoneKind::Watch,
             area: parse_geojson(SQUARE).unwrap(),
         });
         map.assign("u1", "z1");
         map.assign("u2", "z1");
         map.assign("u3", "elsewhere");
+        map.assign("u4", "exit");
         assert_eq!(map.units_covering(23.3, 116.6), vec!["u1", "u2"]);
         assert!(map.units_covering(23.5, 116.6).is_empty());
+        assert_eq!(map.watch_zone_at(23.3, 116.6).unwrap().id, "exit");
+        assert!(map.watch_zone_at(23.5, 116.6).is_none());
+        map.add_command_unit("hq");
+        assert_eq!(map.units_covering(23.3, 116.6), vec!["hq", "u1", "u2"]);
+        assert_eq!(map.units_covering(23.5, 116.6), vec!["hq"]);
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use greenplate_alerting::Alerting;
+use greenplate_alerting::{Alerting, ZoneKind};
 use greenplate_proto::v1::admin_server::{self, AdminServer};
 use greenplate_proto::v1::{
     AddKioskRequest, AddKioskResponse, AddPatrolUnitRequest, AddPatrolUnitResponse,
@@ -54,8 +54,12 @@ impl admin_server::Admin for AdminService {
     ) -> Result<Response<AddZoneResponse>, Status> {
         let caller = require(&req, &[Role::Admin])?;
         let r = req.into_inner();
+        let kind = match r.kind() {
+            greenplate_proto::v1::ZoneKind::Patrol => ZoneKind::Patrol,
+            greenplate_proto::v1::ZoneKind::Watch => ZoneKind::Watch,
+        };
         self.alerting
-            .add_zone(&caller, &r.zone_id, &r.name, &r.geojson)
+            .add_zone(&caller, &r.zone_id, &r.name, kind, &r.geojson)
             .await?;
         tracing::info!(zone = %r.zone_id, "Added a patrol zone.");
         Ok(Response::new(AddZoneResponse {}))
@@ -69,7 +73,7 @@ impl admin_server::Admin for AdminService {
         let r = req.into_inner();
         let token = self
             .alerting
-            .add_patrol_unit(&caller, &r.unit_id, &r.name, &r.zone_ids)
+            .add_patrol_unit(&caller, &r.unit_id, &r.name, &r.zone_ids, r.command_center)
             .await?;
         tracing::info!(unit = %r.unit_id, zones = r.zone_ids.len(), "Added a patrol unit.");
         Ok(Response::new(AddPatrolUnitResponse { token }))

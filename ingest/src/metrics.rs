@@ -22,6 +22,7 @@ pub struct Metrics {
     pub sightings_rejected: Family<Reason, Counter>,
     pub sightings_unregistered: Counter,
     pub stolen_sightings: Counter,
+    pub flagged_sightings: Counter,
     pub mqtt_auth_failures: Counter,
     pub registered_tags: Gauge,
     pub readers: Gauge,
@@ -37,6 +38,7 @@ impl Metrics {
             sightings_rejected: Family::default(),
             sightings_unregistered: Counter::default(),
             stolen_sightings: Counter::default(),
+            flagged_sightings: Counter::default(),
             mqtt_auth_failures: Counter::default(),
             registered_tags: Gauge::default(),
             readers: Gauge::default(),
@@ -69,8 +71,13 @@ impl Metrics {
         );
         registry.register(
             "ingest_stolen_sightings",
-            "Sightings of bikes on the hotlist, handed to alerting",
+            "Sightings of bikes on the hotlist",
             m.stolen_sightings.clone(),
+        );
+        registry.register(
+            "ingest_flagged_sightings",
+            "Sightings of stolen, armed or revoked tags, handed to alerting",
+            m.flagged_sightings.clone(),
         );
         registry.register(
             "mqtt_auth_failures",

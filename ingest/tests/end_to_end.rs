@@ -54,6 +54,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
             zone_id: "z-west".into(),
             name: "West".into(),
             geojson: WEST_ZONE.into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -62,6 +63,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
             zone_id: "z-east".into(),
             name: "East".into(),
             geojson: EAST_ZONE.into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -70,6 +72,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
             zone_id: "z-bad".into(),
             name: "Open ring".into(),
             geojson: r#"{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,1]]]}"#.into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -79,6 +82,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
             unit_id: "u-west".into(),
             name: "West patrol".into(),
             zone_ids: vec!["z-west".into()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -89,6 +93,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
             unit_id: "u-east".into(),
             name: "East patrol".into(),
             zone_ids: vec!["z-east".into()],
+            ..Default::default()
         })
         .await
         .unwrap()

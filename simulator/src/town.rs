@@ -92,6 +92,7 @@ pub async fn provision(
                 zone_id: zone_id.clone(),
                 name: format!("Chaoyang {name}"),
                 geojson: square(west, east),
+                ..Default::default()
             })
             .await
             .with_context(|| format!("AddZone {zone_id}"))?;
@@ -101,6 +102,7 @@ pub async fn provision(
                 unit_id: unit_id.clone(),
                 name: format!("Patrol {name}"),
                 zone_ids: vec![zone_id],
+                ..Default::default()
             })
             .await
             .with_context(|| format!("AddPatrolUnit {unit_id}"))?

@@ -1,7 +1,8 @@
 //! The ingest pipeline: reader messages in, sightings of flagged bikes out to alerting.
 //!
 //! ```text
-//! Inbound (topic, payload) --shard by topic--> worker: open -> decode -> hot index -> engine
+//! Inbound (topic, payload) --shard by topic--> worker: open -> decode -> hot index ->
+//!   flagged (stolen, armed, revoked)? -> alerting engine
 //! ```
 //! Messages are sharded by topic over a few workers, so one reader's batches stay in order
 //! (its seq check relies on that) while different readers are handled in parallel. Nothing
@@ -111,11 +112,15 @@ pub(crate) async fn handle(ctx: &Context, log: &mut RateLimitedLog, msg: &Inboun
             ctx.metrics.sightings_unregistered.inc();
             continue;
         };
-        if state.stolen() {
-            ctx.metrics.stolen_sightings.inc();
+        if Sighted::flagged(state) {
+            if state.stolen() {
+                ctx.metrics.stolen_sightings.inc();
+            }
+            ctx.metrics.flagged_sightings.inc();
             let sighted = Sighted {
                 bike_id: state.bike_id,
                 tag: read.tag,
+                state,
                 reader: reader.clone(),
                 seen_at_ms: read.first_seen_ms,
             };

@@ -1,0 +1,341 @@
+//! Alert rules, watch zones, command centers and the incident lifecycle, end to end through
+//! MQTT and gRPC.
+
+mod support;
+
+use greenplate_proto::v1::{
+    AcknowledgeIncidentRequest, AddKioskRequest, AddPatrolUnitRequest, AddReaderRequest,
+    AddZoneRequest, Alert, AlertKind, BikeDetails, GetBikeRequest, IncidentState, Outcome, Owner,
+    RegisterBikeRequest, ReplaceTagRequest, ReportStolenRequest, ResolveIncidentRequest,
+    SetArmedRequest, StreamAlertsRequest, ZoneKind, get_bike_request,
+};
+use greenplate_simulator::clients;
+use greenplate_simulator::reader::{ReaderClient, sighting};
+use support::{ADMIN_TOKEN, TestService, next_alert};
+use tonic::Code;
+use tonic::Streaming;
+
+fn square(west: f64, south: f64, east: f64, north: f64) -> String {
+    format!(
+        r#"{{"type":"Polygon","coordinates":[[[{west},{south}],[{east},{south}],[{east},{north}],[{west},{north}],[{west},{south}]]]}}"#
+    )
+}
+
+fn bike(tag: &str, plate: &str) -> RegisterBikeRequest {
+    RegisterBikeRequest {
+        tag_id: tag.into(),
+        plate: plate.into(),
+        owner: Some(Owner {
+            name: "黄敏".into(),
+            id_number: "11010519491231002X".into(),
+            phone: "13712345678".into(),
+        }),
+        bike: Some(BikeDetails {
+            make: "Yadea".into(),
+            model: "G5".into(),
+            color: "green".into(),
+            frame_number: "LYDG5RULES1".into(),
+        }),
+        request_id: String::new(),
+        pin: "2468".into(),
+    }
+}
+
+const TAG_STOLEN: &str = "E28011606000000000000A01";
+const TAG_ARMED: &str = "E28011606000000000000A02";
+const TAG_OLD: &str = "E28011606000000000000A03";
+const TAG_NEW: &str = "E28011606000000000000A04";
+const TAG_PLAIN: &str = "E28011606000000000000A05";
+
+/// Sights the plain bike then `then` at `reader`; the next alert on `stream` must be for
+/// `then`'s tag, proving nothing was sent for the plain bike.
+async fn expect_next(stream: &mut Streaming<Alert>, tag: &str) -> Alert {
+    let a = next_alert(stream).await;
+    assert_eq!(a.tag_id, tag, "unexpected alert {a:?}");
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_routing_and_incident_lifecycle() {
+    let svc = TestService::start().await;
+    let channel = svc.channel().await;
+    let mut admin = clients::admin(channel.clone(), ADMIN_TOKEN).unwrap();
+    admin
+        .add_zone(AddZoneRequest {
+            zone_id: "west".into(),
+            name: "West".into(),
+            geojson: square(116.50, 23.20, 116.58, 23.32),
+            kind: ZoneKind::Patrol as i32,
+        })
+        .await
+        .unwrap();
+    admin
+        .add_zone(AddZoneRequest {
+            zone_id: "exit".into(),
+            name: "Western exit".into(),
+            geojson: square(116.50, 23.20, 116.52, 23.22),
+            kind: ZoneKind::Watch as i32,
+        })
+        .await
+        .unwrap();
+    let unit = |id: &str, zones: &[&str], command_center: bool| AddPatrolUnitRequest {
+        unit_id: id.into(),
+        name: id.into(),
+        zone_ids: zones.iter().map(|z| z.to_string()).collect(),
+        command_center,
+    };
+    let west_token = admin
+        .add_patrol_unit(unit("u-west", &["west"], false))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let hq_token = admin
+        .add_patrol_unit(unit("hq", &[], true))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let idle_token = admin
+        .add_patrol_unit(unit("u-idle", &[], false))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let reader = |id: &'static str, lat: f64, lon: f64| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .add_reader(AddReaderRequest {
+                    reader_id: id.into(),
+                    name: id.into(),
+                    lat,
+                    lon,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .secret
+        }
+    };
+    let town_secret = reader("rd-town", 23.26, 116.55).await;
+    let exit_secret = reader("rd-exit", 23.21, 116.51).await;
+    let out_secret = reader("rd-out", 23.50, 116.90).await;
+    let kiosk_token = admin
+        .add_kiosk(AddKioskRequest {
+            kiosk_id: "k".into(),
+            name: "k".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut kiosk = clients::registry(channel.clone(), &kiosk_token).unwrap();
+    kiosk
+        .register_bike(bike(TAG_STOLEN, "潮阳R00001"))
+        .await
+        .unwrap();
+    kiosk
+        .register_bike(bike(TAG_ARMED, "潮阳R00002"))
+        .await
+        .unwrap();
+    kiosk
+        .register_bike(bike(TAG_OLD, "潮阳R00003"))
+        .await
+        .unwrap();
+    kiosk
+        .register_bike(bike(TAG_PLAIN, "潮阳R00005"))
+        .await
+        .unwrap();
+    kiosk
+        .report_stolen(ReportStolenRequest {
+            plate: "潮阳R00001".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    kiosk
+        .set_armed(SetArmedRequest {
+            plate: "潮阳R00002".into(),
+            pin: "2468".into(),
+            armed: true,
+        })
+        .await
+        .unwrap();
+    kiosk
+        .replace_tag(ReplaceTagRequest {
+            plate: "潮阳R00003".into(),
+            new_tag_id: TAG_NEW.into(),
+        })
+        .await
+        .unwrap();
+
+    let mut west_patrol = clients::patrol(channel.clone(), &west_token).unwrap();
+    let mut west = west_patrol
+        .stream_alerts(StreamAlertsRequest { resume_after: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut hq_patrol = clients::patrol(channel.clone(), &hq_token).unwrap();
+    let mut hq = hq_patrol
+        .stream_alerts(StreamAlertsRequest { resume_after: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let port = svc.mqtt_port();
+    let mut town = ReaderClient::connect("127.0.0.1", port, "rd-town", &town_secret)
+        .await
+        .unwrap();
+    let mut exit = ReaderClient::connect("127.0.0.1", port, "rd-exit", &exit_secret)
+        .await
+        .unwrap();
+    let mut out = ReaderClient::connect("127.0.0.1", port, "rd-out", &out_secret)
+        .await
+        .unwrap();
+
+    // Stolen, in town: the zone's unit and the command center, normal priority.
+    town.publish(vec![
+        sighting(TAG_PLAIN, 3, -50),
+        sighting(TAG_STOLEN, 3, -50),
+    ])
+    .await
+    .unwrap();
+    let stolen = expect_next(&mut west, TAG_STOLEN).await;
+    assert_eq!(
+        (stolen.kind(), stolen.priority),
+        (AlertKind::StolenSighted, 1)
+    );
+    assert_eq!(expect_next(&mut hq, TAG_STOLEN).await.seq, stolen.seq);
+
+    // At the exit: urgent watch-zone alert, same incident.
+    exit.publish(vec![sighting(TAG_STOLEN, 3, -50)])
+        .await
+        .unwrap();
+    let urgent = expect_next(&mut west, TAG_STOLEN).await;
+    assert_eq!((urgent.kind(), urgent.priority), (AlertKind::WatchZone, 2));
+    assert_eq!(urgent.zone_id, "exit");
+    assert_eq!(urgent.incident_id, stolen.incident_id);
+    expect_next(&mut hq, TAG_STOLEN).await;
+
+    // Outside every patrol zone: only the command center hears of it.
+    out.publish(vec![sighting(TAG_STOLEN, 3, -50)])
+        .await
+        .unwrap();
+    let outside = expect_next(&mut hq, TAG_STOLEN).await;
+    assert_eq!(outside.reader_id, "rd-out");
+
+    // Armed and moving: its own incident; a second sighting updates it.
+    town.publish(vec![sighting(TAG_ARMED, 2, -60)])
+        .await
+        .unwrap();
+    let armed = expect_next(&mut west, TAG_ARMED).await;
+    assert_eq!(armed.kind(), AlertKind::ArmedMoved);
+    assert_eq!(armed.plate, "潮阳R00002");
+    assert_ne!(armed.incident_id, stolen.incident_id);
+    town.publish(vec![sighting(TAG_ARMED, 2, -60)])
+        .await
+        .unwrap();
+    let armed2 = expect_next(&mut west, TAG_ARMED).await;
+    assert_eq!(armed2.incident_id, armed.incident_id);
+    assert!(armed2.seq > armed.seq);
+
+    // A revoked tag (replaced) seen: the old tag names the bike.
+    town.publish(vec![sighting(TAG_OLD, 1, -70)]).await.unwrap();
+    let revoked = expect_next(&mut west, TAG_OLD).await;
+    assert_eq!(revoked.kind(), AlertKind::RevokedTagSeen);
+    assert_eq!(revoked.plate, "潮阳R00003");
+    // The bike's new tag is not flagged.
+    town.publish(vec![sighting(TAG_NEW, 1, -70), sighting(TAG_OLD, 1, -70)])
+        .await
+        .unwrap();
+    expect_next(&mut west, TAG_OLD).await;
+
+    // Lifecycle: a unit that never got the incident cannot see it.
+    let mut idle = clients::patrol(channel.clone(), &idle_token).unwrap();
+    let err = idle
+        .acknowledge_incident(AcknowledgeIncidentRequest {
+            incident_id: stolen.incident_id.clone(),
+            note: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let acked = west_patrol
+        .acknowledge_incident(AcknowledgeIncidentRequest {
+            incident_id: stolen.incident_id.clone(),
+            note: "Unit 7 on the way".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acked.state(), IncidentState::Acknowledged);
+    assert_eq!(acked.acknowledged_by, "patrol:u-west");
+    let err = west_patrol
+        .resolve_incident(ResolveIncidentRequest {
+            incident_id: stolen.incident_id.clone(),
+            outcome: Outcome::Unspecified as i32,
+            note: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let resolved = west_patrol
+        .resolve_incident(ResolveIncidentRequest {
+            incident_id: stolen.incident_id.clone(),
+            outcome: Outcome::Recovered as i32,
+            note: "Found behind the market".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (resolved.state(), resolved.outcome()),
+        (IncidentState::Resolved, Outcome::Recovered)
+    );
+    let err = west_patrol
+        .resolve_incident(ResolveIncidentRequest {
+            incident_id: stolen.incident_id.clone(),
+            outcome: Outcome::FalseAlarm as i32,
+            note: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // Resolving as recovered took the bike off the hotlist: its next sighting is silent.
+    let shown = kiosk
+        .get_bike(GetBikeRequest {
+            key: Some(get_bike_request::Key::Plate("潮阳R00001".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!shown.stolen);
+    town.publish(vec![
+        sighting(TAG_STOLEN, 3, -50),
+        sighting(TAG_OLD, 1, -70),
+    ])
+    .await
+    .unwrap();
+    expect_next(&mut west, TAG_OLD).await;
+
+    // Stolen again: a new incident.
+    kiosk
+        .report_stolen(ReportStolenRequest {
+            plate: "潮阳R00001".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    town.publish(vec![sighting(TAG_STOLEN, 3, -50)])
+        .await
+        .unwrap();
+    let again = expect_next(&mut west, TAG_STOLEN).await;
+    assert_ne!(again.incident_id, stolen.incident_id);
+
+    for r in [town, exit, out] {
+        r.disconnect().await;
+    }
+    drop((west, hq));
+    svc.stop().await;
+}
