@@ -11,6 +11,7 @@
 //! - [`http`]: `/healthz` and `/metrics`.
 //! - [`metrics`]: counters by reason.
 //! - [`app`]: [`Service`], which starts all of it and stops it on one path.
+//! - [`patrol_client`]: `greenplate patrol`, the officers' command-line client.
 //!
 //! The `greenplate` binary (`src/main.rs`) only parses flags and calls [`Service`].
 
@@ -20,6 +21,7 @@ pub mod broker;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod patrol_client;
 pub mod pipeline;
 
 pub use app::{Service, StartError};

@@ -33,6 +33,49 @@ enum Command {
     /// Registry maintenance.
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// The patrol client: print a unit's alerts as they arrive; acknowledge or resolve.
+    Patrol(PatrolArgs),
+}
+
+#[derive(clap::Args)]
+struct PatrolArgs {
+    /// greenplate gRPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// The patrol unit's token.
+    #[arg(long, env = "GREENPLATE_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Print alerts after this seq (0: everything this unit was sent).
+    #[arg(long, default_value_t = 0)]
+    resume_after: u64,
+    #[command(subcommand)]
+    action: Option<PatrolAction>,
+}
+
+#[derive(Subcommand)]
+enum PatrolAction {
+    /// Take an incident on.
+    Ack {
+        incident_id: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Close an incident.
+    Resolve {
+        incident_id: String,
+        /// recovered (takes the bike off the hotlist), false-alarm or lost-track.
+        #[arg(long)]
+        outcome: OutcomeArg,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutcomeArg {
+    Recovered,
+    FalseAlarm,
+    LostTrack,
 }
 
 #[derive(Subcommand)]
@@ -116,6 +159,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => run(serve(args), "info,rumqttd=warn"),
         Command::Registry(RegistryCommand::Import(args)) => run(import(args), "warn"),
+        Command::Patrol(args) => run(patrol(args), "warn"),
     }
 }
 
@@ -131,6 +175,56 @@ fn run(command: impl std::future::Future<Output = ExitCode>, default_log: &str) 
         Ok(rt) => rt.block_on(command),
         Err(e) => {
             eprintln!("greenplate: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn patrol(args: PatrolArgs) -> ExitCode {
+    use greenplate_ingest::patrol_client as pc;
+    use greenplate_proto::v1::Outcome;
+    let mut client = match pc::connect(&args.server, &args.token).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("greenplate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match args.action {
+        None => pc::follow(&mut client, args.resume_after, &mut std::io::stdout())
+            .await
+            .map(|_| ()),
+        Some(PatrolAction::Ack { incident_id, note }) => {
+            pc::acknowledge(&mut client, &incident_id, &note)
+                .await
+                .map(|i| println!("{} {}", i.incident_id, i.state().as_str_name()))
+        }
+        Some(PatrolAction::Resolve {
+            incident_id,
+            outcome,
+            note,
+        }) => {
+            let outcome = match outcome {
+                OutcomeArg::Recovered => Outcome::Recovered,
+                OutcomeArg::FalseAlarm => Outcome::FalseAlarm,
+                OutcomeArg::LostTrack => Outcome::LostTrack,
+            };
+            pc::resolve(&mut client, &incident_id, outcome, &note)
+                .await
+                .map(|i| {
+                    println!(
+                        "{} {} {}",
+                        i.incident_id,
+                        i.state().as_str_name(),
+                        i.outcome().as_str_name()
+                    )
+                })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("greenplate: {e}");
             ExitCode::FAILURE
         }
     }

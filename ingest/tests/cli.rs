@@ -93,3 +93,153 @@ E28011600000000000000103,潮阳A00103,张强,440513199001011231,13800000003,Aima
     assert_eq!(bike.owner.unwrap().phone, "138****0001");
     svc.stop().await;
 }
+
+/// `greenplate patrol` prints a unit's alerts as they arrive, and acks and resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patrol_client_prints_alerts_and_closes_incidents() {
+    use greenplate_proto::v1::{
+        AddKioskRequest, AddPatrolUnitRequest, AddReaderRequest, AddZoneRequest, BikeDetails,
+        Owner, RegisterBikeRequest, ReportStolenRequest,
+    };
+    use greenplate_simulator::reader::{ReaderClient, sighting};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let svc = TestService::start().await;
+    let channel = svc.channel().await;
+    let mut admin = clients::admin(channel.clone(), ADMIN_TOKEN).unwrap();
+    admin
+        .add_zone(AddZoneRequest {
+            zone_id: "all".into(),
+            name: "All".into(),
+            geojson: r#"{"type":"Polygon","coordinates":[[[116,23],[117,23],[117,24],[116,24],[116,23]]]}"#.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let token = admin
+        .add_patrol_unit(AddPatrolUnitRequest {
+            unit_id: "u-1".into(),
+            name: "Unit 1".into(),
+            zone_ids: vec!["all".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let secret = admin
+        .add_reader(AddReaderRequest {
+            reader_id: "rd-1".into(),
+            name: "Gate".into(),
+            lat: 23.3,
+            lon: 116.6,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let kiosk = admin
+        .add_kiosk(AddKioskRequest {
+            kiosk_id: "k".into(),
+            name: "k".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut registry = clients::registry(channel, &kiosk).unwrap();
+    registry
+        .register_bike(RegisterBikeRequest {
+            tag_id: "E28011606000000000000C01".into(),
+            plate: "潮阳P00001".into(),
+            owner: Some(Owner {
+                name: "周杰".into(),
+                id_number: "11010519491231002X".into(),
+                phone: "13612345678".into(),
+            }),
+            bike: Some(BikeDetails {
+                make: "Aima".into(),
+                model: "A500".into(),
+                color: "white".into(),
+                frame_number: "AIMA000001".into(),
+            }),
+            request_id: String::new(),
+            pin: "1357".into(),
+        })
+        .await
+        .unwrap();
+    registry
+        .report_stolen(ReportStolenRequest {
+            plate: "潮阳P00001".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_greenplate"))
+        .args(["patrol", "--server", &svc.grpc_url, "--token", &token])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-1", &secret)
+        .await
+        .unwrap();
+    reader
+        .publish(vec![sighting("E28011606000000000000C01", 3, -50)])
+        .await
+        .unwrap();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(15), lines.next_line())
+        .await
+        .expect("an alert line within 15 s")
+        .unwrap()
+        .unwrap();
+    assert!(line.contains("STOLEN BIKE SEEN  潮阳P00001"), "{line}");
+    assert!(line.contains("at rd-1 (23.3000, 116.6000)"), "{line}");
+    let incident = line.rsplit(' ').next().unwrap().to_owned();
+    assert!(incident.starts_with("inc-"), "{line}");
+
+    let run = |args: Vec<String>| {
+        let out = greenplate()
+            .args(["patrol", "--server", &svc.grpc_url, "--token", &token])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let acked = run(vec![
+        "ack".into(),
+        incident.clone(),
+        "--note".into(),
+        "on my way".into(),
+    ]);
+    assert_eq!(
+        acked.trim(),
+        format!("{incident} INCIDENT_STATE_ACKNOWLEDGED")
+    );
+    let resolved = run(vec![
+        "resolve".into(),
+        incident.clone(),
+        "--outcome".into(),
+        "recovered".into(),
+    ]);
+    assert_eq!(
+        resolved.trim(),
+        format!("{incident} INCIDENT_STATE_RESOLVED OUTCOME_RECOVERED")
+    );
+    let bad = greenplate()
+        .args(["patrol", "--server", &svc.grpc_url, "--token", "wrong"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unknown or revoked token"),
+        "{bad:?}"
+    );
+
+    follow.kill().await.unwrap();
+    reader.disconnect().await;
+    svc.stop().await;
+}

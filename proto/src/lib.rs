@@ -6,9 +6,11 @@
 //! - [`v1`]: generated types and tonic clients/servers for package `greenplate.v1`
 //!   (`proto/greenplate/v1/*.proto`).
 //! - [`seal`]: sealing and opening `SealedSightingBatch` (ChaCha20-Poly1305, HKDF-SHA256).
+//! - [`auth`]: the client side of `authorization: Bearer <token>`.
 //! - [`topics`]: the MQTT topic names readers publish to.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 
+pub mod auth;
 pub mod seal;
 pub mod topics;
 

@@ -3,30 +3,9 @@
 use greenplate_proto::v1::admin_client::AdminClient;
 use greenplate_proto::v1::patrol_client::PatrolClient;
 use greenplate_proto::v1::registry_client::RegistryClient;
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-/// Adds the bearer token to every request.
-#[derive(Clone)]
-pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
-
-impl Bearer {
-    pub fn new(token: &str) -> anyhow::Result<Self> {
-        Ok(Self(format!("Bearer {token}").parse()?))
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut()
-            .insert(greenplate_proto::AUTHORIZATION, self.0.clone());
-        Ok(req)
-    }
-}
-
-pub type Authed = InterceptedService<Channel, Bearer>;
+pub use greenplate_proto::auth::{Authed, Bearer};
 
 /// Connects to a gRPC URL such as `http://127.0.0.1:50051`.
 pub async fn channel(url: &str) -> anyhow::Result<Channel> {

@@ -1,0 +1,184 @@
+//! `greenplate patrol`: the officers' command-line client. It follows a unit's alert stream
+//! (resuming after the last alert it printed whenever the connection drops, so nothing is
+//! missed), printing one readable line per alert, and acknowledges or resolves incidents.
+
+use std::io::Write;
+use std::time::Duration;
+
+use greenplate_proto::auth::{Authed, Bearer};
+use greenplate_proto::v1::patrol_client::PatrolClient;
+use greenplate_proto::v1::{
+    AcknowledgeIncidentRequest, Alert, AlertKind, Incident, Outcome, ResolveIncidentRequest,
+    StreamAlertsRequest,
+};
+use tonic::transport::Endpoint;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PatrolError {
+    #[error("bad server URL: {0}")]
+    Url(String),
+    #[error(transparent)]
+    Token(#[from] greenplate_proto::auth::BadToken),
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("cannot write: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A patrol client for one server and token.
+pub async fn connect(server: &str, token: &str) -> Result<PatrolClient<Authed>, PatrolError> {
+    let endpoint = Endpoint::from_shared(server.to_owned())
+        .map_err(|e| PatrolError::Url(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    // Connect lazily: the follow loop retries until the server is there.
+    Ok(PatrolClient::with_interceptor(
+        endpoint.connect_lazy(),
+        Bearer::new(token)?,
+    ))
+}
+
+/// Prints alerts as they arrive, for ever (or until the server refuses the token). Returns
+/// the last seq printed if the stream ends for good.
+pub async fn follow(
+    client: &mut PatrolClient<Authed>,
+    mut resume_after: u64,
+    out: &mut impl Write,
+) -> Result<u64, PatrolError> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match client
+            .stream_alerts(StreamAlertsRequest { resume_after })
+            .await
+        {
+            Ok(stream) => {
+                backoff = Duration::from_millis(200);
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(alert)) => {
+                            writeln!(out, "{}", format_alert(&alert))?;
+                            out.flush()?;
+                            resume_after = resume_after.max(alert.seq);
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::warn!(error = %status, "Alert stream broke; resuming.");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                return Err(status.into());
+            }
+            Err(status) => {
+                tracing::warn!(error = %status, "Cannot reach the server; retrying.");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// One readable line, e.g.
+/// `#12 18:05:33 URGENT WATCH ZONE exit  潮阳A10001  tag E28...  at rd-exit (23.2100, 116.5100)  incident inc-...`
+pub fn format_alert(a: &Alert) -> String {
+    let what = match a.kind() {
+        AlertKind::StolenSighted => "STOLEN BIKE SEEN",
+        AlertKind::ArmedMoved => "ARMED BIKE MOVING",
+        AlertKind::RevokedTagSeen => "REVOKED TAG SEEN",
+        AlertKind::CloneSuspected => "CLONED TAG SUSPECTED",
+        AlertKind::WatchZone => "WATCH ZONE",
+        AlertKind::ReaderOffline => "READER OFFLINE",
+        AlertKind::Unspecified => "ALERT",
+    };
+    let urgent = if a.priority >= 2 { "URGENT " } else { "" };
+    let zone = if a.zone_id.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", a.zone_id)
+    };
+    format!(
+        "#{} {} {urgent}{what}{zone}  {}  tag {}  at {} ({:.4}, {:.4})  incident {}",
+        a.seq,
+        clock(a.seen_at_ms),
+        a.plate,
+        a.tag_id,
+        a.reader_id,
+        a.lat,
+        a.lon,
+        a.incident_id
+    )
+}
+
+/// HH:MM:SS in China Standard Time (UTC+8), the district's clock.
+fn clock(ms: i64) -> String {
+    let s = (ms.div_euclid(1000) + 8 * 3600).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// Acknowledges an incident.
+pub async fn acknowledge(
+    client: &mut PatrolClient<Authed>,
+    incident_id: &str,
+    note: &str,
+) -> Result<Incident, PatrolError> {
+    Ok(client
+        .acknowledge_incident(AcknowledgeIncidentRequest {
+            incident_id: incident_id.to_owned(),
+            note: note.to_owned(),
+        })
+        .await?
+        .into_inner())
+}
+
+/// Resolves an incident.
+pub async fn resolve(
+    client: &mut PatrolClient<Authed>,
+    incident_id: &str,
+    outcome: Outcome,
+    note: &str,
+) -> Result<Incident, PatrolError> {
+    Ok(client
+        .resolve_incident(ResolveIncidentRequest {
+            incident_id: incident_id.to_owned(),
+            outcome: outcome as i32,
+            note: note.to_owned(),
+        })
+        .await?
+        .into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_an_officer_can_read() {
+        let a = Alert {
+            seq: 12,
+            alert_id: "al-1".into(),
+            kind: AlertKind::WatchZone as i32,
+            plate: "潮阳A10001".into(),
+            tag_id: "E28011606000020700000001".into(),
+            reader_id: "rd-exit".into(),
+            lat: 23.21,
+            lon: 116.51,
+            seen_at_ms: 1_764_064_533_000, // 2025-11-25 09:55:33 UTC
+            incident_id: "inc-9".into(),
+            priority: 2,
+            zone_id: "exit".into(),
+        };
+        assert_eq!(
+            format_alert(&a),
+            "#12 17:55:33 URGENT WATCH ZONE exit  潮阳A10001  tag E28011606000020700000001  at rd-exit (23.2100, 116.5100)  incident inc-9"
+        );
+    }
+}
