@@ -17,5 +17,5 @@ pub mod zones;
 pub use engine::{EngineHandle, Sighted};
 pub use error::AlertingError;
 pub use service::PatrolService;
-pub use store::{Alerting, LoggedAlert};
+pub use store::{Alerting, LoggedAlert, RoutingConfig};
 pub use zones::ZoneKind;

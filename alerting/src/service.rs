@@ -11,6 +11,7 @@ use std::sync::Arc;
 use greenplate_proto::v1::patrol_server::{self, PatrolServer};
 use greenplate_proto::v1::{
     AcknowledgeIncidentRequest, Alert, Incident, ResolveIncidentRequest, StreamAlertsRequest,
+    UpdatePositionRequest, UpdatePositionResponse,
 };
 use greenplate_registry::auth::{AuthInterceptor, Role, require};
 use tokio::sync::{broadcast, mpsc};
@@ -80,6 +81,17 @@ impl patrol_server::Patrol for PatrolService {
             .await?;
         tracing::info!(caller = %caller.audit_name(), incident = %r.incident_id, "Incident acknowledged.");
         Ok(Response::new(incident))
+    }
+
+    async fn update_position(
+        &self,
+        req: Request<UpdatePositionRequest>,
+    ) -> Result<Response<UpdatePositionResponse>, Status> {
+        let caller = require(&req, &[Role::Patrol])?;
+        let r = req.into_inner();
+        self.alerting
+            .update_position(&caller.id, r.lat, r.lon, r.on_duty)?;
+        Ok(Response::new(UpdatePositionResponse {}))
     }
 
     async fn resolve_incident(

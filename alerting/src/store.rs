@@ -2,6 +2,7 @@
 //! zones and units (provisioned through Admin), the durable alert log, and the live hub that
 //! fans committed alerts out to open streams.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use greenplate_proto::v1::{Alert, AlertKind, Incident, IncidentState, Outcome};
@@ -13,7 +14,7 @@ use sqlx::any::AnyRow;
 use tokio::sync::broadcast;
 
 use crate::error::AlertingError;
-use crate::zones::{Zone, ZoneKind, ZoneMap, parse_geojson};
+use crate::zones::{Zone, ZoneKind, ZoneMap, distance_km, parse_geojson};
 
 /// Alerts kept in the live hub for streams that fall behind; a stream that lags further
 /// catches up from the alert log instead.
@@ -35,17 +36,52 @@ pub struct LoggedAlert {
     pub recipients: Vec<String>,
 }
 
+/// How alerts reach units beyond their zones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingConfig {
+    /// Also alert up to this many on-duty units nearest the reader...
+    pub nearest_units: usize,
+    /// ...within this distance, km.
+    pub nearest_radius_km: f64,
+    /// A position older than this is not used, ms.
+    pub position_max_age_ms: i64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            nearest_units: 3,
+            nearest_radius_km: 5.0,
+            position_max_age_ms: 10 * 60 * 1000,
+        }
+    }
+}
+
+/// A unit's last reported position.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    lat: f64,
+    lon: f64,
+    at_ms: i64,
+    on_duty: bool,
+}
+
 /// Shared alerting state.
 #[derive(Debug)]
 pub struct Alerting {
     registry: Arc<Registry>,
+    routing: RoutingConfig,
     zones: RwLock<ZoneMap>,
+    positions: RwLock<HashMap<String, Position>>,
     hub: broadcast::Sender<Arc<LoggedAlert>>,
 }
 
 impl Alerting {
     /// Migrates the alerting tables and loads zones and unit assignments.
-    pub async fn open(registry: Arc<Registry>) -> Result<Arc<Self>, greenplate_registry::Error> {
+    pub async fn open(
+        registry: Arc<Registry>,
+        routing: RoutingConfig,
+    ) -> Result<Arc<Self>, greenplate_registry::Error> {
         let db = registry.db();
         db.migrate(migrations()).await?;
         let mut map = ZoneMap::default();
@@ -87,7 +123,9 @@ impl Alerting {
         let (hub, _) = broadcast::channel(HUB_CAPACITY);
         Ok(Arc::new(Self {
             registry,
+            routing,
             zones: RwLock::new(map),
+            positions: RwLock::new(HashMap::new()),
             hub,
         }))
     }
@@ -187,9 +225,55 @@ impl Alerting {
         Ok(issued.token)
     }
 
-    /// The units entitled to an alert at (lat, lon).
+    /// The units entitled to an alert at (lat, lon): those of the patrol zones containing
+    /// it, every command center, and the nearest on-duty units within the radius.
     pub fn units_covering(&self, lat: f64, lon: f64) -> Vec<String> {
-        self.zones_read().units_covering(lat, lon)
+        let mut units = self.zones_read().units_covering(lat, lon);
+        let now = now_ms();
+        let positions = self.positions.read().unwrap_or_else(|p| p.into_inner());
+        let mut near: Vec<(f64, &String)> = positions
+            .iter()
+            .filter(|(_, p)| p.on_duty && now - p.at_ms <= self.routing.position_max_age_ms)
+            .map(|(u, p)| (distance_km(lat, lon, p.lat, p.lon), u))
+            .filter(|(d, _)| *d <= self.routing.nearest_radius_km)
+            .collect();
+        near.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (_, unit) in near.into_iter().take(self.routing.nearest_units) {
+            if !units.contains(unit) {
+                units.push(unit.clone());
+            }
+        }
+        units.sort();
+        units
+    }
+
+    /// Records where a unit is.
+    pub fn update_position(
+        &self,
+        unit_id: &str,
+        lat: f64,
+        lon: f64,
+        on_duty: bool,
+    ) -> Result<(), AlertingError> {
+        if !(-90.0..=90.0).contains(&lat) {
+            return Err(RegistryError::invalid("lat", "must be between -90 and 90").into());
+        }
+        if !(-180.0..=180.0).contains(&lon) {
+            return Err(RegistryError::invalid("lon", "must be between -180 and 180").into());
+        }
+        self.positions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                unit_id.to_owned(),
+                Position {
+                    lat,
+                    lon,
+                    at_ms: now_ms(),
+                    on_duty,
+                },
+            );
+        Ok(())
     }
 
     /// The watch zone containing (lat, lon), if any.

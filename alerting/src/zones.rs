@@ -99,6 +99,15 @@ fn polygon(rings: &PolygonType, ring_no: &mut usize) -> Result<Polygon<f64>, Zon
     Ok(Polygon::new(exterior, it.collect()))
 }
 
+/// Great-circle distance in kilometres (haversine, mean Earth radius).
+pub fn distance_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let dp = p2 - p1;
+    let dl = (lon2 - lon1).to_radians();
+    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * 6371.0088 * a.sqrt().asin()
+}
+
 /// What a zone is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ZoneKind {
@@ -234,6 +243,14 @@ mod tests {
             parse_geojson(r#"{"type":"Polygon","coordinates":[[[0,0],[1,1],[1,0],[0,1],[0,0]]]}"#),
             Err(ZoneError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn distances() {
+        // Shantou to Chaoyang town centre, roughly 20 km.
+        let d = distance_km(23.354, 116.682, 23.265, 116.602);
+        assert!((12.0..14.0).contains(&d), "{d}");
+        assert_eq!(distance_km(23.0, 116.0, 23.0, 116.0), 0.0);
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl Service {
 
         let (registry, admin_token) = open_registry(&config).await?;
         let db = registry.db().clone();
-        let alerting = Alerting::open(registry.clone()).await?;
+        let alerting = Alerting::open(registry.clone(), config.alerting.routing()).await?;
         let metrics = Arc::new(Metrics::new());
 
         let shutdown = CancellationToken::new();

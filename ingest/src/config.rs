@@ -50,6 +50,55 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub ingest: IngestConfig,
+    #[serde(default)]
+    pub alerting: AlertingConfig,
+}
+
+/// Who hears about an alert beyond the units of the zones around the reader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// Also alert up to this many on-duty units nearest the reader (0: zones only).
+    #[serde(default = "default_nearest_units")]
+    pub nearest_units: usize,
+    /// ...within this distance, km.
+    #[serde(default = "default_nearest_radius_km")]
+    pub nearest_radius_km: f64,
+    /// A unit's position (Patrol.UpdatePosition) older than this is not used, seconds.
+    #[serde(default = "default_position_max_age_s")]
+    pub position_max_age_s: u64,
+}
+
+fn default_nearest_units() -> usize {
+    3
+}
+fn default_nearest_radius_km() -> f64 {
+    5.0
+}
+fn default_position_max_age_s() -> u64 {
+    600
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        Self {
+            nearest_units: default_nearest_units(),
+            nearest_radius_km: default_nearest_radius_km(),
+            position_max_age_s: default_position_max_age_s(),
+        }
+    }
+}
+
+impl AlertingConfig {
+    /// The alerting crate's routing settings.
+    pub fn routing(&self) -> greenplate_alerting::RoutingConfig {
+        greenplate_alerting::RoutingConfig {
+            nearest_units: self.nearest_units,
+            nearest_radius_km: self.nearest_radius_km,
+            position_max_age_ms: i64::try_from(self.position_max_age_s.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+        }
+    }
 }
 
 /// The embedded MQTT broker.
@@ -132,6 +181,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             http: HttpConfig::default(),
             ingest: IngestConfig::default(),
+            alerting: AlertingConfig::default(),
         }
     }
 }
@@ -202,6 +252,12 @@ impl Config {
         if self.ingest.max_clock_skew_ms <= 0 {
             return Err(ConfigError::Invalid(
                 "ingest.max_clock_skew_ms must be positive".into(),
+            ));
+        }
+        let radius = self.alerting.nearest_radius_km;
+        if radius.is_nan() || radius < 0.0 {
+            return Err(ConfigError::Invalid(
+                "alerting.nearest_radius_km must be zero or more".into(),
             ));
         }
         if let Some(k) = &self.secret_key {

@@ -339,3 +339,129 @@ async fn rules_routing_and_incident_lifecycle() {
     drop((west, hq));
     svc.stop().await;
 }
+
+/// On-duty units near a sighting hear of it even outside their zones; off-duty or distant
+/// units do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nearest_on_duty_units_hear_of_nearby_sightings() {
+    use greenplate_proto::v1::UpdatePositionRequest;
+    let svc = TestService::start().await;
+    let channel = svc.channel().await;
+    let mut admin = clients::admin(channel.clone(), ADMIN_TOKEN).unwrap();
+    let secret = admin
+        .add_reader(AddReaderRequest {
+            reader_id: "rd-1".into(),
+            name: "Gate".into(),
+            lat: 23.26,
+            lon: 116.60,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let unit = |id: &'static str| {
+        let mut admin = admin.clone();
+        let channel = channel.clone();
+        async move {
+            let token = admin
+                .add_patrol_unit(AddPatrolUnitRequest {
+                    unit_id: id.into(),
+                    name: id.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .token;
+            clients::patrol(channel, &token).unwrap()
+        }
+    };
+    let mut near = unit("u-near").await;
+    let mut off = unit("u-off").await;
+    let mut far = unit("u-far").await;
+    let at = |lat: f64, lon: f64, on_duty: bool| UpdatePositionRequest { lat, lon, on_duty };
+    near.update_position(at(23.265, 116.605, true))
+        .await
+        .unwrap();
+    off.update_position(at(23.265, 116.605, false))
+        .await
+        .unwrap();
+    far.update_position(at(23.45, 116.80, true)).await.unwrap();
+    assert_eq!(
+        near.update_position(at(91.0, 0.0, true))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+
+    let kiosk_token = admin
+        .add_kiosk(AddKioskRequest {
+            kiosk_id: "k".into(),
+            name: "k".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut kiosk = clients::registry(channel.clone(), &kiosk_token).unwrap();
+    kiosk
+        .register_bike(bike(TAG_STOLEN, "潮阳R00001"))
+        .await
+        .unwrap();
+    kiosk
+        .report_stolen(ReportStolenRequest {
+            plate: "潮阳R00001".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let stream = |c: &mut greenplate_proto::v1::patrol_client::PatrolClient<clients::Authed>| {
+        let mut c = c.clone();
+        async move {
+            c.stream_alerts(StreamAlertsRequest { resume_after: 0 })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let mut near_alerts = stream(&mut near).await;
+    let mut off_alerts = stream(&mut off).await;
+    let mut far_alerts = stream(&mut far).await;
+    let mut reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-1", &secret)
+        .await
+        .unwrap();
+
+    reader
+        .publish(vec![sighting(TAG_STOLEN, 2, -50)])
+        .await
+        .unwrap();
+    let first = next_alert(&mut near_alerts).await;
+
+    // The off-duty unit goes on duty: its first alert is the next sighting, not the first.
+    off.update_position(at(23.265, 116.605, true))
+        .await
+        .unwrap();
+    reader
+        .publish(vec![sighting(TAG_STOLEN, 2, -50)])
+        .await
+        .unwrap();
+    let second = next_alert(&mut off_alerts).await;
+    assert!(second.seq > first.seq);
+    assert_eq!(next_alert(&mut near_alerts).await.seq, second.seq);
+
+    // The distant unit drives over: likewise.
+    far.update_position(at(23.261, 116.601, true))
+        .await
+        .unwrap();
+    reader
+        .publish(vec![sighting(TAG_STOLEN, 2, -50)])
+        .await
+        .unwrap();
+    let third = next_alert(&mut far_alerts).await;
+    assert!(third.seq > second.seq);
+
+    reader.disconnect().await;
+    drop((near_alerts, off_alerts, far_alerts));
+    svc.stop().await;
+}
