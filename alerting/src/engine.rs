@@ -1,7 +1,8 @@
 //! The alerting engine: one task that turns sightings of stolen bikes into alerts.
 //!
 //! For each batch of sightings it drains from its queue: run the rules (stolen, armed and
-//! moving, revoked tag; inside a watch zone any of them becomes an urgent watch-zone alert),
+//! moving, revoked tag, cloned tag; inside a watch zone any of them becomes an urgent
+//! watch-zone alert),
 //! find or open the matter's incident, route to the units whose patrol zones contain the
 //! reader (and every command center), then append every alert and its recipients to the log
 //! in one transaction (group commit), and only after the commit hand them to the hub.
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clone::CloneEvidence;
 use crate::error::AlertingError;
 use crate::store::{Alerting, LoggedAlert, record_event};
 
@@ -35,10 +37,12 @@ pub struct Sighted {
     pub state: TagState,
     pub reader: Arc<Reader>,
     pub seen_at_ms: i64,
+    /// Set when the clone rule's memory contradicts this sighting.
+    pub clone: Option<CloneEvidence>,
 }
 
 impl Sighted {
-    /// True if any rule may care about this tag.
+    /// True if a rule on the tag's state may care about this tag.
     pub fn flagged(state: TagState) -> bool {
         state.stolen() || state.armed() || state.revoked()
     }
@@ -129,6 +133,17 @@ async fn rules(
     }
     if s.state.revoked() {
         fired.push((AlertKind::RevokedTagSeen, format!("revoked:{}", s.tag)));
+    }
+    if let Some(e) = &s.clone {
+        tracing::info!(
+            tag = %s.tag,
+            reader = %s.reader.id,
+            other_reader = %e.other_reader.id,
+            km = e.distance_km,
+            kmh = e.speed_kmh,
+            "Suspected cloned tag."
+        );
+        fired.push((AlertKind::CloneSuspected, format!("clone:{}", s.tag)));
     }
     Ok(fired)
 }

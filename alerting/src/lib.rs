@@ -5,15 +5,18 @@
 //! - [`zones`]: GeoJSON patrol zones (parsed, validated) and routing by containment.
 //! - [`store`]: [`Alerting`], the shared state: zones and units, the durable alert log,
 //!   and the live hub.
-//! - [`engine`]: the task that turns sightings of stolen bikes into logged alerts.
+//! - [`engine`]: the task that runs the rules on flagged sightings and logs the alerts.
+//! - [`clone`]: where each tag was last seen, for the clone (impossible speed) rule.
 //! - [`service`]: the `greenplate.v1.Patrol` gRPC service (replay, then live).
 
+pub mod clone;
 pub mod engine;
 mod error;
 pub mod service;
 pub mod store;
 pub mod zones;
 
+pub use clone::{CloneConfig, CloneEvidence, CloneWatch};
 pub use engine::{EngineHandle, Sighted};
 pub use error::AlertingError;
 pub use service::PatrolService;

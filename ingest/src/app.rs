@@ -88,6 +88,9 @@ impl Service {
                 readers: registry.readers().clone(),
                 index: registry.index().clone(),
                 engine,
+                clones: Arc::new(greenplate_alerting::CloneWatch::new(
+                    config.alerting.clone_rule(),
+                )),
                 metrics: metrics.clone(),
                 max_clock_skew_ms: config.ingest.max_clock_skew_ms,
             },

@@ -67,6 +67,19 @@ pub struct AlertingConfig {
     /// A unit's position (Patrol.UpdatePosition) older than this is not used, seconds.
     #[serde(default = "default_position_max_age_s")]
     pub position_max_age_s: u64,
+    /// One tag seen by two readers faster apart than this is a suspected clone, km/h.
+    #[serde(default = "default_clone_speed_kmh")]
+    pub clone_speed_kmh: f64,
+    /// Readers closer than this may both see a tag at once; the clone rule ignores them, km.
+    #[serde(default = "default_clone_min_distance_km")]
+    pub clone_min_distance_km: f64,
+}
+
+fn default_clone_speed_kmh() -> f64 {
+    150.0
+}
+fn default_clone_min_distance_km() -> f64 {
+    1.0
 }
 
 fn default_nearest_units() -> usize {
@@ -85,11 +98,21 @@ impl Default for AlertingConfig {
             nearest_units: default_nearest_units(),
             nearest_radius_km: default_nearest_radius_km(),
             position_max_age_s: default_position_max_age_s(),
+            clone_speed_kmh: default_clone_speed_kmh(),
+            clone_min_distance_km: default_clone_min_distance_km(),
         }
     }
 }
 
 impl AlertingConfig {
+    /// The clone rule's thresholds.
+    pub fn clone_rule(&self) -> greenplate_alerting::CloneConfig {
+        greenplate_alerting::CloneConfig {
+            max_speed_kmh: self.clone_speed_kmh,
+            min_distance_km: self.clone_min_distance_km,
+        }
+    }
+
     /// The alerting crate's routing settings.
     pub fn routing(&self) -> greenplate_alerting::RoutingConfig {
         greenplate_alerting::RoutingConfig {
@@ -252,6 +275,12 @@ impl Config {
         if self.ingest.max_clock_skew_ms <= 0 {
             return Err(ConfigError::Invalid(
                 "ingest.max_clock_skew_ms must be positive".into(),
+            ));
+        }
+        let speed = self.alerting.clone_speed_kmh;
+        if speed.is_nan() || speed <= 0.0 {
+            return Err(ConfigError::Invalid(
+                "alerting.clone_speed_kmh must be positive".into(),
             ));
         }
         let radius = self.alerting.nearest_radius_km;

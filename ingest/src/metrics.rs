@@ -23,6 +23,7 @@ pub struct Metrics {
     pub sightings_unregistered: Counter,
     pub stolen_sightings: Counter,
     pub flagged_sightings: Counter,
+    pub clone_suspects: Counter,
     pub mqtt_auth_failures: Counter,
     pub registered_tags: Gauge,
     pub readers: Gauge,
@@ -39,6 +40,7 @@ impl Metrics {
             sightings_unregistered: Counter::default(),
             stolen_sightings: Counter::default(),
             flagged_sightings: Counter::default(),
+            clone_suspects: Counter::default(),
             mqtt_auth_failures: Counter::default(),
             registered_tags: Gauge::default(),
             readers: Gauge::default(),
@@ -78,6 +80,11 @@ impl Metrics {
             "ingest_flagged_sightings",
             "Sightings of stolen, armed or revoked tags, handed to alerting",
             m.flagged_sightings.clone(),
+        );
+        registry.register(
+            "ingest_clone_suspects",
+            "Sightings at an impossible speed from the tag's last sighting",
+            m.clone_suspects.clone(),
         );
         registry.register(
             "mqtt_auth_failures",

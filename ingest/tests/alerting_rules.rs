@@ -57,7 +57,9 @@ async fn expect_next(stream: &mut Streaming<Alert>, tag: &str) -> Alert {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_routing_and_incident_lifecycle() {
-    let svc = TestService::start().await;
+    // This bike hops between readers kilometres apart within seconds: keep the clone rule
+    // (tested on its own below) out of this test.
+    let svc = TestService::start_configured(|c| c.alerting.clone_speed_kmh = 1e9).await;
     let channel = svc.channel().await;
     let mut admin = clients::admin(channel.clone(), ADMIN_TOKEN).unwrap();
     admin
@@ -463,5 +465,91 @@ async fn nearest_on_duty_units_hear_of_nearby_sightings() {
 
     reader.disconnect().await;
     drop((near_alerts, off_alerts, far_alerts));
+    svc.stop().await;
+}
+
+/// One tag seen by two readers 11 km apart seconds apart: a suspected clone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_at_an_impossible_speed_is_a_suspected_clone() {
+    let svc = TestService::start().await;
+    let channel = svc.channel().await;
+    let mut admin = clients::admin(channel.clone(), ADMIN_TOKEN).unwrap();
+    let hq_token = admin
+        .add_patrol_unit(AddPatrolUnitRequest {
+            unit_id: "hq".into(),
+            name: "HQ".into(),
+            zone_ids: vec![],
+            command_center: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let add_reader = |id: &'static str, lat: f64| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .add_reader(AddReaderRequest {
+                    reader_id: id.into(),
+                    name: id.into(),
+                    lat,
+                    lon: 116.50,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .secret
+        }
+    };
+    let south = add_reader("rd-south", 23.20).await;
+    let north = add_reader("rd-north", 23.30).await;
+    let kiosk_token = admin
+        .add_kiosk(AddKioskRequest {
+            kiosk_id: "k".into(),
+            name: "k".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    clients::registry(channel.clone(), &kiosk_token)
+        .unwrap()
+        .register_bike(bike(TAG_PLAIN, "潮阳R00005"))
+        .await
+        .unwrap();
+    let mut hq = clients::patrol(channel, &hq_token)
+        .unwrap()
+        .stream_alerts(StreamAlertsRequest { resume_after: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let port = svc.mqtt_port();
+    let mut s = ReaderClient::connect("127.0.0.1", port, "rd-south", &south)
+        .await
+        .unwrap();
+    let mut n = ReaderClient::connect("127.0.0.1", port, "rd-north", &north)
+        .await
+        .unwrap();
+    s.publish(vec![sighting(TAG_PLAIN, 2, -50)]).await.unwrap();
+    svc.wait_metric("greenplate_ingest_sightings_accepted_total", 1.0)
+        .await;
+    n.publish(vec![sighting(TAG_PLAIN, 2, -50)]).await.unwrap();
+    let alert = next_alert(&mut hq).await;
+    assert_eq!(alert.kind(), AlertKind::CloneSuspected);
+    assert_eq!(
+        (alert.plate.as_str(), alert.reader_id.as_str()),
+        ("潮阳R00005", "rd-north")
+    );
+    s.publish(vec![sighting(TAG_PLAIN, 2, -50)]).await.unwrap();
+    let again = next_alert(&mut hq).await;
+    assert_eq!(again.kind(), AlertKind::CloneSuspected);
+    assert_eq!(again.incident_id, alert.incident_id);
+    assert_eq!(
+        svc.metric("greenplate_ingest_clone_suspects_total").await,
+        2.0
+    );
+    s.disconnect().await;
+    n.disconnect().await;
+    drop(hq);
     svc.stop().await;
 }

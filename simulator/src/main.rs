@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use greenplate_proto::v1::{ReportStolenRequest, StreamAlertsRequest};
+use greenplate_proto::v1::{AlertKind, ReportStolenRequest, StreamAlertsRequest};
 use greenplate_simulator::clients;
 use greenplate_simulator::reader::{ReaderClient, now_ms, sighting};
 use greenplate_simulator::town::{self, TownSpec};
@@ -98,6 +98,10 @@ struct TownArgs {
     /// How long to drive traffic, seconds.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// How fast the thief rides from reader to reader, km/h (above the server's clone
+    /// speed, 150 by default, the thief's tag also looks cloned).
+    #[arg(long, default_value_t = 60.0)]
+    thief_kmh: f64,
 }
 
 #[tokio::main]
@@ -112,6 +116,14 @@ async fn main() -> anyhow::Result<()> {
         Command::KioskLoad(args) => kiosk_load(args).await,
         Command::ImportCsv(args) => import_csv(args),
     }
+}
+
+/// Great-circle distance, km (the same formula the server's clone rule uses).
+fn distance_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let a = ((p2 - p1) / 2.0).sin().powi(2)
+        + p1.cos() * p2.cos() * ((lon2 - lon1).to_radians() / 2.0).sin().powi(2);
+    2.0 * 6371.0088 * a.sqrt().asin()
 }
 
 fn admin_token(token: Option<String>, file: &std::path::Path) -> anyhow::Result<String> {
@@ -238,6 +250,8 @@ struct Tally {
     duplicates: u64,
     /// reader -> when the stolen bike's sighting was published there (Unix ms).
     published_at: HashMap<String, i64>,
+    /// Alerts of other kinds (e.g. a clone suspicion when the thief rides too fast).
+    other_kinds: HashMap<String, u64>,
     latencies_ms: Vec<i64>,
 }
 
@@ -304,8 +318,17 @@ async fn run_town(args: TownArgs) -> anyhow::Result<()> {
                     t.duplicates += 1;
                 }
                 last_seq = last_seq.max(alert.seq);
-                *t.received.entry(unit_id.clone()).or_default() += 1;
-                t.latencies_ms.push(latency);
+                match alert.kind() {
+                    AlertKind::StolenSighted | AlertKind::WatchZone => {
+                        *t.received.entry(unit_id.clone()).or_default() += 1;
+                        t.latencies_ms.push(latency);
+                    }
+                    other => {
+                        *t.other_kinds
+                            .entry(other.as_str_name().to_owned())
+                            .or_default() += 1;
+                    }
+                }
             }
         });
     }
@@ -337,19 +360,38 @@ async fn run_town(args: TownArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let (mut batches, mut sightings) = (0u64, 0u64);
     let mut tick = tokio::time::interval(interval);
-    let mut round = 0usize;
     let mut rng = rand::rngs::StdRng::from_os_rng();
+    // The thief rides along the readers in order at --thief-kmh.
+    let mut thief_reader = 0usize;
+    let mut thief_due = Instant::now();
     while Instant::now() < deadline {
         tick.tick().await;
-        // The thief passes one reader every four rounds.
-        let thief_at = round.is_multiple_of(4);
-        let thief_reader = (round / 4) % readers.len();
+        let thief_at = Instant::now() >= thief_due;
+        if thief_at && readers.len() > 1 {
+            let (a, b) = (
+                &town.readers[thief_reader],
+                &town.readers[(thief_reader + 1) % readers.len()],
+            );
+            let hours = distance_km(a.lat, a.lon, b.lat, b.lon) / args.thief_kmh.max(1.0);
+            thief_due = Instant::now() + Duration::from_secs_f64(hours * 3600.0);
+        }
+        let readers_len = readers.len();
         for (i, reader) in readers.iter_mut().enumerate() {
+            // Bike 0 is the stolen one; the others are honest traffic that stays in its own
+            // neighbourhood (bike k near reader k mod readers), so no honest bike appears
+            // to jump across town (which the clone rule would rightly flag).
+            let locals = (1..town.bikes.len())
+                .filter(|k| k % readers_len == i)
+                .collect::<Vec<_>>();
             let mut batch: Vec<_> = (0..args.batch)
-                .map(|_| {
-                    // Bike 0 is the stolen one; the others are honest traffic.
-                    let b = &town.bikes[rng.random_range(1..town.bikes.len())];
-                    sighting(&b.tag_id, rng.random_range(1..8), -rng.random_range(40..75))
+                .filter_map(|_| {
+                    let k = *locals.get(rng.random_range(0..locals.len().max(1)))?;
+                    let b = &town.bikes[k];
+                    Some(sighting(
+                        &b.tag_id,
+                        rng.random_range(1..8),
+                        -rng.random_range(40..75),
+                    ))
                 })
                 .collect();
             if thief_at && i == thief_reader {
@@ -365,7 +407,9 @@ async fn run_town(args: TownArgs) -> anyhow::Result<()> {
             reader.publish(batch).await?;
             batches += 1;
         }
-        round += 1;
+        if thief_at {
+            thief_reader = (thief_reader + 1) % readers.len();
+        }
     }
 
     // Give the last alerts a moment to arrive, then report.
@@ -403,6 +447,9 @@ async fn run_town(args: TownArgs) -> anyhow::Result<()> {
         pct(0.5),
         pct(1.0)
     );
+    for (kind, n) in &t.other_kinds {
+        println!("Also {n} alerts of kind {kind}.");
+    }
     for r in readers {
         r.disconnect().await;
     }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! Inbound (topic, payload) --shard by topic--> worker: open -> decode -> hot index ->
-//!   flagged (stolen, armed, revoked)? -> alerting engine
+//!   clone watch (impossible speed?) -> flagged (stolen, armed, revoked) or clone? -> engine
 //! ```
 //! Messages are sharded by topic over a few workers, so one reader's batches stay in order
 //! (its seq check relies on that) while different readers are handled in parallel. Nothing
@@ -17,7 +17,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use greenplate_alerting::{EngineHandle, Sighted};
+use greenplate_alerting::{CloneWatch, EngineHandle, Sighted};
 use greenplate_registry::{HotIndex, Readers, now_ms};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -34,6 +34,7 @@ pub struct Context {
     pub readers: Arc<Readers>,
     pub index: Arc<HotIndex>,
     pub engine: EngineHandle,
+    pub clones: Arc<CloneWatch>,
     pub metrics: Arc<Metrics>,
     pub max_clock_skew_ms: i64,
 }
@@ -112,7 +113,11 @@ pub(crate) async fn handle(ctx: &Context, log: &mut RateLimitedLog, msg: &Inboun
             ctx.metrics.sightings_unregistered.inc();
             continue;
         };
-        if Sighted::flagged(state) {
+        let clone = ctx.clones.observe(read.tag, &reader, read.first_seen_ms);
+        if clone.is_some() {
+            ctx.metrics.clone_suspects.inc();
+        }
+        if Sighted::flagged(state) || clone.is_some() {
             if state.stolen() {
                 ctx.metrics.stolen_sightings.inc();
             }
@@ -123,6 +128,7 @@ pub(crate) async fn handle(ctx: &Context, log: &mut RateLimitedLog, msg: &Inboun
                 state,
                 reader: reader.clone(),
                 seen_at_ms: read.first_seen_ms,
+                clone,
             };
             if ctx.engine.submit(sighted).await.is_err() {
                 tracing::error!(reader = %reader.id, "Alerting engine has stopped; sighting not alerted.");

@@ -29,7 +29,12 @@ impl TestService {
 
     /// Starts on an existing data directory (for restart tests).
     pub async fn start_in(dir: tempfile::TempDir) -> Self {
-        Self::start_with(dir, None).await
+        Self::start_with(dir, None, |_| {}).await
+    }
+
+    /// Starts with some configuration changed.
+    pub async fn start_configured(tweak: impl Fn(&mut Config)) -> Self {
+        Self::start_with(tempfile::tempdir().unwrap(), None, tweak).await
     }
 
     /// Starts on a fresh database of the PostgreSQL server at `GREENPLATE_TEST_PG`
@@ -46,12 +51,16 @@ impl TestService {
             .await
             .unwrap();
         let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-        let mut svc = Self::start_with(tempfile::tempdir().unwrap(), Some(url)).await;
+        let mut svc = Self::start_with(tempfile::tempdir().unwrap(), Some(url), |_| {}).await;
         svc.pg = Some((server, name));
         svc
     }
 
-    async fn start_with(dir: tempfile::TempDir, database_url: Option<String>) -> Self {
+    async fn start_with(
+        dir: tempfile::TempDir,
+        database_url: Option<String>,
+        tweak: impl Fn(&mut Config),
+    ) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -71,6 +80,7 @@ impl TestService {
             config.mqtt.listen = free_port();
             config.grpc.listen = "127.0.0.1:0".parse().unwrap();
             config.http.listen = "127.0.0.1:0".parse().unwrap();
+            tweak(&mut config);
             match Service::start(config).await {
                 Ok(service) => {
                     let grpc_url = format!("http://{}", service.grpc_addr);
