@@ -158,6 +158,9 @@ async fn follow(
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    alerting
+                        .stream_catchups
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(unit = %unit, missed, "Patrol stream lagged; catching up from the log.");
                     continue 'replay;
                 }

@@ -3,6 +3,7 @@
 //! fans committed alerts out to open streams.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use greenplate_proto::v1::{Alert, AlertKind, Incident, IncidentState, Outcome};
@@ -74,6 +75,8 @@ pub struct Alerting {
     zones: RwLock<ZoneMap>,
     positions: RwLock<HashMap<String, Position>>,
     hub: broadcast::Sender<Arc<LoggedAlert>>,
+    /// Times a stream fell behind the live hub and caught up from the log.
+    pub stream_catchups: AtomicU64,
 }
 
 impl Alerting {
@@ -127,6 +130,7 @@ impl Alerting {
             zones: RwLock::new(map),
             positions: RwLock::new(HashMap::new()),
             hub,
+            stream_catchups: AtomicU64::new(0),
         }))
     }
 

@@ -137,7 +137,7 @@ impl Service {
             }
         });
 
-        let http_server = axum::serve(http, http::router(metrics.clone(), registry.clone()))
+        let http_server = axum::serve(http, http::router(metrics.clone(), alerting.clone()))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         tracker.spawn(async move {
             if let Err(e) = http_server.await {

@@ -7,33 +7,33 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use greenplate_registry::Registry;
+use std::sync::atomic::Ordering;
+
+use greenplate_alerting::Alerting;
 
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
-    registry: Arc<Registry>,
+    alerting: Arc<Alerting>,
 }
 
 /// The HTTP routes.
-pub fn router(metrics: Arc<Metrics>, registry: Arc<Registry>) -> Router {
+pub fn router(metrics: Arc<Metrics>, alerting: Arc<Alerting>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_handler))
-        .with_state(AppState { metrics, registry })
+        .with_state(AppState { metrics, alerting })
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
-    state
-        .metrics
-        .registered_tags
-        .set(state.registry.index().len() as i64);
-    state
-        .metrics
-        .readers
-        .set(state.registry.readers().len() as i64);
+    let registry = state.alerting.registry();
+    let m = &state.metrics;
+    m.registered_tags.set(registry.index().len() as i64);
+    m.readers.set(registry.readers().len() as i64);
+    m.stream_catchups
+        .set(state.alerting.stream_catchups.load(Ordering::Relaxed) as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub clone_suspects: Counter,
     pub mqtt_auth_failures: Counter,
     pub registered_tags: Gauge,
+    pub stream_catchups: Gauge,
     pub readers: Gauge,
 }
 
@@ -43,6 +44,7 @@ impl Metrics {
             clone_suspects: Counter::default(),
             mqtt_auth_failures: Counter::default(),
             registered_tags: Gauge::default(),
+            stream_catchups: Gauge::default(),
             readers: Gauge::default(),
             registry: Registry::default(),
         };
@@ -97,6 +99,11 @@ impl Metrics {
             m.registered_tags.clone(),
         );
         registry.register("registry_readers", "Readers provisioned", m.readers.clone());
+        registry.register(
+            "alerting_stream_catchups",
+            "Times a patrol stream fell behind the live feed and caught up from the alert log",
+            m.stream_catchups.clone(),
+        );
         Self { registry, ..m }
     }
 
