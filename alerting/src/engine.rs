@@ -157,8 +157,8 @@ async fn process(alerting: &Alerting, batch: &[Sighted]) -> Result<(), AlertingE
             continue;
         }
         let (plate, _) = registry.bike_plate_and_tag(s.bike_id).await?;
-        let recipients = alerting.units_covering(s.reader.lat, s.reader.lon);
-        let watch_zone = alerting.watch_zone_at(s.reader.lat, s.reader.lon);
+        let recipients = alerting.units_for(&s.reader);
+        let watch_zone = alerting.route(&s.reader).watch_zone.clone();
         for (base, dedup_key) in fired {
             pending.push(Pending {
                 sighted: s,

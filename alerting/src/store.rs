@@ -9,7 +9,9 @@ use std::sync::{Arc, RwLock};
 use greenplate_proto::v1::{Alert, AlertKind, Incident, IncidentState, Outcome};
 use greenplate_registry::db::Migrations;
 use greenplate_registry::store::{already_exists, audit};
-use greenplate_registry::{Authenticator, Caller, Db, Registry, RegistryError, Role, now_ms};
+use greenplate_registry::{
+    Authenticator, Caller, Db, Reader, Registry, RegistryError, Role, now_ms,
+};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use tokio::sync::broadcast;
@@ -58,6 +60,15 @@ impl Default for RoutingConfig {
     }
 }
 
+/// What the zones say about one reader's position.
+#[derive(Debug, Default)]
+pub struct ReaderRoute {
+    /// Units of the patrol zones containing the reader, and every command center.
+    pub zone_units: Vec<String>,
+    /// The watch zone containing the reader, if any.
+    pub watch_zone: Option<String>,
+}
+
 /// A unit's last reported position.
 #[derive(Debug, Clone, Copy)]
 struct Position {
@@ -74,6 +85,9 @@ pub struct Alerting {
     routing: RoutingConfig,
     zones: RwLock<ZoneMap>,
     positions: RwLock<HashMap<String, Position>>,
+    /// Reader id -> its zone routing, computed once per reader and cleared whenever zones or
+    /// units change (readers do not move).
+    routes: RwLock<HashMap<String, Arc<ReaderRoute>>>,
     hub: broadcast::Sender<Arc<LoggedAlert>>,
     /// Times a stream fell behind the live hub and caught up from the log.
     pub stream_catchups: AtomicU64,
@@ -129,6 +143,7 @@ impl Alerting {
             routing,
             zones: RwLock::new(map),
             positions: RwLock::new(HashMap::new()),
+            routes: RwLock::new(HashMap::new()),
             hub,
             stream_catchups: AtomicU64::new(0),
         }))
@@ -229,10 +244,48 @@ impl Alerting {
         Ok(issued.token)
     }
 
-    /// The units entitled to an alert at (lat, lon): those of the patrol zones containing
-    /// it, every command center, and the nearest on-duty units within the radius.
+    /// The zone routing of a reader, from the per-reader cache.
+    pub fn route(&self, reader: &Reader) -> Arc<ReaderRoute> {
+        if let Some(r) = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&reader.id)
+        {
+            return r.clone();
+        }
+        // Compute and cache under the zones read lock: a zone change (which clears the
+        // cache under the write lock) cannot slip in between and leave a stale route.
+        let zones = self.zones_read();
+        let route = Arc::new(ReaderRoute {
+            zone_units: zones.units_covering(reader.lat, reader.lon),
+            watch_zone: zones
+                .watch_zone_at(reader.lat, reader.lon)
+                .map(|z| z.id.clone()),
+        });
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(reader.id.clone(), route.clone());
+        drop(zones);
+        route
+    }
+
+    /// The units entitled to an alert at a reader: those of the patrol zones containing it,
+    /// every command center, and the nearest on-duty units within the radius.
+    pub fn units_for(&self, reader: &Reader) -> Vec<String> {
+        let route = self.route(reader);
+        self.with_nearest(route.zone_units.clone(), reader.lat, reader.lon)
+    }
+
+    /// The units entitled to an alert at (lat, lon) (no cache: for positions that are not
+    /// readers).
     pub fn units_covering(&self, lat: f64, lon: f64) -> Vec<String> {
-        let mut units = self.zones_read().units_covering(lat, lon);
+        let units = self.zones_read().units_covering(lat, lon);
+        self.with_nearest(units, lat, lon)
+    }
+
+    fn with_nearest(&self, mut units: Vec<String>, lat: f64, lon: f64) -> Vec<String> {
         let now = now_ms();
         let positions = self.positions.read().unwrap_or_else(|p| p.into_inner());
         let mut near: Vec<(f64, &String)> = positions
@@ -461,8 +514,14 @@ impl Alerting {
         self.zones.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The zone map, for a change; the per-reader routes are dropped with it.
     fn zones_mut(&self) -> std::sync::RwLockWriteGuard<'_, ZoneMap> {
-        self.zones.write().unwrap_or_else(|p| p.into_inner())
+        let zones = self.zones.write().unwrap_or_else(|p| p.into_inner());
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        zones
     }
 }
 
