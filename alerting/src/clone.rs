@@ -41,6 +41,31 @@ pub struct CloneEvidence {
     pub speed_kmh: f64,
 }
 
+/// Hashes a tag id with one multiply. Only registered tags reach this map (ingest looks the
+/// tag up in the hot index first), so its keys are not chosen by whoever sends readings,
+/// and SipHash's flooding resistance buys nothing here.
+#[derive(Default)]
+struct TagHasher(u64);
+
+impl std::hash::Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 =
+            ((v as u64) ^ ((v >> 64) as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type TagMap = HashMap<u128, Last, std::hash::BuildHasherDefault<TagHasher>>;
+
 #[derive(Debug)]
 struct Last {
     reader: Arc<Reader>,
@@ -51,21 +76,25 @@ struct Last {
 #[derive(Debug)]
 pub struct CloneWatch {
     config: CloneConfig,
-    shards: Vec<Mutex<HashMap<u128, Last>>>,
+    shards: Vec<Mutex<TagMap>>,
 }
 
 impl CloneWatch {
     pub fn new(config: CloneConfig) -> Self {
         Self {
             config,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(TagMap::default())).collect(),
         }
     }
 
     /// Records a sighting; returns evidence if it contradicts the tag's last one.
     pub fn observe(&self, tag: TagId, reader: &Arc<Reader>, at_ms: i64) -> Option<CloneEvidence> {
         let key = tag.as_u128();
-        let shard = &self.shards[(key as usize ^ (key >> 64) as usize) % SHARDS];
+        // Shard on middle bits: hashbrown takes its bucket from the low bits and its tag
+        // byte from the top 7, which must stay varied within a shard.
+        let mixed = ((key as u64) ^ ((key >> 64) as u64).rotate_left(29))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let shard = &self.shards[(mixed >> 32) as usize % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
         let Some(last) = map.get_mut(&key) else {
             map.insert(
@@ -77,8 +106,13 @@ impl CloneWatch {
             );
             return None;
         };
+        if Arc::ptr_eq(&last.reader, reader) {
+            // The common case: the same reader again. No distance, no refcount traffic.
+            last.at_ms = last.at_ms.max(at_ms);
+            return None;
+        }
         let mut evidence = None;
-        if !Arc::ptr_eq(&last.reader, reader) && last.reader.id != reader.id {
+        if last.reader.id != reader.id {
             let d = distance_km(last.reader.lat, last.reader.lon, reader.lat, reader.lon);
             if d >= self.config.min_distance_km {
                 let hours = ((at_ms - last.at_ms).abs() as f64 / 3_600_000.0).max(1e-6);
