@@ -4,14 +4,14 @@
 mod support;
 
 use greenplate_proto::v1::{
-    AcknowledgeIncidentRequest, AddKioskRequest, AddPatrolUnitRequest, AddReaderRequest,
-    AddZoneRequest, Alert, AlertKind, BikeDetails, GetBikeRequest, IncidentState, Outcome, Owner,
-    RegisterBikeRequest, ReplaceTagRequest, ReportStolenRequest, ResolveIncidentRequest,
-    SetArmedRequest, StreamAlertsRequest, ZoneKind, get_bike_request,
+    AcknowledgeIncidentRequest, AddPatrolUnitRequest, AddZoneRequest, Alert, AlertKind,
+    BikeDetails, GetBikeRequest, IncidentState, Outcome, Owner, RegisterBikeRequest,
+    ReplaceTagRequest, ReportStolenRequest, ResolveIncidentRequest, SetArmedRequest,
+    StreamAlertsRequest, ZoneKind, get_bike_request,
 };
 use greenplate_simulator::clients;
 use greenplate_simulator::reader::{ReaderClient, sighting};
-use support::{ADMIN_TOKEN, TestService, next_alert};
+use support::{ADMIN_TOKEN, TestService, next_alert, stream};
 use tonic::Code;
 use tonic::Streaming;
 
@@ -80,59 +80,13 @@ async fn rules_routing_and_incident_lifecycle() {
         })
         .await
         .unwrap();
-    let unit = |id: &str, zones: &[&str], command_center: bool| AddPatrolUnitRequest {
-        unit_id: id.into(),
-        name: id.into(),
-        zone_ids: zones.iter().map(|z| z.to_string()).collect(),
-        command_center,
-    };
-    let west_token = admin
-        .add_patrol_unit(unit("u-west", &["west"], false))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let hq_token = admin
-        .add_patrol_unit(unit("hq", &[], true))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let idle_token = admin
-        .add_patrol_unit(unit("u-idle", &[], false))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let reader = |id: &'static str, lat: f64, lon: f64| {
-        let mut admin = admin.clone();
-        async move {
-            admin
-                .add_reader(AddReaderRequest {
-                    reader_id: id.into(),
-                    name: id.into(),
-                    lat,
-                    lon,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .secret
-        }
-    };
-    let town_secret = reader("rd-town", 23.26, 116.55).await;
-    let exit_secret = reader("rd-exit", 23.21, 116.51).await;
-    let out_secret = reader("rd-out", 23.50, 116.90).await;
-    let kiosk_token = admin
-        .add_kiosk(AddKioskRequest {
-            kiosk_id: "k".into(),
-            name: "k".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let mut kiosk = clients::registry(channel.clone(), &kiosk_token).unwrap();
+    let mut west_patrol = svc.add_unit("u-west", &["west"], false).await;
+    let hq_patrol = svc.add_unit("hq", &[], true).await;
+    let mut idle = svc.add_unit("u-idle", &[], false).await;
+    let town_secret = svc.add_reader("rd-town", 23.26, 116.55).await;
+    let exit_secret = svc.add_reader("rd-exit", 23.21, 116.51).await;
+    let out_secret = svc.add_reader("rd-out", 23.50, 116.90).await;
+    let mut kiosk = svc.add_kiosk("k").await;
     kiosk
         .register_bike(bike(TAG_STOLEN, "潮阳R00001"))
         .await
@@ -172,18 +126,8 @@ async fn rules_routing_and_incident_lifecycle() {
         .await
         .unwrap();
 
-    let mut west_patrol = clients::patrol(channel.clone(), &west_token).unwrap();
-    let mut west = west_patrol
-        .stream_alerts(StreamAlertsRequest { resume_after: 0 })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut hq_patrol = clients::patrol(channel.clone(), &hq_token).unwrap();
-    let mut hq = hq_patrol
-        .stream_alerts(StreamAlertsRequest { resume_after: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut west = stream(&west_patrol, 0).await;
+    let mut hq = stream(&hq_patrol, 0).await;
     let port = svc.mqtt_port();
     let mut town = ReaderClient::connect("127.0.0.1", port, "rd-town", &town_secret)
         .await
@@ -253,7 +197,6 @@ async fn rules_routing_and_incident_lifecycle() {
     expect_next(&mut west, TAG_OLD).await;
 
     // Lifecycle: a unit that never got the incident cannot see it.
-    let mut idle = clients::patrol(channel.clone(), &idle_token).unwrap();
     let err = idle
         .acknowledge_incident(AcknowledgeIncidentRequest {
             incident_id: stolen.incident_id.clone(),
@@ -348,39 +291,10 @@ async fn rules_routing_and_incident_lifecycle() {
 async fn nearest_on_duty_units_hear_of_nearby_sightings() {
     use greenplate_proto::v1::UpdatePositionRequest;
     let svc = TestService::start().await;
-    let channel = svc.channel().await;
-    let mut admin = clients::admin(channel.clone(), ADMIN_TOKEN).unwrap();
-    let secret = admin
-        .add_reader(AddReaderRequest {
-            reader_id: "rd-1".into(),
-            name: "Gate".into(),
-            lat: 23.26,
-            lon: 116.60,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
-    let unit = |id: &'static str| {
-        let mut admin = admin.clone();
-        let channel = channel.clone();
-        async move {
-            let token = admin
-                .add_patrol_unit(AddPatrolUnitRequest {
-                    unit_id: id.into(),
-                    name: id.into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .token;
-            clients::patrol(channel, &token).unwrap()
-        }
-    };
-    let mut near = unit("u-near").await;
-    let mut off = unit("u-off").await;
-    let mut far = unit("u-far").await;
+    let secret = svc.add_reader("rd-1", 23.26, 116.60).await;
+    let mut near = svc.add_unit("u-near", &[], false).await;
+    let mut off = svc.add_unit("u-off", &[], false).await;
+    let mut far = svc.add_unit("u-far", &[], false).await;
     let at = |lat: f64, lon: f64, on_duty: bool| UpdatePositionRequest { lat, lon, on_duty };
     near.update_position(at(23.265, 116.605, true))
         .await
@@ -397,16 +311,7 @@ async fn nearest_on_duty_units_hear_of_nearby_sightings() {
         Code::InvalidArgument
     );
 
-    let kiosk_token = admin
-        .add_kiosk(AddKioskRequest {
-            kiosk_id: "k".into(),
-            name: "k".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let mut kiosk = clients::registry(channel.clone(), &kiosk_token).unwrap();
+    let mut kiosk = svc.add_kiosk("k").await;
     kiosk
         .register_bike(bike(TAG_STOLEN, "潮阳R00001"))
         .await
@@ -418,18 +323,9 @@ async fn nearest_on_duty_units_hear_of_nearby_sightings() {
         })
         .await
         .unwrap();
-    let stream = |c: &mut greenplate_proto::v1::patrol_client::PatrolClient<clients::Authed>| {
-        let mut c = c.clone();
-        async move {
-            c.stream_alerts(StreamAlertsRequest { resume_after: 0 })
-                .await
-                .unwrap()
-                .into_inner()
-        }
-    };
-    let mut near_alerts = stream(&mut near).await;
-    let mut off_alerts = stream(&mut off).await;
-    let mut far_alerts = stream(&mut far).await;
+    let mut near_alerts = stream(&near, 0).await;
+    let mut off_alerts = stream(&off, 0).await;
+    let mut far_alerts = stream(&far, 0).await;
     let mut reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-1", &secret)
         .await
         .unwrap();
@@ -472,57 +368,14 @@ async fn nearest_on_duty_units_hear_of_nearby_sightings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_at_an_impossible_speed_is_a_suspected_clone() {
     let svc = TestService::start().await;
-    let channel = svc.channel().await;
-    let mut admin = clients::admin(channel.clone(), ADMIN_TOKEN).unwrap();
-    let hq_token = admin
-        .add_patrol_unit(AddPatrolUnitRequest {
-            unit_id: "hq".into(),
-            name: "HQ".into(),
-            zone_ids: vec![],
-            command_center: true,
-        })
+    let mut hq = stream(&svc.add_unit("hq", &[], true).await, 0).await;
+    let south = svc.add_reader("rd-south", 23.20, 116.50).await;
+    let north = svc.add_reader("rd-north", 23.30, 116.50).await;
+    svc.add_kiosk("k")
         .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let add_reader = |id: &'static str, lat: f64| {
-        let mut admin = admin.clone();
-        async move {
-            admin
-                .add_reader(AddReaderRequest {
-                    reader_id: id.into(),
-                    name: id.into(),
-                    lat,
-                    lon: 116.50,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .secret
-        }
-    };
-    let south = add_reader("rd-south", 23.20).await;
-    let north = add_reader("rd-north", 23.30).await;
-    let kiosk_token = admin
-        .add_kiosk(AddKioskRequest {
-            kiosk_id: "k".into(),
-            name: "k".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    clients::registry(channel.clone(), &kiosk_token)
-        .unwrap()
         .register_bike(bike(TAG_PLAIN, "潮阳R00005"))
         .await
         .unwrap();
-    let mut hq = clients::patrol(channel, &hq_token)
-        .unwrap()
-        .stream_alerts(StreamAlertsRequest { resume_after: 0 })
-        .await
-        .unwrap()
-        .into_inner();
     let port = svc.mqtt_port();
     let mut s = ReaderClient::connect("127.0.0.1", port, "rd-south", &south)
         .await
@@ -560,47 +413,10 @@ async fn a_tag_at_an_impossible_speed_is_a_suspected_clone() {
 async fn a_stalled_stream_neither_delays_others_nor_loses_alerts() {
     const ALERTS: usize = 3000; // well past the live hub (1024) and the stream queue (64)
     let svc = TestService::start().await;
-    let channel = svc.channel().await;
-    let mut admin = clients::admin(channel.clone(), ADMIN_TOKEN).unwrap();
-    let token = |id: &'static str| {
-        let mut admin = admin.clone();
-        async move {
-            admin
-                .add_patrol_unit(AddPatrolUnitRequest {
-                    unit_id: id.into(),
-                    name: id.into(),
-                    zone_ids: vec![],
-                    command_center: true,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .token
-        }
-    };
-    let slow_token = token("slow").await;
-    let fast_token = token("fast").await;
-    let secret = admin
-        .add_reader(AddReaderRequest {
-            reader_id: "rd-1".into(),
-            name: "Gate".into(),
-            lat: 23.26,
-            lon: 116.6,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
-    let kiosk_token = admin
-        .add_kiosk(AddKioskRequest {
-            kiosk_id: "k".into(),
-            name: "k".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let mut kiosk = clients::registry(channel.clone(), &kiosk_token).unwrap();
+    let slow_token = svc_unit_token(&svc, "slow").await;
+    let fast = svc.add_unit("fast", &[], true).await;
+    let secret = svc.add_reader("rd-1", 23.26, 116.6).await;
+    let mut kiosk = svc.add_kiosk("k").await;
     kiosk
         .register_bike(bike(TAG_STOLEN, "潮阳R00001"))
         .await
@@ -627,12 +443,7 @@ async fn a_stalled_stream_neither_delays_others_nor_loses_alerts() {
         .await
         .unwrap()
         .into_inner();
-    let mut fast = clients::patrol(channel, &fast_token)
-        .unwrap()
-        .stream_alerts(StreamAlertsRequest { resume_after: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut fast = stream(&fast, 0).await;
     let mut reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-1", &secret)
         .await
         .unwrap();
@@ -662,4 +473,20 @@ async fn a_stalled_stream_neither_delays_others_nor_loses_alerts() {
     reader.disconnect().await;
     drop((slow, fast));
     svc.stop().await;
+}
+
+/// A command-center unit's token (for a client built on a connection of its own).
+async fn svc_unit_token(svc: &TestService, id: &str) -> String {
+    svc.admin()
+        .await
+        .add_patrol_unit(AddPatrolUnitRequest {
+            unit_id: id.into(),
+            name: id.into(),
+            zone_ids: vec![],
+            command_center: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
 }

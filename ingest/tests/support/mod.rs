@@ -7,7 +7,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use greenplate_ingest::{Config, Service, StartError};
-use greenplate_proto::v1::Alert;
+use greenplate_proto::v1::admin_client::AdminClient;
+use greenplate_proto::v1::patrol_client::PatrolClient;
+use greenplate_proto::v1::registry_client::RegistryClient;
+use greenplate_proto::v1::{
+    AddKioskRequest, AddPatrolUnitRequest, AddReaderRequest, Alert, StreamAlertsRequest,
+};
+use greenplate_simulator::clients::{self, Authed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Streaming;
 
@@ -145,6 +151,66 @@ impl TestService {
         }
     }
 
+    /// An Admin client with the admin token.
+    pub async fn admin(&self) -> AdminClient<Authed> {
+        clients::admin(self.channel().await, ADMIN_TOKEN).unwrap()
+    }
+
+    /// Provisions a reader; returns its MQTT secret.
+    pub async fn add_reader(&self, id: &str, lat: f64, lon: f64) -> String {
+        self.admin()
+            .await
+            .add_reader(AddReaderRequest {
+                reader_id: id.into(),
+                name: id.into(),
+                lat,
+                lon,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .secret
+    }
+
+    /// Provisions a patrol unit; returns a Patrol client with its token.
+    pub async fn add_unit(
+        &self,
+        id: &str,
+        zones: &[&str],
+        command_center: bool,
+    ) -> PatrolClient<Authed> {
+        let token = self
+            .admin()
+            .await
+            .add_patrol_unit(AddPatrolUnitRequest {
+                unit_id: id.into(),
+                name: id.into(),
+                zone_ids: zones.iter().map(|z| z.to_string()).collect(),
+                command_center,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        clients::patrol(self.channel().await, &token).unwrap()
+    }
+
+    /// Provisions a kiosk; returns a Registry client with its token.
+    pub async fn add_kiosk(&self, id: &str) -> RegistryClient<Authed> {
+        let token = self
+            .admin()
+            .await
+            .add_kiosk(AddKioskRequest {
+                kiosk_id: id.into(),
+                name: id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        clients::registry(self.channel().await, &token).unwrap()
+    }
+
     /// Stops the service and returns its data directory.
     pub async fn stop(self) -> tempfile::TempDir {
         assert!(
@@ -181,6 +247,15 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
         "{head}"
     );
     body.to_owned()
+}
+
+/// Opens a unit's alert stream.
+pub async fn stream(unit: &PatrolClient<Authed>, resume_after: u64) -> Streaming<Alert> {
+    unit.clone()
+        .stream_alerts(StreamAlertsRequest { resume_after })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// The next alert on a stream, or a failure after a deadline.
