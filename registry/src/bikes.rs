@@ -402,18 +402,15 @@ impl Registry {
         .bind(bike.bike_id)
         .execute(&mut *tx)
         .await?;
-        audit(
-            &mut tx,
+        self.finish_change(
+            tx,
             caller,
             "transfer_ownership",
             &format!("bike {} plate {plate} to owner {owner_id}", bike.bike_id),
+            bike.tag,
+            |s| s.with_armed(false),
         )
-        .await?;
-        tx.commit().await?;
-        if let Some(tag) = bike.tag {
-            self.index.update(tag, |s| s.with_armed(false));
-        }
-        Ok(())
+        .await
     }
 
     /// Sets the PIN of a bike that has none yet (bulk-imported bikes), after the kiosk has
@@ -562,19 +559,15 @@ impl Registry {
         .bind(bike.bike_id)
         .execute(&mut *tx)
         .await?;
-        audit(
-            &mut tx,
+        self.finish_change(
+            tx,
             caller,
             "deregister_bike",
             &format!("bike {} plate {plate}: {reason}", bike.bike_id),
+            bike.tag,
+            |s| s.with_revoked(true).with_armed(false),
         )
-        .await?;
-        tx.commit().await?;
-        if let Some(tag) = bike.tag {
-            self.index
-                .update(tag, |s| s.with_revoked(true).with_armed(false));
-        }
-        Ok(())
+        .await
     }
 
     /// Arms or disarms a bike with the owner's PIN. Returns the new state.
@@ -595,12 +588,31 @@ impl Registry {
             .execute(&mut *tx)
             .await?;
         let action = if armed { "arm" } else { "disarm" };
-        audit(&mut tx, caller, action, &format!("bike {}", bike.bike_id)).await?;
-        tx.commit().await?;
-        if let Some(tag) = bike.tag {
-            self.index.update(tag, |s| s.with_armed(armed));
-        }
+        let subject = format!("bike {}", bike.bike_id);
+        self.finish_change(tx, caller, action, &subject, bike.tag, |s| {
+            s.with_armed(armed)
+        })
+        .await?;
         Ok(armed)
+    }
+
+    /// The common end of a change to a registered bike: audit it, commit, then apply
+    /// `change` to the bike's tag in the hot index (only once the change is durable).
+    pub(crate) async fn finish_change(
+        &self,
+        mut tx: Tx,
+        caller: &Caller,
+        action: &str,
+        subject: &str,
+        tag: Option<TagId>,
+        change: impl Fn(TagState) -> TagState,
+    ) -> Result<(), RegistryError> {
+        audit(&mut tx, caller, action, subject).await?;
+        tx.commit().await?;
+        if let Some(tag) = tag {
+            self.index.update(tag, change);
+        }
+        Ok(())
     }
 
     /// Checks a PIN inside a write transaction and gives the transaction back to continue

@@ -6,7 +6,7 @@ use crate::auth::Caller;
 use crate::bikes::registered_bike;
 use crate::db::now_ms;
 use crate::error::RegistryError;
-use crate::store::{Registry, audit};
+use crate::store::Registry;
 use crate::validate;
 
 /// What a kiosk or officer says about a theft.
@@ -78,17 +78,15 @@ impl Registry {
         .fetch_one(&mut *tx)
         .await?
         .try_get("report_id")?;
-        audit(
-            &mut tx,
+        self.finish_change(
+            tx,
             caller,
             "report_stolen",
             &format!("bike {} plate {plate} report {report_id}", bike.bike_id),
+            bike.tag,
+            |s| s.with_stolen(true),
         )
         .await?;
-        tx.commit().await?;
-        if let Some(tag) = bike.tag {
-            self.index.update(tag, |s| s.with_stolen(true));
-        }
         Ok(TheftReport {
             report_id,
             already_open: false,
@@ -118,18 +116,15 @@ impl Registry {
                 "bike {plate} is not reported stolen"
             )));
         }
-        audit(
-            &mut tx,
+        self.finish_change(
+            tx,
             caller,
             "report_recovered",
             &format!("bike {} plate {plate}", bike.bike_id),
+            bike.tag,
+            |s| s.with_stolen(false),
         )
-        .await?;
-        tx.commit().await?;
-        if let Some(tag) = bike.tag {
-            self.index.update(tag, |s| s.with_stolen(false));
-        }
-        Ok(())
+        .await
     }
 
     /// Plate and current tag of a bike, for alerts.
