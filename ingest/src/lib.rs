@@ -12,6 +12,7 @@
 //! - [`metrics`]: counters by reason.
 //! - [`app`]: [`Service`], which starts all of it and stops it on one path.
 //! - [`patrol_client`]: `greenplate patrol`, the officers' command-line client.
+//! - [`zones_import`]: `greenplate zones import`, zones from GeoJSON through Admin.
 //!
 //! The `greenplate` binary (`src/main.rs`) only parses flags and calls [`Service`].
 
@@ -23,6 +24,7 @@ pub mod http;
 pub mod metrics;
 pub mod patrol_client;
 pub mod pipeline;
+pub mod zones_import;
 
 pub use app::{Service, StartError};
 pub use config::Config;

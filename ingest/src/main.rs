@@ -35,6 +35,24 @@ enum Command {
     Registry(RegistryCommand),
     /// The patrol client: print a unit's alerts as they arrive; acknowledge or resolve.
     Patrol(PatrolArgs),
+    /// Zone maintenance.
+    #[command(subcommand)]
+    Zones(ZonesCommand),
+}
+
+#[derive(Subcommand)]
+enum ZonesCommand {
+    /// Add the zones of a GeoJSON FeatureCollection through the running service (each
+    /// feature: properties.id, optional name, optional kind patrol|watch).
+    Import {
+        file: PathBuf,
+        /// greenplate gRPC URL.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// Admin token.
+        #[arg(long, env = "GREENPLATE_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -160,6 +178,11 @@ fn main() -> ExitCode {
         Command::Serve(args) => run(serve(args), "info,rumqttd=warn"),
         Command::Registry(RegistryCommand::Import(args)) => run(import(args), "warn"),
         Command::Patrol(args) => run(patrol(args), "warn"),
+        Command::Zones(ZonesCommand::Import {
+            file,
+            server,
+            admin_token,
+        }) => run(zones_import(file, server, admin_token), "warn"),
     }
 }
 
@@ -175,6 +198,56 @@ fn run(command: impl std::future::Future<Output = ExitCode>, default_log: &str) 
         Ok(rt) => rt.block_on(command),
         Err(e) => {
             eprintln!("greenplate: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn zones_import(file: PathBuf, server: String, admin_token: String) -> ExitCode {
+    use greenplate_ingest::zones_import::{Outcome, import};
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("greenplate: cannot read {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = tonic::transport::Endpoint::from_shared(server.clone())
+        .map(|e| e.connect_lazy())
+        .map_err(|e| e.to_string())
+        .and_then(|ch| {
+            greenplate_proto::auth::Bearer::new(&admin_token)
+                .map(|b| greenplate_proto::v1::admin_client::AdminClient::with_interceptor(ch, b))
+                .map_err(|e| e.to_string())
+        });
+    let mut client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("greenplate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match import(&mut client, &text).await {
+        Ok(outcomes) => {
+            let mut rejected = 0;
+            for o in &outcomes {
+                match o {
+                    Outcome::Added(id) => println!("added {id}"),
+                    Outcome::AlreadyThere(id) => println!("already there {id}"),
+                    Outcome::Rejected { feature, reason } => {
+                        rejected += 1;
+                        println!("feature {feature} rejected: {reason}");
+                    }
+                }
+            }
+            if rejected == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("greenplate: {}: {e}", file.display());
             ExitCode::FAILURE
         }
     }

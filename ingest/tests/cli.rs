@@ -243,3 +243,58 @@ async fn patrol_client_prints_alerts_and_closes_incidents() {
     reader.disconnect().await;
     svc.stop().await;
 }
+
+/// `greenplate zones import` adds a FeatureCollection's zones through Admin, reports bad
+/// features, and a re-run changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zones_import_adds_reports_and_is_idempotent() {
+    let svc = TestService::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("zones.geojson");
+    std::fs::write(
+        &file,
+        r#"{"type":"FeatureCollection","features":[
+          {"type":"Feature","properties":{"id":"west","name":"West"},
+           "geometry":{"type":"Polygon","coordinates":[[[116.50,23.20],[116.58,23.20],[116.58,23.32],[116.50,23.32],[116.50,23.20]]]}},
+          {"type":"Feature","properties":{"id":"exit","kind":"watch"},
+           "geometry":{"type":"Polygon","coordinates":[[[116.50,23.20],[116.52,23.20],[116.52,23.22],[116.50,23.22],[116.50,23.20]]]}},
+          {"type":"Feature","properties":{"id":"bowtie"},
+           "geometry":{"type":"Polygon","coordinates":[[[0,0],[1,1],[1,0],[0,1],[0,0]]]}},
+          {"type":"Feature","properties":{},"geometry":null}
+        ]}"#,
+    )
+    .unwrap();
+    let run = || {
+        greenplate()
+            .args(["zones", "import"])
+            .arg(&file)
+            .args(["--server", &svc.grpc_url, "--admin-token", ADMIN_TOKEN])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let text = String::from_utf8(first.stdout).unwrap();
+    assert!(!first.status.success(), "bad features make a non-zero exit");
+    assert!(
+        text.contains("added west") && text.contains("added exit"),
+        "{text}"
+    );
+    assert!(
+        text.contains("feature 2 rejected: bowtie: geojson polygon is not valid"),
+        "{text}"
+    );
+    assert!(
+        text.contains("feature 3 rejected: properties.id is missing"),
+        "{text}"
+    );
+    let again = String::from_utf8(run().stdout).unwrap();
+    assert!(
+        again.contains("already there west") && again.contains("already there exit"),
+        "{again}"
+    );
+
+    // The imported zones are live: a unit can be assigned to one (AddPatrolUnit refuses
+    // unknown zones).
+    svc.add_unit("u-west", &["west"], false).await;
+    svc.stop().await;
+}
