@@ -311,18 +311,7 @@ async fn nearest_on_duty_units_hear_of_nearby_sightings() {
         Code::InvalidArgument
     );
 
-    let mut kiosk = svc.add_kiosk("k").await;
-    kiosk
-        .register_bike(bike(TAG_STOLEN, "潮阳R00001"))
-        .await
-        .unwrap();
-    kiosk
-        .report_stolen(ReportStolenRequest {
-            plate: "潮阳R00001".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    register_stolen(&svc, TAG_STOLEN, "潮阳R00001").await;
     let mut near_alerts = stream(&near, 0).await;
     let mut off_alerts = stream(&off, 0).await;
     let mut far_alerts = stream(&far, 0).await;
@@ -416,18 +405,7 @@ async fn a_stalled_stream_neither_delays_others_nor_loses_alerts() {
     let slow_token = svc_unit_token(&svc, "slow").await;
     let fast = svc.add_unit("fast", &[], true).await;
     let secret = svc.add_reader("rd-1", 23.26, 116.6).await;
-    let mut kiosk = svc.add_kiosk("k").await;
-    kiosk
-        .register_bike(bike(TAG_STOLEN, "潮阳R00001"))
-        .await
-        .unwrap();
-    kiosk
-        .report_stolen(ReportStolenRequest {
-            plate: "潮阳R00001".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    register_stolen(&svc, TAG_STOLEN, "潮阳R00001").await;
 
     // Its own connection, with a small HTTP/2 window, so the server soon cannot send it more
     // and only its stream stalls.
@@ -489,4 +467,17 @@ async fn svc_unit_token(svc: &TestService, id: &str) -> String {
         .unwrap()
         .into_inner()
         .token
+}
+
+/// Registers a bike through a kiosk and reports it stolen.
+async fn register_stolen(svc: &TestService, tag: &str, plate: &str) {
+    let mut kiosk = svc.add_kiosk(&format!("k-{tag}")).await;
+    kiosk.register_bike(bike(tag, plate)).await.unwrap();
+    kiosk
+        .report_stolen(ReportStolenRequest {
+            plate: plate.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 }

@@ -451,15 +451,9 @@ impl Registry {
             .bind(bike.bike_id)
             .execute(&mut *tx)
             .await?;
-        audit(
-            &mut tx,
-            caller,
-            "set_pin",
-            &format!("bike {}", bike.bike_id),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let subject = format!("bike {}", bike.bike_id);
+        self.finish_change(tx, caller, "set_pin", &subject, None, |s| s)
+            .await
     }
 
     /// Binds a new tag to a bike; the old tag is revoked for ever.
@@ -597,7 +591,8 @@ impl Registry {
     }
 
     /// The common end of a change to a registered bike: audit it, commit, then apply
-    /// `change` to the bike's tag in the hot index (only once the change is durable).
+    /// `change` to the bike's tag in the hot index (only once the change is durable; pass
+    /// no tag when the index is not concerned).
     pub(crate) async fn finish_change(
         &self,
         mut tx: Tx,
@@ -662,14 +657,9 @@ impl Registry {
         .bind(bike.bike_id)
         .execute(&mut *tx)
         .await?;
-        audit(
-            &mut tx,
-            caller,
-            "pin_failed",
-            &format!("bike {}", bike.bike_id),
-        )
-        .await?;
-        tx.commit().await?;
+        let subject = format!("bike {}", bike.bike_id);
+        self.finish_change(tx, caller, "pin_failed", &subject, None, |s| s)
+            .await?;
         Err(RegistryError::PermissionDenied("PIN does not match".into()))
     }
 }
