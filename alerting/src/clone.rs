@@ -41,30 +41,8 @@ pub struct CloneEvidence {
     pub speed_kmh: f64,
 }
 
-/// Hashes a tag id with one multiply. Only registered tags reach this map (ingest looks the
-/// tag up in the hot index first), so its keys are not chosen by whoever sends readings,
-/// and SipHash's flooding resistance buys nothing here.
-#[derive(Default)]
-struct TagHasher(u64);
-
-impl std::hash::Hasher for TagHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u128(&mut self, v: u128) {
-        self.0 =
-            ((v as u64) ^ ((v >> 64) as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type TagMap = HashMap<u128, Last, std::hash::BuildHasherDefault<TagHasher>>;
+/// Only registered tags reach this map (ingest looks the tag up in the hot index first).
+type TagMap = HashMap<u128, Last, greenplate_registry::validate::TagBuildHasher>;
 
 #[derive(Debug)]
 struct Last {

@@ -39,6 +39,8 @@ pub struct Sighted {
     pub seen_at_ms: i64,
     /// Set when the clone rule's memory contradicts this sighting.
     pub clone: Option<CloneEvidence>,
+    /// When ingest received the message (alert latency is measured from here to the hub).
+    pub received_at: std::time::Instant,
 }
 
 impl Sighted {
@@ -176,8 +178,10 @@ async fn process(alerting: &Alerting, batch: &[Sighted]) -> Result<(), AlertingE
     let now = now_ms();
     let mut tx = registry.db().begin_write().await?;
     let mut committed = Vec::with_capacity(pending.len());
+    let mut received = Vec::with_capacity(pending.len());
     for p in pending {
         let s = p.sighted;
+        received.push(s.received_at);
         let opened: Option<String> = sqlx::query(
             "INSERT INTO incidents (incident_id, kind, bike_id, dedup_key, state, opened_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, 'open', $5, $5) \
@@ -272,6 +276,9 @@ async fn process(alerting: &Alerting, batch: &[Sighted]) -> Result<(), AlertingE
             "Alert."
         );
         alerting.publish(logged);
+    }
+    for at in received {
+        alerting.alert_latency.observe(at.elapsed().as_secs_f64());
     }
     Ok(())
 }

@@ -7,11 +7,14 @@
 //!   and the live hub.
 //! - [`engine`]: the task that runs the rules on flagged sightings and logs the alerts.
 //! - [`clone`]: where each tag was last seen, for the clone (impossible speed) rule.
+//! - [`history`]: the pass history (where each tag was seen) behind `Patrol.GetTrack`, and
+//!   its retention job.
 //! - [`service`]: the `greenplate.v1.Patrol` gRPC service (replay, then live).
 
 pub mod clone;
 pub mod engine;
 mod error;
+pub mod history;
 pub mod service;
 pub mod store;
 pub mod zones;
@@ -19,6 +22,7 @@ pub mod zones;
 pub use clone::{CloneConfig, CloneEvidence, CloneWatch};
 pub use engine::{EngineHandle, Sighted};
 pub use error::AlertingError;
+pub use history::{History, Pass};
 pub use service::PatrolService;
 pub use store::{Alerting, LoggedAlert, RoutingConfig};
 pub use zones::ZoneKind;

@@ -10,10 +10,12 @@ use std::sync::Arc;
 
 use greenplate_proto::v1::patrol_server::{self, PatrolServer};
 use greenplate_proto::v1::{
-    AcknowledgeIncidentRequest, Alert, Incident, ResolveIncidentRequest, StreamAlertsRequest,
-    UpdatePositionRequest, UpdatePositionResponse,
+    AcknowledgeIncidentRequest, Alert, GetTrackRequest, GetTrackResponse, Incident,
+    ResolveIncidentRequest, StreamAlertsRequest, TrackPoint, UpdatePositionRequest,
+    UpdatePositionResponse, get_track_request,
 };
 use greenplate_registry::auth::{AuthInterceptor, Role, require};
+use greenplate_registry::{BikeKey, now_ms};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +28,27 @@ use crate::store::Alerting;
 const STREAM_QUEUE: usize = 64;
 /// Alerts read from the log per query while replaying.
 const REPLAY_PAGE: i64 = 256;
+/// Most points one GetTrack returns.
+const MAX_TRACK_POINTS: usize = 10_000;
+/// The default track window: the last day.
+const DEFAULT_TRACK_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// The `[from, to]` window of a GetTrack: 0 for `to` is now, 0 for `from` is a day before
+/// `to`; a window that ends before it starts is INVALID_ARGUMENT.
+fn track_window(from_ms: i64, to_ms: i64, now_ms: i64) -> Result<(i64, i64), Status> {
+    let to = if to_ms == 0 { now_ms } else { to_ms };
+    let from = if from_ms == 0 {
+        to.saturating_sub(DEFAULT_TRACK_WINDOW_MS)
+    } else {
+        from_ms
+    };
+    if from > to || from < 0 {
+        return Err(Status::invalid_argument(
+            "from_ms/to_ms: the window must not end before it starts",
+        ));
+    }
+    Ok((from, to))
+}
 
 /// The Patrol service.
 #[derive(Debug, Clone)]
@@ -92,6 +115,52 @@ impl patrol_server::Patrol for PatrolService {
         self.alerting
             .update_position(&caller.id, r.lat, r.lon, r.on_duty)?;
         Ok(Response::new(UpdatePositionResponse {}))
+    }
+
+    async fn get_track(
+        &self,
+        req: Request<GetTrackRequest>,
+    ) -> Result<Response<GetTrackResponse>, Status> {
+        let caller = require(&req, &[Role::Patrol, Role::Admin])?;
+        let r = req.into_inner();
+        let key = match r.subject {
+            Some(get_track_request::Subject::Plate(p)) => BikeKey::Plate(p),
+            Some(get_track_request::Subject::TagId(t)) => BikeKey::Tag(t),
+            None => return Err(Status::invalid_argument("plate or tag_id: one is required")),
+        };
+        let (from_ms, to_ms) = track_window(r.from_ms, r.to_ms, now_ms())?;
+        let limit = match r.limit {
+            0 => MAX_TRACK_POINTS,
+            n => (n as usize).min(MAX_TRACK_POINTS),
+        };
+        let (subject, passes, truncated) = self
+            .alerting
+            .track(&caller, &key, from_ms, to_ms, limit)
+            .await?;
+        let readers = self.alerting.registry().readers();
+        let points = passes
+            .into_iter()
+            .map(|p| {
+                let (lat, lon) = readers
+                    .get(&p.reader_id)
+                    .map_or((0.0, 0.0), |r| (r.lat, r.lon));
+                TrackPoint {
+                    reader_id: p.reader_id.to_string(),
+                    lat,
+                    lon,
+                    first_seen_ms: p.first_seen_ms,
+                    last_seen_ms: p.last_seen_ms,
+                    reads: p.reads,
+                    peak_rssi_dbm: p.peak_rssi_dbm,
+                    tag_id: p.tag.to_string(),
+                }
+            })
+            .collect();
+        Ok(Response::new(GetTrackResponse {
+            plate: subject.plate,
+            points,
+            truncated,
+        }))
     }
 
     async fn resolve_incident(

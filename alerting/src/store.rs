@@ -10,13 +10,15 @@ use greenplate_proto::v1::{Alert, AlertKind, Incident, IncidentState, Outcome};
 use greenplate_registry::db::Migrations;
 use greenplate_registry::store::{already_exists, audit};
 use greenplate_registry::{
-    Authenticator, Caller, Db, Reader, Registry, RegistryError, Role, now_ms,
+    Authenticator, BikeKey, Caller, Db, Reader, Registry, RegistryError, Role, TrackSubject, now_ms,
 };
+use prometheus_client::metrics::histogram::Histogram;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use tokio::sync::broadcast;
 
 use crate::error::AlertingError;
+use crate::history::{History, Pass};
 use crate::zones::{Zone, ZoneKind, ZoneMap, distance_km, parse_geojson};
 
 /// Alerts kept in the live hub for streams that fall behind; a stream that lags further
@@ -89,8 +91,12 @@ pub struct Alerting {
     /// units change (readers do not move).
     routes: RwLock<HashMap<String, Arc<ReaderRoute>>>,
     hub: broadcast::Sender<Arc<LoggedAlert>>,
+    history: History,
     /// Times a stream fell behind the live hub and caught up from the log.
     pub stream_catchups: AtomicU64,
+    /// Seconds from ingest receiving a sighting to its alert reaching the live hub
+    /// (committed to the log); exported by the service's /metrics.
+    pub alert_latency: Histogram,
 }
 
 impl Alerting {
@@ -138,6 +144,7 @@ impl Alerting {
             map.add_command_unit(&unit);
         }
         let (hub, _) = broadcast::channel(HUB_CAPACITY);
+        let history = History::new(db.clone());
         Ok(Arc::new(Self {
             registry,
             routing,
@@ -145,7 +152,11 @@ impl Alerting {
             positions: RwLock::new(HashMap::new()),
             routes: RwLock::new(HashMap::new()),
             hub,
+            history,
             stream_catchups: AtomicU64::new(0),
+            alert_latency: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
         }))
     }
 
@@ -355,6 +366,58 @@ impl Alerting {
         .fetch_optional(self.db().pool())
         .await?;
         Ok(row.is_some())
+    }
+
+    /// Where a bike or tag was seen in `[from_ms, to_ms]`, oldest first, at most `limit`
+    /// passes; the bool says more matched. Admins and command centers may track any bike;
+    /// another unit only a bike with an unresolved incident it was alerted about.
+    pub async fn track(
+        &self,
+        caller: &Caller,
+        key: &BikeKey,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<(TrackSubject, Vec<Pass>, bool), AlertingError> {
+        let subject = self.registry.track_subject(key).await?;
+        let anyone = caller.role == greenplate_registry::Role::Admin
+            || self.zones_read().is_command_unit(&caller.id);
+        if !anyone {
+            let entitled = match subject.bike_id {
+                Some(bike_id) => sqlx::query(
+                    "SELECT 1 AS yes FROM incidents i \
+                     JOIN alerts a ON a.incident_id = i.incident_id \
+                     JOIN alert_recipients r ON r.seq = a.seq \
+                     WHERE i.bike_id = $1 AND i.state <> 'resolved' AND r.unit_id = $2 LIMIT 1",
+                )
+                .bind(bike_id)
+                .bind(&caller.id)
+                .fetch_optional(self.db().pool())
+                .await?
+                .is_some(),
+                None => false,
+            };
+            if !entitled {
+                // The same answer as for a bike that does not exist: no probing.
+                return Err(RegistryError::NotFound(match key {
+                    BikeKey::Plate(p) => format!("track of plate {p}"),
+                    BikeKey::Tag(t) => format!("track of tag {t}"),
+                })
+                .into());
+            }
+        }
+        let mut passes = self
+            .history
+            .track(&subject.tags, from_ms, to_ms, limit.saturating_add(1))
+            .await?;
+        let truncated = passes.len() > limit;
+        passes.truncate(limit);
+        Ok((subject, passes, truncated))
+    }
+
+    /// The pass history store.
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// A unit takes an incident on.

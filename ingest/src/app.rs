@@ -76,12 +76,29 @@ impl Service {
         let (registry, admin_token) = open_registry(&config).await?;
         let db = registry.db().clone();
         let alerting = Alerting::open(registry.clone(), config.alerting.routing()).await?;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(alerting.alert_latency.clone()));
 
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let engine =
             greenplate_alerting::engine::spawn(alerting.clone(), shutdown.clone(), &tracker);
+        let history = alerting.history().clone();
+        let store = pipeline::store::spawn(
+            history.clone(),
+            config.ingest.store(),
+            metrics.clone(),
+            &tracker,
+        );
+        let purged = metrics.clone();
+        tracker.spawn(greenplate_alerting::history::run_retention(
+            history,
+            config.ingest.history_retention(),
+            Duration::from_secs(3600),
+            shutdown.clone(),
+            move |n| {
+                purged.passes_purged.inc_by(n);
+            },
+        ));
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let input = pipeline::spawn(
             pipeline::Context {
@@ -93,6 +110,8 @@ impl Service {
                 )),
                 metrics: metrics.clone(),
                 max_clock_skew_ms: config.ingest.max_clock_skew_ms,
+                smooth: config.ingest.smooth(),
+                store,
             },
             workers,
             &tracker,

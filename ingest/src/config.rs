@@ -166,6 +166,43 @@ pub struct IngestConfig {
     /// rejected, milliseconds.
     #[serde(default = "default_max_clock_skew_ms")]
     pub max_clock_skew_ms: i64,
+    /// Reads of a tag by a reader no further apart than this are one pass; a pass this long
+    /// without a read closes, milliseconds.
+    #[serde(default = "default_pass_gap_ms")]
+    pub pass_gap_ms: i64,
+    /// Most passes open at once per pipeline worker (a memory bound).
+    #[serde(default = "default_max_open_passes")]
+    pub max_open_passes: usize,
+    /// Closed passes queued for the history writer before workers wait.
+    #[serde(default = "default_history_queue")]
+    pub history_queue: usize,
+    /// Pass history is kept this many days.
+    #[serde(default = "default_history_retention_days")]
+    pub history_retention_days: u32,
+    /// A reader with no accepted batch and no status for this long is offline, seconds.
+    #[serde(default = "default_reader_offline_after_s")]
+    pub reader_offline_after_s: u64,
+}
+
+impl IngestConfig {
+    pub fn smooth(&self) -> crate::pipeline::smooth::SmoothConfig {
+        crate::pipeline::smooth::SmoothConfig {
+            gap_ms: self.pass_gap_ms,
+            max_open: self.max_open_passes,
+        }
+    }
+
+    pub fn store(&self) -> crate::pipeline::store::StoreConfig {
+        crate::pipeline::store::StoreConfig {
+            queue: self.history_queue,
+            batch: 5000,
+            linger: std::time::Duration::from_millis(200),
+        }
+    }
+
+    pub fn history_retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.history_retention_days) * 86_400)
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -191,6 +228,26 @@ fn default_buffer_mib() -> usize {
 }
 fn default_max_clock_skew_ms() -> i64 {
     24 * 3600 * 1000
+}
+
+fn default_pass_gap_ms() -> i64 {
+    5_000
+}
+
+fn default_max_open_passes() -> usize {
+    1_000_000
+}
+
+fn default_history_queue() -> usize {
+    200_000
+}
+
+fn default_history_retention_days() -> u32 {
+    90
+}
+
+fn default_reader_offline_after_s() -> u64 {
+    300
 }
 
 impl Default for Config {
@@ -240,6 +297,11 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             max_clock_skew_ms: default_max_clock_skew_ms(),
+            pass_gap_ms: default_pass_gap_ms(),
+            max_open_passes: default_max_open_passes(),
+            history_queue: default_history_queue(),
+            history_retention_days: default_history_retention_days(),
+            reader_offline_after_s: default_reader_offline_after_s(),
         }
     }
 }
@@ -276,6 +338,24 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "ingest.max_clock_skew_ms must be positive".into(),
             ));
+        }
+        let i = &self.ingest;
+        for (name, ok) in [
+            ("ingest.pass_gap_ms", i.pass_gap_ms > 0),
+            ("ingest.max_open_passes", i.max_open_passes > 0),
+            ("ingest.history_queue", i.history_queue > 0),
+            (
+                "ingest.history_retention_days",
+                i.history_retention_days > 0,
+            ),
+            (
+                "ingest.reader_offline_after_s",
+                i.reader_offline_after_s > 0,
+            ),
+        ] {
+            if !ok {
+                return Err(ConfigError::Invalid(format!("{name} must be positive")));
+            }
         }
         let speed = self.alerting.clone_speed_kmh;
         if speed.is_nan() || speed <= 0.0 {

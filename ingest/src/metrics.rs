@@ -4,7 +4,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// A `reason` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -28,10 +30,26 @@ pub struct Metrics {
     pub registered_tags: Gauge,
     pub stream_catchups: Gauge,
     pub readers: Gauge,
+    pub reads: Counter,
+    pub passes_opened: Counter,
+    pub passes_closed: Counter,
+    pub passes_evicted: Counter,
+    pub open_passes: Gauge,
+    pub passes_stored: Counter,
+    pub history_queue: Gauge,
+    pub history_backpressure: Counter,
+    pub history_backpressure_seconds: Counter<f64, AtomicU64>,
+    pub history_write_errors: Counter,
+    pub history_write_seconds: Histogram,
+    pub history_lag_seconds: Gauge<f64, AtomicU64>,
+    pub passes_purged: Counter,
+    pub pipeline_queue: Gauge,
+    pub alert_latency_seconds: Histogram,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// The metrics, with alerting's latency histogram (kept by the engine) among them.
+    pub fn new(alert_latency_seconds: Histogram) -> Self {
         let mut registry = Registry::with_prefix("greenplate");
         let m = Self {
             batches_accepted: Counter::default(),
@@ -46,6 +64,21 @@ impl Metrics {
             registered_tags: Gauge::default(),
             stream_catchups: Gauge::default(),
             readers: Gauge::default(),
+            reads: Counter::default(),
+            passes_opened: Counter::default(),
+            passes_closed: Counter::default(),
+            passes_evicted: Counter::default(),
+            open_passes: Gauge::default(),
+            passes_stored: Counter::default(),
+            history_queue: Gauge::default(),
+            history_backpressure: Counter::default(),
+            history_backpressure_seconds: Counter::default(),
+            history_write_errors: Counter::default(),
+            history_write_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            history_lag_seconds: Gauge::default(),
+            passes_purged: Counter::default(),
+            pipeline_queue: Gauge::default(),
+            alert_latency_seconds,
             registry: Registry::default(),
         };
         registry.register(
@@ -104,6 +137,81 @@ impl Metrics {
             "Times a patrol stream fell behind the live feed and caught up from the alert log",
             m.stream_catchups.clone(),
         );
+        registry.register(
+            "ingest_reads",
+            "Tag reads in accepted sightings (a sighting may fold several)",
+            m.reads.clone(),
+        );
+        registry.register(
+            "ingest_passes_opened",
+            "Passes opened (first read of a tag by a reader after the gap); rules run here",
+            m.passes_opened.clone(),
+        );
+        registry.register(
+            "ingest_passes_closed",
+            "Passes closed and handed to the history writer",
+            m.passes_closed.clone(),
+        );
+        registry.register(
+            "ingest_passes_evicted",
+            "Times the open-pass cap was reached and every pass was closed early",
+            m.passes_evicted.clone(),
+        );
+        registry.register(
+            "ingest_open_passes",
+            "Passes open now",
+            m.open_passes.clone(),
+        );
+        registry.register(
+            "history_passes_stored",
+            "Passes written to the pass history",
+            m.passes_stored.clone(),
+        );
+        registry.register(
+            "history_queue",
+            "Closed passes waiting for the history writer",
+            m.history_queue.clone(),
+        );
+        registry.register(
+            "history_backpressure",
+            "Times a worker waited because the history queue was full",
+            m.history_backpressure.clone(),
+        );
+        registry.register(
+            "history_backpressure_seconds",
+            "Time workers spent waiting for room in the history queue",
+            m.history_backpressure_seconds.clone(),
+        );
+        registry.register(
+            "history_write_errors",
+            "Failed history writes (retried, not dropped)",
+            m.history_write_errors.clone(),
+        );
+        registry.register(
+            "history_write_seconds",
+            "Time per history transaction",
+            m.history_write_seconds.clone(),
+        );
+        registry.register(
+            "history_lag_seconds",
+            "Store lag: age of the oldest pass in the last written batch, from its close",
+            m.history_lag_seconds.clone(),
+        );
+        registry.register(
+            "history_passes_purged",
+            "Passes deleted by the retention job",
+            m.passes_purged.clone(),
+        );
+        registry.register(
+            "ingest_queue",
+            "Reader messages waiting between the broker and the pipeline workers",
+            m.pipeline_queue.clone(),
+        );
+        registry.register(
+            "alert_latency_seconds",
+            "From ingest receiving a sighting to its alert committed and on the live feed",
+            m.alert_latency_seconds.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -132,6 +240,6 @@ impl Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(Histogram::new([0.001, 0.01, 0.1, 1.0]))
     }
 }

@@ -5,13 +5,12 @@ mod support;
 
 use greenplate_proto::v1::{
     AcknowledgeIncidentRequest, AddPatrolUnitRequest, AddZoneRequest, Alert, AlertKind,
-    BikeDetails, GetBikeRequest, IncidentState, Outcome, Owner, RegisterBikeRequest,
-    ReplaceTagRequest, ReportStolenRequest, ResolveIncidentRequest, SetArmedRequest,
-    StreamAlertsRequest, ZoneKind, get_bike_request,
+    GetBikeRequest, IncidentState, Outcome, ReplaceTagRequest, ReportStolenRequest,
+    ResolveIncidentRequest, SetArmedRequest, StreamAlertsRequest, ZoneKind, get_bike_request,
 };
 use greenplate_simulator::clients;
 use greenplate_simulator::reader::{ReaderClient, sighting};
-use support::{ADMIN_TOKEN, TestService, next_alert, stream};
+use support::{ADMIN_TOKEN, TestService, bike, later, next_alert, register_stolen, stream};
 use tonic::Code;
 use tonic::Streaming;
 
@@ -19,26 +18,6 @@ fn square(west: f64, south: f64, east: f64, north: f64) -> String {
     format!(
         r#"{{"type":"Polygon","coordinates":[[[{west},{south}],[{east},{south}],[{east},{north}],[{west},{north}],[{west},{south}]]]}}"#
     )
-}
-
-fn bike(tag: &str, plate: &str) -> RegisterBikeRequest {
-    RegisterBikeRequest {
-        tag_id: tag.into(),
-        plate: plate.into(),
-        owner: Some(Owner {
-            name: "黄敏".into(),
-            id_number: "11010519491231002X".into(),
-            phone: "13712345678".into(),
-        }),
-        bike: Some(BikeDetails {
-            make: "Yadea".into(),
-            model: "G5".into(),
-            color: "green".into(),
-            frame_number: "LYDG5RULES1".into(),
-        }),
-        request_id: String::new(),
-        pin: "2468".into(),
-    }
 }
 
 const TAG_STOLEN: &str = "E28011606000000000000A01";
@@ -57,6 +36,8 @@ async fn expect_next(stream: &mut Streaming<Alert>, tag: &str) -> Alert {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_routing_and_incident_lifecycle() {
+    // Every sighting below is stamped 10 s after the one before (`later`), so each is a new
+    // pass and runs the rules: reads within the pass gap would extend one pass instead.
     // This bike hops between readers kilometres apart within seconds: keep the clone rule
     // (tested on its own below) out of this test.
     let svc = TestService::start_configured(|c| c.alerting.clone_speed_kmh = 1e9).await;
@@ -141,8 +122,8 @@ async fn rules_routing_and_incident_lifecycle() {
 
     // Stolen, in town: the zone's unit and the command center, normal priority.
     town.publish(vec![
-        sighting(TAG_PLAIN, 3, -50),
-        sighting(TAG_STOLEN, 3, -50),
+        later(sighting(TAG_PLAIN, 3, -50), 1),
+        later(sighting(TAG_STOLEN, 3, -50), 2),
     ])
     .await
     .unwrap();
@@ -154,7 +135,7 @@ async fn rules_routing_and_incident_lifecycle() {
     assert_eq!(expect_next(&mut hq, TAG_STOLEN).await.seq, stolen.seq);
 
     // At the exit: urgent watch-zone alert, same incident.
-    exit.publish(vec![sighting(TAG_STOLEN, 3, -50)])
+    exit.publish(vec![later(sighting(TAG_STOLEN, 3, -50), 3)])
         .await
         .unwrap();
     let urgent = expect_next(&mut west, TAG_STOLEN).await;
@@ -164,21 +145,21 @@ async fn rules_routing_and_incident_lifecycle() {
     expect_next(&mut hq, TAG_STOLEN).await;
 
     // Outside every patrol zone: only the command center hears of it.
-    out.publish(vec![sighting(TAG_STOLEN, 3, -50)])
+    out.publish(vec![later(sighting(TAG_STOLEN, 3, -50), 4)])
         .await
         .unwrap();
     let outside = expect_next(&mut hq, TAG_STOLEN).await;
     assert_eq!(outside.reader_id, "rd-out");
 
     // Armed and moving: its own incident; a second sighting updates it.
-    town.publish(vec![sighting(TAG_ARMED, 2, -60)])
+    town.publish(vec![later(sighting(TAG_ARMED, 2, -60), 5)])
         .await
         .unwrap();
     let armed = expect_next(&mut west, TAG_ARMED).await;
     assert_eq!(armed.kind(), AlertKind::ArmedMoved);
     assert_eq!(armed.plate, "潮阳R00002");
     assert_ne!(armed.incident_id, stolen.incident_id);
-    town.publish(vec![sighting(TAG_ARMED, 2, -60)])
+    town.publish(vec![later(sighting(TAG_ARMED, 2, -60), 6)])
         .await
         .unwrap();
     let armed2 = expect_next(&mut west, TAG_ARMED).await;
@@ -186,14 +167,19 @@ async fn rules_routing_and_incident_lifecycle() {
     assert!(armed2.seq > armed.seq);
 
     // A revoked tag (replaced) seen: the old tag names the bike.
-    town.publish(vec![sighting(TAG_OLD, 1, -70)]).await.unwrap();
+    town.publish(vec![later(sighting(TAG_OLD, 1, -70), 7)])
+        .await
+        .unwrap();
     let revoked = expect_next(&mut west, TAG_OLD).await;
     assert_eq!(revoked.kind(), AlertKind::RevokedTagSeen);
     assert_eq!(revoked.plate, "潮阳R00003");
     // The bike's new tag is not flagged.
-    town.publish(vec![sighting(TAG_NEW, 1, -70), sighting(TAG_OLD, 1, -70)])
-        .await
-        .unwrap();
+    town.publish(vec![
+        later(sighting(TAG_NEW, 1, -70), 8),
+        later(sighting(TAG_OLD, 1, -70), 9),
+    ])
+    .await
+    .unwrap();
     expect_next(&mut west, TAG_OLD).await;
 
     // Lifecycle: a unit that never got the incident cannot see it.
@@ -257,8 +243,8 @@ async fn rules_routing_and_incident_lifecycle() {
         .into_inner();
     assert!(!shown.stolen);
     town.publish(vec![
-        sighting(TAG_STOLEN, 3, -50),
-        sighting(TAG_OLD, 1, -70),
+        later(sighting(TAG_STOLEN, 3, -50), 10),
+        later(sighting(TAG_OLD, 1, -70), 11),
     ])
     .await
     .unwrap();
@@ -272,7 +258,7 @@ async fn rules_routing_and_incident_lifecycle() {
         })
         .await
         .unwrap();
-    town.publish(vec![sighting(TAG_STOLEN, 3, -50)])
+    town.publish(vec![later(sighting(TAG_STOLEN, 3, -50), 12)])
         .await
         .unwrap();
     let again = expect_next(&mut west, TAG_STOLEN).await;
@@ -330,7 +316,7 @@ async fn nearest_on_duty_units_hear_of_nearby_sightings() {
         .await
         .unwrap();
     reader
-        .publish(vec![sighting(TAG_STOLEN, 2, -50)])
+        .publish(vec![later(sighting(TAG_STOLEN, 2, -50), 1)])
         .await
         .unwrap();
     let second = next_alert(&mut off_alerts).await;
@@ -342,7 +328,7 @@ async fn nearest_on_duty_units_hear_of_nearby_sightings() {
         .await
         .unwrap();
     reader
-        .publish(vec![sighting(TAG_STOLEN, 2, -50)])
+        .publish(vec![later(sighting(TAG_STOLEN, 2, -50), 2)])
         .await
         .unwrap();
     let third = next_alert(&mut far_alerts).await;
@@ -382,7 +368,10 @@ async fn a_tag_at_an_impossible_speed_is_a_suspected_clone() {
         (alert.plate.as_str(), alert.reader_id.as_str()),
         ("潮阳R00005", "rd-north")
     );
-    s.publish(vec![sighting(TAG_PLAIN, 2, -50)]).await.unwrap();
+    // Back south: a new pass there (a read within the gap would extend the first one).
+    s.publish(vec![later(sighting(TAG_PLAIN, 2, -50), 1)])
+        .await
+        .unwrap();
     let again = next_alert(&mut hq).await;
     assert_eq!(again.kind(), AlertKind::CloneSuspected);
     assert_eq!(again.incident_id, alert.incident_id);
@@ -425,8 +414,11 @@ async fn a_stalled_stream_neither_delays_others_nor_loses_alerts() {
     let mut reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-1", &secret)
         .await
         .unwrap();
-    for _ in 0..ALERTS / 50 {
-        let batch = (0..50).map(|_| sighting(TAG_STOLEN, 1, -50)).collect();
+    for b in 0..ALERTS / 50 {
+        // Each sighting a pass of its own, so each is an alert.
+        let batch = (0..50)
+            .map(|i| later(sighting(TAG_STOLEN, 1, -50), (b * 50 + i) as i64))
+            .collect();
         reader.publish(batch).await.unwrap();
     }
     // The fast unit gets everything while the slow one reads nothing.
@@ -467,17 +459,4 @@ async fn svc_unit_token(svc: &TestService, id: &str) -> String {
         .unwrap()
         .into_inner()
         .token
-}
-
-/// Registers a bike through a kiosk and reports it stolen.
-async fn register_stolen(svc: &TestService, tag: &str, plate: &str) {
-    let mut kiosk = svc.add_kiosk(&format!("k-{tag}")).await;
-    kiosk.register_bike(bike(tag, plate)).await.unwrap();
-    kiosk
-        .report_stolen(ReportStolenRequest {
-            plate: plate.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
 }

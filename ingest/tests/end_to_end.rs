@@ -11,7 +11,7 @@ use greenplate_proto::v1::{
 };
 use greenplate_simulator::clients;
 use greenplate_simulator::reader::{ReaderClient, sighting};
-use support::{ADMIN_TOKEN, TestService, next_alert};
+use support::{ADMIN_TOKEN, TestService, later, next_alert};
 use tonic::Code;
 
 const WEST_ZONE: &str = r#"{"type":"Polygon","coordinates":[[[116.50,23.20],[116.58,23.20],[116.58,23.32],[116.50,23.32],[116.50,23.20]]]}"#;
@@ -47,6 +47,8 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
     // The bike hops between readers 8 km apart within seconds here; the clone rule has its
     // own test (alerting_rules.rs), so keep it out of this one.
     let svc = TestService::start_configured(|c| c.alerting.clone_speed_kmh = 1e9).await;
+    // Each sighting below is stamped 10 s after the one before (`later`), so each is a new
+    // pass and runs the rules, as a bike passing the reader again would.
     let channel = svc.channel().await;
     let mut admin = clients::admin(channel.clone(), ADMIN_TOKEN).unwrap();
 
@@ -212,15 +214,15 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
             .await
             .unwrap();
     west_reader
-        .publish(vec![sighting(TAG_OTHER, 4, -52)])
+        .publish(vec![later(sighting(TAG_OTHER, 4, -52), 1)])
         .await
         .unwrap();
     svc.wait_metric("greenplate_ingest_sightings_accepted_total", 1.0)
         .await;
     west_reader
         .publish(vec![
-            sighting(TAG_OTHER, 2, -60),
-            sighting(TAG_STOLEN, 5, -48),
+            later(sighting(TAG_OTHER, 2, -60), 2),
+            later(sighting(TAG_STOLEN, 5, -48), 3),
         ])
         .await
         .unwrap();
@@ -252,7 +254,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
             .await
             .unwrap();
     east_reader
-        .publish(vec![sighting(TAG_STOLEN, 3, -55)])
+        .publish(vec![later(sighting(TAG_STOLEN, 3, -55), 4)])
         .await
         .unwrap();
     let east_first = next_alert(&mut east).await;
@@ -264,11 +266,11 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
     // 5. Resume: the west unit disconnects, misses two alerts, reconnects with resume_after.
     drop(west);
     west_reader
-        .publish(vec![sighting(TAG_STOLEN, 1, -70)])
+        .publish(vec![later(sighting(TAG_STOLEN, 1, -70), 5)])
         .await
         .unwrap();
     west_reader
-        .publish(vec![sighting(TAG_STOLEN, 2, -65)])
+        .publish(vec![later(sighting(TAG_STOLEN, 2, -65), 6)])
         .await
         .unwrap();
     svc.wait_metric("greenplate_ingest_stolen_sightings_total", 4.0)
@@ -289,7 +291,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
     );
     // ...and then goes live without a duplicate.
     west_reader
-        .publish(vec![sighting(TAG_STOLEN, 1, -50)])
+        .publish(vec![later(sighting(TAG_STOLEN, 1, -50), 7)])
         .await
         .unwrap();
     let live = next_alert(&mut west).await;
@@ -304,7 +306,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
         .await
         .unwrap();
     west_reader
-        .publish(vec![sighting(TAG_STOLEN, 3, -50)])
+        .publish(vec![later(sighting(TAG_STOLEN, 3, -50), 8)])
         .await
         .unwrap();
     registry
@@ -315,7 +317,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
         .await
         .unwrap();
     west_reader
-        .publish(vec![sighting(TAG_OTHER, 3, -50)])
+        .publish(vec![later(sighting(TAG_OTHER, 3, -50), 9)])
         .await
         .unwrap();
     let next = next_alert(&mut west).await;

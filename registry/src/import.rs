@@ -229,7 +229,7 @@ impl Registry {
         for chunk in rids.chunks(IN_CHUNK) {
             let sql = format!(
                 "SELECT request_id, bike_id, tag_id, plate FROM bikes WHERE request_id IN {}",
-                placeholders(b, 1, chunk.len())
+                b.placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for r in chunk {
@@ -250,7 +250,7 @@ impl Registry {
         for chunk in tags.chunks(IN_CHUNK) {
             let sql = format!(
                 "SELECT tag_id, state FROM tags WHERE tag_id IN {}",
-                placeholders(b, 1, chunk.len())
+                b.placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for t in chunk {
@@ -264,7 +264,7 @@ impl Registry {
         for chunk in plates.chunks(IN_CHUNK) {
             let sql = format!(
                 "SELECT plate FROM bikes WHERE state = 'registered' AND plate IN {}",
-                placeholders(b, 1, chunk.len())
+                b.placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for p in chunk {
@@ -345,7 +345,7 @@ impl Registry {
                 "INSERT INTO owners (name, id_number_hash, id_number_sealed, phone_sealed, created_at_ms) \
                  VALUES {} ON CONFLICT (id_number_hash) DO UPDATE SET id_number_hash = excluded.id_number_hash \
                  RETURNING owner_id, id_number_hash",
-                values(b, chunk.len(), 5)
+                b.values(chunk.len(), 5)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (h, b) in chunk {
@@ -369,7 +369,7 @@ impl Registry {
                 "INSERT INTO bikes (tag_id, plate, owner_id, make, model, color, frame_number, \
                                     request_id, registered_by, registered_at_ms) \
                  VALUES {} RETURNING bike_id, tag_id",
-                values(b, chunk.len(), 10)
+                b.values(chunk.len(), 10)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for &k in chunk {
@@ -398,11 +398,11 @@ impl Registry {
         for chunk in inserts.chunks(INSERT_CHUNK) {
             let sql = format!(
                 "INSERT INTO tags (tag_id, bike_id, state, bound_at_ms) VALUES {}",
-                values_with(chunk.len(), 3, |n| format!(
+                crate::db::values_with(chunk.len(), 3, |n| format!(
                     "({}, {}, 'active', {})",
-                    ph(b, n),
-                    ph(b, n + 1),
-                    ph(b, n + 2)
+                    b.ph(n),
+                    b.ph(n + 1),
+                    b.ph(n + 2)
                 ))
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -415,11 +415,11 @@ impl Registry {
             q.execute(&mut *tx).await?;
             let sql = format!(
                 "INSERT INTO audit_log (at_ms, actor, action, subject) VALUES {}",
-                values_with(chunk.len(), 3, |n| format!(
+                crate::db::values_with(chunk.len(), 3, |n| format!(
                     "({}, {}, 'register_bike', {})",
-                    ph(b, n),
-                    ph(b, n + 1),
-                    ph(b, n + 2)
+                    b.ph(n),
+                    b.ph(n + 1),
+                    b.ph(n + 2)
                 ))
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -467,33 +467,3 @@ impl Registry {
 const IN_CHUNK: usize = 500;
 /// Rows per multi-row INSERT (at most 10 parameters each: well under SQLite's 32,766).
 const INSERT_CHUNK: usize = 500;
-
-/// Placeholder number `n`. Positional `$n` works on both backends, but SQLite resolves a
-/// named parameter by walking a list, which made binding thousands of them quadratic (70 %
-/// of an import's time in `sqlite3_bind_parameter_name`); its anonymous `?` is bound in order
-/// at no cost. Every generated statement binds in placeholder order, so both forms agree.
-fn ph(backend: Backend, n: usize) -> String {
-    match backend {
-        Backend::Sqlite => "?".to_owned(),
-        Backend::Postgres => format!("${n}"),
-    }
-}
-
-/// `(p_first, .., p_first+n-1)`.
-fn placeholders(backend: Backend, first: usize, n: usize) -> String {
-    let list: Vec<String> = (first..first + n).map(|i| ph(backend, i)).collect();
-    format!("({})", list.join(", "))
-}
-
-/// `(p1, .., p_cols), (p_cols+1, ..), ...` for `rows` rows.
-fn values(backend: Backend, rows: usize, cols: usize) -> String {
-    values_with(rows, cols, |n| placeholders(backend, n, cols))
-}
-
-/// One tuple per row from `tuple(first placeholder number)`.
-fn values_with(rows: usize, cols: usize, tuple: impl Fn(usize) -> String) -> String {
-    (0..rows)
-        .map(|r| tuple(1 + r * cols))
-        .collect::<Vec<_>>()
-        .join(", ")
-}

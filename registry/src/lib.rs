@@ -41,7 +41,7 @@ pub use readers::{Reader, Readers};
 pub use secrets::SecretBox;
 pub use service::RegistryService;
 pub use store::{AuditEntry, Registry};
-pub use thefts::{TheftDetails, TheftReport};
+pub use thefts::{TheftDetails, TheftReport, TrackSubject};
 pub use validate::TagId;
 
 /// Errors opening the registry.

@@ -3,11 +3,11 @@
 use sqlx::Row;
 
 use crate::auth::Caller;
-use crate::bikes::registered_bike;
+use crate::bikes::{BikeKey, registered_bike};
 use crate::db::now_ms;
 use crate::error::RegistryError;
 use crate::store::Registry;
-use crate::validate;
+use crate::validate::{self, TagId};
 
 /// What a kiosk or officer says about a theft.
 #[derive(Debug, Clone, Default)]
@@ -157,4 +157,65 @@ impl Registry {
             None => None,
         })
     }
+
+    /// What a track request names: a plate names a registered bike and every tag it ever
+    /// had (a replaced tag's passes are still its history); a tag names itself, and its bike
+    /// if it was ever bound to one.
+    pub async fn track_subject(&self, key: &BikeKey) -> Result<TrackSubject, RegistryError> {
+        match key {
+            BikeKey::Plate(p) => {
+                let plate = validate::plate("plate", p)?;
+                let bike_id: i64 = sqlx::query(
+                    "SELECT bike_id FROM bikes WHERE plate = $1 AND state = 'registered'",
+                )
+                .bind(&plate)
+                .fetch_optional(self.db.pool())
+                .await?
+                .ok_or_else(|| RegistryError::NotFound(format!("bike with plate {plate}")))?
+                .try_get("bike_id")?;
+                let tags = sqlx::query("SELECT tag_id FROM tags WHERE bike_id = $1")
+                    .bind(bike_id)
+                    .fetch_all(self.db.pool())
+                    .await?
+                    .iter()
+                    .filter_map(|r| r.try_get::<String, _>("tag_id").ok())
+                    .filter_map(|t| TagId::parse(&t))
+                    .collect();
+                Ok(TrackSubject {
+                    bike_id: Some(bike_id),
+                    plate,
+                    tags,
+                })
+            }
+            BikeKey::Tag(t) => {
+                let tag = TagId::parse_field("tag_id", t)?;
+                let row = sqlx::query(
+                    "SELECT g.bike_id, b.plate FROM tags g JOIN bikes b ON b.bike_id = g.bike_id \
+                     WHERE g.tag_id = $1",
+                )
+                .bind(tag.to_string())
+                .fetch_optional(self.db.pool())
+                .await?;
+                let (bike_id, plate) = match row {
+                    Some(r) => (Some(r.try_get("bike_id")?), r.try_get("plate")?),
+                    None => (None, String::new()),
+                };
+                Ok(TrackSubject {
+                    bike_id,
+                    plate,
+                    tags: vec![tag],
+                })
+            }
+        }
+    }
+}
+
+/// Result of [`Registry::track_subject`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackSubject {
+    /// The bike, if the plate or tag names one.
+    pub bike_id: Option<i64>,
+    /// Its plate; empty for a tag never bound.
+    pub plate: String,
+    pub tags: Vec<TagId>,
 }

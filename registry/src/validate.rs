@@ -29,6 +29,32 @@ impl TagId {
     }
 }
 
+/// Hashes a tag id (as `u128` or [`TagId`]) with one multiply, for in-memory maps keyed by
+/// registered tags only: their keys are not chosen by whoever sends readings, so SipHash's
+/// flooding resistance buys nothing there. Do not key a map of unchecked input with it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TagHasher(u64);
+
+impl std::hash::Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 =
+            ((v as u64) ^ ((v >> 64) as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// [`TagHasher`] for `HashMap::with_hasher`.
+pub type TagBuildHasher = std::hash::BuildHasherDefault<TagHasher>;
+
 impl std::fmt::Display for TagId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:024X}", self.0)

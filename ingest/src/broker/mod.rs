@@ -49,6 +49,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Inbound {
     pub topic: Bytes,
     pub payload: Bytes,
+    /// When the broker handed it to ingest (the start of the alert-latency histogram).
+    pub received_at: std::time::Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +228,7 @@ async fn forward(
                 let msg = Inbound {
                     topic: f.publish.topic,
                     payload: f.publish.payload,
+                    received_at: std::time::Instant::now(),
                 };
                 if out.send(msg).await.is_err() {
                     break;

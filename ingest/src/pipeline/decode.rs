@@ -9,6 +9,9 @@ pub struct Read {
     pub tag: TagId,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
+    /// Reads the reader folded into this sighting (at least 1).
+    pub reads: u32,
+    pub peak_rssi_dbm: i32,
 }
 
 /// Why one sighting in a batch was dropped (the rest of the batch is kept).
@@ -41,5 +44,7 @@ pub fn decode(s: &Sighting, now_ms: i64, max_skew_ms: i64) -> Result<Read, Sight
         tag,
         first_seen_ms: s.first_seen_ms,
         last_seen_ms: s.last_seen_ms,
+        reads: s.read_count.max(1),
+        peak_rssi_dbm: s.peak_rssi_dbm,
     })
 }

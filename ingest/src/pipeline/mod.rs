@@ -1,15 +1,21 @@
-//! The ingest pipeline: reader messages in, sightings of flagged bikes out to alerting.
+//! The ingest pipeline: reader messages in, sightings of flagged bikes out to alerting,
+//! closed passes out to the pass history.
 //!
 //! ```text
 //! Inbound (topic, payload) --shard by topic--> worker: open -> decode -> hot index ->
-//!   clone watch (impossible speed?) -> flagged (stolen, armed, revoked) or clone? -> engine
+//!   smooth (pass opened?) -> clone watch (impossible speed?) ->
+//!   flagged (stolen, armed, revoked) or clone? -> alerting engine
+//!   ... closed passes -> store (batched writes, after the alerts are handed on)
 //! ```
 //! Messages are sharded by topic over a few workers, so one reader's batches stay in order
-//! (its seq check relies on that) while different readers are handled in parallel. Nothing
-//! here touches the database: the hot index answers every lookup from memory.
+//! (its seq check relies on that) and its passes live in one worker, while different readers
+//! are handled in parallel. Nothing on the alert path touches the database: the hot index
+//! answers every lookup from memory, and history is written by its own task.
 
 pub mod decode;
 pub mod open;
+pub mod smooth;
+pub mod store;
 #[cfg(test)]
 mod tests;
 
@@ -17,8 +23,10 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use greenplate_alerting::{CloneWatch, EngineHandle, Sighted};
+use greenplate_alerting::{CloneWatch, EngineHandle, Pass, Sighted};
 use greenplate_registry::{HotIndex, Readers, now_ms};
+use smooth::{Folded, SmoothConfig, Smoother};
+use store::StoreInput;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
@@ -37,6 +45,8 @@ pub struct Context {
     pub clones: Arc<CloneWatch>,
     pub metrics: Arc<Metrics>,
     pub max_clock_skew_ms: i64,
+    pub smooth: SmoothConfig,
+    pub store: StoreInput,
 }
 
 /// The pipeline's entrance. Dropping every clone lets the workers drain and stop.
@@ -69,15 +79,61 @@ pub fn spawn(ctx: Context, workers: usize, tracker: &TaskTracker) -> Input {
     }
 }
 
+/// One worker's own state.
+pub(crate) struct Worker {
+    pub(crate) log: RateLimitedLog,
+    pub(crate) smoother: Smoother,
+    /// Passes closed while handling the current message, sent to the store after it.
+    pub(crate) closed: Vec<Pass>,
+}
+
+impl Worker {
+    pub(crate) fn new(smooth: SmoothConfig) -> Self {
+        Self {
+            log: RateLimitedLog::new(Duration::from_secs(10)),
+            smoother: Smoother::new(smooth),
+            closed: Vec::new(),
+        }
+    }
+}
+
 async fn worker(ctx: Context, mut rx: mpsc::Receiver<Inbound>) {
-    let mut log = RateLimitedLog::new(Duration::from_secs(10));
-    while let Some(msg) = rx.recv().await {
-        handle(&ctx, &mut log, &msg).await;
+    let mut w = Worker::new(ctx.smooth);
+    // Idle passes are closed at a quarter of the gap's resolution.
+    let period = Duration::from_millis((ctx.smooth.gap_ms / 4).clamp(10, 1000) as u64);
+    let mut sweep = tokio::time::interval(period);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(msg) => handle(&ctx, &mut w, &msg).await,
+                None => break,
+            },
+            _ = sweep.tick() => {
+                let before = w.smoother.len();
+                w.smoother.sweep(now_ms(), &mut w.closed);
+                ctx.metrics.open_passes.inc_by(w.smoother.len() as i64 - before as i64);
+                flush_closed(&ctx, &mut w).await;
+            }
+        }
+    }
+    // Draining at shutdown: what is open now is closed and stored.
+    let before = w.smoother.len();
+    w.smoother.flush(&mut w.closed);
+    ctx.metrics.open_passes.dec_by(before as i64);
+    flush_closed(&ctx, &mut w).await;
+}
+
+async fn flush_closed(ctx: &Context, w: &mut Worker) {
+    if !w.closed.is_empty() {
+        ctx.metrics.passes_closed.inc_by(w.closed.len() as u64);
+        ctx.store.send(&mut w.closed).await;
     }
 }
 
 /// Handles one reader message end to end.
-pub(crate) async fn handle(ctx: &Context, log: &mut RateLimitedLog, msg: &Inbound) {
+pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
+    let log = &mut w.log;
     let (reader, batch) = match open::open(&ctx.readers, &msg.topic, &msg.payload) {
         Ok(ok) => ok,
         Err(rejection) => {
@@ -97,6 +153,7 @@ pub(crate) async fn handle(ctx: &Context, log: &mut RateLimitedLog, msg: &Inboun
     ctx.metrics.batches_accepted.inc();
     let now = now_ms();
     let mut accepted = 0;
+    let mut reads = 0;
     for sighting in &batch.sightings {
         let read = match decode::decode(sighting, now, ctx.max_clock_skew_ms) {
             Ok(r) => r,
@@ -109,11 +166,23 @@ pub(crate) async fn handle(ctx: &Context, log: &mut RateLimitedLog, msg: &Inboun
             }
         };
         accepted += 1;
+        reads += u64::from(read.reads);
         let Some(state) = ctx.index.lookup(read.tag) else {
             ctx.metrics.sightings_unregistered.inc();
             continue;
         };
+        let before = w.smoother.len();
+        let folded = w.smoother.observe(&reader, &read, now, &mut w.closed);
+        ctx.metrics
+            .open_passes
+            .inc_by(w.smoother.len() as i64 - before as i64);
+        // The clone rule learns from every read, but, like every rule, fires only on the
+        // first read of a pass.
         let clone = ctx.clones.observe(read.tag, &reader, read.first_seen_ms);
+        if folded == Folded::Extended {
+            continue;
+        }
+        ctx.metrics.passes_opened.inc();
         if clone.is_some() {
             ctx.metrics.clone_suspects.inc();
         }
@@ -129,6 +198,7 @@ pub(crate) async fn handle(ctx: &Context, log: &mut RateLimitedLog, msg: &Inboun
                 reader: reader.clone(),
                 seen_at_ms: read.first_seen_ms,
                 clone,
+                received_at: msg.received_at,
             };
             if ctx.engine.submit(sighted).await.is_err() {
                 tracing::error!(reader = %reader.id, "Alerting engine has stopped; sighting not alerted.");
@@ -136,7 +206,13 @@ pub(crate) async fn handle(ctx: &Context, log: &mut RateLimitedLog, msg: &Inboun
         }
     }
     ctx.metrics.sightings_accepted.inc_by(accepted);
+    ctx.metrics.reads.inc_by(reads);
     reader.record_batch(accepted as usize);
+    if w.smoother.evictions > 0 {
+        ctx.metrics.passes_evicted.inc_by(w.smoother.evictions);
+        w.smoother.evictions = 0;
+    }
+    flush_closed(ctx, w).await;
 }
 
 /// Logs a given reason at most once per period; the metrics count every occurrence.

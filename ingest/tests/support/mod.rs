@@ -11,7 +11,8 @@ use greenplate_proto::v1::admin_client::AdminClient;
 use greenplate_proto::v1::patrol_client::PatrolClient;
 use greenplate_proto::v1::registry_client::RegistryClient;
 use greenplate_proto::v1::{
-    AddKioskRequest, AddPatrolUnitRequest, AddReaderRequest, Alert, StreamAlertsRequest,
+    AddKioskRequest, AddPatrolUnitRequest, AddReaderRequest, Alert, BikeDetails, Owner,
+    RegisterBikeRequest, ReportStolenRequest, Sighting, StreamAlertsRequest,
 };
 use greenplate_simulator::clients::{self, Authed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,6 +47,11 @@ impl TestService {
     /// Starts on a fresh database of the PostgreSQL server at `GREENPLATE_TEST_PG`
     /// (default `postgres://postgres@127.0.0.1:5432/test`).
     pub async fn start_postgres() -> Self {
+        Self::start_postgres_configured(|_| {}).await
+    }
+
+    /// [`TestService::start_postgres`] with some configuration changed.
+    pub async fn start_postgres_configured(tweak: impl Fn(&mut Config)) -> Self {
         let base = std::env::var("GREENPLATE_TEST_PG")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         let server = greenplate_registry::Db::connect(&base)
@@ -57,7 +63,7 @@ impl TestService {
             .await
             .unwrap();
         let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-        let mut svc = Self::start_with(tempfile::tempdir().unwrap(), Some(url), |_| {}).await;
+        let mut svc = Self::start_with(tempfile::tempdir().unwrap(), Some(url), tweak).await;
         svc.pg = Some((server, name));
         svc
     }
@@ -266,4 +272,47 @@ pub async fn next_alert(stream: &mut Streaming<Alert>) -> Alert {
         Ok(Err(status)) => panic!("alert stream failed: {status}"),
         Err(_) => panic!("no alert within 10 s"),
     }
+}
+
+/// A bike registration with valid owner data and PIN 2468.
+pub fn bike(tag: &str, plate: &str) -> RegisterBikeRequest {
+    RegisterBikeRequest {
+        tag_id: tag.into(),
+        plate: plate.into(),
+        owner: Some(Owner {
+            name: "黄敏".into(),
+            id_number: "11010519491231002X".into(),
+            phone: "13712345678".into(),
+        }),
+        bike: Some(BikeDetails {
+            make: "Yadea".into(),
+            model: "G5".into(),
+            color: "green".into(),
+            frame_number: "LYDG5RULES1".into(),
+        }),
+        request_id: String::new(),
+        pin: "2468".into(),
+    }
+}
+
+/// Registers a bike through a new kiosk and reports it stolen.
+pub async fn register_stolen(svc: &TestService, tag: &str, plate: &str) {
+    let mut kiosk = svc.add_kiosk(&format!("k-{tag}")).await;
+    kiosk.register_bike(bike(tag, plate)).await.unwrap();
+    kiosk
+        .report_stolen(ReportStolenRequest {
+            plate: plate.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// `s` moved `passes` × 10 s into the future (the reader's clock), so that repeated
+/// sightings at one reader are separate passes (the default gap is 5 s) without waiting:
+/// each runs the rules again. Within the default clock-skew limit for up to 8,000 passes.
+pub fn later(mut s: Sighting, passes: i64) -> Sighting {
+    s.first_seen_ms += passes * 10_000;
+    s.last_seen_ms += passes * 10_000;
+    s
 }
