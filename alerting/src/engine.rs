@@ -50,16 +50,48 @@ impl Sighted {
     }
 }
 
+/// A reader that went offline: silent past the configured time, or its last will.
+#[derive(Debug, Clone)]
+pub struct ReaderOffline {
+    pub reader: Arc<Reader>,
+    /// Its last accepted batch or status, Unix ms (0: never since the service started).
+    pub last_seen_ms: i64,
+    /// Why it is thought offline, for the log: "silent" or "last will".
+    pub why: &'static str,
+    pub detected_at: std::time::Instant,
+}
+
+/// What the engine is given.
+#[derive(Debug)]
+enum Work {
+    Sighted(Sighted),
+    ReaderOffline(ReaderOffline),
+}
+
 /// Where ingest submits sightings. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
-    tx: mpsc::Sender<Sighted>,
+    tx: mpsc::Sender<Work>,
 }
 
 impl EngineHandle {
     /// Queues a sighting; waits while the engine is behind. Fails only after shutdown.
     pub async fn submit(&self, s: Sighted) -> Result<(), Sighted> {
-        self.tx.send(s).await.map_err(|e| e.0)
+        self.tx.send(Work::Sighted(s)).await.map_err(|e| match e.0 {
+            Work::Sighted(s) => s,
+            Work::ReaderOffline(_) => unreachable!("sent a sighting"),
+        })
+    }
+
+    /// Queues a reader-offline alert (to command centers). Fails only after shutdown.
+    pub async fn reader_offline(&self, o: ReaderOffline) -> Result<(), ReaderOffline> {
+        self.tx
+            .send(Work::ReaderOffline(o))
+            .await
+            .map_err(|e| match e.0 {
+                Work::ReaderOffline(o) => o,
+                Work::Sighted(_) => unreachable!("sent a reader-offline"),
+            })
     }
 }
 
@@ -74,11 +106,7 @@ pub fn spawn(
     EngineHandle { tx }
 }
 
-async fn run(
-    alerting: Arc<Alerting>,
-    mut rx: mpsc::Receiver<Sighted>,
-    shutdown: CancellationToken,
-) {
+async fn run(alerting: Arc<Alerting>, mut rx: mpsc::Receiver<Work>, shutdown: CancellationToken) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let n = tokio::select! {
@@ -107,7 +135,12 @@ async fn run(
 
 /// One alert to write: which rule, which matter (incident), where.
 struct Pending<'a> {
-    sighted: &'a Sighted,
+    bike_id: i64,
+    /// The tag seen; empty for a reader alert.
+    tag: String,
+    reader: &'a Arc<Reader>,
+    seen_at_ms: i64,
+    received_at: std::time::Instant,
     /// The rule that fired.
     base: AlertKind,
     /// Names the matter, so successive sightings share one incident.
@@ -150,10 +183,33 @@ async fn rules(
     Ok(fired)
 }
 
-async fn process(alerting: &Alerting, batch: &[Sighted]) -> Result<(), AlertingError> {
+async fn process(alerting: &Alerting, batch: &[Work]) -> Result<(), AlertingError> {
     let registry = alerting.registry();
     let mut pending = Vec::with_capacity(batch.len());
-    for s in batch {
+    for work in batch {
+        let s = match work {
+            Work::Sighted(s) => s,
+            Work::ReaderOffline(o) => {
+                tracing::warn!(reader = %o.reader.id, why = o.why, last_seen_ms = o.last_seen_ms, "Reader offline.");
+                pending.push(Pending {
+                    bike_id: 0,
+                    tag: String::new(),
+                    reader: &o.reader,
+                    seen_at_ms: if o.last_seen_ms > 0 {
+                        o.last_seen_ms
+                    } else {
+                        now_ms()
+                    },
+                    received_at: o.detected_at,
+                    base: AlertKind::ReaderOffline,
+                    dedup_key: format!("reader-offline:{}", o.reader.id),
+                    plate: String::new(),
+                    watch_zone: None,
+                    recipients: alerting.command_units(),
+                });
+                continue;
+            }
+        };
         let fired = rules(alerting, s).await?;
         if fired.is_empty() {
             continue;
@@ -163,7 +219,11 @@ async fn process(alerting: &Alerting, batch: &[Sighted]) -> Result<(), AlertingE
         let watch_zone = alerting.route(&s.reader).watch_zone.clone();
         for (base, dedup_key) in fired {
             pending.push(Pending {
-                sighted: s,
+                bike_id: s.bike_id,
+                tag: s.tag.to_string(),
+                reader: &s.reader,
+                seen_at_ms: s.seen_at_ms,
+                received_at: s.received_at,
                 base,
                 dedup_key,
                 plate: plate.clone(),
@@ -180,8 +240,7 @@ async fn process(alerting: &Alerting, batch: &[Sighted]) -> Result<(), AlertingE
     let mut committed = Vec::with_capacity(pending.len());
     let mut received = Vec::with_capacity(pending.len());
     for p in pending {
-        let s = p.sighted;
-        received.push(s.received_at);
+        received.push(p.received_at);
         let opened: Option<String> = sqlx::query(
             "INSERT INTO incidents (incident_id, kind, bike_id, dedup_key, state, opened_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, 'open', $5, $5) \
@@ -189,7 +248,7 @@ async fn process(alerting: &Alerting, batch: &[Sighted]) -> Result<(), AlertingE
         )
         .bind(format!("inc-{}", hex::encode(rand::random::<[u8; 8]>())))
         .bind(i64::from(p.base as i32))
-        .bind(s.bike_id)
+        .bind(p.bike_id)
         .bind(&p.dedup_key)
         .bind(now)
         .fetch_optional(&mut *tx)
@@ -218,11 +277,11 @@ async fn process(alerting: &Alerting, batch: &[Sighted]) -> Result<(), AlertingE
             alert_id: format!("al-{}", hex::encode(rand::random::<[u8; 8]>())),
             kind: kind as i32,
             plate: p.plate,
-            tag_id: s.tag.to_string(),
-            reader_id: s.reader.id.clone(),
-            lat: s.reader.lat,
-            lon: s.reader.lon,
-            seen_at_ms: s.seen_at_ms,
+            tag_id: p.tag,
+            reader_id: p.reader.id.clone(),
+            lat: p.reader.lat,
+            lon: p.reader.lon,
+            seen_at_ms: p.seen_at_ms,
             incident_id: incident_id.clone(),
             priority,
             zone_id: p.watch_zone.unwrap_or_default(),

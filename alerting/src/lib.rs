@@ -20,7 +20,7 @@ pub mod store;
 pub mod zones;
 
 pub use clone::{CloneConfig, CloneEvidence, CloneWatch};
-pub use engine::{EngineHandle, Sighted};
+pub use engine::{EngineHandle, ReaderOffline, Sighted};
 pub use error::AlertingError;
 pub use history::{History, Pass};
 pub use service::PatrolService;

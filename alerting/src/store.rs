@@ -368,6 +368,11 @@ impl Alerting {
         Ok(row.is_some())
     }
 
+    /// Every command-center unit (they receive operators' alerts such as a reader offline).
+    pub fn command_units(&self) -> Vec<String> {
+        self.zones_read().command_units().to_vec()
+    }
+
     /// Where a bike or tag was seen in `[from_ms, to_ms]`, oldest first, at most `limit`
     /// passes; the bool says more matched. Admins and command centers may track any bike;
     /// another unit only a bike with an unresolved incident it was alerted about.

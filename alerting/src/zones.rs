@@ -160,6 +160,10 @@ impl ZoneMap {
         }
     }
 
+    pub fn command_units(&self) -> &[String] {
+        &self.command_units
+    }
+
     pub fn is_command_unit(&self, unit_id: &str) -> bool {
         self.command_units.iter().any(|u| u == unit_id)
     }

@@ -105,14 +105,23 @@ impl admin_server::Admin for AdminService {
             .readers()
             .all()
             .into_iter()
-            .map(|r| ReaderInfo {
-                reader_id: r.id.clone(),
-                name: r.name.clone(),
-                lat: r.lat,
-                lon: r.lon,
-                last_seen_ms: r.last_seen_ms.load(Ordering::Relaxed),
-                batches_accepted: r.batches_accepted.load(Ordering::Relaxed),
-                sightings_accepted: r.sightings_accepted.load(Ordering::Relaxed),
+            .map(|r| {
+                let liveness = r.liveness();
+                ReaderInfo {
+                    reader_id: r.id.clone(),
+                    name: r.name.clone(),
+                    lat: r.lat,
+                    lon: r.lon,
+                    last_seen_ms: r.last_seen_ms.load(Ordering::Relaxed),
+                    batches_accepted: r.batches_accepted.load(Ordering::Relaxed),
+                    sightings_accepted: r.sightings_accepted.load(Ordering::Relaxed),
+                    online: r.enabled()
+                        && r.last_activity_ms() > 0
+                        && liveness.offline_since_ms.is_none(),
+                    last_status_ms: r.last_status_ms.load(Ordering::Relaxed),
+                    firmware: liveness.firmware,
+                    enabled: r.enabled(),
+                }
             })
             .collect();
         Ok(Response::new(ListReadersResponse { readers }))

@@ -99,6 +99,12 @@ impl Service {
                 purged.passes_purged.inc_by(n);
             },
         ));
+        tracker.spawn(pipeline::status::watch(
+            registry.readers().clone(),
+            engine.clone(),
+            Duration::from_secs(config.ingest.reader_offline_after_s),
+            shutdown.clone(),
+        ));
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let input = pipeline::spawn(
             pipeline::Context {

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub passes_purged: Counter,
     pub pipeline_queue: Gauge,
     pub alert_latency_seconds: Histogram,
+    pub statuses_accepted: Counter,
+    pub reader_wills: Counter,
 }
 
 impl Metrics {
@@ -79,6 +81,8 @@ impl Metrics {
             passes_purged: Counter::default(),
             pipeline_queue: Gauge::default(),
             alert_latency_seconds,
+            statuses_accepted: Counter::default(),
+            reader_wills: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -211,6 +215,16 @@ impl Metrics {
             "alert_latency_seconds",
             "From ingest receiving a sighting to its alert committed and on the live feed",
             m.alert_latency_seconds.clone(),
+        );
+        registry.register(
+            "ingest_reader_statuses_accepted",
+            "Reader status messages taken",
+            m.statuses_accepted.clone(),
+        );
+        registry.register(
+            "ingest_reader_wills",
+            "Readers' last wills taken (the reader went offline)",
+            m.reader_wills.clone(),
         );
         Self { registry, ..m }
     }

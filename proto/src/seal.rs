@@ -1,7 +1,8 @@
 //! Sealing of reader batches, as the contract specifies.
 //!
 //! key = HKDF-SHA256(ikm = reader secret (UTF-8), no salt, info = [`HKDF_INFO`], 32 bytes);
-//! cipher = ChaCha20-Poly1305 with a 12-byte nonce; associated data = the reader id (UTF-8).
+//! cipher = ChaCha20-Poly1305 with a 12-byte nonce; associated data = the reader id (UTF-8)
+//! for a batch, and [`STATUS_AD_PREFIX`] + the reader id for a reader status.
 //! A reader derives its [`ReaderKey`] once and seals every batch with a fresh random nonce.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -11,10 +12,14 @@ use prost::Message;
 use rand::RngCore;
 use sha2::Sha256;
 
-use crate::v1::{SealedSightingBatch, SightingBatch};
+use crate::v1::{ReaderStatus, SealedSightingBatch, SightingBatch};
 
 /// HKDF `info` for the reader sealing key.
 pub const HKDF_INFO: &[u8] = b"greenplate reader seal v1";
+
+/// Associated-data prefix of a sealed [`ReaderStatus`] (then the reader id), so a status
+/// and a batch can never be taken for each other.
+pub const STATUS_AD_PREFIX: &[u8] = b"status\0";
 
 /// Nonce length of ChaCha20-Poly1305.
 pub const NONCE_LEN: usize = 12;
@@ -56,6 +61,23 @@ impl ReaderKey {
 
     /// Seals an encoded batch for `reader_id` with a fresh random nonce.
     pub fn seal_bytes(&self, reader_id: &str, plaintext: &[u8]) -> SealedSightingBatch {
+        self.seal_with_ad(reader_id, reader_id.as_bytes(), plaintext)
+    }
+
+    /// Encodes and seals a reader status; the envelope names `status.reader_id`.
+    pub fn seal_status(&self, status: &ReaderStatus) -> SealedSightingBatch {
+        let ad = [STATUS_AD_PREFIX, status.reader_id.as_bytes()].concat();
+        self.seal_with_ad(&status.reader_id, &ad, &status.encode_to_vec())
+    }
+
+    /// Opens and decodes a sealed reader status.
+    pub fn open_status(&self, sealed: &SealedSightingBatch) -> Result<ReaderStatus, OpenError> {
+        let ad = [STATUS_AD_PREFIX, sealed.reader_id.as_bytes()].concat();
+        let plain = self.open_with_ad(sealed, &ad)?;
+        ReaderStatus::decode(plain.as_slice()).map_err(|e| OpenError::Decode(e.to_string()))
+    }
+
+    fn seal_with_ad(&self, reader_id: &str, ad: &[u8], plaintext: &[u8]) -> SealedSightingBatch {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let ciphertext = self
@@ -64,7 +86,7 @@ impl ReaderKey {
                 Nonce::from_slice(&nonce),
                 Payload {
                     msg: plaintext,
-                    aad: reader_id.as_bytes(),
+                    aad: ad,
                 },
             )
             .expect("ChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
@@ -82,6 +104,10 @@ impl ReaderKey {
 
     /// Opens a sealed batch's ciphertext, with the envelope's reader id as associated data.
     pub fn open_bytes(&self, sealed: &SealedSightingBatch) -> Result<Vec<u8>, OpenError> {
+        self.open_with_ad(sealed, sealed.reader_id.as_bytes())
+    }
+
+    fn open_with_ad(&self, sealed: &SealedSightingBatch, ad: &[u8]) -> Result<Vec<u8>, OpenError> {
         if sealed.nonce.len() != NONCE_LEN {
             return Err(OpenError::BadNonce(sealed.nonce.len()));
         }
@@ -90,7 +116,7 @@ impl ReaderKey {
                 Nonce::from_slice(&sealed.nonce),
                 Payload {
                     msg: &sealed.ciphertext,
-                    aad: sealed.reader_id.as_bytes(),
+                    aad: ad,
                 },
             )
             .map_err(|_| OpenError::Unauthentic)
@@ -149,6 +175,25 @@ mod tests {
         assert_eq!(
             ReaderKey::derive("s3cret").open(&bad_nonce),
             Err(OpenError::BadNonce(11))
+        );
+    }
+
+    #[test]
+    fn a_status_never_opens_as_a_batch_nor_a_batch_as_a_status() {
+        let key = ReaderKey::derive("s3cret");
+        let status = ReaderStatus {
+            reader_id: "r1".into(),
+            state: crate::v1::ReaderState::Offline as i32,
+            session: "0123456789abcdef".into(),
+            at_ms: 5,
+            firmware: String::new(),
+        };
+        let sealed = key.seal_status(&status);
+        assert_eq!(key.open_status(&sealed).unwrap(), status);
+        assert_eq!(key.open(&sealed), Err(OpenError::Unauthentic));
+        assert_eq!(
+            key.open_status(&key.seal(&batch())),
+            Err(OpenError::Unauthentic)
         );
     }
 

@@ -33,6 +33,24 @@ pub struct Reader {
     pub sightings_accepted: AtomicU64,
     /// Highest batch seq processed (replay protection).
     pub last_seq: AtomicU64,
+    /// Last status message taken, Unix ms by the server clock (0: never).
+    pub last_status_ms: AtomicI64,
+    /// What its status messages and silences said (see ingest's status stage).
+    pub liveness: std::sync::Mutex<Liveness>,
+}
+
+/// A reader's connection state as its status messages and silences tell it.
+#[derive(Debug, Default, Clone)]
+pub struct Liveness {
+    /// The session of the last ONLINE status taken; empty once its will was taken.
+    pub session: String,
+    /// The reader's clock in the last ONLINE status taken (an older one is a replay).
+    pub status_at_ms: i64,
+    /// What the reader said about itself (firmware version), at most 64 characters.
+    pub firmware: String,
+    /// Since when it is offline (its will, or silent too long), server clock; `None` while
+    /// it is (or may be) online.
+    pub offline_since_ms: Option<i64>,
 }
 
 impl Reader {
@@ -50,7 +68,24 @@ impl Reader {
             batches_accepted: AtomicU64::new(0),
             sightings_accepted: AtomicU64::new(0),
             last_seq: AtomicU64::new(0),
+            last_status_ms: AtomicI64::new(0),
+            liveness: std::sync::Mutex::new(Liveness::default()),
         }
+    }
+
+    /// The last time anything authentic came from the reader (batch or status), Unix ms.
+    pub fn last_activity_ms(&self) -> i64 {
+        self.last_seen_ms
+            .load(Ordering::Relaxed)
+            .max(self.last_status_ms.load(Ordering::Relaxed))
+    }
+
+    /// A copy of its liveness (a poisoned lock still holds valid data: plain fields).
+    pub fn liveness(&self) -> Liveness {
+        self.liveness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Constant-time check of an MQTT password against the reader's secret.

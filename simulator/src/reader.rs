@@ -1,14 +1,16 @@
 //! A roadside reader: one MQTT connection with the reader's own credentials, publishing
 //! sealed sighting batches to `greenplate/readers/{id}/sightings`, as a real reader would.
+//! On connecting it publishes a sealed ONLINE status for a fresh session and leaves a sealed
+//! OFFLINE status of that session as its MQTT last will.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use greenplate_proto::seal::ReaderKey;
 use greenplate_proto::topics;
-use greenplate_proto::v1::{Sighting, SightingBatch};
+use greenplate_proto::v1::{ReaderState, ReaderStatus, Sighting, SightingBatch};
 use prost::Message;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 
 /// How long to wait for the broker to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,8 +33,26 @@ impl ReaderClient {
         reader_id: &str,
         secret: &str,
     ) -> anyhow::Result<Self> {
+        let key = ReaderKey::derive(secret);
+        let session = hex::encode(rand::random::<[u8; 16]>());
+        let status = |state: ReaderState| ReaderStatus {
+            reader_id: reader_id.to_owned(),
+            state: state as i32,
+            session: session.clone(),
+            at_ms: now_ms(),
+            firmware: concat!("greenplate-simulator ", env!("CARGO_PKG_VERSION")).to_owned(),
+        };
+        let will = key
+            .seal_status(&status(ReaderState::Offline))
+            .encode_to_vec();
         let mut opts = MqttOptions::new(reader_id, host, port);
         opts.set_credentials(reader_id, secret);
+        opts.set_last_will(LastWill::new(
+            topics::status(reader_id),
+            will,
+            QoS::AtLeastOnce,
+            false,
+        ));
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
         let (client, mut events) = AsyncClient::new(opts, 256);
@@ -41,9 +61,15 @@ impl ReaderClient {
             .context("no CONNACK from the broker in time")??;
         let id = reader_id.to_owned();
         let driver = tokio::spawn(drive(id.clone(), events));
+        let online = key
+            .seal_status(&status(ReaderState::Online))
+            .encode_to_vec();
+        client
+            .publish(topics::status(reader_id), QoS::AtLeastOnce, false, online)
+            .await?;
         Ok(Self {
             id,
-            key: ReaderKey::derive(secret),
+            key,
             client,
             // Start from the clock so a restarted reader's seq still increases.
             seq: SystemTime::now()
@@ -82,7 +108,13 @@ impl ReaderClient {
         &self.client
     }
 
-    /// Disconnects cleanly.
+    /// Drops the connection without an MQTT DISCONNECT, as a reader that loses power would:
+    /// the broker publishes its last will.
+    pub fn kill(self) {
+        self.driver.abort();
+    }
+
+    /// Disconnects cleanly (no last will).
     pub async fn disconnect(mut self) {
         let _ = self.client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.driver).await;

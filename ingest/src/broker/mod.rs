@@ -94,7 +94,10 @@ pub async fn start(
             max_segment_size: segment,
             max_segment_count: (config.buffer_mib * 1024 * 1024 / segment).max(1),
             custom_segment: None,
-            initialized_filters: Some(vec![topics::SIGHTINGS_FILTER.to_owned()]),
+            initialized_filters: Some(vec![
+                topics::SIGHTINGS_FILTER.to_owned(),
+                topics::STATUS_FILTER.to_owned(),
+            ]),
             shared_subscriptions_strategy: Default::default(),
         },
     );
@@ -109,9 +112,11 @@ pub async fn start(
     })
     .await
     .map_err(|e| BrokerError::Link(e.to_string()))??;
-    link_tx
-        .subscribe(topics::SIGHTINGS_FILTER)
-        .map_err(|e| BrokerError::Link(e.to_string()))?;
+    for filter in [topics::SIGHTINGS_FILTER, topics::STATUS_FILTER] {
+        link_tx
+            .subscribe(filter)
+            .map_err(|e| BrokerError::Link(e.to_string()))?;
+    }
 
     let mut connections = ConnectionSettings {
         connection_timeout_ms: 10_000,

@@ -15,6 +15,7 @@
 pub mod decode;
 pub mod open;
 pub mod smooth;
+pub mod status;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -133,6 +134,9 @@ async fn flush_closed(ctx: &Context, w: &mut Worker) {
 
 /// Handles one reader message end to end.
 pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
+    if msg.topic.ends_with(b"/status") {
+        return handle_status(ctx, w, msg).await;
+    }
     let log = &mut w.log;
     let (reader, batch) = match open::open(&ctx.readers, &msg.topic, &msg.payload) {
         Ok(ok) => ok,
@@ -213,6 +217,37 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
         w.smoother.evictions = 0;
     }
     flush_closed(ctx, w).await;
+}
+
+/// Handles a reader's status message (or its last will).
+async fn handle_status(ctx: &Context, w: &mut Worker, msg: &Inbound) {
+    let outcome = std::str::from_utf8(&msg.topic)
+        .map_err(|_| open::Rejection::Topic)
+        .and_then(|topic| status::open(&ctx.readers, topic, &msg.payload))
+        .and_then(|(reader, s)| {
+            status::apply(&reader, &s, now_ms(), ctx.max_clock_skew_ms).map(|c| (reader, c))
+        });
+    match outcome {
+        Ok((reader, change)) => {
+            ctx.metrics.statuses_accepted.inc();
+            if change == status::StatusChange::WentOffline {
+                ctx.metrics.reader_wills.inc();
+                status::report_offline(&ctx.engine, &reader, "last will").await;
+            }
+        }
+        Err(rejection) => {
+            let reason = rejection.reason();
+            ctx.metrics.reject_batch(reason);
+            if w.log.allow(reason) {
+                tracing::warn!(
+                    topic = %String::from_utf8_lossy(&msg.topic),
+                    reason,
+                    error = %rejection,
+                    "Dropped a reader status (further drops for this reason are counted, not logged, for 10 s)."
+                );
+            }
+        }
+    }
 }
 
 /// Logs a given reason at most once per period; the metrics count every occurrence.

@@ -16,7 +16,7 @@ use prost::Message;
 /// Why a reader message was dropped. Each has a metric label.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum Rejection {
-    #[error("topic is not greenplate/readers/{{id}}/sightings")]
+    #[error("topic is not greenplate/readers/{{id}}/sightings or .../status")]
     Topic,
     #[error("payload is not a SealedSightingBatch: {0}")]
     Malformed(String),
@@ -30,6 +30,10 @@ pub enum Rejection {
     Unsealed(#[from] OpenError),
     #[error("batch seq {seq} was already processed (last {last})")]
     Replay { seq: u64, last: u64 },
+    #[error("status time is too far from the server clock")]
+    StatusTime,
+    #[error("status is a replay, or a will of a session that is not the reader's current one")]
+    StaleStatus,
 }
 
 impl Rejection {
@@ -44,6 +48,8 @@ impl Rejection {
             Rejection::Unsealed(OpenError::Decode(_)) => "malformed_batch",
             Rejection::Unsealed(_) => "unsealed",
             Rejection::Replay { .. } => "replay",
+            Rejection::StatusTime => "status_time",
+            Rejection::StaleStatus => "stale_status",
         }
     }
 }

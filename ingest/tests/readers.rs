@@ -1,0 +1,143 @@
+//! Reader status end to end: a reader's sealed ONLINE status and last will through the
+//! embedded broker, silence detection, READER_OFFLINE to command centers only, and the
+//! reader list operators see.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use greenplate_proto::seal::ReaderKey;
+use greenplate_proto::topics;
+use greenplate_proto::v1::{
+    AddZoneRequest, AlertKind, ListReadersRequest, ReaderInfo, ReaderState, ReaderStatus, ZoneKind,
+};
+use greenplate_simulator::reader::{ReaderClient, now_ms, sighting};
+use prost::Message;
+use support::{TestService, next_alert, register_stolen, stream};
+
+async fn reader_info(svc: &TestService, id: &str) -> ReaderInfo {
+    svc.admin()
+        .await
+        .list_readers(ListReadersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .readers
+        .into_iter()
+        .find(|r| r.reader_id == id)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wills_and_silence_raise_reader_offline_for_command_centers() {
+    let svc = TestService::start_configured(|c| c.ingest.reader_offline_after_s = 1).await;
+    svc.admin()
+        .await
+        .add_zone(AddZoneRequest {
+            zone_id: "all".into(),
+            name: "All".into(),
+            geojson: r#"{"type":"Polygon","coordinates":[[[116.3,23.1],[116.8,23.1],[116.8,23.5],[116.3,23.5],[116.3,23.1]]]}"#.into(),
+            kind: ZoneKind::Patrol as i32,
+        })
+        .await
+        .unwrap();
+    let secret_1 = svc.add_reader("rd-1", 23.30, 116.60).await;
+    let secret_2 = svc.add_reader("rd-2", 23.31, 116.61).await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let zone_unit = svc.add_unit("u-zone", &["all"], false).await;
+    let mut hq_alerts = stream(&hq, 0).await;
+    let mut zone_alerts = stream(&zone_unit, 0).await;
+    let port = svc.mqtt_port();
+
+    // Connecting publishes a sealed ONLINE status.
+    let r1 = ReaderClient::connect("127.0.0.1", port, "rd-1", &secret_1)
+        .await
+        .unwrap();
+    let r2 = ReaderClient::connect("127.0.0.1", port, "rd-2", &secret_2)
+        .await
+        .unwrap();
+    svc.wait_metric("greenplate_ingest_reader_statuses_accepted_total", 2.0)
+        .await;
+    let info = reader_info(&svc, "rd-1").await;
+    assert!(info.online && info.enabled, "{info:?}");
+    assert!(info.firmware.starts_with("greenplate-simulator"));
+    assert!(info.last_status_ms > 0);
+
+    // rd-1 loses power: its will says so at once. rd-2 stays connected but silent.
+    r1.kill();
+    svc.wait_metric("greenplate_ingest_reader_wills_total", 1.0)
+        .await;
+    let mut offline = Vec::new();
+    while offline.len() < 2 {
+        let a = next_alert(&mut hq_alerts).await;
+        assert_eq!(a.kind(), AlertKind::ReaderOffline, "{a:?}");
+        assert!(a.plate.is_empty() && a.tag_id.is_empty());
+        if !offline.contains(&a.reader_id) {
+            offline.push(a.reader_id);
+        }
+    }
+    offline.sort();
+    assert_eq!(offline, ["rd-1", "rd-2"]);
+    assert!(!reader_info(&svc, "rd-1").await.online);
+    assert!(!reader_info(&svc, "rd-2").await.online);
+
+    // A replayed will (anyone subscribed to # could have recorded one) changes nothing, and
+    // neither does a forged status.
+    let key = ReaderKey::derive(&secret_2);
+    let replay = ReaderStatus {
+        reader_id: "rd-2".into(),
+        state: ReaderState::Offline as i32,
+        session: "0123456789abcdef0123".into(),
+        at_ms: now_ms(),
+        firmware: String::new(),
+    };
+    r2.publish_raw(
+        &topics::status("rd-2"),
+        key.seal_status(&replay).encode_to_vec(),
+    )
+    .await
+    .unwrap();
+    svc.wait_metric(
+        "greenplate_ingest_batches_rejected_total{reason=\"stale_status\"}",
+        1.0,
+    )
+    .await;
+    let forged = ReaderKey::derive("not the secret").seal_status(&replay);
+    r2.publish_raw(&topics::status("rd-2"), forged.encode_to_vec())
+        .await
+        .unwrap();
+    svc.wait_metric(
+        "greenplate_ingest_batches_rejected_total{reason=\"unsealed\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        svc.metric("greenplate_ingest_reader_wills_total").await,
+        1.0
+    );
+
+    // rd-1 comes back and reports: online again.
+    let mut r1 = ReaderClient::connect("127.0.0.1", port, "rd-1", &secret_1)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        r1.publish(vec![]).await.unwrap();
+        if reader_info(&svc, "rd-1").await.online {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rd-1 never came back online");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Patrol units are not sent reader alerts: the zone unit's first alert is a theft.
+    register_stolen(&svc, "E28011606000000000000C01", "粤D7C001").await;
+    r1.publish(vec![sighting("E28011606000000000000C01", 1, -50)])
+        .await
+        .unwrap();
+    let first = next_alert(&mut zone_alerts).await;
+    assert_eq!(first.kind(), AlertKind::StolenSighted, "{first:?}");
+    r1.disconnect().await;
+    r2.disconnect().await;
+    svc.stop().await;
+}
