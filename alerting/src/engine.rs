@@ -41,6 +41,9 @@ pub struct Sighted {
     pub clone: Option<CloneEvidence>,
     /// When ingest received the message (alert latency is measured from here to the hub).
     pub received_at: std::time::Instant,
+    /// Held until the sighting's alerts are committed, then dropped (ingest uses it to
+    /// acknowledge the message to an external broker only then).
+    pub hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Sighted {

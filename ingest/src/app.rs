@@ -52,6 +52,7 @@ pub enum StartError {
 /// A running service.
 #[derive(Debug)]
 pub struct Service {
+    /// The embedded broker's listen address, or the external broker's.
     pub mqtt_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
@@ -123,15 +124,31 @@ impl Service {
             &tracker,
         );
         let (inbound_tx, mut inbound_rx) = tokio::sync::mpsc::channel(BROKER_QUEUE);
-        broker::start(
-            &config.mqtt,
-            registry.readers().clone(),
-            metrics.clone(),
-            inbound_tx,
-            shutdown.clone(),
-            &tracker,
-        )
-        .await?;
+        let mqtt_addr = match &config.mqtt.url {
+            Some(url) => {
+                broker::external::start(
+                    &config.mqtt,
+                    url,
+                    metrics.clone(),
+                    inbound_tx,
+                    shutdown.clone(),
+                    &tracker,
+                )
+                .await?
+            }
+            None => {
+                broker::start(
+                    &config.mqtt,
+                    registry.readers().clone(),
+                    metrics.clone(),
+                    inbound_tx,
+                    shutdown.clone(),
+                    &tracker,
+                )
+                .await?;
+                config.mqtt.listen
+            }
+        };
         // Broker link -> pipeline shards; ends when the link stops, which lets workers drain.
         tracker.spawn(async move {
             while let Some(msg) = inbound_rx.recv().await {
@@ -171,14 +188,15 @@ impl Service {
         });
 
         tracing::info!(
-            mqtt = %config.mqtt.listen,
+            mqtt = %mqtt_addr,
+            external_broker = config.mqtt.url.is_some(),
             grpc = %grpc_addr,
             http = %http_addr,
             data_dir = %config.data_dir.display(),
             "greenplate is serving."
         );
         Ok(Self {
-            mqtt_addr: config.mqtt.listen,
+            mqtt_addr,
             grpc_addr,
             http_addr,
             admin_token,

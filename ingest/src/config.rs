@@ -140,6 +140,22 @@ pub struct MqttConfig {
     /// Memory for reader messages waiting for ingest, in MiB (a ring of segments).
     #[serde(default = "default_buffer_mib")]
     pub buffer_mib: usize,
+    /// An external broker instead of the embedded one: `mqtt://HOST[:PORT]`. Ingest then
+    /// subscribes to the reader topics with a shared subscription, QoS 1, and acknowledges
+    /// each message only once it is handed on.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Credentials for the external broker, if it asks for them.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// This node's MQTT client id on the external broker; default `greenplate-` + random.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The shared-subscription group every node of one deployment joins.
+    #[serde(default = "default_share_group")]
+    pub share_group: String,
 }
 
 /// The gRPC port (Admin, Registry, Patrol, reflection).
@@ -230,6 +246,10 @@ fn default_max_clock_skew_ms() -> i64 {
     24 * 3600 * 1000
 }
 
+fn default_share_group() -> String {
+    "greenplate".into()
+}
+
 fn default_pass_gap_ms() -> i64 {
     5_000
 }
@@ -273,6 +293,11 @@ impl Default for MqttConfig {
             max_payload_bytes: default_max_payload(),
             max_connections: default_max_connections(),
             buffer_mib: default_buffer_mib(),
+            url: None,
+            username: None,
+            password: None,
+            client_id: None,
+            share_group: default_share_group(),
         }
     }
 }

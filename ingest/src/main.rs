@@ -154,9 +154,12 @@ impl StoreArgs {
 struct ServeArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// MQTT listen address, HOST:PORT.
+    /// MQTT listen address of the embedded broker, HOST:PORT.
     #[arg(long)]
     mqtt_listen: Option<SocketAddr>,
+    /// Use an external MQTT broker, mqtt://HOST[:PORT], instead of the embedded one.
+    #[arg(long, env = "GREENPLATE_MQTT_URL")]
+    mqtt_url: Option<String>,
     /// gRPC listen address, HOST:PORT.
     #[arg(long)]
     grpc_listen: Option<SocketAddr>,
@@ -385,6 +388,9 @@ async fn serve(args: Box<ServeArgs>) -> ExitCode {
     };
     if let Some(v) = args.mqtt_listen {
         config.mqtt.listen = v;
+    }
+    if let Some(v) = args.mqtt_url {
+        config.mqtt.url = Some(v);
     }
     if let Some(v) = args.grpc_listen {
         config.grpc.listen = v;

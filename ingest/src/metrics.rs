@@ -47,6 +47,7 @@ pub struct Metrics {
     pub alert_latency_seconds: Histogram,
     pub statuses_accepted: Counter,
     pub reader_wills: Counter,
+    pub mqtt_disconnects: Counter,
 }
 
 impl Metrics {
@@ -83,6 +84,7 @@ impl Metrics {
             alert_latency_seconds,
             statuses_accepted: Counter::default(),
             reader_wills: Counter::default(),
+            mqtt_disconnects: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -225,6 +227,11 @@ impl Metrics {
             "ingest_reader_wills",
             "Readers' last wills taken (the reader went offline)",
             m.reader_wills.clone(),
+        );
+        registry.register(
+            "mqtt_external_disconnects",
+            "Times ingest lost its connection to the external broker",
+            m.mqtt_disconnects.clone(),
         );
         Self { registry, ..m }
     }

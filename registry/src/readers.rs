@@ -31,12 +31,83 @@ pub struct Reader {
     pub last_seen_ms: AtomicI64,
     pub batches_accepted: AtomicU64,
     pub sightings_accepted: AtomicU64,
-    /// Highest batch seq processed (replay protection).
-    pub last_seq: AtomicU64,
+    /// Batch seqs already processed (replay protection).
+    pub seqs: std::sync::Mutex<SeqWindow>,
     /// Last status message taken, Unix ms by the server clock (0: never).
     pub last_status_ms: AtomicI64,
     /// What its status messages and silences said (see ingest's status stage).
     pub liveness: std::sync::Mutex<Liveness>,
+}
+
+/// Which batch seqs of a reader were processed: the highest, and a bitmap of the 128 below
+/// it (anti-replay as in IPsec/DTLS). A seq is taken once; a seq older than the window is
+/// refused. Unlike "greater than the last", a batch that arrives late (an external broker
+/// redelivering an unacknowledged message, or two nodes sharing a reader's traffic) is still
+/// taken if it was never processed.
+#[derive(Debug, Default, Clone)]
+pub struct SeqWindow {
+    highest: u64,
+    /// Bit i set: seq `highest - 1 - i` was taken.
+    below: u128,
+}
+
+/// Why [`SeqWindow::take`] refused a seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqRefusal {
+    /// Already processed.
+    Duplicate,
+    /// Older than the window: cannot tell, so refused.
+    TooOld,
+}
+
+impl SeqWindow {
+    /// How far below the highest seq a late batch is still taken.
+    pub const WIDTH: u64 = 128;
+
+    /// Takes `seq` if it was not taken before.
+    pub fn take(&mut self, seq: u64) -> Result<(), SeqRefusal> {
+        if seq == 0 {
+            return Err(SeqRefusal::TooOld);
+        }
+        if seq > self.highest {
+            let shift = seq - self.highest;
+            self.below = if shift > Self::WIDTH {
+                0
+            } else {
+                // The old highest becomes bit shift-1.
+                let moved = if shift == Self::WIDTH {
+                    0
+                } else {
+                    self.below << shift
+                };
+                if self.highest > 0 {
+                    moved | (1u128 << (shift - 1))
+                } else {
+                    moved
+                }
+            };
+            self.highest = seq;
+            return Ok(());
+        }
+        if seq == self.highest {
+            return Err(SeqRefusal::Duplicate);
+        }
+        let i = self.highest - 1 - seq;
+        if i >= Self::WIDTH {
+            return Err(SeqRefusal::TooOld);
+        }
+        let bit = 1u128 << i;
+        if self.below & bit != 0 {
+            return Err(SeqRefusal::Duplicate);
+        }
+        self.below |= bit;
+        Ok(())
+    }
+
+    /// The highest seq taken.
+    pub fn highest(&self) -> u64 {
+        self.highest
+    }
 }
 
 /// A reader's connection state as its status messages and silences tell it.
@@ -67,7 +138,7 @@ impl Reader {
             last_seen_ms: AtomicI64::new(0),
             batches_accepted: AtomicU64::new(0),
             sightings_accepted: AtomicU64::new(0),
-            last_seq: AtomicU64::new(0),
+            seqs: std::sync::Mutex::new(SeqWindow::default()),
             last_status_ms: AtomicI64::new(0),
             liveness: std::sync::Mutex::new(Liveness::default()),
         }
@@ -188,5 +259,32 @@ mod tests {
             .enabled
             .store(false, Ordering::Relaxed);
         assert!(!readers.authenticate("r1", "r1", "pw"));
+    }
+
+    #[test]
+    fn seq_window_takes_each_seq_once_even_late() {
+        let mut w = SeqWindow::default();
+        assert_eq!(w.take(0), Err(SeqRefusal::TooOld));
+        assert_eq!(w.take(10), Ok(()));
+        assert_eq!(w.take(10), Err(SeqRefusal::Duplicate));
+        assert_eq!(w.take(12), Ok(()));
+        // 11 arrives late: taken once.
+        assert_eq!(w.take(11), Ok(()));
+        assert_eq!(w.take(11), Err(SeqRefusal::Duplicate));
+        assert_eq!(w.take(10), Err(SeqRefusal::Duplicate));
+        assert_eq!(w.take(9), Ok(()));
+        // A jump keeps what is still inside the window.
+        assert_eq!(w.take(12 + 100), Ok(()));
+        assert_eq!(w.take(12), Err(SeqRefusal::Duplicate));
+        assert_eq!(w.take(13), Ok(()));
+        assert_eq!(w.take(112 - 100), Err(SeqRefusal::Duplicate));
+        // Exactly the width, then past it.
+        let mut w = SeqWindow::default();
+        w.take(1).unwrap();
+        w.take(1 + SeqWindow::WIDTH).unwrap();
+        assert_eq!(w.take(1), Err(SeqRefusal::Duplicate));
+        w.take(2 + 2 * SeqWindow::WIDTH).unwrap();
+        assert_eq!(w.take(1 + SeqWindow::WIDTH), Err(SeqRefusal::TooOld));
+        assert_eq!(w.highest(), 2 + 2 * SeqWindow::WIDTH);
     }
 }

@@ -13,6 +13,9 @@
 //!   completed an MQTT CONNECT (with a one-time credential).
 //!
 //! Ingest receives what readers publish as [`Inbound`] messages on a bounded channel.
+//! [`external`] is the other way in: an external broker with a shared subscription.
+
+pub mod external;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +54,8 @@ pub struct Inbound {
     pub payload: Bytes,
     /// When the broker handed it to ingest (the start of the alert-latency histogram).
     pub received_at: std::time::Instant,
+    /// From an external broker: acknowledges the message once every holder dropped it.
+    pub ack: Option<Arc<external::Ack>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,8 @@ pub enum BrokerError {
     },
     #[error("cannot attach ingest to the MQTT router: {0}")]
     Link(String),
+    #[error("external MQTT broker: {0}")]
+    External(String),
     #[error(
         "MQTT broker did not accept connections on {addr} within {READY_TIMEOUT:?}: {last_error}"
     )]
@@ -234,6 +241,7 @@ async fn forward(
                     topic: f.publish.topic,
                     payload: f.publish.payload,
                     received_at: std::time::Instant::now(),
+                    ack: None,
                 };
                 if out.send(msg).await.is_err() {
                     break;

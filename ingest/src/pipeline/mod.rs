@@ -203,6 +203,10 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
                 seen_at_ms: read.first_seen_ms,
                 clone,
                 received_at: msg.received_at,
+                hold: msg
+                    .ack
+                    .clone()
+                    .map(|a| a as Arc<dyn std::any::Any + Send + Sync>),
             };
             if ctx.engine.submit(sighted).await.is_err() {
                 tracing::error!(reader = %reader.id, "Alerting engine has stopped; sighting not alerted.");

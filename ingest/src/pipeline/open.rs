@@ -2,15 +2,15 @@
 //!
 //! The topic names the reader; the envelope and the sealed batch must name the same one;
 //! the batch must open with that reader's key (so it was sealed by the holder of its
-//! secret); its seq must be new (a replayed or re-sent batch is processed once).
+//! secret); its seq must be new (a replayed or re-sent batch is processed once, and a late
+//! one inside the reader's seq window still is).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use greenplate_proto::seal::OpenError;
 use greenplate_proto::topics;
 use greenplate_proto::v1::{SealedSightingBatch, SightingBatch};
-use greenplate_registry::{Reader, Readers};
+use greenplate_registry::{Reader, Readers, SeqRefusal};
 use prost::Message;
 
 /// Why a reader message was dropped. Each has a metric label.
@@ -28,8 +28,8 @@ pub enum Rejection {
     ReaderMismatch,
     #[error("batch does not open: {0}")]
     Unsealed(#[from] OpenError),
-    #[error("batch seq {seq} was already processed (last {last})")]
-    Replay { seq: u64, last: u64 },
+    #[error("batch seq {seq} was already processed or is too old (highest {last})")]
+    Replay { seq: u64, last: u64, too_old: bool },
     #[error("status time is too far from the server clock")]
     StatusTime,
     #[error("status is a replay, or a will of a session that is not the reader's current one")]
@@ -47,7 +47,8 @@ impl Rejection {
             Rejection::ReaderMismatch => "reader_mismatch",
             Rejection::Unsealed(OpenError::Decode(_)) => "malformed_batch",
             Rejection::Unsealed(_) => "unsealed",
-            Rejection::Replay { .. } => "replay",
+            Rejection::Replay { too_old: false, .. } => "replay",
+            Rejection::Replay { too_old: true, .. } => "seq_too_old",
             Rejection::StatusTime => "status_time",
             Rejection::StaleStatus => "stale_status",
         }
@@ -75,13 +76,15 @@ pub fn open(
     if batch.reader_id != reader.id {
         return Err(Rejection::ReaderMismatch);
     }
-    // Accept only a seq above every seq seen; fetch_max makes the check and the update one.
-    let last = reader.last_seq.fetch_max(batch.seq, Ordering::AcqRel);
-    if batch.seq <= last {
+    // Each seq once, late ones too while inside the window.
+    let mut seqs = reader.seqs.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(why) = seqs.take(batch.seq) {
         return Err(Rejection::Replay {
             seq: batch.seq,
-            last,
+            last: seqs.highest(),
+            too_old: why == SeqRefusal::TooOld,
         });
     }
+    drop(seqs);
     Ok((reader, batch))
 }

@@ -27,6 +27,8 @@ pub struct TestService {
     pub dir: tempfile::TempDir,
     /// For PostgreSQL runs: the server connection and the database to drop at `stop`.
     pg: Option<(greenplate_registry::Db, String)>,
+    /// The PostgreSQL database it runs on, for a second node to join.
+    pub database_url: Option<String>,
 }
 
 impl TestService {
@@ -63,8 +65,10 @@ impl TestService {
             .await
             .unwrap();
         let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-        let mut svc = Self::start_with(tempfile::tempdir().unwrap(), Some(url), tweak).await;
+        let mut svc =
+            Self::start_with(tempfile::tempdir().unwrap(), Some(url.clone()), tweak).await;
         svc.pg = Some((server, name));
+        svc.database_url = Some(url);
         svc
     }
 
@@ -101,6 +105,7 @@ impl TestService {
                         grpc_url,
                         dir,
                         pg: None,
+                        database_url: None,
                     };
                 }
                 Err(StartError::Broker(e)) if attempt < 5 => {
