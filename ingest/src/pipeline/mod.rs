@@ -13,6 +13,7 @@
 //! answers every lookup from memory, and history is written by its own task.
 
 pub mod decode;
+pub mod formats;
 pub mod open;
 pub mod smooth;
 pub mod status;
