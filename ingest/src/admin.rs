@@ -42,7 +42,7 @@ impl admin_server::Admin for AdminService {
         let secret = self
             .alerting
             .registry()
-            .add_reader(&caller, &r.reader_id, &r.name, r.lat, r.lon)
+            .add_reader(&caller, &r.reader_id, &r.name, r.lat, r.lon, &r.format)
             .await?;
         tracing::info!(reader = %r.reader_id, "Added a reader.");
         Ok(Response::new(AddReaderResponse { secret }))
@@ -121,6 +121,7 @@ impl admin_server::Admin for AdminService {
                     last_status_ms: r.last_status_ms.load(Ordering::Relaxed),
                     firmware: liveness.firmware,
                     enabled: r.enabled(),
+                    format: r.format.as_str().into(),
                 }
             })
             .collect();

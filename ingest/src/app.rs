@@ -117,6 +117,8 @@ impl Service {
                 )),
                 metrics: metrics.clone(),
                 max_clock_skew_ms: config.ingest.max_clock_skew_ms,
+                unsealed_allowed: config.mqtt.url.is_some()
+                    || config.ingest.unsealed_on_embedded_broker,
                 smooth: config.ingest.smooth(),
                 store,
             },

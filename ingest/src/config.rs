@@ -195,6 +195,12 @@ pub struct IngestConfig {
     /// Pass history is kept this many days.
     #[serde(default = "default_history_retention_days")]
     pub history_retention_days: u32,
+    /// Take unsealed formats (json, impinj, zebra) through the embedded broker, which cannot
+    /// tell which reader published a message: any provisioned reader could then speak for
+    /// every unsealed one. Off by default; with an external broker, its ACLs bind readers to
+    /// their topics and unsealed formats are taken.
+    #[serde(default)]
+    pub unsealed_on_embedded_broker: bool,
     /// A reader with no accepted batch and no status for this long is offline, seconds.
     #[serde(default = "default_reader_offline_after_s")]
     pub reader_offline_after_s: u64,
@@ -327,6 +333,7 @@ impl Default for IngestConfig {
             history_queue: default_history_queue(),
             history_retention_days: default_history_retention_days(),
             reader_offline_after_s: default_reader_offline_after_s(),
+            unsealed_on_embedded_broker: false,
         }
     }
 }

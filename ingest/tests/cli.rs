@@ -133,6 +133,7 @@ async fn patrol_client_prints_alerts_and_closes_incidents() {
             name: "Gate".into(),
             lat: 23.3,
             lon: 116.6,
+            format: String::new(),
         })
         .await
         .unwrap()

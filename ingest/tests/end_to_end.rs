@@ -109,6 +109,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
             name: "West gate".into(),
             lat: 23.26,
             lon: 116.54,
+            format: String::new(),
         })
         .await
         .unwrap()
@@ -120,6 +121,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
             name: "East gate".into(),
             lat: 23.26,
             lon: 116.62,
+            format: String::new(),
         })
         .await
         .unwrap()
@@ -351,6 +353,7 @@ async fn health_metrics_and_restart_keep_state() {
             name: "Gate".into(),
             lat: 23.3,
             lon: 116.6,
+            format: String::new(),
         })
         .await
         .unwrap()

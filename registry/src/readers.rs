@@ -5,10 +5,13 @@
 //! reader's sealing key); here only a SHA-256 of the secret is kept, compared in constant
 //! time, and the derived [`ReaderKey`].
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use greenplate_proto::seal::ReaderKey;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use subtle::ConstantTimeEq;
@@ -16,6 +19,58 @@ use subtle::ConstantTimeEq;
 use crate::db::{Db, now_ms};
 use crate::error::RegistryError;
 use crate::secrets::SecretBox;
+
+/// How a reader's MQTT payloads are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// A `SealedSightingBatch` (the native contract); opened by ingest's `pipeline::open`.
+    #[default]
+    Sealed,
+    /// greenplate JSON (ingest's `formats::json`).
+    Json,
+    /// Impinj IoT device interface tag inventory events (`formats::impinj`).
+    Impinj,
+    /// Zebra IoT Connector tag data events (`formats::zebra`).
+    Zebra,
+}
+
+impl Format {
+    /// Every format, in the order they are documented.
+    pub const ALL: [Format; 4] = [Format::Sealed, Format::Json, Format::Impinj, Format::Zebra];
+
+    /// The name operators write in configuration and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Sealed => "sealed",
+            Format::Json => "json",
+            Format::Impinj => "impinj",
+            Format::Zebra => "zebra",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A format name that is none of `sealed`, `json`, `impinj`, `zebra`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown reader format {0:?}: expected sealed, json, impinj or zebra")]
+pub struct UnknownFormat(pub String);
+
+impl FromStr for Format {
+    type Err = UnknownFormat;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Format::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| UnknownFormat(s.to_owned()))
+    }
+}
 
 /// One reader as the hot path sees it.
 #[derive(Debug)]
@@ -25,6 +80,8 @@ pub struct Reader {
     pub lat: f64,
     pub lon: f64,
     pub key: ReaderKey,
+    /// How its payloads are written (sealed unless an operator chose otherwise).
+    pub format: Format,
     secret_hash: [u8; 32],
     enabled: AtomicBool,
     /// Last accepted batch, Unix ms (0: never).
@@ -133,6 +190,7 @@ impl Reader {
             lat,
             lon,
             key: ReaderKey::derive(secret),
+            format: Format::Sealed,
             secret_hash: Sha256::digest(secret.as_bytes()).into(),
             enabled: AtomicBool::new(true),
             last_seen_ms: AtomicI64::new(0),
@@ -142,6 +200,12 @@ impl Reader {
             last_status_ms: AtomicI64::new(0),
             liveness: std::sync::Mutex::new(Liveness::default()),
         }
+    }
+
+    /// The reader with payloads in `format`.
+    pub fn with_format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
     }
 
     /// The last time anything authentic came from the reader (batch or status), Unix ms.
@@ -186,10 +250,11 @@ pub struct Readers {
 
 impl Readers {
     pub(crate) async fn load(db: &Db, secrets: &SecretBox) -> Result<Self, RegistryError> {
-        let rows =
-            sqlx::query("SELECT reader_id, name, lat, lon, secret_sealed, enabled FROM readers")
-                .fetch_all(db.pool())
-                .await?;
+        let rows = sqlx::query(
+            "SELECT reader_id, name, lat, lon, secret_sealed, enabled, format FROM readers",
+        )
+        .fetch_all(db.pool())
+        .await?;
         let readers = Self::default();
         for row in rows {
             let sealed: Vec<u8> = row.try_get("secret_sealed")?;
@@ -201,6 +266,11 @@ impl Readers {
                 row.try_get("lon")?,
                 &secret,
             );
+            let format: String = row.try_get("format")?;
+            let reader = reader.with_format(format.parse().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "Stored reader format unknown; treating it as sealed.");
+                Format::Sealed
+            }));
             let enabled: i64 = row.try_get("enabled")?;
             reader.enabled.store(enabled != 0, Ordering::Relaxed);
             readers.insert(reader);

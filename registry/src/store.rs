@@ -11,7 +11,7 @@ use crate::auth::{Authenticator, Caller, Role};
 use crate::db::{Db, Migrations, now_ms};
 use crate::error::{RegistryError, is_unique_violation};
 use crate::hot_index::HotIndex;
-use crate::readers::{Reader, Readers};
+use crate::readers::{Format, Reader, Readers, UnknownFormat};
 use crate::secrets::SecretBox;
 use crate::validate;
 
@@ -83,8 +83,15 @@ impl Registry {
         name: &str,
         lat: f64,
         lon: f64,
+        format: &str,
     ) -> Result<String, RegistryError> {
         let reader_id = validate::ident("reader_id", reader_id)?;
+        let format: Format = match format {
+            "" => Format::Sealed,
+            f => f.parse().map_err(|_: UnknownFormat| {
+                RegistryError::invalid("format", "must be sealed, json, impinj or zebra")
+            })?,
+        };
         if reader_id.starts_with("greenplate") {
             return Err(RegistryError::invalid(
                 "reader_id",
@@ -106,8 +113,8 @@ impl Registry {
         let secret = hex::encode(raw);
         let mut tx = self.db.begin_write().await?;
         sqlx::query(
-            "INSERT INTO readers (reader_id, name, lat, lon, secret_sealed, enabled, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, 1, $6)",
+            "INSERT INTO readers (reader_id, name, lat, lon, secret_sealed, enabled, created_at_ms, \
+                                  format) VALUES ($1, $2, $3, $4, $5, 1, $6, $7)",
         )
         .bind(&reader_id)
         .bind(&name)
@@ -115,13 +122,20 @@ impl Registry {
         .bind(lon)
         .bind(self.secrets.seal(secret.as_bytes()))
         .bind(now_ms())
+        .bind(format.as_str())
         .execute(&mut *tx)
         .await
         .map_err(|e| already_exists(e, || format!("reader {reader_id}")))?;
-        audit(&mut tx, caller, "add_reader", &reader_id).await?;
+        audit(
+            &mut tx,
+            caller,
+            "add_reader",
+            &format!("{reader_id} ({format})"),
+        )
+        .await?;
         tx.commit().await?;
         self.readers
-            .insert(Reader::new(reader_id, name, lat, lon, &secret));
+            .insert(Reader::new(reader_id, name, lat, lon, &secret).with_format(format));
         Ok(secret)
     }
 

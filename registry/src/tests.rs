@@ -340,12 +340,13 @@ async fn registry_behaviour(t: &TestDb) {
 
     // Readers and kiosk tokens.
     let secret = reg
-        .add_reader(&admin(), "rd-1", "Gate 1", 23.26, 116.6)
+        .add_reader(&admin(), "rd-1", "Gate 1", 23.26, 116.6, "")
         .await
         .unwrap();
     assert!(reg.readers().authenticate("rd-1", "rd-1", &secret));
     assert!(matches!(
-        reg.add_reader(&admin(), "rd-1", "again", 23.0, 116.0).await,
+        reg.add_reader(&admin(), "rd-1", "again", 23.0, 116.0, "")
+            .await,
         Err(RegistryError::AlreadyExists(_))
     ));
     let token = reg.add_kiosk(&admin(), "k-1", "Kiosk 1").await.unwrap();

@@ -129,6 +129,7 @@ pub async fn provision(
                 name: format!("Intersection {i}"),
                 lat,
                 lon,
+                format: String::new(),
             })
             .await
             .with_context(|| format!("AddReader {id}"))?

@@ -47,6 +47,8 @@ pub struct Context {
     pub clones: Arc<CloneWatch>,
     pub metrics: Arc<Metrics>,
     pub max_clock_skew_ms: i64,
+    /// Whether readers provisioned with an unsealed format are taken (see `open`).
+    pub unsealed_allowed: bool,
     pub smooth: SmoothConfig,
     pub store: StoreInput,
 }
@@ -139,7 +141,8 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
         return handle_status(ctx, w, msg).await;
     }
     let log = &mut w.log;
-    let (reader, batch) = match open::open(&ctx.readers, &msg.topic, &msg.payload) {
+    let opened = open::open_message(&ctx.readers, &msg.topic, &msg.payload, ctx.unsealed_allowed);
+    let (reader, batch) = match opened {
         Ok(ok) => ok,
         Err(rejection) => {
             let reason = rejection.reason();

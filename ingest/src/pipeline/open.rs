@@ -10,7 +10,10 @@ use std::sync::Arc;
 use greenplate_proto::seal::OpenError;
 use greenplate_proto::topics;
 use greenplate_proto::v1::{SealedSightingBatch, SightingBatch};
+use greenplate_registry::readers::Format;
 use greenplate_registry::{Reader, Readers, SeqRefusal};
+
+use super::formats::{self, FormatError};
 use prost::Message;
 
 /// Why a reader message was dropped. Each has a metric label.
@@ -34,6 +37,13 @@ pub enum Rejection {
     StatusTime,
     #[error("status is a replay, or a will of a session that is not the reader's current one")]
     StaleStatus,
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(
+        "reader sends an unsealed format, which the embedded broker cannot bind to the reader \
+         (see ingest.unsealed_on_embedded_broker)"
+    )]
+    UnsealedNotAllowed,
 }
 
 impl Rejection {
@@ -51,15 +61,31 @@ impl Rejection {
             Rejection::Replay { too_old: true, .. } => "seq_too_old",
             Rejection::StatusTime => "status_time",
             Rejection::StaleStatus => "stale_status",
+            Rejection::Format(e) => e.reason(),
+            Rejection::UnsealedNotAllowed => "unsealed_not_allowed",
         }
     }
 }
 
-/// Opens one message. The topic is checked before anything is decoded.
+/// Opens one message from a reader that seals (the native contract). The topic is checked
+/// before anything is decoded.
 pub fn open(
     readers: &Readers,
     topic: &[u8],
     payload: &[u8],
+) -> Result<(Arc<Reader>, SightingBatch), Rejection> {
+    open_message(readers, topic, payload, false)
+}
+
+/// Opens one message in whatever format its reader was provisioned with. Unsealed formats
+/// prove nothing about who wrote them, so they are taken only where `unsealed_allowed`
+/// (an external broker whose ACLs bind each reader to its topic, or an operator's explicit
+/// choice); otherwise they are refused with `unsealed_not_allowed`.
+pub fn open_message(
+    readers: &Readers,
+    topic: &[u8],
+    payload: &[u8],
+    unsealed_allowed: bool,
 ) -> Result<(Arc<Reader>, SightingBatch), Rejection> {
     let topic = std::str::from_utf8(topic).map_err(|_| Rejection::Topic)?;
     let reader_id = topics::reader_of_sightings_topic(topic).ok_or(Rejection::Topic)?;
@@ -67,6 +93,35 @@ pub fn open(
     if !reader.enabled() {
         return Err(Rejection::ReaderDisabled);
     }
+    let batch = match reader.format {
+        Format::Sealed => open_sealed(&reader, payload)?,
+        format if unsealed_allowed => {
+            let batch = formats::parse(format, &reader.id, payload)?;
+            if batch.reader_id != reader.id {
+                return Err(Rejection::ReaderMismatch);
+            }
+            batch
+        }
+        _ => return Err(Rejection::UnsealedNotAllowed),
+    };
+    // Vendor formats have no batch counter (seq 0): their re-sent reads fold into the
+    // tag's open pass instead.
+    if batch.seq != 0 || reader.format == Format::Sealed {
+        // Each seq once, late ones too while inside the window.
+        let mut seqs = reader.seqs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(why) = seqs.take(batch.seq) {
+            return Err(Rejection::Replay {
+                seq: batch.seq,
+                last: seqs.highest(),
+                too_old: why == SeqRefusal::TooOld,
+            });
+        }
+    }
+    Ok((reader, batch))
+}
+
+/// The envelope and the sealed batch must name the reader, and open with its key.
+fn open_sealed(reader: &Reader, payload: &[u8]) -> Result<SightingBatch, Rejection> {
     let sealed =
         SealedSightingBatch::decode(payload).map_err(|e| Rejection::Malformed(e.to_string()))?;
     if sealed.reader_id != reader.id {
@@ -76,15 +131,5 @@ pub fn open(
     if batch.reader_id != reader.id {
         return Err(Rejection::ReaderMismatch);
     }
-    // Each seq once, late ones too while inside the window.
-    let mut seqs = reader.seqs.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(why) = seqs.take(batch.seq) {
-        return Err(Rejection::Replay {
-            seq: batch.seq,
-            last: seqs.highest(),
-            too_old: why == SeqRefusal::TooOld,
-        });
-    }
-    drop(seqs);
-    Ok((reader, batch))
+    Ok(batch)
 }

@@ -176,6 +176,7 @@ impl TestService {
                 name: id.into(),
                 lat,
                 lon,
+                format: String::new(),
             })
             .await
             .unwrap()

@@ -59,68 +59,17 @@ pub mod zebra;
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
-use std::str::FromStr;
 
 use greenplate_proto::v1::{Sighting, SightingBatch};
 use serde::de::{self, DeserializeOwned, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 /// The most events (or sightings) one message may carry.
 pub const MAX_EVENTS: usize = 10_000;
 
-/// How a reader's MQTT payloads are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// A `SealedSightingBatch` (the native contract); opened by `pipeline::open`.
-    #[default]
-    Sealed,
-    /// greenplate JSON ([`json`]).
-    Json,
-    /// Impinj IoT device interface tag inventory events ([`impinj`]).
-    Impinj,
-    /// Zebra IoT Connector tag data events ([`zebra`]).
-    Zebra,
-}
-
-impl Format {
-    /// Every format, in the order they are documented.
-    pub const ALL: [Format; 4] = [Format::Sealed, Format::Json, Format::Impinj, Format::Zebra];
-
-    /// The name operators write in configuration and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Sealed => "sealed",
-            Format::Json => "json",
-            Format::Impinj => "impinj",
-            Format::Zebra => "zebra",
-        }
-    }
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A format name that is none of `sealed`, `json`, `impinj`, `zebra`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown reader format {0:?}: expected sealed, json, impinj or zebra")]
-pub struct UnknownFormat(pub String);
-
-impl FromStr for Format {
-    type Err = UnknownFormat;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Format::ALL
-            .into_iter()
-            .find(|f| f.as_str() == s)
-            .ok_or_else(|| UnknownFormat(s.to_owned()))
-    }
-}
+pub use greenplate_registry::readers::{Format, UnknownFormat};
 
 /// Why an unsealed payload was dropped as a whole. Each has a metric label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
