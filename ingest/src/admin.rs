@@ -11,6 +11,8 @@ use greenplate_proto::v1::{
     AddKioskRequest, AddKioskResponse, AddPatrolUnitRequest, AddPatrolUnitResponse,
     AddReaderRequest, AddReaderResponse, AddZoneRequest, AddZoneResponse, AuditEntry,
     ListAuditRequest, ListAuditResponse, ListReadersRequest, ListReadersResponse, ReaderInfo,
+    RotateReaderSecretRequest, RotateReaderSecretResponse, SetReaderEnabledRequest,
+    SetReaderEnabledResponse,
 };
 use greenplate_registry::auth::{AuthInterceptor, Role, require};
 use tonic::service::interceptor::InterceptedService;
@@ -126,6 +128,38 @@ impl admin_server::Admin for AdminService {
             })
             .collect();
         Ok(Response::new(ListReadersResponse { readers }))
+    }
+
+    async fn set_reader_enabled(
+        &self,
+        req: Request<SetReaderEnabledRequest>,
+    ) -> Result<Response<SetReaderEnabledResponse>, Status> {
+        let caller = require(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        self.alerting
+            .registry()
+            .set_reader_enabled(&caller, &r.reader_id, r.enabled)
+            .await?;
+        tracing::info!(reader = %r.reader_id, enabled = r.enabled, "Reader enabled or disabled.");
+        Ok(Response::new(SetReaderEnabledResponse {}))
+    }
+
+    async fn rotate_reader_secret(
+        &self,
+        req: Request<RotateReaderSecretRequest>,
+    ) -> Result<Response<RotateReaderSecretResponse>, Status> {
+        let caller = require(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        if r.grace_s > 7 * 24 * 3600 {
+            return Err(Status::invalid_argument("grace_s: at most 7 days (604800)"));
+        }
+        let secret = self
+            .alerting
+            .registry()
+            .rotate_reader_secret(&caller, &r.reader_id, i64::from(r.grace_s) * 1000)
+            .await?;
+        tracing::info!(reader = %r.reader_id, grace_s = r.grace_s, "Rotated a reader's secret.");
+        Ok(Response::new(RotateReaderSecretResponse { secret }))
     }
 
     async fn list_audit(

@@ -1,6 +1,6 @@
 //! Reader status end to end: a reader's sealed ONLINE status and last will through the
 //! embedded broker, silence detection, READER_OFFLINE to command centers only, and the
-//! reader list operators see.
+//! reader list operators see; secret rotation and disabling.
 
 mod support;
 
@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use greenplate_proto::seal::ReaderKey;
 use greenplate_proto::topics;
 use greenplate_proto::v1::{
-    AddZoneRequest, AlertKind, ListReadersRequest, ReaderInfo, ReaderState, ReaderStatus, ZoneKind,
+    AddZoneRequest, AlertKind, ListAuditRequest, ListReadersRequest, ReaderInfo, ReaderState,
+    ReaderStatus, RotateReaderSecretRequest, SetReaderEnabledRequest, ZoneKind,
 };
 use greenplate_simulator::reader::{ReaderClient, now_ms, sighting};
 use prost::Message;
@@ -139,5 +140,122 @@ async fn wills_and_silence_raise_reader_offline_for_command_centers() {
     assert_eq!(first.kind(), AlertKind::StolenSighted, "{first:?}");
     r1.disconnect().await;
     r2.disconnect().await;
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_rotate_with_a_grace_period_and_disabled_readers_are_refused() {
+    let svc = TestService::start().await;
+    let old_secret = svc.add_reader("rd-r", 23.30, 116.60).await;
+    let port = svc.mqtt_port();
+    let mut admin = svc.admin().await;
+    let accepted = "greenplate_ingest_batches_accepted_total";
+    let mut r = ReaderClient::connect("127.0.0.1", port, "rd-r", &old_secret)
+        .await
+        .unwrap();
+    r.publish(vec![]).await.unwrap();
+    svc.wait_metric(accepted, 1.0).await;
+
+    // Rotate with a minute's grace: the old connection's batches still open.
+    let new_secret = admin
+        .rotate_reader_secret(RotateReaderSecretRequest {
+            reader_id: "rd-r".into(),
+            grace_s: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    assert_ne!(new_secret, old_secret);
+    r.publish(vec![]).await.unwrap();
+    svc.wait_metric(accepted, 2.0).await;
+    r.disconnect().await;
+    let mut r = ReaderClient::connect("127.0.0.1", port, "rd-r", &new_secret)
+        .await
+        .unwrap();
+    r.publish(vec![]).await.unwrap();
+    svc.wait_metric(accepted, 3.0).await;
+    r.disconnect().await;
+
+    // Rotate with no grace: the secret before is refused at once, at login and in batches.
+    let newest = admin
+        .rotate_reader_secret(RotateReaderSecretRequest {
+            reader_id: "rd-r".into(),
+            grace_s: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    assert!(
+        ReaderClient::connect("127.0.0.1", port, "rd-r", &new_secret)
+            .await
+            .is_err()
+    );
+    let mut r = ReaderClient::connect("127.0.0.1", port, "rd-r", &newest)
+        .await
+        .unwrap();
+    r.publish(vec![]).await.unwrap();
+    svc.wait_metric(accepted, 4.0).await;
+
+    // Disabled: what the connected reader still sends is dropped, and it cannot log in again.
+    admin
+        .set_reader_enabled(SetReaderEnabledRequest {
+            reader_id: "rd-r".into(),
+            enabled: false,
+        })
+        .await
+        .unwrap();
+    r.publish(vec![]).await.unwrap();
+    svc.wait_metric(
+        "greenplate_ingest_batches_rejected_total{reason=\"reader_disabled\"}",
+        1.0,
+    )
+    .await;
+    assert!(!reader_info(&svc, "rd-r").await.enabled);
+    r.disconnect().await;
+    assert!(
+        ReaderClient::connect("127.0.0.1", port, "rd-r", &newest)
+            .await
+            .is_err()
+    );
+    admin
+        .set_reader_enabled(SetReaderEnabledRequest {
+            reader_id: "rd-r".into(),
+            enabled: true,
+        })
+        .await
+        .unwrap();
+    let mut r = ReaderClient::connect("127.0.0.1", port, "rd-r", &newest)
+        .await
+        .unwrap();
+    r.publish(vec![]).await.unwrap();
+    svc.wait_metric(accepted, 5.0).await;
+    r.disconnect().await;
+
+    // Every change is in the audit log; no secret is.
+    let audit = admin
+        .list_audit(ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let actions: Vec<_> = audit.iter().map(|e| e.action.as_str()).collect();
+    for a in ["rotate_reader_secret", "disable_reader", "enable_reader"] {
+        assert!(actions.contains(&a), "{actions:?}");
+    }
+    assert!(
+        audit
+            .iter()
+            .all(|e| !e.subject.contains(&newest) && !e.subject.contains(&new_secret))
+    );
+    let missing = admin
+        .set_reader_enabled(SetReaderEnabledRequest {
+            reader_id: "rd-none".into(),
+            enabled: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
     svc.stop().await;
 }

@@ -10,7 +10,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
-use greenplate_proto::seal::ReaderKey;
+use arc_swap::ArcSwap;
+use greenplate_proto::seal::{OpenError, ReaderKey};
+use greenplate_proto::v1::{ReaderStatus, SealedSightingBatch, SightingBatch};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -79,10 +81,9 @@ pub struct Reader {
     pub name: String,
     pub lat: f64,
     pub lon: f64,
-    pub key: ReaderKey,
     /// How its payloads are written (sealed unless an operator chose otherwise).
     pub format: Format,
-    secret_hash: [u8; 32],
+    credentials: ArcSwap<Credentials>,
     enabled: AtomicBool,
     /// Last accepted batch, Unix ms (0: never).
     pub last_seen_ms: AtomicI64,
@@ -181,6 +182,38 @@ pub struct Liveness {
     pub offline_since_ms: Option<i64>,
 }
 
+/// A reader's secret as the server uses it: the sealing key and a hash to check MQTT
+/// passwords against; after a rotation, the previous ones until the grace period ends.
+struct Credentials {
+    key: ReaderKey,
+    hash: [u8; 32],
+    previous: Option<(ReaderKey, [u8; 32], i64)>,
+}
+
+impl Credentials {
+    fn new(secret: &str) -> Self {
+        Self {
+            key: ReaderKey::derive(secret),
+            hash: Sha256::digest(secret.as_bytes()).into(),
+            previous: None,
+        }
+    }
+
+    /// The previous key and hash, while still in their grace period.
+    fn previous(&self) -> Option<(&ReaderKey, &[u8; 32])> {
+        self.previous
+            .as_ref()
+            .filter(|(_, _, until)| now_ms() < *until)
+            .map(|(k, h, _)| (k, h))
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credentials(..)")
+    }
+}
+
 impl Reader {
     /// An in-memory reader (the registry builds these from its table).
     pub fn new(id: String, name: String, lat: f64, lon: f64, secret: &str) -> Self {
@@ -189,9 +222,8 @@ impl Reader {
             name,
             lat,
             lon,
-            key: ReaderKey::derive(secret),
             format: Format::Sealed,
-            secret_hash: Sha256::digest(secret.as_bytes()).into(),
+            credentials: ArcSwap::from_pointee(Credentials::new(secret)),
             enabled: AtomicBool::new(true),
             last_seen_ms: AtomicI64::new(0),
             batches_accepted: AtomicU64::new(0),
@@ -223,10 +255,55 @@ impl Reader {
             .clone()
     }
 
-    /// Constant-time check of an MQTT password against the reader's secret.
+    /// Constant-time check of an MQTT password against the reader's secret (or, during a
+    /// rotation's grace period, its previous one).
     pub fn check_secret(&self, password: &str) -> bool {
         let h: [u8; 32] = Sha256::digest(password.as_bytes()).into();
-        bool::from(h.ct_eq(&self.secret_hash))
+        let c = self.credentials.load();
+        let current = bool::from(h.ct_eq(&c.hash));
+        let previous = c
+            .previous()
+            .is_some_and(|(_, old)| bool::from(h.ct_eq(old)));
+        current | previous
+    }
+
+    /// Opens a sealed batch with the reader's key (or, during a rotation's grace period,
+    /// its previous key).
+    pub fn open_batch(&self, sealed: &SealedSightingBatch) -> Result<SightingBatch, OpenError> {
+        let c = self.credentials.load();
+        match c.key.open(sealed) {
+            Err(OpenError::Unauthentic) => match c.previous() {
+                Some((old, _)) => old.open(sealed),
+                None => Err(OpenError::Unauthentic),
+            },
+            other => other,
+        }
+    }
+
+    /// Opens a sealed status, like [`Reader::open_batch`].
+    pub fn open_status(&self, sealed: &SealedSightingBatch) -> Result<ReaderStatus, OpenError> {
+        let c = self.credentials.load();
+        match c.key.open_status(sealed) {
+            Err(OpenError::Unauthentic) => match c.previous() {
+                Some((old, _)) => old.open_status(sealed),
+                None => Err(OpenError::Unauthentic),
+            },
+            other => other,
+        }
+    }
+
+    /// Takes a new secret in memory; the old one stays valid for `grace_ms` (so a reader
+    /// can be given its new secret and reconnect without losing batches).
+    pub fn rotate(&self, secret: &str, grace_ms: i64) {
+        let old = self.credentials.load();
+        let mut next = Credentials::new(secret);
+        next.previous = Some((old.key.clone(), old.hash, now_ms().saturating_add(grace_ms)));
+        self.credentials.store(Arc::new(next));
+    }
+
+    /// Enables or disables the reader in memory (the registry calls this after its commit).
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Relaxed);
     }
 
     pub fn enabled(&self) -> bool {

@@ -139,6 +139,68 @@ impl Registry {
         Ok(secret)
     }
 
+    /// Enables or disables a reader. A disabled reader cannot log in to the embedded
+    /// broker, and whatever it still sends on an open connection is dropped.
+    pub async fn set_reader_enabled(
+        &self,
+        caller: &Caller,
+        reader_id: &str,
+        enabled: bool,
+    ) -> Result<(), RegistryError> {
+        let reader = self
+            .readers
+            .get(reader_id)
+            .ok_or_else(|| RegistryError::NotFound(format!("reader {reader_id}")))?;
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query("UPDATE readers SET enabled = $1 WHERE reader_id = $2")
+            .bind(i64::from(enabled))
+            .bind(reader_id)
+            .execute(&mut *tx)
+            .await?;
+        let action = if enabled {
+            "enable_reader"
+        } else {
+            "disable_reader"
+        };
+        audit(&mut tx, caller, action, reader_id).await?;
+        tx.commit().await?;
+        reader.set_enabled(enabled);
+        Ok(())
+    }
+
+    /// Gives a reader a new secret and returns it. The old secret keeps working for
+    /// `grace_ms` (0: not at all), for logins and for opening its batches.
+    pub async fn rotate_reader_secret(
+        &self,
+        caller: &Caller,
+        reader_id: &str,
+        grace_ms: i64,
+    ) -> Result<String, RegistryError> {
+        let reader = self
+            .readers
+            .get(reader_id)
+            .ok_or_else(|| RegistryError::NotFound(format!("reader {reader_id}")))?;
+        let mut raw = [0u8; 24];
+        rand::rng().fill_bytes(&mut raw);
+        let secret = hex::encode(raw);
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query("UPDATE readers SET secret_sealed = $1 WHERE reader_id = $2")
+            .bind(self.secrets.seal(secret.as_bytes()))
+            .bind(reader_id)
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            caller,
+            "rotate_reader_secret",
+            &format!("{reader_id} (grace {} s)", grace_ms / 1000),
+        )
+        .await?;
+        tx.commit().await?;
+        reader.rotate(&secret, grace_ms);
+        Ok(secret)
+    }
+
     /// Adds a kiosk and returns its token.
     pub async fn add_kiosk(
         &self,

@@ -127,7 +127,7 @@ fn open_sealed(reader: &Reader, payload: &[u8]) -> Result<SightingBatch, Rejecti
     if sealed.reader_id != reader.id {
         return Err(Rejection::ReaderMismatch);
     }
-    let batch = reader.key.open(&sealed)?;
+    let batch = reader.open_batch(&sealed)?;
     if batch.reader_id != reader.id {
         return Err(Rejection::ReaderMismatch);
     }

@@ -52,7 +52,7 @@ pub fn open(
     if sealed.reader_id != reader.id {
         return Err(Rejection::ReaderMismatch);
     }
-    let status = reader.key.open_status(&sealed)?;
+    let status = reader.open_status(&sealed)?;
     if status.reader_id != reader.id {
         return Err(Rejection::ReaderMismatch);
     }
