@@ -146,7 +146,7 @@ async fn each_unsealed_format_alerts_when_the_operator_allows_it() {
         .await
         .unwrap();
     let a = next_alert(&mut alerts).await;
-    assert_eq!(a.reader_id, "rd-json");
+    assert_eq!(a.reader_id, "rd-json", "{a:?}");
     r.disconnect().await;
     svc.stop().await;
 }

@@ -27,7 +27,32 @@ pub struct ReaderClient {
 impl ReaderClient {
     /// Connects with client id = username = `reader_id` and waits for the broker's CONNACK.
     /// Fails if the broker refuses (it closes the socket) or does not answer in time.
+    ///
+    /// A dropped attempt is retried twice, as a real reader would: rumqttd 0.20 can drop a
+    /// new connection that takes the connection slot of one closing at the same moment (its
+    /// late `Disconnect` event names the slot, not the client). A refused login fails all
+    /// three attempts.
     pub async fn connect(
+        host: &str,
+        port: u16,
+        reader_id: &str,
+        secret: &str,
+    ) -> anyhow::Result<Self> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::connect_once(host, port, reader_id, secret).await {
+                Ok(c) => return Ok(c),
+                Err(e) if attempt >= 3 => return Err(e),
+                Err(e) => {
+                    tracing::debug!(reader = %reader_id, error = %e, "Connect failed; retrying.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn connect_once(
         host: &str,
         port: u16,
         reader_id: &str,
