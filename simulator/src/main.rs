@@ -35,6 +35,39 @@ enum Command {
     KioskLoad(KioskLoadArgs),
     /// Write a CSV of synthetic registrations for `greenplate registry import`.
     ImportCsv(ImportCsvArgs),
+    /// Alert latency, publish to patrol receipt, with many concurrent patrol streams.
+    PatrolLoad(PatrolLoadArgs),
+}
+
+#[derive(clap::Args)]
+struct PatrolLoadArgs {
+    /// greenplate gRPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    grpc: String,
+    /// greenplate MQTT broker, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: String,
+    /// Admin token (or use --admin-token-file).
+    #[arg(long, env = "GREENPLATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, default_value = "greenplate-data/admin-token")]
+    admin_token_file: PathBuf,
+    /// Concurrent patrol streams.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// gRPC connections the streams share.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Alerts to produce.
+    #[arg(long, default_value_t = 500)]
+    alerts: usize,
+    /// One alert every this many milliseconds.
+    #[arg(long, default_value_t = 20)]
+    interval_ms: u64,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -115,7 +148,54 @@ async fn main() -> anyhow::Result<()> {
         Command::Town(args) => run_town(args).await,
         Command::KioskLoad(args) => kiosk_load(args).await,
         Command::ImportCsv(args) => import_csv(args),
+        Command::PatrolLoad(args) => patrol_load(args).await,
     }
+}
+
+async fn patrol_load(args: PatrolLoadArgs) -> anyhow::Result<()> {
+    let admin_token = admin_token(args.admin_token, &args.admin_token_file)?;
+    let (host, port) = args
+        .mqtt
+        .rsplit_once(':')
+        .context("--mqtt must be HOST:PORT")?;
+    let port: u16 = port.parse().context("--mqtt port")?;
+    let channel = clients::channel(&args.grpc)
+        .await
+        .with_context(|| format!("connecting to {}", args.grpc))?;
+    let spec = greenplate_simulator::patrol_load::PatrolLoadSpec {
+        prefix: format!("pl{}-", now_ms() / 1000 % 1_000_000),
+        streams: args.streams,
+        connections: args.connections,
+        alerts: args.alerts,
+        interval: Duration::from_millis(args.interval_ms),
+    };
+    let report = greenplate_simulator::patrol_load::run(
+        channel,
+        &args.grpc,
+        &admin_token,
+        host,
+        port,
+        &spec,
+    )
+    .await?;
+    println!(
+        "{} streams, {} alerts: {} of {} deliveries, {} lost, {} duplicated; \
+         publish to patrol p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        report.streams,
+        report.alerts_published,
+        report.deliveries,
+        report.deliveries_expected,
+        report.lost,
+        report.duplicated,
+        report.latency_ms_p50,
+        report.latency_ms_p99,
+        report.latency_ms_max
+    );
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Great-circle distance, km (the same formula the server's clone rule uses).
