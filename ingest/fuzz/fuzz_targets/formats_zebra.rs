@@ -1,0 +1,33 @@
+//! Unsealed format, Zebra IoT Connector events: any bytes give a batch for the topic's reader
+//! or a typed rejection, and what parses goes through decode without trouble.
+#![no_main]
+
+use greenplate_ingest::pipeline::decode;
+use greenplate_ingest::pipeline::formats::{self, Format, MAX_EVENTS};
+use libfuzzer_sys::fuzz_target;
+
+/// 2023-11-14T22:13:20Z, and the default clock skew (24 h).
+const NOW_MS: i64 = 1_700_000_000_000;
+const SKEW_MS: i64 = 24 * 3600 * 1000;
+
+fuzz_target!(|data: &[u8]| {
+    match formats::parse(Format::Zebra, "rd-fuzz", data) {
+        Ok(batch) => {
+            assert_eq!(batch.reader_id, "rd-fuzz");
+            assert_eq!(batch.seq, 0, "vendor batches have no counter");
+            assert!(batch.sightings.len() <= MAX_EVENTS);
+            for s in &batch.sightings {
+                // Folded reads: first <= last, and the batch is sent at the latest read.
+                assert!(s.first_seen_ms <= s.last_seen_ms);
+                assert!(s.last_seen_ms <= batch.sent_at_ms);
+                if let Ok(read) = decode::decode(s, NOW_MS, SKEW_MS) {
+                    assert!(read.first_seen_ms <= read.last_seen_ms);
+                }
+            }
+        }
+        Err(e) => {
+            assert!(!e.reason().is_empty());
+            let _ = e.to_string();
+        }
+    }
+});
