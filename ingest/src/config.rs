@@ -366,9 +366,9 @@ impl Config {
                 "mqtt.buffer_mib must be at least 1".into(),
             ));
         }
-        if self.ingest.max_clock_skew_ms <= 0 {
+        if !(1..=30 * 86_400_000).contains(&self.ingest.max_clock_skew_ms) {
             return Err(ConfigError::Invalid(
-                "ingest.max_clock_skew_ms must be positive".into(),
+                "ingest.max_clock_skew_ms must be between 1 and 2592000000 (30 days)".into(),
             ));
         }
         let i = &self.ingest;

@@ -132,7 +132,7 @@ fn open_sealed_seeds() -> Vec<(&'static str, Vec<u8>, Result<(), &'static str>)>
         (
             "broken-seq-zero",
             open_input(&topic, &sealed(&batch(READER_ID, 0, two_sightings()))),
-            Err("replay"),
+            Err("seq_too_old"),
         ),
         (
             "broken-sealed-garbage",

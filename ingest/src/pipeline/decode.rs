@@ -35,7 +35,9 @@ impl SightingRejection {
 /// Checks one sighting against the server clock `now_ms`.
 pub fn decode(s: &Sighting, now_ms: i64, max_skew_ms: i64) -> Result<Read, SightingRejection> {
     let tag = TagId::parse(&s.tag_id).ok_or(SightingRejection::BadTagId)?;
-    let in_window = |t: i64| (now_ms - max_skew_ms..=now_ms + max_skew_ms).contains(&t);
+    let in_window = |t: i64| {
+        (now_ms.saturating_sub(max_skew_ms)..=now_ms.saturating_add(max_skew_ms)).contains(&t)
+    };
     if s.last_seen_ms < s.first_seen_ms || !in_window(s.first_seen_ms) || !in_window(s.last_seen_ms)
     {
         return Err(SightingRejection::BadTimestamp);

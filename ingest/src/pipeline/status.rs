@@ -74,7 +74,7 @@ pub fn apply(
     let mut l = reader.liveness.lock().unwrap_or_else(|p| p.into_inner());
     match status.state() {
         ReaderState::Online => {
-            if (status.at_ms - now_ms).abs() > max_skew_ms {
+            if status.at_ms.abs_diff(now_ms) > max_skew_ms.unsigned_abs() {
                 return Err(Rejection::StatusTime);
             }
             if status.at_ms <= l.status_at_ms {
