@@ -58,7 +58,8 @@ pub async fn run(
         admin_token,
         &TownSpec {
             prefix: spec.prefix.clone(),
-            readers: 1,
+            // A 2x2 grid: no reader sits on the border between the two patrol zones.
+            readers: 4,
             bikes: 1,
         },
     )
