@@ -244,5 +244,11 @@ fn bench_per_read(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_open, bench_index, bench_smooth, bench_per_read);
+criterion_group!(
+    benches,
+    bench_open,
+    bench_index,
+    bench_smooth,
+    bench_per_read
+);
 criterion_main!(benches);

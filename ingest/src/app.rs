@@ -119,6 +119,9 @@ impl Service {
                 max_clock_skew_ms: config.ingest.max_clock_skew_ms,
                 unsealed_allowed: config.mqtt.url.is_some()
                     || config.ingest.unsealed_on_embedded_broker,
+                reader_messages_per_s: config.ingest.reader_messages_per_s,
+                reader_messages_burst: config.ingest.reader_messages_burst,
+                max_payload_bytes: config.mqtt.max_payload_bytes,
                 smooth: config.ingest.smooth(),
                 store,
             },

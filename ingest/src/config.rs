@@ -201,6 +201,13 @@ pub struct IngestConfig {
     /// their topics and unsealed formats are taken.
     #[serde(default)]
     pub unsealed_on_embedded_broker: bool,
+    /// Messages (batches and statuses) a reader may send a second on average; more are
+    /// dropped as `flood`.
+    #[serde(default = "default_reader_messages_per_s")]
+    pub reader_messages_per_s: f64,
+    /// Messages a reader may send at once after a quiet spell.
+    #[serde(default = "default_reader_messages_burst")]
+    pub reader_messages_burst: f64,
     /// A reader with no accepted batch and no status for this long is offline, seconds.
     #[serde(default = "default_reader_offline_after_s")]
     pub reader_offline_after_s: u64,
@@ -272,6 +279,14 @@ fn default_history_retention_days() -> u32 {
     90
 }
 
+fn default_reader_messages_per_s() -> f64 {
+    100.0
+}
+
+fn default_reader_messages_burst() -> f64 {
+    500.0
+}
+
 fn default_reader_offline_after_s() -> u64 {
     300
 }
@@ -334,6 +349,8 @@ impl Default for IngestConfig {
             history_retention_days: default_history_retention_days(),
             reader_offline_after_s: default_reader_offline_after_s(),
             unsealed_on_embedded_broker: false,
+            reader_messages_per_s: default_reader_messages_per_s(),
+            reader_messages_burst: default_reader_messages_burst(),
         }
     }
 }

@@ -259,3 +259,45 @@ async fn secrets_rotate_with_a_grace_period_and_disabled_readers_are_refused() {
     assert_eq!(missing.code(), tonic::Code::NotFound);
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_reader_is_held_to_its_budget_without_disturbing_others() {
+    let svc = TestService::start_configured(|c| {
+        c.ingest.reader_messages_per_s = 5.0;
+        c.ingest.reader_messages_burst = 20.0;
+    })
+    .await;
+    let flood_secret = svc.add_reader("rd-flood", 23.30, 116.60).await;
+    let calm_secret = svc.add_reader("rd-calm", 23.35, 116.65).await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let mut alerts = stream(&hq, 0).await;
+    register_stolen(&svc, "E28011606000000000000C02", "粤D7C002").await;
+    let port = svc.mqtt_port();
+    let mut flood = ReaderClient::connect("127.0.0.1", port, "rd-flood", &flood_secret)
+        .await
+        .unwrap();
+    let mut calm = ReaderClient::connect("127.0.0.1", port, "rd-calm", &calm_secret)
+        .await
+        .unwrap();
+    for _ in 0..300 {
+        flood.publish(vec![]).await.unwrap();
+    }
+    svc.wait_metric(
+        "greenplate_ingest_batches_rejected_total{reason=\"flood\"}",
+        200.0,
+    )
+    .await;
+    // The calm reader's sighting still alerts.
+    calm.publish(vec![sighting("E28011606000000000000C02", 1, -50)])
+        .await
+        .unwrap();
+    let a = next_alert(&mut alerts).await;
+    assert_eq!(a.reader_id, "rd-calm");
+    let flood_info = reader_info(&svc, "rd-flood").await;
+    // The burst (20, less its ONLINE status) and what the rate refilled meanwhile.
+    assert!(flood_info.batches_accepted < 100, "{flood_info:?}");
+    assert!(flood_info.batches_accepted >= 10, "{flood_info:?}");
+    flood.disconnect().await;
+    calm.disconnect().await;
+    svc.stop().await;
+}

@@ -95,6 +95,34 @@ pub struct Reader {
     pub last_status_ms: AtomicI64,
     /// What its status messages and silences said (see ingest's status stage).
     pub liveness: std::sync::Mutex<Liveness>,
+    /// Its message budget (ingest's flood limit).
+    pub budget: std::sync::Mutex<TokenBucket>,
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+#[derive(Debug, Clone, Default)]
+pub struct TokenBucket {
+    tokens: f64,
+    last_ms: i64,
+}
+
+impl TokenBucket {
+    /// Takes one token at `now_ms` if there is one.
+    pub fn take(&mut self, now_ms: i64, rate: f64, burst: f64) -> bool {
+        if self.last_ms == 0 {
+            self.tokens = burst;
+        } else {
+            let elapsed = (now_ms - self.last_ms).max(0) as f64 / 1000.0;
+            self.tokens = (self.tokens + elapsed * rate).min(burst);
+        }
+        self.last_ms = now_ms;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Which batch seqs of a reader were processed: the highest, and a bitmap of the 128 below
@@ -231,6 +259,7 @@ impl Reader {
             seqs: std::sync::Mutex::new(SeqWindow::default()),
             last_status_ms: AtomicI64::new(0),
             liveness: std::sync::Mutex::new(Liveness::default()),
+            budget: std::sync::Mutex::new(TokenBucket::default()),
         }
     }
 
@@ -406,6 +435,24 @@ mod tests {
             .enabled
             .store(false, Ordering::Relaxed);
         assert!(!readers.authenticate("r1", "r1", "pw"));
+    }
+
+    #[test]
+    fn token_bucket_allows_the_burst_then_the_rate() {
+        let mut b = TokenBucket::default();
+        let t0 = 1_000_000;
+        assert!((0..20).all(|_| b.take(t0, 10.0, 20.0)));
+        assert!(!b.take(t0, 10.0, 20.0));
+        // 100 ms later: one more token.
+        assert!(b.take(t0 + 100, 10.0, 20.0));
+        assert!(!b.take(t0 + 100, 10.0, 20.0));
+        // A long pause refills only up to the burst.
+        assert_eq!(
+            (0..30)
+                .filter(|_| b.take(t0 + 3_600_000, 10.0, 20.0))
+                .count(),
+            20
+        );
     }
 
     #[test]

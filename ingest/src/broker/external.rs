@@ -27,6 +27,9 @@ use super::{BrokerError, Inbound};
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
 
+/// Largest packet taken from the external broker (bigger ones break the connection).
+const INCOMING_MAX: usize = 16 * 1024 * 1024;
+
 /// How long the first connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -115,7 +118,13 @@ pub async fn start(
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_clean_session(true);
     opts.set_manual_acks(true);
-    opts.set_max_packet_size(config.max_payload_bytes, config.max_payload_bytes);
+    // A packet over rumqttc's limit breaks the whole connection, so accept up to
+    // INCOMING_MAX and let the pipeline drop what is over mqtt.max_payload_bytes (counted as
+    // `oversized`); cap the broker's message size too (Mosquitto: message_size_limit).
+    opts.set_max_packet_size(
+        INCOMING_MAX.max(config.max_payload_bytes + 1024),
+        config.max_payload_bytes,
+    );
     if let Some(user) = &config.username {
         opts.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
     }

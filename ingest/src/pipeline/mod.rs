@@ -49,6 +49,12 @@ pub struct Context {
     pub max_clock_skew_ms: i64,
     /// Whether readers provisioned with an unsealed format are taken (see `open`).
     pub unsealed_allowed: bool,
+    /// Each reader's message budget: this many a second, this many saved up at most.
+    pub reader_messages_per_s: f64,
+    pub reader_messages_burst: f64,
+    /// Larger payloads are dropped unread (the embedded broker already closes a reader's
+    /// connection for them; an external broker may not).
+    pub max_payload_bytes: usize,
     pub smooth: SmoothConfig,
     pub store: StoreInput,
 }
@@ -137,6 +143,19 @@ async fn flush_closed(ctx: &Context, w: &mut Worker) {
 
 /// Handles one reader message end to end.
 pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
+    if let Err(rejection) = admit(ctx, msg) {
+        let reason = rejection.reason();
+        ctx.metrics.reject_batch(reason);
+        if w.log.allow(reason) {
+            tracing::warn!(
+                topic = %String::from_utf8_lossy(&msg.topic),
+                reason,
+                error = %rejection,
+                "Dropped a reader message (further drops for this reason are counted, not logged, for 10 s)."
+            );
+        }
+        return;
+    }
     if msg.topic.ends_with(b"/status") {
         return handle_status(ctx, w, msg).await;
     }
@@ -225,6 +244,31 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
         w.smoother.evictions = 0;
     }
     flush_closed(ctx, w).await;
+}
+
+/// The checks before anything is decoded: size, and the reader's message budget (a reader
+/// flooding its topic costs a hash lookup per message, not a decryption, and its messages
+/// are dropped before they hold up the other readers of its worker).
+fn admit(ctx: &Context, msg: &Inbound) -> Result<(), open::Rejection> {
+    if msg.payload.len() > ctx.max_payload_bytes {
+        return Err(open::Rejection::Oversized(msg.payload.len()));
+    }
+    let topic = std::str::from_utf8(&msg.topic).map_err(|_| open::Rejection::Topic)?;
+    let id = greenplate_proto::topics::reader_of_sightings_topic(topic)
+        .or_else(|| greenplate_proto::topics::reader_of_status_topic(topic))
+        .ok_or(open::Rejection::Topic)?;
+    // An unknown reader is refused by the stage that opens the message.
+    if let Some(reader) = ctx.readers.get(id) {
+        let mut budget = reader.budget.lock().unwrap_or_else(|p| p.into_inner());
+        if !budget.take(
+            now_ms(),
+            ctx.reader_messages_per_s,
+            ctx.reader_messages_burst,
+        ) {
+            return Err(open::Rejection::Flood);
+        }
+    }
+    Ok(())
 }
 
 /// Handles a reader's status message (or its last will).

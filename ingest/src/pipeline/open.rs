@@ -44,6 +44,10 @@ pub enum Rejection {
          (see ingest.unsealed_on_embedded_broker)"
     )]
     UnsealedNotAllowed,
+    #[error("payload of {0} bytes is over mqtt.max_payload_bytes")]
+    Oversized(usize),
+    #[error("reader is over its message budget (ingest.reader_messages_per_s)")]
+    Flood,
 }
 
 impl Rejection {
@@ -63,6 +67,8 @@ impl Rejection {
             Rejection::StaleStatus => "stale_status",
             Rejection::Format(e) => e.reason(),
             Rejection::UnsealedNotAllowed => "unsealed_not_allowed",
+            Rejection::Oversized(_) => "oversized",
+            Rejection::Flood => "flood",
         }
     }
 }
