@@ -9,7 +9,7 @@ use greenplate_proto::v1::{
     get_track_request::Subject,
 };
 use greenplate_simulator::reader::{ReaderClient, sighting};
-use support::{TestService, next_alert, register_stolen, stream};
+use support::{TestService, later, next_alert, register_stolen, stream};
 use tonic::Code;
 
 const TAG: &str = "E28011606000000000000B01";
@@ -168,5 +168,92 @@ async fn passes_and_track(svc: TestService) {
     assert_eq!(bad.code(), Code::InvalidArgument);
     a.disconnect().await;
     b.disconnect().await;
+    svc.stop().await;
+}
+
+/// A history store that stops writing (its table locked by another session) does not hold
+/// up alerts while its queue has room; once the queue is full ingest waits (counted), and
+/// when the store comes back every pass is written and every alert delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG)"]
+async fn a_stalled_history_store_buffers_then_pushes_back_and_loses_nothing() {
+    let svc = TestService::start_postgres_configured(|c| {
+        c.ingest.pass_gap_ms = 200;
+        c.ingest.history_queue = 10;
+        c.alerting.clone_speed_kmh = 1e9;
+    })
+    .await;
+    let secret = svc.add_reader("rd-a", 23.30, 116.60).await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let mut alerts = stream(&hq, 0).await;
+    register_stolen(&svc, TAG, PLATE).await;
+    let mut reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-a", &secret)
+        .await
+        .unwrap();
+
+    // Another session locks the history table: every history write waits.
+    let db = greenplate_registry::Db::connect(svc.database_url.as_deref().unwrap())
+        .await
+        .unwrap();
+    let mut lock = db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE passes IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+
+    // Within the queue: every sighting (a new pass each) still alerts at once.
+    for k in 0..8 {
+        reader
+            .publish(vec![later(sighting(TAG, 1, -50), k)])
+            .await
+            .unwrap();
+        next_alert(&mut alerts).await;
+    }
+    svc.wait_metric("greenplate_ingest_passes_closed_total", 8.0)
+        .await;
+    assert_eq!(
+        svc.metric("greenplate_history_passes_stored_total").await,
+        0.0
+    );
+    assert_eq!(
+        svc.metric("greenplate_history_backpressure_total").await,
+        0.0
+    );
+
+    // Past the queue: ingest waits for the store, and says so.
+    for k in 8..30 {
+        reader
+            .publish(vec![later(sighting(TAG, 1, -50), k)])
+            .await
+            .unwrap();
+    }
+    svc.wait_metric("greenplate_history_backpressure_total", 1.0)
+        .await;
+    assert_eq!(
+        svc.metric("greenplate_history_passes_stored_total").await,
+        0.0
+    );
+
+    // The store comes back: nothing was lost.
+    lock.rollback().await.unwrap();
+    for _ in 8..30 {
+        next_alert(&mut alerts).await;
+    }
+    svc.wait_metric("greenplate_history_passes_stored_total", 30.0)
+        .await;
+    let track = hq
+        .clone()
+        .get_track(GetTrackRequest {
+            subject: Some(Subject::Plate(PLATE.into())),
+            from_ms: 1,
+            to_ms: i64::MAX / 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(track.points.len(), 30);
+    db.close().await;
+    reader.disconnect().await;
     svc.stop().await;
 }
