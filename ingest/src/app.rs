@@ -155,8 +155,10 @@ impl Service {
             }
         };
         // Broker link -> pipeline shards; ends when the link stops, which lets workers drain.
+        let queue_gauge = metrics.clone();
         tracker.spawn(async move {
             while let Some(msg) = inbound_rx.recv().await {
+                queue_gauge.pipeline_queue.set(inbound_rx.len() as i64);
                 if input.send(msg).await.is_err() {
                     break;
                 }

@@ -1,0 +1,205 @@
+//! Hostile and broken input through the embedded broker: each kind is refused, counted by
+//! reason, and disturbs nothing else; and what readers send stays private from other
+//! clients of the broker.
+
+mod support;
+
+use std::time::Duration;
+
+use greenplate_proto::seal::ReaderKey;
+use greenplate_proto::topics;
+use greenplate_proto::v1::{SealedSightingBatch, Sighting, SightingBatch};
+use greenplate_simulator::reader::{ReaderClient, now_ms, sighting};
+use prost::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use support::{TestService, next_alert, register_stolen, stream};
+
+const TAG: &str = "E28011606000000000000F01";
+
+fn sealed(secret: &str, reader: &str, seq: u64, sightings: Vec<Sighting>) -> Vec<u8> {
+    ReaderKey::derive(secret)
+        .seal(&SightingBatch {
+            reader_id: reader.into(),
+            seq,
+            sent_at_ms: now_ms(),
+            sightings,
+        })
+        .encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_bad_input_is_refused_and_counted_by_reason() {
+    let svc = TestService::start().await;
+    let secret_a = svc.add_reader("rd-a", 23.30, 116.60).await;
+    let secret_b = svc.add_reader("rd-b", 23.31, 116.61).await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let mut alerts = stream(&hq, 0).await;
+    register_stolen(&svc, TAG, "粤D7F001").await;
+    let a = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-a", &secret_a)
+        .await
+        .unwrap();
+    let rejected = |r: &str| format!("greenplate_ingest_batches_rejected_total{{reason=\"{r}\"}}");
+    let dropped = |r: &str| format!("greenplate_ingest_sightings_rejected_total{{reason=\"{r}\"}}");
+
+    // A topic of a reader nobody provisioned.
+    a.publish_raw(
+        &topics::sightings("rd-ghost"),
+        sealed(&secret_a, "rd-ghost", 1, vec![]),
+    )
+    .await
+    .unwrap();
+    svc.wait_metric(&rejected("unknown_reader"), 1.0).await;
+    // rd-a speaking for rd-b: its own sealed batch on rd-b's topic.
+    a.publish_raw(
+        &topics::sightings("rd-b"),
+        sealed(&secret_a, "rd-a", 1, vec![]),
+    )
+    .await
+    .unwrap();
+    svc.wait_metric(&rejected("reader_mismatch"), 1.0).await;
+    // ...or naming rd-b inside, without rd-b's key.
+    a.publish_raw(
+        &topics::sightings("rd-b"),
+        sealed(&secret_a, "rd-b", 1, vec![]),
+    )
+    .await
+    .unwrap();
+    svc.wait_metric(&rejected("unsealed"), 1.0).await;
+    // Truncated, and sealed garbage.
+    let good = sealed(&secret_a, "rd-a", 10, vec![]);
+    a.publish_raw(&topics::sightings("rd-a"), good[..good.len() - 7].to_vec())
+        .await
+        .unwrap();
+    svc.wait_metric(&rejected("malformed"), 1.0).await;
+    let garbage = ReaderKey::derive(&secret_a)
+        .seal_bytes("rd-a", b"\xff\xff\xff\xff not protobuf")
+        .encode_to_vec();
+    a.publish_raw(&topics::sightings("rd-a"), garbage)
+        .await
+        .unwrap();
+    svc.wait_metric(&rejected("malformed_batch"), 1.0).await;
+    // The same batch twice, and one far older than the seq window.
+    a.publish_raw(&topics::sightings("rd-a"), good.clone())
+        .await
+        .unwrap();
+    a.publish_raw(&topics::sightings("rd-a"), good)
+        .await
+        .unwrap();
+    svc.wait_metric(&rejected("replay"), 1.0).await;
+    a.publish_raw(
+        &topics::sightings("rd-a"),
+        sealed(&secret_a, "rd-a", 1000, vec![]),
+    )
+    .await
+    .unwrap();
+    a.publish_raw(
+        &topics::sightings("rd-a"),
+        sealed(&secret_a, "rd-a", 5, vec![]),
+    )
+    .await
+    .unwrap();
+    svc.wait_metric(&rejected("seq_too_old"), 1.0).await;
+    // Inside an accepted batch, bad sightings are dropped one by one; the good one alerts.
+    let now = now_ms();
+    let at = |first: i64| Sighting {
+        first_seen_ms: first,
+        last_seen_ms: first,
+        ..sighting(TAG, 1, -50)
+    };
+    let bad_tag = Sighting {
+        tag_id: "E2801160-not-hex".into(),
+        ..sighting(TAG, 1, -50)
+    };
+    let batch = vec![
+        bad_tag,
+        at(now + 3 * 86_400_000),
+        at(now - 3 * 86_400_000),
+        sighting(TAG, 2, -48),
+    ];
+    a.publish_raw(
+        &topics::sightings("rd-a"),
+        sealed(&secret_a, "rd-a", 1001, batch),
+    )
+    .await
+    .unwrap();
+    let alert = next_alert(&mut alerts).await;
+    assert_eq!(
+        (alert.reader_id.as_str(), alert.tag_id.as_str()),
+        ("rd-a", TAG)
+    );
+    assert_eq!(svc.metric(&dropped("bad_tag_id")).await, 1.0);
+    assert_eq!(svc.metric(&dropped("bad_timestamp")).await, 2.0);
+
+    // None of it disturbed rd-b.
+    let mut b = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-b", &secret_b)
+        .await
+        .unwrap();
+    b.publish(vec![sighting(TAG, 1, -50)]).await.unwrap();
+    assert_eq!(next_alert(&mut alerts).await.reader_id, "rd-b");
+    a.disconnect().await;
+    b.disconnect().await;
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_subscribed_to_everything_sees_only_ciphertext() {
+    let svc = TestService::start().await;
+    let secret_a = svc.add_reader("rd-a", 23.30, 116.60).await;
+    let secret_spy = svc.add_reader("rd-spy", 23.31, 116.61).await;
+    // The spy is a provisioned reader: the broker lets it subscribe to anything.
+    let mut opts = MqttOptions::new("rd-spy", "127.0.0.1", svc.mqtt_port());
+    opts.set_credentials("rd-spy", secret_spy.as_str());
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (spy, mut events) = AsyncClient::new(opts, 16);
+    spy.subscribe("#", QoS::AtMostOnce).await.unwrap();
+    let subscribed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = events.poll().await.unwrap() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(subscribed.is_ok(), "no SUBACK");
+
+    let mut a = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-a", &secret_a)
+        .await
+        .unwrap();
+    a.publish(vec![sighting(TAG, 3, -50)]).await.unwrap();
+    let payload = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = events.poll().await.unwrap()
+                && p.topic == topics::sightings("rd-a")
+            {
+                return p.payload;
+            }
+        }
+    })
+    .await
+    .expect("the spy got rd-a's batch");
+    // It is a sealed envelope; the tag and the sighting are not in it in clear, and it does
+    // not open without rd-a's secret.
+    let envelope = SealedSightingBatch::decode(payload.as_ref()).unwrap();
+    assert_eq!(envelope.reader_id, "rd-a");
+    let hay = payload.as_ref();
+    assert!(
+        !hay.windows(TAG.len())
+            .any(|w| w.eq_ignore_ascii_case(TAG.as_bytes()))
+    );
+    assert!(
+        SightingBatch::decode(envelope.ciphertext.as_slice())
+            .map_or(true, |b| b.sightings.is_empty())
+    );
+    assert!(ReaderKey::derive(&secret_spy).open(&envelope).is_err());
+    assert_eq!(
+        ReaderKey::derive(&secret_a)
+            .open(&envelope)
+            .unwrap()
+            .sightings[0]
+            .tag_id,
+        TAG
+    );
+    a.disconnect().await;
+    let _ = spy.disconnect().await;
+    svc.stop().await;
+}
