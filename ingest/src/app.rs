@@ -186,8 +186,11 @@ impl Service {
             }
         });
 
-        let http_server = axum::serve(http, http::router(metrics.clone(), alerting.clone()))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let http_server = axum::serve(
+            http,
+            http::router(metrics.clone(), alerting.clone(), shutdown.clone()),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         tracker.spawn(async move {
             if let Err(e) = http_server.await {
                 tracing::error!(error = %e, "HTTP server failed.");

@@ -1,13 +1,17 @@
-//! The HTTP port: `/healthz` for probes and `/metrics` in Prometheus text format.
+//! The HTTP port: `/healthz` (the process answers), `/readyz` (it should be sent work: not
+//! draining, and its database answers) and `/metrics` in Prometheus text format.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use greenplate_alerting::Alerting;
 
@@ -17,14 +21,37 @@ use crate::metrics::Metrics;
 struct AppState {
     metrics: Arc<Metrics>,
     alerting: Arc<Alerting>,
+    shutdown: CancellationToken,
 }
 
 /// The HTTP routes.
-pub fn router(metrics: Arc<Metrics>, alerting: Arc<Alerting>) -> Router {
+pub fn router(
+    metrics: Arc<Metrics>,
+    alerting: Arc<Alerting>,
+    shutdown: CancellationToken,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler))
         .route("/metrics", get(metrics_handler))
-        .with_state(AppState { metrics, alerting })
+        .with_state(AppState {
+            metrics,
+            alerting,
+            shutdown,
+        })
+}
+
+/// 200 while the service takes work; 503 once it drains, or while its database does not
+/// answer within a second.
+async fn ready_handler(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    let ping = state.alerting.registry().db().ping();
+    match tokio::time::timeout(Duration::from_secs(1), ping).await {
+        Ok(true) => (StatusCode::OK, "ready\n"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n"),
+    }
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
