@@ -61,6 +61,8 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    http_stop: CancellationToken,
+    http_task: tokio::task::JoinHandle<()>,
     db: Db,
 }
 
@@ -186,12 +188,15 @@ impl Service {
             }
         });
 
+        // The HTTP port outlives the drain (it stops after the other tasks), so /readyz can
+        // answer 503 while the node drains and /metrics shows the drain.
+        let http_stop = CancellationToken::new();
         let http_server = axum::serve(
             http,
             http::router(metrics.clone(), alerting.clone(), shutdown.clone()),
         )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        tracker.spawn(async move {
+        .with_graceful_shutdown(http_stop.clone().cancelled_owned());
+        let http_task = tokio::spawn(async move {
             if let Err(e) = http_server.await {
                 tracing::error!(error = %e, "HTTP server failed.");
             }
@@ -213,6 +218,8 @@ impl Service {
             metrics,
             shutdown,
             tracker,
+            http_stop,
+            http_task,
             db,
         })
     }
@@ -233,6 +240,8 @@ impl Service {
         if !drained {
             tracing::warn!(?grace, "Tasks still running after the grace period.");
         }
+        self.http_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.http_task).await;
         self.db.close().await;
         drained
     }

@@ -59,8 +59,15 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     let m = &state.metrics;
     m.registered_tags.set(registry.index().len() as i64);
     m.readers.set(registry.readers().len() as i64);
-    m.stream_catchups
-        .set(state.alerting.stream_catchups.load(Ordering::Relaxed) as i64);
+    // The alerting counter is the truth; the exported counter follows it (one scrape at a
+    // time, so two scrapes cannot both add the same difference).
+    {
+        static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = SYNC.lock().unwrap_or_else(|p| p.into_inner());
+        let catchups = state.alerting.stream_catchups.load(Ordering::Relaxed);
+        m.stream_catchups
+            .inc_by(catchups.saturating_sub(m.stream_catchups.get()));
+    }
     (
         [(
             header::CONTENT_TYPE,

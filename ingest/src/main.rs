@@ -123,7 +123,7 @@ struct StoreArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Database URL: sqlite://PATH or postgres://...
-    #[arg(long)]
+    #[arg(long, env = "GREENPLATE_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// At-rest key, 64 hex digits.
     #[arg(long, env = "GREENPLATE_SECRET_KEY", hide_env_values = true)]
@@ -160,6 +160,15 @@ struct ServeArgs {
     /// Use an external MQTT broker, mqtt://HOST[:PORT], instead of the embedded one.
     #[arg(long, env = "GREENPLATE_MQTT_URL")]
     mqtt_url: Option<String>,
+    /// This node's client id on the external broker (unique per node).
+    #[arg(long, env = "GREENPLATE_MQTT_CLIENT_ID")]
+    mqtt_client_id: Option<String>,
+    /// Username on the external broker.
+    #[arg(long, env = "GREENPLATE_MQTT_USERNAME")]
+    mqtt_username: Option<String>,
+    /// Password on the external broker.
+    #[arg(long, env = "GREENPLATE_MQTT_PASSWORD", hide_env_values = true)]
+    mqtt_password: Option<String>,
     /// gRPC listen address, HOST:PORT.
     #[arg(long)]
     grpc_listen: Option<SocketAddr>,
@@ -391,6 +400,15 @@ async fn serve(args: Box<ServeArgs>) -> ExitCode {
     }
     if let Some(v) = args.mqtt_url {
         config.mqtt.url = Some(v);
+    }
+    if let Some(v) = args.mqtt_client_id {
+        config.mqtt.client_id = Some(v);
+    }
+    if let Some(v) = args.mqtt_username {
+        config.mqtt.username = Some(v);
+    }
+    if let Some(v) = args.mqtt_password {
+        config.mqtt.password = Some(v);
     }
     if let Some(v) = args.grpc_listen {
         config.grpc.listen = v;

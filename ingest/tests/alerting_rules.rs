@@ -439,7 +439,11 @@ async fn a_stalled_stream_neither_delays_others_nor_loses_alerts() {
     );
     assert_eq!(*seen.last().unwrap(), last);
     // ...and it did fall behind the live feed and catch up from the log.
-    assert!(svc.metric("greenplate_alerting_stream_catchups").await >= 1.0);
+    assert!(
+        svc.metric("greenplate_alerting_stream_catchups_total")
+            .await
+            >= 1.0
+    );
     reader.disconnect().await;
     drop((slow, fast));
     svc.stop().await;

@@ -144,17 +144,7 @@ async fn flush_closed(ctx: &Context, w: &mut Worker) {
 /// Handles one reader message end to end.
 pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
     if let Err(rejection) = admit(ctx, msg) {
-        let reason = rejection.reason();
-        ctx.metrics.reject_batch(reason);
-        if w.log.allow(reason) {
-            tracing::warn!(
-                topic = %String::from_utf8_lossy(&msg.topic),
-                reason,
-                error = %rejection,
-                "Dropped a reader message (further drops for this reason are counted, not logged, for 10 s)."
-            );
-        }
-        return;
+        return dropped(ctx, &mut w.log, msg, &rejection);
     }
     if msg.topic.ends_with(b"/status") {
         return handle_status(ctx, w, msg).await;
@@ -163,19 +153,7 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
     let opened = open::open_message(&ctx.readers, &msg.topic, &msg.payload, ctx.unsealed_allowed);
     let (reader, batch) = match opened {
         Ok(ok) => ok,
-        Err(rejection) => {
-            let reason = rejection.reason();
-            ctx.metrics.reject_batch(reason);
-            if log.allow(reason) {
-                tracing::warn!(
-                    topic = %String::from_utf8_lossy(&msg.topic),
-                    reason,
-                    error = %rejection,
-                    "Dropped a reader message (further drops for this reason are counted, not logged, for 10 s)."
-                );
-            }
-            return;
-        }
+        Err(rejection) => return dropped(ctx, log, msg, &rejection),
     };
     ctx.metrics.batches_accepted.inc();
     let now = now_ms();
@@ -287,18 +265,22 @@ async fn handle_status(ctx: &Context, w: &mut Worker, msg: &Inbound) {
                 status::report_offline(&ctx.engine, &reader, "last will").await;
             }
         }
-        Err(rejection) => {
-            let reason = rejection.reason();
-            ctx.metrics.reject_batch(reason);
-            if w.log.allow(reason) {
-                tracing::warn!(
-                    topic = %String::from_utf8_lossy(&msg.topic),
-                    reason,
-                    error = %rejection,
-                    "Dropped a reader status (further drops for this reason are counted, not logged, for 10 s)."
-                );
-            }
-        }
+        Err(rejection) => dropped(ctx, &mut w.log, msg, &rejection),
+    }
+}
+
+/// Counts a dropped reader message by its reason, and logs it unless that reason was logged
+/// in the last 10 s.
+fn dropped(ctx: &Context, log: &mut RateLimitedLog, msg: &Inbound, rejection: &open::Rejection) {
+    let reason = rejection.reason();
+    ctx.metrics.reject_batch(reason);
+    if log.allow(reason) {
+        tracing::warn!(
+            topic = %String::from_utf8_lossy(&msg.topic),
+            reason,
+            error = %rejection,
+            "Dropped a reader message (further drops for this reason are counted, not logged, for 10 s)."
+        );
     }
 }
 
