@@ -34,6 +34,47 @@ pub fn migrations() -> Migrations {
     }
 }
 
+/// Zones, their units and the command centers, from the database.
+async fn load_zone_map(db: &Db) -> Result<ZoneMap, greenplate_registry::Error> {
+    let mut map = ZoneMap::default();
+    let zones = sqlx::query("SELECT zone_id, name, kind, geojson FROM zones")
+        .fetch_all(db.pool())
+        .await
+        .map_err(RegistryError::from)?;
+    for row in zones {
+        let id: String = row.try_get("zone_id").map_err(RegistryError::from)?;
+        let text: String = row.try_get("geojson").map_err(RegistryError::from)?;
+        let kind: String = row.try_get("kind").map_err(RegistryError::from)?;
+        match parse_geojson(&text) {
+            Ok(area) => map.add_zone(Zone {
+                name: row.try_get("name").map_err(RegistryError::from)?,
+                kind: ZoneKind::parse(&kind).unwrap_or(ZoneKind::Patrol),
+                id,
+                area,
+            }),
+            Err(e) => tracing::error!(zone = %id, error = %e, "Skipped a stored zone."),
+        }
+    }
+    let assignments = sqlx::query("SELECT unit_id, zone_id FROM unit_zones")
+        .fetch_all(db.pool())
+        .await
+        .map_err(RegistryError::from)?;
+    for row in assignments {
+        let unit: String = row.try_get("unit_id").map_err(RegistryError::from)?;
+        let zone: String = row.try_get("zone_id").map_err(RegistryError::from)?;
+        map.assign(&unit, &zone);
+    }
+    let commands = sqlx::query("SELECT unit_id FROM patrol_units WHERE command_center = 1")
+        .fetch_all(db.pool())
+        .await
+        .map_err(RegistryError::from)?;
+    for row in commands {
+        let unit: String = row.try_get("unit_id").map_err(RegistryError::from)?;
+        map.add_command_unit(&unit);
+    }
+    Ok(map)
+}
+
 /// An alert as committed to the log, with the units entitled to it.
 #[derive(Debug, Clone)]
 pub struct LoggedAlert {
@@ -107,42 +148,7 @@ impl Alerting {
     ) -> Result<Arc<Self>, greenplate_registry::Error> {
         let db = registry.db();
         db.migrate(migrations()).await?;
-        let mut map = ZoneMap::default();
-        let zones = sqlx::query("SELECT zone_id, name, kind, geojson FROM zones")
-            .fetch_all(db.pool())
-            .await
-            .map_err(RegistryError::from)?;
-        for row in zones {
-            let id: String = row.try_get("zone_id").map_err(RegistryError::from)?;
-            let text: String = row.try_get("geojson").map_err(RegistryError::from)?;
-            let kind: String = row.try_get("kind").map_err(RegistryError::from)?;
-            match parse_geojson(&text) {
-                Ok(area) => map.add_zone(Zone {
-                    name: row.try_get("name").map_err(RegistryError::from)?,
-                    kind: ZoneKind::parse(&kind).unwrap_or(ZoneKind::Patrol),
-                    id,
-                    area,
-                }),
-                Err(e) => tracing::error!(zone = %id, error = %e, "Skipped a stored zone."),
-            }
-        }
-        let assignments = sqlx::query("SELECT unit_id, zone_id FROM unit_zones")
-            .fetch_all(db.pool())
-            .await
-            .map_err(RegistryError::from)?;
-        for row in assignments {
-            let unit: String = row.try_get("unit_id").map_err(RegistryError::from)?;
-            let zone: String = row.try_get("zone_id").map_err(RegistryError::from)?;
-            map.assign(&unit, &zone);
-        }
-        let commands = sqlx::query("SELECT unit_id FROM patrol_units WHERE command_center = 1")
-            .fetch_all(db.pool())
-            .await
-            .map_err(RegistryError::from)?;
-        for row in commands {
-            let unit: String = row.try_get("unit_id").map_err(RegistryError::from)?;
-            map.add_command_unit(&unit);
-        }
+        let map = load_zone_map(db).await?;
         let (hub, _) = broadcast::channel(HUB_CAPACITY);
         let history = History::new(db.clone());
         Ok(Arc::new(Self {
@@ -158,6 +164,18 @@ impl Alerting {
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
         }))
+    }
+
+    /// Reloads zones, units and command centers from the database (another node changed
+    /// them), and forgets the routes computed from the old ones.
+    pub async fn reload_zones(&self) -> Result<(), greenplate_registry::Error> {
+        let map = load_zone_map(self.db()).await?;
+        *self.zones.write().unwrap_or_else(|p| p.into_inner()) = map;
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -193,6 +211,8 @@ impl Alerting {
         .await
         .map_err(|e| already_exists(e, || format!("zone {zone_id}")))?;
         audit(&mut tx, caller, "add_zone", &zone_id).await?;
+        greenplate_registry::sync::announce(&mut tx, &greenplate_registry::sync::Change::Zones)
+            .await?;
         tx.commit().await?;
         self.zones_mut().add_zone(Zone {
             id: zone_id,
@@ -243,6 +263,8 @@ impl Alerting {
         }
         let issued = Authenticator::issue(&mut tx, Role::Patrol, &unit_id).await?;
         audit(&mut tx, caller, "add_patrol_unit", &unit_id).await?;
+        greenplate_registry::sync::announce(&mut tx, &greenplate_registry::sync::Change::Zones)
+            .await?;
         tx.commit().await?;
         self.registry.auth().activate(&issued);
         let mut zones = self.zones_mut();

@@ -102,6 +102,24 @@ impl Service {
                 purged.passes_purged.inc_by(n);
             },
         ));
+        // Other nodes on the same PostgreSQL: apply their committed changes here.
+        let zones_of = alerting.clone();
+        tracker.spawn(greenplate_registry::sync::listen(
+            registry.clone(),
+            config.database_url(),
+            shutdown.clone(),
+            move |change| {
+                let alerting = zones_of.clone();
+                async move {
+                    use greenplate_registry::sync::Change;
+                    if matches!(change, Change::Zones | Change::All)
+                        && let Err(e) = alerting.reload_zones().await
+                    {
+                        tracing::error!(error = %e, "Reloading zones failed.");
+                    }
+                }
+            },
+        ));
         tracker.spawn(pipeline::status::watch(
             registry.readers().clone(),
             engine.clone(),

@@ -76,6 +76,20 @@ pub struct Authenticator {
 impl Authenticator {
     /// Loads the issued tokens from the database.
     pub async fn load(db: &Db, admin_token: &str) -> Result<Arc<Self>, RegistryError> {
+        Ok(Arc::new(Self {
+            admin: hash(admin_token),
+            tokens: RwLock::new(Self::load_tokens(db).await?),
+        }))
+    }
+
+    /// Replaces the tokens in memory with the database's (another node issued one).
+    pub async fn reload(&self, db: &Db) -> Result<(), RegistryError> {
+        let tokens = Self::load_tokens(db).await?;
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
+        Ok(())
+    }
+
+    async fn load_tokens(db: &Db) -> Result<HashMap<TokenHash, Caller>, RegistryError> {
         let rows = sqlx::query(
             "SELECT token_hash, role, principal_id FROM api_tokens WHERE revoked_at_ms IS NULL",
         )
@@ -98,10 +112,7 @@ impl Authenticator {
                 },
             );
         }
-        Ok(Arc::new(Self {
-            admin: hash(admin_token),
-            tokens: RwLock::new(tokens),
-        }))
+        Ok(tokens)
     }
 
     /// The caller a token belongs to, if any.
@@ -141,6 +152,7 @@ impl Authenticator {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
+        crate::sync::announce(tx, &crate::sync::Change::Tokens).await?;
         Ok(IssuedToken {
             token,
             hash: h,

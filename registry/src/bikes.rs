@@ -172,6 +172,9 @@ impl Registry {
         let out = self
             .insert_bike(&mut tx, caller, &bike, pin_hash.as_deref())
             .await?;
+        if out.created {
+            crate::sync::announce(&mut tx, &crate::sync::Change::Tag(bike.tag)).await?;
+        }
         tx.commit().await?;
         if out.created {
             self.index.set(bike.tag, TagState::new(out.bike_id));
@@ -503,6 +506,7 @@ impl Registry {
             &format!("bike {} tag {old_text} -> {new_text}", bike.bike_id),
         )
         .await?;
+        crate::sync::announce(&mut tx, &crate::sync::Change::Tag(new_tag)).await?;
         tx.commit().await?;
         let carried = match bike.tag {
             Some(old) => {
@@ -603,6 +607,9 @@ impl Registry {
         change: impl Fn(TagState) -> TagState,
     ) -> Result<(), RegistryError> {
         audit(&mut tx, caller, action, subject).await?;
+        if let Some(tag) = tag {
+            crate::sync::announce(&mut tx, &crate::sync::Change::Tag(tag)).await?;
+        }
         tx.commit().await?;
         if let Some(tag) = tag {
             self.index.update(tag, change);

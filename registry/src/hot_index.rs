@@ -176,6 +176,14 @@ impl HotIndex {
             .fetch_one(db.pool())
             .await?;
         let index = Self::with_capacity(usize::try_from(count).unwrap_or(0));
+        index.load_into(db).await?;
+        Ok(index)
+    }
+
+    /// Sets every tag's state from the registry tables (at start, and when another node
+    /// made changes this one may have missed).
+    pub async fn load_into(&self, db: &Db) -> Result<(), RegistryError> {
+        let index = self;
         // Streamed, so the rows of a district never sit in memory all at once.
         let mut rows = sqlx::query(
             "SELECT g.tag_id, g.bike_id, g.state, b.armed, \
@@ -199,7 +207,7 @@ impl HotIndex {
                 .with_revoked(revoked);
             index.set(tag, state);
         }
-        Ok(index)
+        Ok(())
     }
 
     /// The state of a tag, if it was ever registered.

@@ -170,6 +170,9 @@ impl Registry {
         }
         let outcomes = match self.insert_many(&mut tx, caller, batch).await {
             Ok(outcomes) => {
+                crate::sync::announce(&mut tx, &crate::sync::Change::All)
+                    .await
+                    .map_err(RegistryError::from)?;
                 tx.commit().await.map_err(RegistryError::from)?;
                 outcomes
             }
@@ -181,6 +184,9 @@ impl Registry {
                     let mut tx = self.db.begin_write().await.map_err(RegistryError::from)?;
                     let r = self.insert_bike(&mut tx, caller, bike, None).await;
                     if r.is_ok() {
+                        crate::sync::announce(&mut tx, &crate::sync::Change::Tag(bike.tag))
+                            .await
+                            .map_err(RegistryError::from)?;
                         tx.commit().await.map_err(RegistryError::from)?;
                     }
                     outcomes.push(r);

@@ -16,6 +16,7 @@
 //! - [`readers`]: the reader directory (positions, sealing keys, counters) for the broker.
 //! - [`auth`]: bearer tokens and roles; the tonic interceptor.
 //! - [`secrets`]: sealing and keyed hashing of data at rest.
+//! - [`sync`]: keeping several nodes on one PostgreSQL in step (NOTIFY on commit, reload).
 //! - [`validate`]: tag ids, plates, resident ID numbers, phones; masking.
 
 pub mod auth;
@@ -29,6 +30,7 @@ pub mod readers;
 pub mod secrets;
 pub mod service;
 pub mod store;
+pub mod sync;
 pub mod thefts;
 pub mod validate;
 

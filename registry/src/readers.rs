@@ -296,6 +296,12 @@ impl Reader {
         current | previous
     }
 
+    /// Whether `secret` is the reader's current secret (not a previous one in its grace).
+    pub fn check_secret_current(&self, secret: &str) -> bool {
+        let h: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        bool::from(h.ct_eq(&self.credentials.load().hash))
+    }
+
     /// Opens a sealed batch with the reader's key (or, during a rotation's grace period,
     /// its previous key).
     pub fn open_batch(&self, sealed: &SealedSightingBatch) -> Result<SightingBatch, OpenError> {

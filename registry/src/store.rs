@@ -13,6 +13,7 @@ use crate::error::{RegistryError, is_unique_violation};
 use crate::hot_index::HotIndex;
 use crate::readers::{Format, Reader, Readers, UnknownFormat};
 use crate::secrets::SecretBox;
+use crate::sync::Change;
 use crate::validate;
 
 /// The registry's schema, for [`Db::migrate`].
@@ -69,6 +70,11 @@ impl Registry {
 
     pub fn readers(&self) -> &Arc<Readers> {
         &self.readers
+    }
+
+    /// The at-rest key's box (opens readers' secrets and owners' personal data).
+    pub(crate) fn secrets(&self) -> &SecretBox {
+        &self.secrets
     }
 
     pub fn auth(&self) -> &Arc<Authenticator> {
@@ -133,6 +139,11 @@ impl Registry {
             &format!("{reader_id} ({format})"),
         )
         .await?;
+        let change = Change::Reader {
+            id: reader_id.clone(),
+            grace_ms: 0,
+        };
+        crate::sync::announce(&mut tx, &change).await?;
         tx.commit().await?;
         self.readers
             .insert(Reader::new(reader_id, name, lat, lon, &secret).with_format(format));
@@ -163,6 +174,11 @@ impl Registry {
             "disable_reader"
         };
         audit(&mut tx, caller, action, reader_id).await?;
+        let change = Change::Reader {
+            id: reader_id.to_owned(),
+            grace_ms: 0,
+        };
+        crate::sync::announce(&mut tx, &change).await?;
         tx.commit().await?;
         reader.set_enabled(enabled);
         Ok(())
@@ -196,6 +212,11 @@ impl Registry {
             &format!("{reader_id} (grace {} s)", grace_ms / 1000),
         )
         .await?;
+        let change = Change::Reader {
+            id: reader_id.to_owned(),
+            grace_ms,
+        };
+        crate::sync::announce(&mut tx, &change).await?;
         tx.commit().await?;
         reader.rotate(&secret, grace_ms);
         Ok(secret)

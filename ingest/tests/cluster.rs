@@ -1,0 +1,146 @@
+//! Two nodes on one PostgreSQL: what is provisioned or reported through one is in force on
+//! the other without a restart (readers, tokens, zones and units, the hotlist), announced
+//! with NOTIFY when it commits.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use greenplate_proto::v1::{
+    AddKioskRequest, AlertKind, ReportRecoveredRequest, ReportStolenRequest, StreamAlertsRequest,
+};
+use greenplate_simulator::clients;
+use greenplate_simulator::reader::{ReaderClient, sighting};
+use support::{TestService, bike, later, next_alert};
+
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const TAG: &str = "E28011606000000000000C71";
+const PLATE: &str = "粤D7C071";
+
+/// Retries `f` until it succeeds or 10 s pass.
+async fn eventually<T, E: std::fmt::Debug, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG)"]
+async fn what_one_node_commits_is_in_force_on_the_other() {
+    let a = TestService::start_postgres_configured(|c| {
+        c.secret_key = Some(KEY.into());
+        c.alerting.clone_speed_kmh = 1e9;
+    })
+    .await;
+    let db = a.database_url.clone();
+    let b = TestService::start_configured(move |c| {
+        c.secret_key = Some(KEY.into());
+        c.database_url = db.clone();
+        c.alerting.clone_speed_kmh = 1e9;
+    })
+    .await;
+
+    // Everything is provisioned and reported through node A.
+    let secret = a.add_reader("rd-1", 23.30, 116.60).await;
+    let hq_token = {
+        use greenplate_proto::v1::AddPatrolUnitRequest;
+        a.admin()
+            .await
+            .add_patrol_unit(AddPatrolUnitRequest {
+                unit_id: "hq".into(),
+                name: "HQ".into(),
+                zone_ids: vec![],
+                command_center: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+    };
+    let kiosk_token = a
+        .admin()
+        .await
+        .add_kiosk(AddKioskRequest {
+            kiosk_id: "k-1".into(),
+            name: "Kiosk".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut kiosk = clients::registry(a.channel().await, &kiosk_token).unwrap();
+    kiosk.register_bike(bike(TAG, PLATE)).await.unwrap();
+    kiosk
+        .report_stolen(ReportStolenRequest {
+            plate: PLATE.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Node B knows the unit's token and that it is a command center...
+    let b_channel = b.channel().await;
+    let mut stream = eventually("hq's token on node B", || {
+        let ch = b_channel.clone();
+        let token = hq_token.clone();
+        async move {
+            clients::patrol(ch, &token)
+                .unwrap()
+                .stream_alerts(StreamAlertsRequest { resume_after: 0 })
+                .await
+                .map(|r| r.into_inner())
+        }
+    })
+    .await;
+    // ...lets the reader log in to its broker...
+    let port = b.mqtt_port();
+    let mut reader = eventually("rd-1 logging in to node B", || {
+        let secret = secret.clone();
+        async move { ReaderClient::connect("127.0.0.1", port, "rd-1", &secret).await }
+    })
+    .await;
+    // ...and knows the bike is stolen.
+    reader.publish(vec![sighting(TAG, 2, -50)]).await.unwrap();
+    let alert = next_alert(&mut stream).await;
+    assert_eq!(
+        (alert.kind(), alert.plate.as_str(), alert.reader_id.as_str()),
+        (AlertKind::StolenSighted, PLATE, "rd-1")
+    );
+
+    // A recovery reported through A takes the bike off B's hotlist.
+    kiosk
+        .report_recovered(ReportRecoveredRequest {
+            plate: PLATE.into(),
+        })
+        .await
+        .unwrap();
+    // Each try is a new pass of the bike at the reader; the first one B does not count as
+    // a stolen sighting shows the recovery in force there.
+    for k in 1.. {
+        let stolen = b.metric("greenplate_ingest_stolen_sightings_total").await;
+        let accepted = b.metric("greenplate_ingest_sightings_accepted_total").await;
+        reader
+            .publish(vec![later(sighting(TAG, 1, -50), k)])
+            .await
+            .unwrap();
+        b.wait_metric("greenplate_ingest_sightings_accepted_total", accepted + 1.0)
+            .await;
+        if b.metric("greenplate_ingest_stolen_sightings_total").await == stolen {
+            break;
+        }
+        assert!(k < 200, "node B still has the bike on its hotlist");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reader.disconnect().await;
+    b.stop().await;
+    a.stop().await;
+}

@@ -1,0 +1,269 @@
+//! Keeping several nodes on one PostgreSQL in step.
+//!
+//! Each node keeps the registry's hot state in memory (hot index, readers, tokens). A change
+//! is announced with `pg_notify` inside the transaction that makes it, so PostgreSQL delivers
+//! the announcement exactly when (and only if) the change commits; every node listens
+//! ([`listen`]) and reloads what the change names from the database (the announcement
+//! carries names, never data). A node that loses its listening connection reloads
+//! everything once it is back, since announcements sent meanwhile are gone. On SQLite (one
+//! node by construction) nothing is announced.
+//!
+//! Other crates' in-memory state (alerting's zones and units) is announced as
+//! [`Change::Zones`]; whoever composes the crates applies it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{AnyConnection, Row};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::RegistryError;
+use crate::hot_index::TagState;
+use crate::readers::{Format, Reader};
+use crate::store::Registry;
+use crate::validate::TagId;
+
+/// The PostgreSQL notification channel.
+pub const CHANNEL: &str = "greenplate_changes";
+
+/// What changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The bike that has (or had) this tag: its tags' states.
+    Tag(TagId),
+    /// A reader was added, enabled or disabled, or re-keyed (the old secret's grace, ms).
+    Reader { id: String, grace_ms: i64 },
+    /// A kiosk or patrol-unit token was issued or revoked.
+    Tokens,
+    /// Zones or patrol units (alerting's).
+    Zones,
+    /// Anything: reload it all (after a bulk import).
+    All,
+}
+
+impl Change {
+    fn encode(&self) -> String {
+        match self {
+            Change::Tag(t) => format!("tag:{t}"),
+            Change::Reader { id, grace_ms } => format!("reader:{grace_ms}:{id}"),
+            Change::Tokens => "tokens".into(),
+            Change::Zones => "zones".into(),
+            Change::All => "all".into(),
+        }
+    }
+
+    /// Parses an announcement; `None` for one this version does not know.
+    pub fn decode(s: &str) -> Option<Self> {
+        match s.split_once(':') {
+            Some(("tag", t)) => TagId::parse(t).map(Change::Tag),
+            Some(("reader", rest)) => {
+                let (grace, id) = rest.split_once(':')?;
+                Some(Change::Reader {
+                    id: id.to_owned(),
+                    grace_ms: grace.parse().ok()?,
+                })
+            }
+            None if s == "tokens" => Some(Change::Tokens),
+            None if s == "zones" => Some(Change::Zones),
+            None if s == "all" => Some(Change::All),
+            _ => None,
+        }
+    }
+}
+
+/// Announces `change` from inside the transaction on `conn` (PostgreSQL only).
+pub async fn announce(conn: &mut AnyConnection, change: &Change) -> Result<(), sqlx::Error> {
+    if conn.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(change.encode())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// Reloads what `change` names from the database. [`Change::Zones`] is not the
+    /// registry's: it is ignored here.
+    pub async fn apply(&self, change: &Change) -> Result<(), RegistryError> {
+        match change {
+            Change::Tag(tag) => self.reload_bike_of(*tag).await,
+            Change::Reader { id, grace_ms } => self.reload_reader(id, *grace_ms).await,
+            Change::Tokens => self.auth().reload(self.db()).await,
+            Change::Zones => Ok(()),
+            Change::All => {
+                self.index().load_into(self.db()).await?;
+                self.auth().reload(self.db()).await?;
+                let ids: Vec<String> = sqlx::query("SELECT reader_id FROM readers")
+                    .fetch_all(self.db().pool())
+                    .await?
+                    .iter()
+                    .filter_map(|r| r.try_get("reader_id").ok())
+                    .collect();
+                for id in ids {
+                    self.reload_reader(&id, 0).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn reload_bike_of(&self, tag: TagId) -> Result<(), RegistryError> {
+        let rows = sqlx::query(
+            "SELECT g.tag_id, g.bike_id, g.state, b.armed, \
+                    (SELECT COUNT(*) FROM theft_reports t \
+                      WHERE t.bike_id = g.bike_id AND t.recovered_at_ms IS NULL) AS open_thefts \
+             FROM tags g JOIN bikes b ON b.bike_id = g.bike_id \
+             WHERE g.bike_id = (SELECT bike_id FROM tags WHERE tag_id = $1)",
+        )
+        .bind(tag.to_string())
+        .fetch_all(self.db().pool())
+        .await?;
+        for row in rows {
+            let t: String = row.try_get("tag_id")?;
+            let Some(t) = TagId::parse(&t) else { continue };
+            let revoked = row.try_get::<String, _>("state")? == "revoked";
+            let state = TagState::new(row.try_get("bike_id")?)
+                .with_stolen(row.try_get::<i64, _>("open_thefts")? > 0)
+                .with_armed(!revoked && row.try_get::<i64, _>("armed")? != 0)
+                .with_revoked(revoked);
+            self.index().set(t, state);
+        }
+        Ok(())
+    }
+
+    async fn reload_reader(&self, id: &str, grace_ms: i64) -> Result<(), RegistryError> {
+        let Some(row) = sqlx::query(
+            "SELECT reader_id, name, lat, lon, secret_sealed, enabled, format FROM readers \
+             WHERE reader_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.db().pool())
+        .await?
+        else {
+            return Ok(());
+        };
+        let sealed: Vec<u8> = row.try_get("secret_sealed")?;
+        let secret = self.secrets().open_string(&sealed)?;
+        let enabled = row.try_get::<i64, _>("enabled")? != 0;
+        match self.readers().get(id) {
+            Some(reader) => {
+                if !reader.check_secret_current(&secret) {
+                    reader.rotate(&secret, grace_ms);
+                }
+                reader.set_enabled(enabled);
+            }
+            None => {
+                let format: String = row.try_get("format")?;
+                let reader = Reader::new(
+                    row.try_get("reader_id")?,
+                    row.try_get("name")?,
+                    row.try_get("lat")?,
+                    row.try_get("lon")?,
+                    &secret,
+                )
+                .with_format(format.parse().unwrap_or(Format::Sealed));
+                reader.set_enabled(enabled);
+                self.readers().insert(reader);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Listens for announcements on PostgreSQL at `url` until `shutdown`, applying each to the
+/// registry, and handing [`Change::Zones`] (and every change, after a reconnect) to
+/// `others`. Returns at once on another backend.
+pub async fn listen<F, Fut>(
+    registry: Arc<Registry>,
+    url: String,
+    shutdown: CancellationToken,
+    others: F,
+) where
+    F: Fn(Change) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    if !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+        return;
+    }
+    let mut backoff = Duration::from_millis(100);
+    'connect: loop {
+        let listener = async {
+            let mut l = sqlx::postgres::PgListener::connect(&url).await?;
+            l.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = tokio::select! {
+            l = listener => match l {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot listen for other nodes' changes; retrying.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue 'connect;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        backoff = Duration::from_millis(100);
+        // Whatever was announced before this connection listened is unknown: reload all.
+        if let Err(e) = registry.apply(&Change::All).await {
+            tracing::error!(error = %e, "Reloading after (re)connecting failed.");
+        }
+        others(Change::All).await;
+        loop {
+            let next = tokio::select! {
+                n = listener.try_recv() => n,
+                _ = shutdown.cancelled() => return,
+            };
+            match next {
+                Ok(Some(n)) => match Change::decode(n.payload()) {
+                    Some(change) => {
+                        if let Err(e) = registry.apply(&change).await {
+                            tracing::error!(error = %e, ?change, "Applying another node's change failed.");
+                        }
+                        if matches!(change, Change::Zones) {
+                            others(change).await;
+                        }
+                    }
+                    None => tracing::warn!(payload = n.payload(), "Unknown change announcement."),
+                },
+                // The connection dropped; the next try_recv reconnects, and what was
+                // announced meanwhile is lost: reload all then.
+                Ok(None) => continue 'connect,
+                Err(e) => {
+                    tracing::error!(error = %e, "Listening for changes failed; reconnecting.");
+                    continue 'connect;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_round_trip() {
+        let tag = TagId::parse("E28011606000000000000A01").unwrap();
+        for c in [
+            Change::Tag(tag),
+            Change::Reader {
+                id: "rd-1:odd".into(),
+                grace_ms: 60_000,
+            },
+            Change::Tokens,
+            Change::Zones,
+            Change::All,
+        ] {
+            assert_eq!(Change::decode(&c.encode()), Some(c));
+        }
+        assert_eq!(Change::decode("tag:nothex"), None);
+        assert_eq!(Change::decode("future:thing"), None);
+    }
+}
