@@ -327,6 +327,13 @@ async fn process(alerting: &Alerting, batch: &[Work]) -> Result<(), AlertingErro
             recipients: p.recipients,
         });
     }
+    if !alerting.engine_publishes && !committed.is_empty() {
+        // Delivered on commit to every node's log follower (this one's too).
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(crate::follow::CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     for logged in committed {
         tracing::info!(
@@ -337,7 +344,9 @@ async fn process(alerting: &Alerting, batch: &[Work]) -> Result<(), AlertingErro
             units = logged.recipients.len(),
             "Alert."
         );
-        alerting.publish(logged);
+        if alerting.engine_publishes {
+            alerting.publish(logged);
+        }
     }
     for at in received {
         alerting.alert_latency.observe(at.elapsed().as_secs_f64());

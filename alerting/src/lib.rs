@@ -7,6 +7,8 @@
 //!   and the live hub.
 //! - [`engine`]: the task that runs the rules on flagged sightings and logs the alerts.
 //! - [`clone`]: where each tag was last seen, for the clone (impossible speed) rule.
+//! - [`follow`]: on PostgreSQL, feeds the live hub from the shared alert log in seq order
+//!   (alerts of every node).
 //! - [`history`]: the pass history (where each tag was seen) behind `Patrol.GetTrack`, and
 //!   its retention job.
 //! - [`service`]: the `greenplate.v1.Patrol` gRPC service (replay, then live).
@@ -14,6 +16,7 @@
 pub mod clone;
 pub mod engine;
 mod error;
+pub mod follow;
 pub mod history;
 pub mod service;
 pub mod store;

@@ -138,6 +138,9 @@ pub struct Alerting {
     /// Seconds from ingest receiving a sighting to its alert reaching the live hub
     /// (committed to the log); exported by the service's /metrics.
     pub alert_latency: Histogram,
+    /// On SQLite (one node) the engine hands committed alerts to the hub itself; on
+    /// PostgreSQL the log follower does, for every node's alerts, in seq order.
+    pub(crate) engine_publishes: bool,
 }
 
 impl Alerting {
@@ -151,6 +154,7 @@ impl Alerting {
         let map = load_zone_map(db).await?;
         let (hub, _) = broadcast::channel(HUB_CAPACITY);
         let history = History::new(db.clone());
+        let engine_publishes = db.backend() == greenplate_registry::Backend::Sqlite;
         Ok(Arc::new(Self {
             registry,
             routing,
@@ -160,6 +164,7 @@ impl Alerting {
             hub,
             history,
             stream_catchups: AtomicU64::new(0),
+            engine_publishes,
             alert_latency: Histogram::new([
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
@@ -676,7 +681,7 @@ async fn incident_row(
     })
 }
 
-fn alert_from_row(row: &AnyRow) -> Result<Alert, sqlx::Error> {
+pub(crate) fn alert_from_row(row: &AnyRow) -> Result<Alert, sqlx::Error> {
     Ok(Alert {
         seq: row.try_get::<i64, _>("seq")? as u64,
         alert_id: row.try_get("alert_id")?,

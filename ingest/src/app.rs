@@ -102,6 +102,14 @@ impl Service {
                 purged.passes_purged.inc_by(n);
             },
         ));
+        // On PostgreSQL, streams are fed from the shared alert log (every node's alerts).
+        if db.backend() == greenplate_registry::Backend::Postgres {
+            tracker.spawn(greenplate_alerting::follow::run(
+                alerting.clone(),
+                config.database_url(),
+                shutdown.clone(),
+            ));
+        }
         // Other nodes on the same PostgreSQL: apply their committed changes here.
         let zones_of = alerting.clone();
         tracker.spawn(greenplate_registry::sync::listen(

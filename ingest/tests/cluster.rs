@@ -1,6 +1,7 @@
 //! Two nodes on one PostgreSQL: what is provisioned or reported through one is in force on
 //! the other without a restart (readers, tokens, zones and units, the hotlist), announced
-//! with NOTIFY when it commits.
+//! with NOTIFY when it commits; and a patrol stream on either node gets the alerts of both,
+//! in seq order, and resumes on either.
 
 mod support;
 
@@ -115,6 +116,28 @@ async fn what_one_node_commits_is_in_force_on_the_other() {
         (alert.kind(), alert.plate.as_str(), alert.reader_id.as_str()),
         (AlertKind::StolenSighted, PLATE, "rd-1")
     );
+
+    // A sighting through node A's broker reaches the stream on node B too, and a stream
+    // resumed on node A replays both, in order.
+    let mut reader_a = ReaderClient::connect("127.0.0.1", a.mqtt_port(), "rd-1", &secret)
+        .await
+        .unwrap();
+    reader_a
+        .publish(vec![later(sighting(TAG, 2, -50), 100)])
+        .await
+        .unwrap();
+    let from_a = next_alert(&mut stream).await;
+    assert!(from_a.seq > alert.seq);
+    assert_eq!(from_a.incident_id, alert.incident_id);
+    let mut on_a = clients::patrol(a.channel().await, &hq_token)
+        .unwrap()
+        .stream_alerts(StreamAlertsRequest { resume_after: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_alert(&mut on_a).await.seq, alert.seq);
+    assert_eq!(next_alert(&mut on_a).await.seq, from_a.seq);
+    reader_a.disconnect().await;
 
     // A recovery reported through A takes the bike off B's hotlist.
     kiosk

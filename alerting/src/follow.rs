@@ -1,0 +1,156 @@
+//! Several nodes on one PostgreSQL: the live hub of every node is fed from the shared alert
+//! log, in seq order, so a patrol stream on any node gets every alert it is entitled to,
+//! whichever node's engine committed it, with the same no-gap, no-duplicate promise as on
+//! one node.
+//!
+//! The engine announces each commit with `pg_notify` (delivered on commit). The follower
+//! reads the log after its cursor and hands alerts to the hub strictly in seq order. A seq
+//! can show up committed before a lower one that another node's transaction still holds: the
+//! follower waits for the hole to fill, and only after [`HOLE_WAIT`] (a transaction that
+//! rolled back leaves a hole forever) goes past it; an alert that then commits behind the
+//! cursor reaches streams only by replay (a stream that restarts, or lags). On SQLite the
+//! engine publishes to the hub itself and no follower runs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Alerting, LoggedAlert, alert_from_row};
+
+/// The PostgreSQL notification channel the engine announces commits on.
+pub const CHANNEL: &str = "greenplate_alerts";
+/// How long a hole in the seqs is waited for before the follower goes past it.
+pub const HOLE_WAIT: Duration = Duration::from_secs(3);
+/// Alerts read per query.
+const PAGE: i64 = 512;
+
+/// Follows the alert log until `shutdown`, from the log's end at start.
+pub async fn run(alerting: Arc<Alerting>, url: String, shutdown: CancellationToken) {
+    let mut cursor: i64 = loop {
+        match sqlx::query("SELECT COALESCE(MAX(seq), 0) AS top FROM alerts")
+            .fetch_one(alerting.registry().db().pool())
+            .await
+            .and_then(|r| r.try_get::<i64, _>("top"))
+        {
+            Ok(top) => break top,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot read the alert log's end; retrying.");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    };
+    let mut hole_since: Option<Instant> = None;
+    'connect: loop {
+        let mut listener = match connect(&url).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot listen for alert commits; polling meanwhile.");
+                None
+            }
+        };
+        loop {
+            // Read what is there, then wait for the next commit (or a short tick, to notice
+            // a filled hole or a lost connection).
+            match catch_up(&alerting, &mut cursor, &mut hole_since).await {
+                Ok(()) => {}
+                Err(e) => tracing::error!(error = %e, "Reading the alert log failed."),
+            }
+            let tick = if hole_since.is_some() {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_millis(500)
+            };
+            let Some(l) = listener.as_mut() else {
+                // No listening connection: poll, and try to listen again.
+                tokio::select! {
+                    _ = tokio::time::sleep(tick) => continue 'connect,
+                    _ = shutdown.cancelled() => return,
+                }
+            };
+            tokio::select! {
+                r = l.try_recv() => match r {
+                    Ok(Some(_)) => {}
+                    // Connection lost: reconnect (the catch-up reads whatever was missed).
+                    Ok(None) | Err(_) => continue 'connect,
+                },
+                _ = tokio::time::sleep(tick) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<Option<sqlx::postgres::PgListener>, sqlx::Error> {
+    let mut l = sqlx::postgres::PgListener::connect(url).await?;
+    l.listen(CHANNEL).await?;
+    Ok(Some(l))
+}
+
+/// Hands every committed alert after `cursor` to the hub, in seq order, stopping at a hole
+/// younger than [`HOLE_WAIT`].
+async fn catch_up(
+    alerting: &Alerting,
+    cursor: &mut i64,
+    hole_since: &mut Option<Instant>,
+) -> Result<(), sqlx::Error> {
+    loop {
+        let rows = sqlx::query(
+            "SELECT a.seq, a.alert_id, a.kind, a.priority, a.plate, a.tag_id, a.reader_id, \
+                    a.lat, a.lon, a.seen_at_ms, a.incident_id, a.zone_id \
+             FROM alerts a WHERE a.seq > $1 ORDER BY a.seq LIMIT $2",
+        )
+        .bind(*cursor)
+        .bind(PAGE)
+        .fetch_all(alerting.registry().db().pool())
+        .await?;
+        if rows.is_empty() {
+            *hole_since = None;
+            return Ok(());
+        }
+        let mut alerts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            alerts.push(alert_from_row(row)?);
+        }
+        let top = alerts.last().map_or(*cursor, |a| a.seq as i64);
+        let recipients =
+            sqlx::query("SELECT seq, unit_id FROM alert_recipients WHERE seq > $1 AND seq <= $2")
+                .bind(*cursor)
+                .bind(top)
+                .fetch_all(alerting.registry().db().pool())
+                .await?;
+        let mut by_seq: std::collections::HashMap<i64, Vec<String>> = Default::default();
+        for r in recipients {
+            by_seq
+                .entry(r.try_get("seq")?)
+                .or_default()
+                .push(r.try_get("unit_id")?);
+        }
+        let n = alerts.len();
+        for alert in alerts {
+            let seq = alert.seq as i64;
+            if seq != *cursor + 1 {
+                let since = *hole_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < HOLE_WAIT {
+                    return Ok(());
+                }
+                tracing::warn!(
+                    from = *cursor + 1,
+                    to = seq - 1,
+                    "Going past a hole in the alert log (a rolled-back or very slow commit)."
+                );
+            }
+            *hole_since = None;
+            *cursor = seq;
+            let recipients = by_seq.remove(&seq).unwrap_or_default();
+            alerting.publish(LoggedAlert { alert, recipients });
+        }
+        if (n as i64) < PAGE {
+            return Ok(());
+        }
+    }
+}
