@@ -156,6 +156,13 @@ pub struct MqttConfig {
     /// The shared-subscription group every node of one deployment joins.
     #[serde(default = "default_share_group")]
     pub share_group: String,
+    /// Keep this node's session on the external broker when it disconnects (MQTT
+    /// clean-session off; needs a fixed `client_id`). Mosquitto 2.0 then holds the node's
+    /// share of messages, the unacknowledged ones too, until the same client id reconnects:
+    /// a node that crashes and restarts loses nothing, but its share waits for it. With a
+    /// clean session (the default) that share is dropped when the node dies.
+    #[serde(default)]
+    pub persistent_session: bool,
 }
 
 /// The gRPC port (Admin, Registry, Patrol, reflection).
@@ -319,6 +326,7 @@ impl Default for MqttConfig {
             password: None,
             client_id: None,
             share_group: default_share_group(),
+            persistent_session: false,
         }
     }
 }
@@ -388,6 +396,13 @@ impl Config {
                 "ingest.max_clock_skew_ms must be between 1 and 2592000000 (30 days)".into(),
             ));
         }
+        if self.mqtt.persistent_session && self.mqtt.client_id.is_none() {
+            return Err(ConfigError::Invalid(
+                "mqtt.persistent_session needs a fixed mqtt.client_id (the broker keeps the \
+                 session under that id)"
+                    .into(),
+            ));
+        }
         let i = &self.ingest;
         for (name, ok) in [
             ("ingest.pass_gap_ms", i.pass_gap_ms > 0),
@@ -449,6 +464,15 @@ mod tests {
         let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
         assert_eq!(parsed, Config::default());
         parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn a_persistent_session_needs_a_fixed_client_id() {
+        let mut c = Config::default();
+        c.mqtt.persistent_session = true;
+        assert!(c.validate().is_err());
+        c.mqtt.client_id = Some("greenplate-node-1".into());
+        c.validate().unwrap();
     }
 
     #[test]

@@ -10,8 +10,12 @@
 //! back, or to another; what a broker does with a dead member's in-flight messages is its
 //! own policy: see deploy/README.md).
 //!
-//! The session is clean: a node that goes away leaves no queue behind for the broker to keep
-//! assigning messages to (Mosquitto keeps sending a persistent member its share).
+//! The session is clean by default: a node that goes away leaves no queue behind, and
+//! Mosquitto 2.0.11 drops the share it had assigned to it (observed: a killed member's
+//! unacknowledged and queued messages did not go to the other member). With
+//! `mqtt.persistent_session` (and a fixed client id) Mosquitto keeps assigning the node its
+//! share while it is away and delivers all of it when the node reconnects: nothing lost,
+//! but late by the node's restart time.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -116,7 +120,7 @@ pub async fn start(
         .unwrap_or_else(|| format!("greenplate-{}", hex::encode(rand::random::<[u8; 6]>())));
     let mut opts = MqttOptions::new(client_id.clone(), broker.host.clone(), broker.port);
     opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_clean_session(true);
+    opts.set_clean_session(!config.persistent_session);
     opts.set_manual_acks(true);
     // A packet over rumqttc's limit breaks the whole connection, so accept up to
     // INCOMING_MAX and let the pipeline drop what is over mqtt.max_payload_bytes (counted as
