@@ -8,11 +8,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use greenplate_proto::v1::{
-    AddKioskRequest, AlertKind, ReportRecoveredRequest, ReportStolenRequest, StreamAlertsRequest,
+    AlertKind, ReportRecoveredRequest, ReportStolenRequest, StreamAlertsRequest,
 };
 use greenplate_simulator::clients;
 use greenplate_simulator::reader::{ReaderClient, sighting};
-use support::{TestService, bike, later, next_alert};
+use support::{TestService, bike, later, new_kiosk_token, new_unit_token, next_alert};
 
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const TAG: &str = "E28011606000000000000C71";
@@ -52,32 +52,8 @@ async fn what_one_node_commits_is_in_force_on_the_other() {
 
     // Everything is provisioned and reported through node A.
     let secret = a.add_reader("rd-1", 23.30, 116.60).await;
-    let hq_token = {
-        use greenplate_proto::v1::AddPatrolUnitRequest;
-        a.admin()
-            .await
-            .add_patrol_unit(AddPatrolUnitRequest {
-                unit_id: "hq".into(),
-                name: "HQ".into(),
-                zone_ids: vec![],
-                command_center: true,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .token
-    };
-    let kiosk_token = a
-        .admin()
-        .await
-        .add_kiosk(AddKioskRequest {
-            kiosk_id: "k-1".into(),
-            name: "Kiosk".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let hq_token = new_unit_token(a.channel().await, "hq", &[], true).await;
+    let kiosk_token = new_kiosk_token(a.channel().await, "k-1").await;
     let mut kiosk = clients::registry(a.channel().await, &kiosk_token).unwrap();
     kiosk.register_bike(bike(TAG, PLATE)).await.unwrap();
     kiosk

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use greenplate_proto::v1::patrol_client::PatrolClient;
 use greenplate_proto::v1::{
-    AddKioskRequest, AddPatrolUnitRequest, AddReaderRequest, GetBikeRequest, GetTrackRequest,
-    ReportStolenRequest, StreamAlertsRequest, get_bike_request, get_track_request::Subject,
+    GetBikeRequest, GetTrackRequest, ReportStolenRequest, StreamAlertsRequest, get_bike_request,
+    get_track_request::Subject,
 };
 use greenplate_simulator::clients::{self, Authed};
 use greenplate_simulator::reader::{ReaderClient, sighting};
-use support::{ADMIN_TOKEN, bike, later, next_alert};
+use support::{ADMIN_TOKEN, bike, later, new_kiosk_token, new_reader, new_unit_token, next_alert};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
@@ -117,40 +117,15 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 /// unit's token.
 async fn provision(node: &Node) -> (String, String) {
     let ch = node.channel().await;
-    let mut admin = clients::admin(ch.clone(), ADMIN_TOKEN).unwrap();
-    let secret = admin
-        .add_reader(AddReaderRequest {
-            reader_id: "rd-1".into(),
-            name: "Gate".into(),
-            lat: 23.3,
-            lon: 116.6,
-            format: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
-    let unit = admin
-        .add_patrol_unit(AddPatrolUnitRequest {
-            unit_id: "hq".into(),
-            name: "HQ".into(),
-            zone_ids: vec![],
-            command_center: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let kiosk = admin
-        .add_kiosk(AddKioskRequest {
-            kiosk_id: "k-1".into(),
-            name: "Kiosk".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let mut registry = clients::registry(ch.clone(), &kiosk).unwrap();
+    let secret = new_reader(ch.clone(), "rd-1", 23.3, 116.6).await;
+    let unit = new_unit_token(ch.clone(), "hq", &[], true).await;
+    let kiosk = new_kiosk_token(ch.clone(), "k-1").await;
+    register_stolen_at(ch, &kiosk).await;
+    (secret, unit)
+}
+
+async fn register_stolen_at(ch: Channel, kiosk: &str) {
+    let mut registry = clients::registry(ch, kiosk).unwrap();
     registry.register_bike(bike(TAG, PLATE)).await.unwrap();
     registry
         .report_stolen(ReportStolenRequest {
@@ -159,7 +134,6 @@ async fn provision(node: &Node) -> (String, String) {
         })
         .await
         .unwrap();
-    (secret, unit)
 }
 
 async fn patrol(node: &Node, token: &str) -> PatrolClient<Authed> {
@@ -238,16 +212,7 @@ async fn after_sigkill_a_restart_recovers_what_was_acknowledged() {
     let node = Node::start(dir.path()).await;
     // The registry and the hotlist: the bike is still stolen...
     let kiosk_channel = node.channel().await;
-    let mut admin = clients::admin(kiosk_channel.clone(), ADMIN_TOKEN).unwrap();
-    let kiosk = admin
-        .add_kiosk(AddKioskRequest {
-            kiosk_id: "k-2".into(),
-            name: "Kiosk 2".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let kiosk = new_kiosk_token(kiosk_channel.clone(), "k-2").await;
     let shown = clients::registry(kiosk_channel, &kiosk)
         .unwrap()
         .get_bike(GetBikeRequest {

@@ -17,6 +17,7 @@ use greenplate_proto::v1::{
 use greenplate_simulator::clients::{self, Authed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Streaming;
+use tonic::transport::Channel;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -169,19 +170,7 @@ impl TestService {
 
     /// Provisions a reader; returns its MQTT secret.
     pub async fn add_reader(&self, id: &str, lat: f64, lon: f64) -> String {
-        self.admin()
-            .await
-            .add_reader(AddReaderRequest {
-                reader_id: id.into(),
-                name: id.into(),
-                lat,
-                lon,
-                format: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .secret
+        new_reader(self.channel().await, id, lat, lon).await
     }
 
     /// Provisions a patrol unit; returns a Patrol client with its token.
@@ -191,35 +180,13 @@ impl TestService {
         zones: &[&str],
         command_center: bool,
     ) -> PatrolClient<Authed> {
-        let token = self
-            .admin()
-            .await
-            .add_patrol_unit(AddPatrolUnitRequest {
-                unit_id: id.into(),
-                name: id.into(),
-                zone_ids: zones.iter().map(|z| z.to_string()).collect(),
-                command_center,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .token;
+        let token = new_unit_token(self.channel().await, id, zones, command_center).await;
         clients::patrol(self.channel().await, &token).unwrap()
     }
 
     /// Provisions a kiosk; returns a Registry client with its token.
     pub async fn add_kiosk(&self, id: &str) -> RegistryClient<Authed> {
-        let token = self
-            .admin()
-            .await
-            .add_kiosk(AddKioskRequest {
-                kiosk_id: id.into(),
-                name: id.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .token;
+        let token = new_kiosk_token(self.channel().await, id).await;
         clients::registry(self.channel().await, &token).unwrap()
     }
 
@@ -321,4 +288,56 @@ pub fn later(mut s: Sighting, passes: i64) -> Sighting {
     s.first_seen_ms += passes * 10_000;
     s.last_seen_ms += passes * 10_000;
     s
+}
+
+/// Provisions a reader through Admin at `channel`; returns its MQTT secret.
+pub async fn new_reader(channel: Channel, id: &str, lat: f64, lon: f64) -> String {
+    clients::admin(channel, ADMIN_TOKEN)
+        .unwrap()
+        .add_reader(AddReaderRequest {
+            reader_id: id.into(),
+            name: id.into(),
+            lat,
+            lon,
+            format: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+}
+
+/// Provisions a patrol unit through Admin at `channel`; returns its token.
+pub async fn new_unit_token(
+    channel: Channel,
+    id: &str,
+    zones: &[&str],
+    command_center: bool,
+) -> String {
+    clients::admin(channel, ADMIN_TOKEN)
+        .unwrap()
+        .add_patrol_unit(AddPatrolUnitRequest {
+            unit_id: id.into(),
+            name: id.into(),
+            zone_ids: zones.iter().map(|z| z.to_string()).collect(),
+            command_center,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+/// Provisions a kiosk through Admin at `channel`; returns its token.
+pub async fn new_kiosk_token(channel: Channel, id: &str) -> String {
+    clients::admin(channel, ADMIN_TOKEN)
+        .unwrap()
+        .add_kiosk(AddKioskRequest {
+            kiosk_id: id.into(),
+            name: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
 }
