@@ -140,10 +140,20 @@ async fn patrol(node: &Node, token: &str) -> PatrolClient<Authed> {
     clients::patrol(node.channel().await, token).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_open_passes_and_streams_then_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path()).await;
+/// A provisioned node whose unit has had one alert.
+struct Alerted {
+    node: Node,
+    secret: String,
+    unit: String,
+    stream: tonic::Streaming<greenplate_proto::v1::Alert>,
+    reader: ReaderClient,
+    alert: greenplate_proto::v1::Alert,
+}
+
+/// Starts a node on `dir`, provisions it, and has the reader sight the stolen bike
+/// (`reads` reads) until the unit's stream gets the alert.
+async fn alerted(dir: &Path, reads: u32) -> Alerted {
+    let node = Node::start(dir).await;
     let (secret, unit) = provision(&node).await;
     let mut stream = patrol(&node, &unit)
         .await
@@ -154,8 +164,32 @@ async fn sigterm_drains_open_passes_and_streams_then_exits_zero() {
     let mut reader = ReaderClient::connect("127.0.0.1", node.mqtt.port(), "rd-1", &secret)
         .await
         .unwrap();
-    reader.publish(vec![sighting(TAG, 3, -50)]).await.unwrap();
+    reader
+        .publish(vec![sighting(TAG, reads, -50)])
+        .await
+        .unwrap();
     let alert = next_alert(&mut stream).await;
+    Alerted {
+        node,
+        secret,
+        unit,
+        stream,
+        reader,
+        alert,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_passes_and_streams_then_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let Alerted {
+        node,
+        unit,
+        mut stream,
+        reader,
+        alert,
+        ..
+    } = alerted(dir.path(), 3).await;
     // The pass is still open (the gap is 5 s): only a drain stores it now.
     node.signal("-TERM");
     let ended = tokio::time::timeout(Duration::from_secs(15), stream.message())
@@ -191,19 +225,14 @@ async fn sigterm_drains_open_passes_and_streams_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sigkill_a_restart_recovers_what_was_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path()).await;
-    let (secret, unit) = provision(&node).await;
-    let mut stream = patrol(&node, &unit)
-        .await
-        .stream_alerts(StreamAlertsRequest { resume_after: 0 })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut reader = ReaderClient::connect("127.0.0.1", node.mqtt.port(), "rd-1", &secret)
-        .await
-        .unwrap();
-    reader.publish(vec![sighting(TAG, 2, -50)]).await.unwrap();
-    let first = next_alert(&mut stream).await;
+    let Alerted {
+        node,
+        secret,
+        unit,
+        reader,
+        alert: first,
+        ..
+    } = alerted(dir.path(), 2).await;
     node.signal("-KILL");
     let status = node.exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), None, "killed by a signal");
