@@ -169,10 +169,15 @@ async fn wait_connack(events: &mut EventLoop) -> anyhow::Result<()> {
 
 /// Polls the event loop for the life of the client; reconnects after a pause on errors.
 async fn drive(id: String, mut events: EventLoop) {
+    let mut closing = false;
     loop {
         match events.poll().await {
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+            // Keep the socket until the broker closes it: rumqttd 0.20 frees the connection's
+            // slot on DISCONNECT, and a socket closed from this side first makes its link
+            // send a late Disconnect for that slot, which drops whichever client took it.
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => closing = true,
             Ok(_) => {}
+            Err(_) if closing => return,
             Err(e) => {
                 tracing::warn!(reader = %id, error = %e, "MQTT connection lost; reconnecting.");
                 tokio::time::sleep(Duration::from_secs(1)).await;
