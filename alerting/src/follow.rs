@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Alerting, LoggedAlert, alert_from_row};
+use crate::store::{ALERT_COLUMNS, Alerting, LoggedAlert, alert_from_row};
 
 /// The PostgreSQL notification channel the engine announces commits on.
 pub const CHANNEL: &str = "greenplate_alerts";
@@ -99,11 +99,9 @@ async fn catch_up(
     hole_since: &mut Option<Instant>,
 ) -> Result<(), sqlx::Error> {
     loop {
-        let rows = sqlx::query(
-            "SELECT a.seq, a.alert_id, a.kind, a.priority, a.plate, a.tag_id, a.reader_id, \
-                    a.lat, a.lon, a.seen_at_ms, a.incident_id, a.zone_id \
-             FROM alerts a WHERE a.seq > $1 ORDER BY a.seq LIMIT $2",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.seq > $1 ORDER BY a.seq LIMIT $2"
+        )))
         .bind(*cursor)
         .bind(PAGE)
         .fetch_all(alerting.registry().db().pool())

@@ -588,12 +588,10 @@ impl Alerting {
         after: u64,
         limit: i64,
     ) -> Result<Vec<Alert>, AlertingError> {
-        let rows = sqlx::query(
-            "SELECT a.seq, a.alert_id, a.kind, a.priority, a.plate, a.tag_id, a.reader_id, \
-                    a.lat, a.lon, a.seen_at_ms, a.incident_id, a.zone_id \
-             FROM alerts a JOIN alert_recipients r ON r.seq = a.seq \
-             WHERE r.unit_id = $1 AND a.seq > $2 ORDER BY a.seq LIMIT $3",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a JOIN alert_recipients r ON r.seq = a.seq \
+             WHERE r.unit_id = $1 AND a.seq > $2 ORDER BY a.seq LIMIT $3"
+        )))
         .bind(unit_id)
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
         .bind(limit)
@@ -680,6 +678,10 @@ async fn incident_row(
         note: row.try_get("note")?,
     })
 }
+
+/// The columns [`alert_from_row`] reads, of `alerts a`.
+pub(crate) const ALERT_COLUMNS: &str = "a.seq, a.alert_id, a.kind, a.priority, a.plate, \
+     a.tag_id, a.reader_id, a.lat, a.lon, a.seen_at_ms, a.incident_id, a.zone_id";
 
 pub(crate) fn alert_from_row(row: &AnyRow) -> Result<Alert, sqlx::Error> {
     Ok(Alert {

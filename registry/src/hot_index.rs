@@ -183,29 +183,28 @@ impl HotIndex {
     /// Sets every tag's state from the registry tables (at start, and when another node
     /// made changes this one may have missed).
     pub async fn load_into(&self, db: &Db) -> Result<(), RegistryError> {
-        let index = self;
         // Streamed, so the rows of a district never sit in memory all at once.
-        let mut rows = sqlx::query(
-            "SELECT g.tag_id, g.bike_id, g.state, b.armed, \
-                    (SELECT COUNT(*) FROM theft_reports t \
-                      WHERE t.bike_id = g.bike_id AND t.recovered_at_ms IS NULL) AS open_thefts \
-             FROM tags g JOIN bikes b ON b.bike_id = g.bike_id",
-        )
-        .fetch(db.pool());
+        let mut rows = sqlx::query(TAG_STATES).fetch(db.pool());
         while let Some(row) = rows.try_next().await? {
-            let tag: String = row.try_get("tag_id")?;
-            let Some(tag) = TagId::parse(&tag) else {
-                tracing::warn!(tag = %tag, "Skipped a malformed tag id.");
-                continue;
-            };
-            let open: i64 = row.try_get("open_thefts")?;
-            let revoked = row.try_get::<String, _>("state")? == "revoked";
-            let armed = !revoked && row.try_get::<i64, _>("armed")? != 0;
-            let state = TagState::new(row.try_get("bike_id")?)
-                .with_stolen(open > 0)
-                .with_armed(armed)
-                .with_revoked(revoked);
-            index.set(tag, state);
+            if let Some((tag, state)) = tag_state_of(&row)? {
+                self.set(tag, state);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the states of every tag of the bike that has (or had) `tag`.
+    pub async fn load_bike_of(&self, db: &Db, tag: TagId) -> Result<(), RegistryError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{TAG_STATES} WHERE g.bike_id = (SELECT bike_id FROM tags WHERE tag_id = $1)"
+        )))
+        .bind(tag.to_string())
+        .fetch_all(db.pool())
+        .await?;
+        for row in &rows {
+            if let Some((tag, state)) = tag_state_of(row)? {
+                self.set(tag, state);
+            }
         }
         Ok(())
     }
@@ -291,6 +290,27 @@ impl HotIndex {
     pub fn memory_bytes(&self) -> usize {
         self.table.load().slots.len() * std::mem::size_of::<Slot>()
     }
+}
+
+/// Every tag with what the hot index keeps of it.
+const TAG_STATES: &str = "SELECT g.tag_id, g.bike_id, g.state, b.armed, \
+        (SELECT COUNT(*) FROM theft_reports t \
+          WHERE t.bike_id = g.bike_id AND t.recovered_at_ms IS NULL) AS open_thefts \
+     FROM tags g JOIN bikes b ON b.bike_id = g.bike_id";
+
+/// A row of [`TAG_STATES`] as an index entry; `None` (logged) for a malformed tag id.
+fn tag_state_of(row: &sqlx::any::AnyRow) -> Result<Option<(TagId, TagState)>, RegistryError> {
+    let tag: String = row.try_get("tag_id")?;
+    let Some(tag) = TagId::parse(&tag) else {
+        tracing::warn!(tag = %tag, "Skipped a malformed tag id.");
+        return Ok(None);
+    };
+    let revoked = row.try_get::<String, _>("state")? == "revoked";
+    let state = TagState::new(row.try_get("bike_id")?)
+        .with_stolen(row.try_get::<i64, _>("open_thefts")? > 0)
+        .with_armed(!revoked && row.try_get::<i64, _>("armed")? != 0)
+        .with_revoked(revoked);
+    Ok(Some((tag, state)))
 }
 
 #[cfg(test)]

@@ -18,7 +18,6 @@ use sqlx::{AnyConnection, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RegistryError;
-use crate::hot_index::TagState;
 use crate::readers::{Format, Reader};
 use crate::store::Registry;
 use crate::validate::TagId;
@@ -88,7 +87,7 @@ impl Registry {
     /// registry's: it is ignored here.
     pub async fn apply(&self, change: &Change) -> Result<(), RegistryError> {
         match change {
-            Change::Tag(tag) => self.reload_bike_of(*tag).await,
+            Change::Tag(tag) => self.index().load_bike_of(self.db(), *tag).await,
             Change::Reader { id, grace_ms } => self.reload_reader(id, *grace_ms).await,
             Change::Tokens => self.auth().reload(self.db()).await,
             Change::Zones => Ok(()),
@@ -107,30 +106,6 @@ impl Registry {
                 Ok(())
             }
         }
-    }
-
-    async fn reload_bike_of(&self, tag: TagId) -> Result<(), RegistryError> {
-        let rows = sqlx::query(
-            "SELECT g.tag_id, g.bike_id, g.state, b.armed, \
-                    (SELECT COUNT(*) FROM theft_reports t \
-                      WHERE t.bike_id = g.bike_id AND t.recovered_at_ms IS NULL) AS open_thefts \
-             FROM tags g JOIN bikes b ON b.bike_id = g.bike_id \
-             WHERE g.bike_id = (SELECT bike_id FROM tags WHERE tag_id = $1)",
-        )
-        .bind(tag.to_string())
-        .fetch_all(self.db().pool())
-        .await?;
-        for row in rows {
-            let t: String = row.try_get("tag_id")?;
-            let Some(t) = TagId::parse(&t) else { continue };
-            let revoked = row.try_get::<String, _>("state")? == "revoked";
-            let state = TagState::new(row.try_get("bike_id")?)
-                .with_stolen(row.try_get::<i64, _>("open_thefts")? > 0)
-                .with_armed(!revoked && row.try_get::<i64, _>("armed")? != 0)
-                .with_revoked(revoked);
-            self.index().set(t, state);
-        }
-        Ok(())
     }
 
     async fn reload_reader(&self, id: &str, grace_ms: i64) -> Result<(), RegistryError> {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use greenplate_alerting::{CloneWatch, EngineHandle, Pass, Sighted};
-use greenplate_registry::{HotIndex, Readers, now_ms};
+use greenplate_registry::{HotIndex, Reader, Readers, now_ms};
 use smooth::{Folded, SmoothConfig, Smoother};
 use store::StoreInput;
 use tokio::sync::mpsc;
@@ -143,16 +143,16 @@ async fn flush_closed(ctx: &Context, w: &mut Worker) {
 
 /// Handles one reader message end to end.
 pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
-    if let Err(rejection) = admit(ctx, msg) {
-        return dropped(ctx, &mut w.log, msg, &rejection);
-    }
+    let reader = match admit(ctx, msg) {
+        Ok(reader) => reader,
+        Err(rejection) => return dropped(ctx, &mut w.log, msg, &rejection),
+    };
     if msg.topic.ends_with(b"/status") {
-        return handle_status(ctx, w, msg).await;
+        return handle_status(ctx, w, msg, reader).await;
     }
     let log = &mut w.log;
-    let opened = open::open_message(&ctx.readers, &msg.topic, &msg.payload, ctx.unsealed_allowed);
-    let (reader, batch) = match opened {
-        Ok(ok) => ok,
+    let batch = match open::open_from(&reader, &msg.payload, ctx.unsealed_allowed) {
+        Ok(batch) => batch,
         Err(rejection) => return dropped(ctx, log, msg, &rejection),
     };
     ctx.metrics.batches_accepted.inc();
@@ -224,10 +224,11 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
     flush_closed(ctx, w).await;
 }
 
-/// The checks before anything is decoded: size, and the reader's message budget (a reader
-/// flooding its topic costs a hash lookup per message, not a decryption, and its messages
-/// are dropped before they hold up the other readers of its worker).
-fn admit(ctx: &Context, msg: &Inbound) -> Result<(), open::Rejection> {
+/// The checks before anything is decoded: size, topic, a provisioned and enabled reader,
+/// and its message budget (a reader flooding its topic costs a lookup per message, not a
+/// decryption, and its messages are dropped before they hold up the other readers of its
+/// worker). Returns the reader, for the stage that opens the message.
+fn admit(ctx: &Context, msg: &Inbound) -> Result<Arc<Reader>, open::Rejection> {
     if msg.payload.len() > ctx.max_payload_bytes {
         return Err(open::Rejection::Oversized(msg.payload.len()));
     }
@@ -235,30 +236,25 @@ fn admit(ctx: &Context, msg: &Inbound) -> Result<(), open::Rejection> {
     let id = greenplate_proto::topics::reader_of_sightings_topic(topic)
         .or_else(|| greenplate_proto::topics::reader_of_status_topic(topic))
         .ok_or(open::Rejection::Topic)?;
-    // An unknown reader is refused by the stage that opens the message.
-    if let Some(reader) = ctx.readers.get(id) {
-        let mut budget = reader.budget.lock().unwrap_or_else(|p| p.into_inner());
-        if !budget.take(
-            now_ms(),
-            ctx.reader_messages_per_s,
-            ctx.reader_messages_burst,
-        ) {
-            return Err(open::Rejection::Flood);
-        }
+    let reader = open::enabled_reader(&ctx.readers, id)?;
+    let mut budget = reader.budget.lock().unwrap_or_else(|p| p.into_inner());
+    if !budget.take(
+        now_ms(),
+        ctx.reader_messages_per_s,
+        ctx.reader_messages_burst,
+    ) {
+        return Err(open::Rejection::Flood);
     }
-    Ok(())
+    drop(budget);
+    Ok(reader)
 }
 
 /// Handles a reader's status message (or its last will).
-async fn handle_status(ctx: &Context, w: &mut Worker, msg: &Inbound) {
-    let outcome = std::str::from_utf8(&msg.topic)
-        .map_err(|_| open::Rejection::Topic)
-        .and_then(|topic| status::open(&ctx.readers, topic, &msg.payload))
-        .and_then(|(reader, s)| {
-            status::apply(&reader, &s, now_ms(), ctx.max_clock_skew_ms).map(|c| (reader, c))
-        });
+async fn handle_status(ctx: &Context, w: &mut Worker, msg: &Inbound, reader: Arc<Reader>) {
+    let outcome = status::open_from(&reader, &msg.payload)
+        .and_then(|s| status::apply(&reader, &s, now_ms(), ctx.max_clock_skew_ms));
     match outcome {
-        Ok((reader, change)) => {
+        Ok(change) => {
             ctx.metrics.statuses_accepted.inc();
             if change == status::StatusChange::WentOffline {
                 ctx.metrics.reader_wills.inc();

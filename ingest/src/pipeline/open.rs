@@ -95,12 +95,29 @@ pub fn open_message(
 ) -> Result<(Arc<Reader>, SightingBatch), Rejection> {
     let topic = std::str::from_utf8(topic).map_err(|_| Rejection::Topic)?;
     let reader_id = topics::reader_of_sightings_topic(topic).ok_or(Rejection::Topic)?;
-    let reader = readers.get(reader_id).ok_or(Rejection::UnknownReader)?;
+    let reader = enabled_reader(readers, reader_id)?;
+    let batch = open_from(&reader, payload, unsealed_allowed)?;
+    Ok((reader, batch))
+}
+
+/// The provisioned, enabled reader `id`.
+pub fn enabled_reader(readers: &Readers, id: &str) -> Result<Arc<Reader>, Rejection> {
+    let reader = readers.get(id).ok_or(Rejection::UnknownReader)?;
     if !reader.enabled() {
         return Err(Rejection::ReaderDisabled);
     }
+    Ok(reader)
+}
+
+/// Opens a sightings payload of a reader already found from its topic (see
+/// [`open_message`]).
+pub fn open_from(
+    reader: &Reader,
+    payload: &[u8],
+    unsealed_allowed: bool,
+) -> Result<SightingBatch, Rejection> {
     let batch = match reader.format {
-        Format::Sealed => open_sealed(&reader, payload)?,
+        Format::Sealed => open_sealed(reader, payload)?,
         format if unsealed_allowed => {
             let batch = formats::parse(format, &reader.id, payload)?;
             if batch.reader_id != reader.id {
@@ -123,7 +140,7 @@ pub fn open_message(
             });
         }
     }
-    Ok((reader, batch))
+    Ok(batch)
 }
 
 /// The envelope and the sealed batch must name the reader, and open with its key.

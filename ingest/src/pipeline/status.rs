@@ -43,10 +43,13 @@ pub fn open(
     payload: &[u8],
 ) -> Result<(Arc<Reader>, ReaderStatus), Rejection> {
     let reader_id = topics::reader_of_status_topic(topic).ok_or(Rejection::Topic)?;
-    let reader = readers.get(reader_id).ok_or(Rejection::UnknownReader)?;
-    if !reader.enabled() {
-        return Err(Rejection::ReaderDisabled);
-    }
+    let reader = super::open::enabled_reader(readers, reader_id)?;
+    let status = open_from(&reader, payload)?;
+    Ok((reader, status))
+}
+
+/// Opens a status payload of a reader already found from its topic.
+pub fn open_from(reader: &Reader, payload: &[u8]) -> Result<ReaderStatus, Rejection> {
     let sealed =
         SealedSightingBatch::decode(payload).map_err(|e| Rejection::Malformed(e.to_string()))?;
     if sealed.reader_id != reader.id {
@@ -56,7 +59,7 @@ pub fn open(
     if status.reader_id != reader.id {
         return Err(Rejection::ReaderMismatch);
     }
-    Ok((reader, status))
+    Ok(status)
 }
 
 /// Applies an opened status at server time `now_ms`.
