@@ -158,9 +158,12 @@ pub struct MqttConfig {
     pub share_group: String,
     /// Keep this node's session on the external broker when it disconnects (MQTT
     /// clean-session off; needs a fixed `client_id`). Mosquitto 2.0 then holds the node's
-    /// share of messages, the unacknowledged ones too, until the same client id reconnects:
-    /// a node that crashes and restarts loses nothing, but its share waits for it. With a
-    /// clean session (the default) that share is dropped when the node dies.
+    /// share of messages, the unacknowledged ones too, until the same client id reconnects.
+    /// The nodes also announce themselves on `greenplate/nodes/{client_id}/state`, and when
+    /// one dies (its last will) a live node takes over its session, processes what was
+    /// waiting in it, and leaves the share to the live nodes (`broker::peers`): a node that
+    /// crashes loses nothing. With a clean session (the default) a dead node's share is
+    /// dropped by Mosquitto.
     #[serde(default)]
     pub persistent_session: bool,
 }
@@ -403,6 +406,15 @@ impl Config {
                     .into(),
             ));
         }
+        if let Some(id) = &self.mqtt.client_id
+            && (id.is_empty() || id.len() > 64 || id.contains(['/', '+', '#', '\0']))
+        {
+            return Err(ConfigError::Invalid(
+                "mqtt.client_id must be 1 to 64 characters without '/', '+', '#' (it names \
+                 the node's presence topic)"
+                    .into(),
+            ));
+        }
         let i = &self.ingest;
         for (name, ok) in [
             ("ingest.pass_gap_ms", i.pass_gap_ms > 0),
@@ -473,6 +485,10 @@ mod tests {
         assert!(c.validate().is_err());
         c.mqtt.client_id = Some("greenplate-node-1".into());
         c.validate().unwrap();
+        for bad in ["", "a/b", "node+", "#"] {
+            c.mqtt.client_id = Some(bad.into());
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

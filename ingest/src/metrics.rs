@@ -48,6 +48,8 @@ pub struct Metrics {
     pub statuses_accepted: Counter,
     pub reader_wills: Counter,
     pub mqtt_disconnects: Counter,
+    pub mqtt_takeovers: Counter,
+    pub mqtt_takeover_messages: Counter,
 }
 
 impl Metrics {
@@ -85,6 +87,8 @@ impl Metrics {
             statuses_accepted: Counter::default(),
             reader_wills: Counter::default(),
             mqtt_disconnects: Counter::default(),
+            mqtt_takeovers: Counter::default(),
+            mqtt_takeover_messages: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -232,6 +236,16 @@ impl Metrics {
             "mqtt_external_disconnects",
             "Times ingest lost its connection to the external broker",
             m.mqtt_disconnects.clone(),
+        );
+        registry.register(
+            "mqtt_takeovers",
+            "Sessions of dead peer nodes this node drained on the external broker",
+            m.mqtt_takeovers.clone(),
+        );
+        registry.register(
+            "mqtt_takeover_messages",
+            "Messages taken from dead peer nodes' sessions",
+            m.mqtt_takeover_messages.clone(),
         );
         Self { registry, ..m }
     }

@@ -88,7 +88,7 @@ async fn each_kind_of_bad_input_is_refused_and_counted_by_reason() {
     svc.wait_metric(&rejected("replay"), 1.0).await;
     a.publish_raw(
         &topics::sightings("rd-a"),
-        sealed(&secret_a, "rd-a", 1000, vec![]),
+        sealed(&secret_a, "rd-a", 5000, vec![]),
     )
     .await
     .unwrap();

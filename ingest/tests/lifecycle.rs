@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use greenplate_proto::v1::patrol_client::PatrolClient;
 use greenplate_proto::v1::{
@@ -17,101 +15,12 @@ use greenplate_proto::v1::{
 };
 use greenplate_simulator::clients::{self, Authed};
 use greenplate_simulator::reader::{ReaderClient, sighting};
+use support::node::Node;
 use support::{ADMIN_TOKEN, bike, later, new_kiosk_token, new_reader, new_unit_token, next_alert};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
 const TAG: &str = "E28011606000000000000A71";
 const PLATE: &str = "粤D7A071";
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A `greenplate serve` process.
-struct Node {
-    child: Child,
-    mqtt: SocketAddr,
-    grpc: String,
-    http: SocketAddr,
-}
-
-impl Node {
-    async fn start(dir: &Path) -> Node {
-        let (mqtt, grpc, http) = (free_port(), free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_greenplate"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--mqtt-listen", &mqtt.to_string()])
-            .args(["--grpc-listen", &grpc.to_string()])
-            .args(["--http-listen", &http.to_string()])
-            .env("GREENPLATE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap();
-        let node = Node {
-            child,
-            mqtt,
-            grpc: format!("http://{grpc}"),
-            http,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_status(node.http, "/readyz").await != Some(200) {
-            assert!(Instant::now() < deadline, "node not ready within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        node
-    }
-
-    async fn channel(&self) -> Channel {
-        clients::channel(&self.grpc).await.unwrap()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
-    }
-
-    /// Waits for the process to exit, at most `within`.
-    async fn exit(mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node still running after {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.ok()?;
-    buf.split(' ').nth(1)?.parse().ok()
-}
 
 /// A reader, a command-center unit, and a stolen bike; returns the reader's secret and the
 /// unit's token.

@@ -125,16 +125,17 @@ impl TokenBucket {
     }
 }
 
-/// Which batch seqs of a reader were processed: the highest, and a bitmap of the 128 below
-/// it (anti-replay as in IPsec/DTLS). A seq is taken once; a seq older than the window is
-/// refused. Unlike "greater than the last", a batch that arrives late (an external broker
-/// redelivering an unacknowledged message, or two nodes sharing a reader's traffic) is still
-/// taken if it was never processed.
+/// Which batch seqs of a reader were processed: the highest, and a bitmap of the 1,024
+/// below it (anti-replay as in IPsec/DTLS). A seq is taken once; a seq older than the window
+/// is refused. Unlike "greater than the last", a batch that arrives late (an external broker
+/// redelivering an unacknowledged message, two nodes sharing a reader's traffic, or a node
+/// draining a dead peer's session) is still taken if it was never processed. The window is
+/// wide for that last case: a reader at one batch a second is covered for 17 minutes.
 #[derive(Debug, Default, Clone)]
 pub struct SeqWindow {
     highest: u64,
-    /// Bit i set: seq `highest - 1 - i` was taken.
-    below: u128,
+    /// A ring: bit `seq % RING` set means `seq` was taken, for seqs in the window.
+    taken: [u64; 17],
 }
 
 /// Why [`SeqWindow::take`] refused a seq.
@@ -148,7 +149,15 @@ pub enum SeqRefusal {
 
 impl SeqWindow {
     /// How far below the highest seq a late batch is still taken.
-    pub const WIDTH: u64 = 128;
+    pub const WIDTH: u64 = 1024;
+
+    /// Slots in the ring: the highest and the WIDTH below it.
+    const RING: u64 = Self::WIDTH + 1;
+
+    fn slot(seq: u64) -> (usize, u64) {
+        let i = seq % Self::RING;
+        ((i / 64) as usize, 1u64 << (i % 64))
+    }
 
     /// Takes `seq` if it was not taken before.
     pub fn take(&mut self, seq: u64) -> Result<(), SeqRefusal> {
@@ -156,37 +165,28 @@ impl SeqWindow {
             return Err(SeqRefusal::TooOld);
         }
         if seq > self.highest {
-            let shift = seq - self.highest;
-            self.below = if shift > Self::WIDTH {
-                0
+            if seq - self.highest >= Self::RING {
+                self.taken = Default::default();
             } else {
-                // The old highest becomes bit shift-1.
-                let moved = if shift == Self::WIDTH {
-                    0
-                } else {
-                    self.below << shift
-                };
-                if self.highest > 0 {
-                    moved | (1u128 << (shift - 1))
-                } else {
-                    moved
+                // The slots of the seqs the window moves over held seqs now out of it.
+                for s in self.highest + 1..seq {
+                    let (w, b) = Self::slot(s);
+                    self.taken[w] &= !b;
                 }
-            };
+            }
+            let (w, b) = Self::slot(seq);
+            self.taken[w] |= b;
             self.highest = seq;
             return Ok(());
         }
-        if seq == self.highest {
-            return Err(SeqRefusal::Duplicate);
-        }
-        let i = self.highest - 1 - seq;
-        if i >= Self::WIDTH {
+        if self.highest - seq > Self::WIDTH {
             return Err(SeqRefusal::TooOld);
         }
-        let bit = 1u128 << i;
-        if self.below & bit != 0 {
+        let (w, b) = Self::slot(seq);
+        if self.taken[w] & b != 0 {
             return Err(SeqRefusal::Duplicate);
         }
-        self.below |= bit;
+        self.taken[w] |= b;
         Ok(())
     }
 
@@ -478,6 +478,15 @@ mod tests {
         assert_eq!(w.take(12), Err(SeqRefusal::Duplicate));
         assert_eq!(w.take(13), Ok(()));
         assert_eq!(w.take(112 - 100), Err(SeqRefusal::Duplicate));
+        // One step at a time past a whole ring: old slots are reused, each seq taken once.
+        let mut w = SeqWindow::default();
+        for s in 1..=3 * SeqWindow::WIDTH {
+            w.take(s).unwrap();
+            if s > SeqWindow::WIDTH + 1 {
+                assert_eq!(w.take(s - SeqWindow::WIDTH), Err(SeqRefusal::Duplicate));
+                assert_eq!(w.take(s - SeqWindow::WIDTH - 1), Err(SeqRefusal::TooOld));
+            }
+        }
         // Exactly the width, then past it.
         let mut w = SeqWindow::default();
         w.take(1).unwrap();

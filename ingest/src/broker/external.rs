@@ -13,20 +13,29 @@
 //! The session is clean by default: a node that goes away leaves no queue behind, and
 //! Mosquitto 2.0.11 drops the share it had assigned to it (observed: a killed member's
 //! unacknowledged and queued messages did not go to the other member). With
-//! `mqtt.persistent_session` (and a fixed client id) Mosquitto keeps assigning the node its
-//! share while it is away and delivers all of it when the node reconnects: nothing lost,
-//! but late by the node's restart time.
+//! `mqtt.persistent_session` (and a fixed client id) Mosquitto keeps the node's session,
+//! its unacknowledged messages and its share of new ones, when the node dies; the node
+//! announces itself on a retained presence topic with a last will, and a live node takes
+//! over a dead one's session, drains it and hands the share to the live nodes
+//! ([`super::peers`]). A node that stops cleanly first leaves the shares, so nothing is
+//! queued for it while it is away.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use greenplate_proto::topics;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::peers::{self, Peers};
 use super::{BrokerError, Inbound};
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
@@ -34,13 +43,33 @@ use crate::metrics::Metrics;
 /// Largest packet taken from the external broker (bigger ones break the connection).
 const INCOMING_MAX: usize = 16 * 1024 * 1024;
 
-/// How long the first connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may take to be accepted.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a node that stops waits for the acknowledgements of what it still holds.
+const LEAVE_GRACE: Duration = Duration::from_secs(5);
 
 /// Sends a message's PUBACK when dropped (the last clone of the `Arc` that holds it).
 pub struct Ack {
     client: AsyncClient,
     publish: Publish,
+    /// Messages of this connection not yet acknowledged.
+    pending: Arc<AtomicUsize>,
+}
+
+impl Ack {
+    pub(super) fn new(
+        client: AsyncClient,
+        publish: Publish,
+        pending: Arc<AtomicUsize>,
+    ) -> Arc<Self> {
+        pending.fetch_add(1, Ordering::AcqRel);
+        Arc::new(Self {
+            client,
+            publish,
+            pending,
+        })
+    }
 }
 
 impl std::fmt::Debug for Ack {
@@ -56,6 +85,7 @@ impl Drop for Ack {
             // processed here.
             tracing::warn!(pkid = self.publish.pkid, error = %e, "Could not acknowledge a message.");
         }
+        self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -102,6 +132,25 @@ impl BrokerUrl {
     }
 }
 
+/// The MQTT options of a connection to the external broker as `client_id` (clean session,
+/// manual acknowledgements, this node's login and packet limits).
+pub(super) fn options(config: &MqttConfig, broker: &BrokerUrl, client_id: &str) -> MqttOptions {
+    let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_manual_acks(true);
+    // A packet over rumqttc's limit breaks the whole connection, so accept up to
+    // INCOMING_MAX and let the pipeline drop what is over mqtt.max_payload_bytes (counted as
+    // `oversized`); cap the broker's message size too (Mosquitto: message_size_limit).
+    opts.set_max_packet_size(
+        INCOMING_MAX.max(config.max_payload_bytes + 1024),
+        config.max_payload_bytes,
+    );
+    if let Some(user) = &config.username {
+        opts.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
+    }
+    opts
+}
+
 /// Connects to the external broker, joins the shared subscriptions, and forwards every
 /// reader message to `out`. Returns the broker's address once the first CONNACK arrived.
 pub async fn start(
@@ -118,19 +167,15 @@ pub async fn start(
         .client_id
         .clone()
         .unwrap_or_else(|| format!("greenplate-{}", hex::encode(rand::random::<[u8; 6]>())));
-    let mut opts = MqttOptions::new(client_id.clone(), broker.host.clone(), broker.port);
-    opts.set_keep_alive(Duration::from_secs(30));
+    let mut opts = options(config, &broker, &client_id);
     opts.set_clean_session(!config.persistent_session);
-    opts.set_manual_acks(true);
-    // A packet over rumqttc's limit breaks the whole connection, so accept up to
-    // INCOMING_MAX and let the pipeline drop what is over mqtt.max_payload_bytes (counted as
-    // `oversized`); cap the broker's message size too (Mosquitto: message_size_limit).
-    opts.set_max_packet_size(
-        INCOMING_MAX.max(config.max_payload_bytes + 1024),
-        config.max_payload_bytes,
-    );
-    if let Some(user) = &config.username {
-        opts.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
+    // With a persistent session the node's queue outlives it, so the others must know when
+    // it dies: its presence, retained, with a last will.
+    let presence = config
+        .persistent_session
+        .then(|| topics::node_state(&client_id));
+    if let Some(topic) = &presence {
+        opts.set_last_will(LastWill::new(topic, peers::OFFLINE, QoS::AtLeastOnce, true));
     }
     let (client, mut events) = AsyncClient::new(opts, 64);
     let filters = [
@@ -141,20 +186,44 @@ pub async fn start(
         .await
         .map_err(|_| BrokerError::External(format!("no CONNACK from {url} in time")))?
         .map_err(BrokerError::External)?;
-    subscribe(&client, &filters).await?;
-    tracing::info!(broker = %url, client_id = %client_id, group = %config.share_group, "Ingest joined the external broker.");
-    tracker.spawn(forward(client, events, filters, out, metrics, shutdown));
+    join(&client, &filters, presence.as_deref()).await?;
+    let peers = presence.is_some().then(|| {
+        Peers::new(
+            client_id.clone(),
+            peers::Context {
+                config: config.clone(),
+                broker: broker.clone(),
+                filters: filters.clone(),
+                out: out.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
+            },
+        )
+    });
+    tracing::info!(broker = %url, client_id = %client_id, group = %config.share_group, persistent = config.persistent_session, "Ingest joined the external broker.");
+    tracker.spawn(forward(Link {
+        client,
+        events,
+        filters,
+        presence,
+        peers,
+        out,
+        metrics,
+        shutdown,
+    }));
     Ok(addr)
 }
 
-async fn wait_connack(events: &mut EventLoop) -> Result<(), String> {
+/// Waits for the CONNACK; returns whether the broker still had a session for the client.
+pub(super) async fn wait_connack(events: &mut EventLoop) -> Result<bool, String> {
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 return if ack.code == rumqttc::ConnectReturnCode::Success {
-                    Ok(())
+                    Ok(ack.session_present)
                 } else {
-                    Err(format!("broker refused ingest: {:?}", ack.code))
+                    Err(format!("broker refused the connection: {:?}", ack.code))
                 };
             }
             Ok(_) => {}
@@ -163,25 +232,58 @@ async fn wait_connack(events: &mut EventLoop) -> Result<(), String> {
     }
 }
 
-async fn subscribe(client: &AsyncClient, filters: &[String]) -> Result<(), BrokerError> {
+/// Subscribes to the shares and, with a presence topic, announces this node and watches
+/// the others.
+async fn join(
+    client: &AsyncClient,
+    filters: &[String],
+    presence: Option<&str>,
+) -> Result<(), BrokerError> {
     for f in filters {
         client
             .subscribe(f.as_str(), QoS::AtLeastOnce)
             .await
             .map_err(|e| BrokerError::External(format!("cannot subscribe to {f}: {e}")))?;
     }
+    if let Some(topic) = presence {
+        client
+            .publish(topic, QoS::AtLeastOnce, true, peers::ONLINE)
+            .await
+            .map_err(|e| BrokerError::External(format!("cannot announce the node: {e}")))?;
+        client
+            .subscribe(topics::NODE_STATE_FILTER, QoS::AtLeastOnce)
+            .await
+            .map_err(|e| BrokerError::External(format!("cannot watch the nodes: {e}")))?;
+    }
     Ok(())
 }
 
-/// Polls the connection until shutdown; resubscribes after every reconnect (clean session).
-async fn forward(
+/// The main connection and what its messages feed.
+struct Link {
     client: AsyncClient,
-    mut events: EventLoop,
+    events: EventLoop,
     filters: [String; 2],
+    presence: Option<String>,
+    peers: Option<Arc<Peers>>,
     out: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) {
+}
+
+/// Polls the connection until shutdown; joins again after every reconnect (a peer may have
+/// taken the session and left the shares meanwhile), then leaves.
+async fn forward(link: Link) {
+    let Link {
+        client,
+        mut events,
+        filters,
+        presence,
+        peers,
+        out,
+        metrics,
+        shutdown,
+    } = link;
+    let pending = Arc::new(AtomicUsize::new(0));
     let mut connected = true;
     loop {
         let event = tokio::select! {
@@ -190,14 +292,18 @@ async fn forward(
         };
         match event {
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if topics::node_of_state_topic(&publish.topic).is_some() {
+                    if let Some(peers) = &peers {
+                        peers.observe(&publish.topic, &publish.payload);
+                    }
+                    let _ = client.try_ack(&publish);
+                    continue;
+                }
                 let msg = Inbound {
                     topic: publish.topic.clone().into(),
                     payload: publish.payload.clone(),
                     received_at: std::time::Instant::now(),
-                    ack: Some(Arc::new(Ack {
-                        client: client.clone(),
-                        publish,
-                    })),
+                    ack: Some(Ack::new(client.clone(), publish, pending.clone())),
                 };
                 // A full pipeline stops this loop, so the broker holds the rest (its
                 // in-flight window) instead of ingest buffering without bound.
@@ -210,9 +316,10 @@ async fn forward(
                 connected = true;
                 let client = client.clone();
                 let filters = filters.clone();
+                let presence = presence.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = subscribe(&client, &filters).await {
-                        tracing::error!(error = %e, "Resubscribing failed.");
+                    if let Err(e) = join(&client, &filters, presence.as_deref()).await {
+                        tracing::error!(error = %e, "Joining again failed.");
                     }
                 });
             }
@@ -230,7 +337,62 @@ async fn forward(
             }
         }
     }
+    drop(out);
+    if connected {
+        leave(
+            &client,
+            &mut events,
+            &filters,
+            presence.as_deref(),
+            &pending,
+        )
+        .await;
+    }
+}
+
+/// A clean stop: leave the shares (so nothing is queued for this node while it is away),
+/// send the acknowledgements of what the pipeline still finishes, clear the presence (a
+/// node that left is not taken over), and disconnect.
+async fn leave(
+    client: &AsyncClient,
+    events: &mut EventLoop,
+    filters: &[String],
+    presence: Option<&str>,
+    pending: &AtomicUsize,
+) {
+    if presence.is_some() {
+        for f in filters {
+            let _ = client.try_unsubscribe(f.as_str());
+        }
+    }
+    let deadline = tokio::time::Instant::now() + LEAVE_GRACE;
+    while pending.load(Ordering::Acquire) > 0 {
+        // Short slices, so the count is seen soon after the last acknowledgement went out.
+        let slice = tokio::time::Instant::now() + Duration::from_millis(100);
+        match tokio::time::timeout_at(slice.min(deadline), events.poll()).await {
+            Ok(Ok(_)) => {}
+            Err(_) if tokio::time::Instant::now() < deadline => {}
+            _ => {
+                tracing::warn!(
+                    unacknowledged = pending.load(Ordering::Acquire),
+                    "Left the broker with messages unacknowledged; it delivers them again."
+                );
+                return;
+            }
+        }
+    }
+    if let Some(topic) = presence {
+        let _ = client.try_publish(topic, QoS::AtLeastOnce, true, Bytes::new());
+    }
     let _ = client.try_disconnect();
+    let _ = tokio::time::timeout_at(deadline, async {
+        while let Ok(e) = events.poll().await {
+            if matches!(e, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -13,9 +13,11 @@
 //!   completed an MQTT CONNECT (with a one-time credential).
 //!
 //! Ingest receives what readers publish as [`Inbound`] messages on a bounded channel.
-//! [`external`] is the other way in: an external broker with a shared subscription.
+//! [`external`] is the other way in: an external broker with a shared subscription;
+//! [`peers`] lets a live node drain the broker session of a dead one.
 
 pub mod external;
+pub mod peers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -107,6 +107,13 @@ impl Smoother {
             && let Some(i) = passes.iter().position(|p| Arc::ptr_eq(&p.reader, reader))
         {
             let p = &mut passes[i];
+            if read.last_seen_ms.saturating_add(gap) < p.first_seen_ms {
+                // An earlier pass that arrives late (a broker's redelivery, or a node
+                // draining a dead peer's session): a pass of its own, closed at once, and
+                // the open one goes on.
+                closed.push(Self::start(reader, read, now_ms).close(read.tag));
+                return Folded::Opened;
+            }
             if read.first_seen_ms <= p.last_seen_ms.saturating_add(gap) {
                 p.first_seen_ms = p.first_seen_ms.min(read.first_seen_ms);
                 p.last_seen_ms = p.last_seen_ms.max(read.last_seen_ms);
@@ -253,6 +260,29 @@ mod tests {
             (1_000, 1_000)
         );
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn an_earlier_pass_arriving_late_is_its_own_pass() {
+        // GAP is 2 s (smoother(..)): a read 5 s older than the open pass came late.
+        let (r, mut s, mut closed) = (reader("r1"), smoother(100), Vec::new());
+        s.observe(&r, &read(1, 10_000, -70), 10_000, &mut closed);
+        assert_eq!(
+            s.observe(&r, &read(1, 5_000, -60), 10_100, &mut closed),
+            Folded::Opened
+        );
+        assert_eq!(closed.len(), 1);
+        assert_eq!(
+            (closed[0].first_seen_ms, closed[0].peak_rssi_dbm),
+            (5_000, -60)
+        );
+        // The open pass is untouched; a read just before it (within the gap) joins it.
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            s.observe(&r, &read(1, 9_000, -70), 10_200, &mut closed),
+            Folded::Extended
+        );
+        assert_eq!(closed.len(), 1);
     }
 
     #[test]

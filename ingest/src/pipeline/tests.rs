@@ -63,7 +63,7 @@ fn accepts_a_sealed_batch_once() {
     open(
         &readers,
         topic.as_bytes(),
-        &sealed("secret-1", &batch("r1", 500)),
+        &sealed("secret-1", &batch("r1", 5000)),
     )
     .unwrap();
     assert_eq!(

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod node;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -135,16 +137,7 @@ impl TestService {
 
     /// The value of one metric sample line (e.g. `greenplate_ingest_batches_accepted_total`).
     pub async fn metric(&self, sample: &str) -> f64 {
-        let body = self.http_get("/metrics").await;
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(sample)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0)
+        metric(self.service.http_addr, sample).await
     }
 
     /// Polls a metric until it reaches `at_least`, or fails after a deadline.
@@ -340,4 +333,18 @@ pub async fn new_kiosk_token(channel: Channel, id: &str) -> String {
         .unwrap()
         .into_inner()
         .token
+}
+
+/// The value of one metric sample line on the HTTP port at `addr` (0 when absent).
+pub async fn metric(addr: SocketAddr, sample: &str) -> f64 {
+    let body = http_get(addr, "/metrics").await;
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
