@@ -47,6 +47,11 @@ pub enum StartError {
     Broker(#[from] broker::BrokerError),
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+    #[error(
+        "{0} is there: a key rotation was interrupted; run `greenplate registry rotate-key` \
+         again to finish it"
+    )]
+    InterruptedRotation(PathBuf),
 }
 
 /// A running service.
@@ -288,10 +293,14 @@ pub async fn open_registry(config: &Config) -> Result<(Arc<Registry>, String), S
     };
     let key = match &config.secret_key {
         Some(k) => parse_key(k)?,
-        None => parse_key(&read_or_create(
-            &config.data_dir.join("secret.key"),
-            || hex::encode(SecretBox::generate_key()),
-        )?)?,
+        None => {
+            crate::rotate_key::check_no_interrupted_rotation(&config.data_dir)
+                .map_err(StartError::InterruptedRotation)?;
+            parse_key(&read_or_create(
+                &config.data_dir.join(crate::rotate_key::KEY_FILE),
+                || hex::encode(SecretBox::generate_key()),
+            )?)?
+        }
     };
     let db = Db::connect(&config.database_url()).await?;
     let registry = Registry::open(db, SecretBox::new(&key), &admin_token).await?;

@@ -13,6 +13,7 @@
 //! - [`app`]: [`Service`], which starts all of it and stops it on one path.
 //! - [`patrol_client`]: `greenplate patrol`, the officers' command-line client.
 //! - [`zones_import`]: `greenplate zones import`, zones from GeoJSON through Admin.
+//! - [`rotate_key`]: `greenplate registry rotate-key`, a new at-rest key.
 //!
 //! The `greenplate` binary (`src/main.rs`) only parses flags and calls [`Service`].
 
@@ -24,6 +25,7 @@ pub mod http;
 pub mod metrics;
 pub mod patrol_client;
 pub mod pipeline;
+pub mod rotate_key;
 pub mod zones_import;
 
 pub use app::{Service, StartError};

@@ -103,6 +103,20 @@ enum RegistryCommand {
     /// Re-running the same file changes nothing. Stop the service first, or restart it
     /// afterwards, so its in-memory index includes the imported bikes.
     Import(ImportArgs),
+    /// Move the database to a new at-rest key (owners' ID numbers and phones, readers'
+    /// secrets), in one transaction. Stop every node first. With the key in the data
+    /// directory, the new key replaces it there (generated unless --new-key is given); with
+    /// secret_key / GREENPLATE_SECRET_KEY, give --new-key and then set it on every node.
+    RotateKey(RotateKeyArgs),
+}
+
+#[derive(clap::Args)]
+struct RotateKeyArgs {
+    /// The new key, 64 hex digits.
+    #[arg(long, env = "GREENPLATE_NEW_SECRET_KEY", hide_env_values = true)]
+    new_key: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(clap::Args)]
@@ -189,6 +203,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => run(serve(args), "info,rumqttd=warn"),
         Command::Registry(RegistryCommand::Import(args)) => run(import(args), "warn"),
+        Command::Registry(RegistryCommand::RotateKey(args)) => run(rotate_key(args), "warn"),
         Command::Patrol(args) => run(patrol(args), "warn"),
         Command::Zones(ZonesCommand::Import {
             file,
@@ -308,6 +323,47 @@ async fn patrol(args: PatrolArgs) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("greenplate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn rotate_key(args: RotateKeyArgs) -> ExitCode {
+    use greenplate_ingest::rotate_key::Rotation;
+    let config = match args.store.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("greenplate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match greenplate_ingest::rotate_key::rotate_key(&config, args.new_key.as_deref()).await {
+        Ok(Rotation::Rotated { rekeyed, key_file }) => {
+            println!(
+                "Re-sealed {} owners and {} readers under the new key.",
+                rekeyed.owners, rekeyed.readers
+            );
+            match key_file {
+                Some(f) => println!("The new key is in {}.", f.display()),
+                None => println!(
+                    "Now set the new key as secret_key (GREENPLATE_SECRET_KEY) on every node."
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Rotation::Finished { key_file }) => {
+            println!(
+                "An interrupted rotation had committed; its key is now in {}.",
+                key_file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Rotation::AlreadyRotated) => {
+            println!("The database is already under the new key.");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("greenplate: {e}");
             ExitCode::FAILURE

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use greenplate_proto::v1::{GetBikeRequest, get_bike_request};
 use greenplate_simulator::clients;
+use greenplate_simulator::reader::ReaderClient;
 use support::{ADMIN_TOKEN, TestService};
 
 fn greenplate() -> Command {
@@ -297,5 +298,68 @@ async fn zones_import_adds_reports_and_is_idempotent() {
     // The imported zones are live: a unit can be assigned to one (AddPatrolUnit refuses
     // unknown zones).
     svc.add_unit("u-west", &["west"], false).await;
+    svc.stop().await;
+}
+
+/// `greenplate registry rotate-key` re-seals a stopped node's data under a new key in its
+/// data directory; the node starts on it and still opens its readers' secrets and owners'
+/// data. A rotation interrupted before its rename keeps the node from starting until the
+/// command runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_key_reseals_the_registry_and_the_node_starts_on_the_new_key() {
+    let svc = TestService::start().await;
+    let secret = svc.add_reader("rd-k", 23.3, 116.6).await;
+    support::register_stolen(&svc, "E28011606000000000000C71", "粤D7C071").await;
+    let dir = svc.stop().await;
+    let key_file = dir.path().join("secret.key");
+    let old_key = std::fs::read_to_string(&key_file).unwrap();
+    let rotate = || {
+        let out = greenplate()
+            .args(["registry", "rotate-key", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let said = rotate();
+    assert!(said.contains("Re-sealed 1 owners and 1 readers"), "{said}");
+    assert_ne!(std::fs::read_to_string(&key_file).unwrap(), old_key);
+
+    // A leftover next key: the service refuses to start; the command sees the database is
+    // not under that key, drops it and rotates again.
+    std::fs::write(dir.path().join("secret.key.next"), "ab".repeat(32)).unwrap();
+    let config = greenplate_ingest::Config {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    };
+    let refused = greenplate_ingest::app::open_registry(&config).await;
+    assert!(
+        matches!(
+            refused,
+            Err(greenplate_ingest::StartError::InterruptedRotation(_))
+        ),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    let said = rotate();
+    assert!(said.contains("Re-sealed 1 owners and 1 readers"), "{said}");
+    assert!(!dir.path().join("secret.key.next").exists());
+
+    // The node on the new key: the reader logs in with its secret, the owner's phone opens.
+    let svc = TestService::start_in(dir).await;
+    let reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-k", &secret)
+        .await
+        .unwrap();
+    let bike = clients::registry(svc.channel().await, ADMIN_TOKEN)
+        .unwrap()
+        .get_bike(GetBikeRequest {
+            key: Some(get_bike_request::Key::Plate("粤D7C071".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(bike.owner.unwrap().phone.contains("****"));
+    reader.disconnect().await;
     svc.stop().await;
 }

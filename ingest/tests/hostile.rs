@@ -118,7 +118,7 @@ async fn each_kind_of_bad_input_is_refused_and_counted_by_reason() {
     ];
     a.publish_raw(
         &topics::sightings("rd-a"),
-        sealed(&secret_a, "rd-a", 1001, batch),
+        sealed(&secret_a, "rd-a", 5001, batch),
     )
     .await
     .unwrap();

@@ -16,6 +16,7 @@
 //! - [`readers`]: the reader directory (positions, sealing keys, counters) for the broker.
 //! - [`auth`]: bearer tokens and roles; the tonic interceptor.
 //! - [`secrets`]: sealing and keyed hashing of data at rest.
+//! - [`rekey`]: rotating the at-rest key (re-sealing everything in one transaction).
 //! - [`sync`]: keeping several nodes on one PostgreSQL in step (NOTIFY on commit, reload).
 //! - [`validate`]: tag ids, plates, resident ID numbers, phones; masking.
 
@@ -27,6 +28,7 @@ pub mod hot_index;
 pub mod import;
 pub mod pin;
 pub mod readers;
+pub mod rekey;
 pub mod secrets;
 pub mod service;
 pub mod store;

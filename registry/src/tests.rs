@@ -474,6 +474,56 @@ E28011600000000000000007,潮阳A00008,王芳,11010519491231002X,13800000001,Yade
     ));
 }
 
+async fn rekey_behaviour(t: &TestDb) {
+    use crate::rekey::{Rekeyed, opens_with, rekey};
+    let (old, new) = (SecretBox::new(&[9; 32]), SecretBox::new(&[10; 32]));
+    let reg = open(t.db.clone()).await;
+    let tag_a = "E2801160600002070000AC01";
+    reg.register_bike(&kiosk(), bike(tag_a, "潮阳E12345"))
+        .await
+        .unwrap();
+    let secret = reg
+        .add_reader(&admin(), "rd-k", "K", 23.3, 116.6, "")
+        .await
+        .unwrap();
+    drop(reg);
+    assert_eq!(opens_with(&t.db, &old).await.unwrap(), Some(true));
+    assert_eq!(opens_with(&t.db, &new).await.unwrap(), Some(false));
+    // The wrong old key changes nothing.
+    assert!(matches!(
+        rekey(&t.db, &new, &old, "operator").await,
+        Err(RegistryError::Crypto)
+    ));
+    assert_eq!(opens_with(&t.db, &old).await.unwrap(), Some(true));
+
+    let done = rekey(&t.db, &old, &new, "operator").await.unwrap();
+    assert_eq!(
+        done,
+        Rekeyed {
+            owners: 1,
+            readers: 1
+        }
+    );
+    assert_eq!(opens_with(&t.db, &new).await.unwrap(), Some(true));
+    // Under the new key: the reader's secret opens, the owner is found by ID number (the
+    // keyed hash was recomputed) and the phone opens.
+    let reg = Registry::open(t.db.clone(), new, "admin-token")
+        .await
+        .unwrap();
+    assert!(reg.readers().get("rd-k").unwrap().check_secret(&secret));
+    let owned = reg.list_owner_bikes(ID_A).await.unwrap();
+    assert_eq!(owned.len(), 1);
+    let audit = reg.list_audit(0, 100).await.unwrap();
+    assert!(audit.iter().any(|e| e.action == "rotate_key"), "{audit:?}");
+    drop(reg);
+    // The old key no longer opens the registry.
+    assert!(
+        Registry::open(t.db.clone(), old, "admin-token")
+            .await
+            .is_err()
+    );
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),*) => {
         mod sqlite {
@@ -503,5 +553,6 @@ macro_rules! on_both_backends {
 on_both_backends!(
     registry_behaviour,
     concurrent_registration,
-    import_behaviour
+    import_behaviour,
+    rekey_behaviour
 );
