@@ -52,6 +52,11 @@ pub enum StartError {
          again to finish it"
     )]
     InterruptedRotation(PathBuf),
+    #[error(
+        "the database's sealed data does not open with the configured at-rest key \
+         (secret_key / GREENPLATE_SECRET_KEY, or <data_dir>/secret.key)"
+    )]
+    WrongKey,
 }
 
 /// A running service.
@@ -304,6 +309,14 @@ pub async fn open_registry(config: &Config) -> Result<(Arc<Registry>, String), S
     };
     let db = Db::connect(&config.database_url()).await?;
     let registry = Registry::open(db, SecretBox::new(&key), &admin_token).await?;
+    // Readers' secrets are opened above; with no reader yet, an owner's data tells whether
+    // the key is the database's (a wrong key would fail only later, per request).
+    let opens = greenplate_registry::rekey::opens_with(registry.db(), &SecretBox::new(&key))
+        .await
+        .map_err(greenplate_registry::Error::from)?;
+    if opens == Some(false) {
+        return Err(StartError::WrongKey);
+    }
     Ok((registry, admin_token))
 }
 

@@ -432,7 +432,10 @@ async fn import(args: ImportArgs) -> ExitCode {
                 report.rejected.len()
             );
             if report.accepted > 0 {
-                println!("Restart a running greenplate so its hot index includes the new bikes.");
+                println!(
+                    "Running nodes on PostgreSQL reload the new bikes now; restart a node on \
+                     SQLite so its hot index includes them."
+                );
             }
             ExitCode::SUCCESS
         }

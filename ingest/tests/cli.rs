@@ -325,6 +325,13 @@ async fn rotate_key_reseals_the_registry_and_the_node_starts_on_the_new_key() {
     let said = rotate();
     assert!(said.contains("Re-sealed 1 owners and 1 readers"), "{said}");
     assert_ne!(std::fs::read_to_string(&key_file).unwrap(), old_key);
+    // The old key no longer opens it: a node given it refuses to start.
+    let stale = greenplate_ingest::Config {
+        data_dir: dir.path().to_owned(),
+        secret_key: Some(old_key.trim().to_owned()),
+        ..Default::default()
+    };
+    assert!(greenplate_ingest::app::open_registry(&stale).await.is_err());
 
     // A leftover next key: the service refuses to start; the command sees the database is
     // not under that key, drops it and rotates again.
@@ -362,4 +369,24 @@ async fn rotate_key_reseals_the_registry_and_the_node_starts_on_the_new_key() {
     assert!(bike.owner.unwrap().phone.contains("****"));
     reader.disconnect().await;
     svc.stop().await;
+}
+
+/// A node given another at-rest key than its database's refuses to start, even with no
+/// reader yet (an owner's sealed phone tells).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_at_rest_key_is_refused_at_start() {
+    let svc = TestService::start().await;
+    support::register_stolen(&svc, "E28011606000000000000C72", "粤D7C072").await;
+    let dir = svc.stop().await;
+    let config = greenplate_ingest::Config {
+        data_dir: dir.path().to_owned(),
+        secret_key: Some("cd".repeat(32)),
+        ..Default::default()
+    };
+    let refused = greenplate_ingest::app::open_registry(&config).await;
+    assert!(
+        matches!(refused, Err(greenplate_ingest::StartError::WrongKey)),
+        "{:?}",
+        refused.map(|_| ())
+    );
 }
