@@ -81,9 +81,10 @@ impl std::fmt::Debug for Ack {
 impl Drop for Ack {
     fn drop(&mut self) {
         if let Err(e) = self.client.try_ack(&self.publish) {
-            // The broker will deliver it again; the seq window drops the copy if it was
-            // processed here.
-            tracing::warn!(pkid = self.publish.pkid, error = %e, "Could not acknowledge a message.");
+            // The connection is gone (a stop or a lost broker; counted where that is
+            // logged): the broker delivers it again, and the seq window drops the copy where
+            // it was processed.
+            tracing::debug!(pkid = self.publish.pkid, error = %e, "Could not acknowledge a message.");
         }
         self.pending.fetch_sub(1, Ordering::AcqRel);
     }
