@@ -50,7 +50,7 @@ listen = "127.0.0.1:$m"
 url = "mqtt://$mosquitto"
 client_id = "gp-bench-$run-$n"
 share_group = "gp-bench-$run"
-persistent_session = true
+persistent_session = ${PERSISTENT:-true}
 [grpc]
 listen = "127.0.0.1:$g"
 [http]
@@ -68,7 +68,7 @@ done
 # watching for the first accepted sighting.
 "$bin/simulator" town --grpc "http://127.0.0.1:${grpc[0]}" --mqtt "$mosquitto" \
   --admin-token "bench-admin-$run" --readers "$readers" --bikes 1100 --batch 50 \
-  --interval-ms 50 --seconds "$seconds" > "$work/town.out" 2>&1 &
+  --interval-ms "${INTERVAL_MS:-50}" --seconds "$seconds" > "$work/town.out" 2>&1 &
 town=$!
 pids+=("$town")
 total() {
@@ -77,7 +77,7 @@ total() {
   echo "$t"
 }
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-mq=$(pgrep -x mosquitto | head -1)
+mq=$(pgrep -f "mosquitto.*${MQ_CONF:-mosquitto.conf}" | head -1)
 while [ "$(total)" = 0 ] && kill -0 "$town" 2>/dev/null; do sleep 0.2; done
 start=$(date +%s.%N)
 mq_start=$(cpu "$mq")
@@ -92,5 +92,8 @@ for i in "${!http[@]}"; do
   echo "node $((i + 1)): sightings accepted $(metric "${http[$i]}" greenplate_ingest_sightings_accepted_total), batches $(metric "${http[$i]}" greenplate_ingest_batches_accepted_total), peak RSS $(grep VmHWM /proc/"${pids[$i]}"/status | awk '{print $2/1024 " MB"}')"
 done
 echo "total sightings accepted: $(total)"
+for h in "${http[@]}"; do
+  curl -s "http://127.0.0.1:$h/metrics" | grep -E '^greenplate_ingest_(batches|sightings)_rejected_total' | grep -v ' 0$' || true
+done
 echo "mosquitto CPU over the drive: $(echo "($mq_end - $mq_start) / $(getconf CLK_TCK) / ($end - $start)" | bc -l | cut -c1-4) cores"
 grep -E "published|alerts|latency|rror" "$work/town.out" | head -8

@@ -29,7 +29,8 @@ use bytes::Bytes;
 
 use greenplate_proto::topics;
 use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, NetworkOptions, Outgoing, Packet,
+    Publish, QoS,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -152,6 +153,19 @@ pub(super) fn options(config: &MqttConfig, broker: &BrokerUrl, client_id: &str) 
     opts
 }
 
+/// A client and its event loop for `opts`. PUBACKs are small writes sent one by one as the
+/// pipeline finishes messages, and the broker sends a node no more than its in-flight
+/// window (Mosquitto: `max_inflight_messages`, 20 by default) before they arrive, so
+/// Nagle's algorithm, which may hold a small write back until the previous one is
+/// acknowledged, is off.
+pub(super) fn connection(opts: MqttOptions) -> (AsyncClient, EventLoop) {
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    events.set_network_options(network);
+    (client, events)
+}
+
 /// Connects to the external broker, joins the shared subscriptions, and forwards every
 /// reader message to `out`. Returns the broker's address once the first CONNACK arrived.
 pub async fn start(
@@ -178,7 +192,7 @@ pub async fn start(
     if let Some(topic) = &presence {
         opts.set_last_will(LastWill::new(topic, peers::OFFLINE, QoS::AtLeastOnce, true));
     }
-    let (client, mut events) = AsyncClient::new(opts, 64);
+    let (client, mut events) = connection(opts);
     let filters = [
         format!("$share/{}/{}", config.share_group, topics::SIGHTINGS_FILTER),
         format!("$share/{}/{}", config.share_group, topics::STATUS_FILTER),

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Inbound;
-use super::external::{Ack, BrokerUrl, CONNECT_TIMEOUT, options, wait_connack};
+use super::external::{Ack, BrokerUrl, CONNECT_TIMEOUT, connection, options, wait_connack};
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
 
@@ -228,7 +228,7 @@ enum Drained {
 async fn drain(cx: &Context, dead: &str) -> Result<Drained, String> {
     let mut opts = options(&cx.config, &cx.broker, dead);
     opts.set_clean_session(false);
-    let (client, mut events) = AsyncClient::new(opts, 64);
+    let (client, mut events) = connection(opts);
     let present = tokio::time::timeout(CONNECT_TIMEOUT, wait_connack(&mut events))
         .await
         .map_err(|_| "no CONNACK in time".to_owned())??;
