@@ -48,6 +48,9 @@ pub struct Metrics {
     pub statuses_accepted: Counter,
     pub reader_wills: Counter,
     pub mqtt_disconnects: Counter,
+    /// Rejected batches of every reason, for the command-center page's rate (not exported:
+    /// `batches_rejected` has them by reason).
+    pub batches_rejected_all: Counter,
 }
 
 impl Metrics {
@@ -57,6 +60,7 @@ impl Metrics {
         let m = Self {
             batches_accepted: Counter::default(),
             batches_rejected: Family::default(),
+            batches_rejected_all: Counter::default(),
             sightings_accepted: Counter::default(),
             sightings_rejected: Family::default(),
             sightings_unregistered: Counter::default(),
@@ -241,6 +245,7 @@ impl Metrics {
         self.batches_rejected
             .get_or_create(&Reason { reason })
             .inc();
+        self.batches_rejected_all.inc();
     }
 
     /// Counts a rejected sighting.
