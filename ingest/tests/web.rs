@@ -81,7 +81,18 @@ impl Browser {
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
             .context("opening a WebDriver session")?;
-        client.set_window_size(1280, 800).await?;
+        // A viewport of 1280x800: the window plus whatever the browser keeps around it.
+        let frame = client
+            .execute(
+                "return [window.outerWidth - window.innerWidth, \
+                         window.outerHeight - window.innerHeight];",
+                vec![],
+            )
+            .await?;
+        let extra = |i: usize| frame[i].as_u64().unwrap_or(0) as u32;
+        client
+            .set_window_size(1280 + extra(0), 800 + extra(1))
+            .await?;
         Ok(Self { client, driver })
     }
 
@@ -243,6 +254,8 @@ async fn kiosk_registration_to_a_live_incident_in_a_real_browser() -> anyhow::Re
     // Still the same page: the live stream did it, not a reload.
     assert_eq!(c.current_url().await?.path(), "/command");
     wait_text(c, "#rate-batches", "/s").await?;
+    // Readers' health follows the live stream too: the gate has been heard from.
+    wait_text(c, "#readers tr.online td.state", "online").await?;
     screenshot(c, "command.png").await?;
 
     // Acknowledge it from the list.

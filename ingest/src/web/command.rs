@@ -32,6 +32,7 @@ use super::WebState;
 use super::i18n::{Bilingual, explain, is_internal};
 use super::page::{
     both, csrf_refused, datetime, html_response, layout, message, redirect, session_expired,
+    short_datetime,
 };
 use super::session::{Area, Session, clear_cookie, set_cookie};
 
@@ -314,7 +315,7 @@ fn incident_row(session: &Session, i: &OpenIncident) -> Markup {
     let (zh, en) = kind_name(i.kind);
     html! {
         tr data-incident=(a.incident_id) data-seq=(a.seq) class=(if a.priority > 1 { "urgent" } else { "" }) {
-            td.time { (datetime(a.seen_at_ms)) }
+            td.time title=(datetime(a.seen_at_ms)) { (short_datetime(a.seen_at_ms)) }
             td { span.zh { (zh) } br; span.en { (en) } }
             td.plate {
                 @if a.plate.is_empty() { "-" } @else {
@@ -525,7 +526,7 @@ pub async fn home(
                             tr data-reader=(r.id) class=(if online(r) { "online" } else { "offline" }) {
                                 td { (r.id) }
                                 td.state { @if online(r) { "在线 / online" } @else { "离线 / offline" } }
-                                td.seen { (datetime(r.last_activity_ms())) }
+                                td.seen { (short_datetime(r.last_activity_ms())) }
                             }
                         }
                     }
@@ -641,7 +642,7 @@ fn alert_event(a: &Alert) -> Event {
         "reader_id": a.reader_id,
         "lat": a.lat,
         "lon": a.lon,
-        "seen": datetime(a.seen_at_ms),
+        "seen": short_datetime(a.seen_at_ms),
         "priority": a.priority,
     });
     Event::default()
@@ -684,7 +685,7 @@ fn status_event(web: &WebState, before: &Counts, now: &Counts) -> Event {
             serde_json::json!({
                 "id": r.id,
                 "online": online(r),
-                "last_seen": datetime(r.last_activity_ms()),
+                "last_seen": short_datetime(r.last_activity_ms()),
             })
         })
         .collect();

@@ -148,6 +148,12 @@ pub fn datetime(ms: i64) -> String {
     }
 }
 
+/// Unix ms as `MM-DD HH:MM:SS` (China Standard Time), for lists; `-` for 0.
+pub fn short_datetime(ms: i64) -> String {
+    let full = datetime(ms);
+    full.get(5..).map_or(full.clone(), str::to_owned)
+}
+
 /// Masks a name: the family name (first character) stays, the rest become `*`.
 pub fn mask_name(name: &str) -> String {
     let mut chars = name.chars();
@@ -175,6 +181,8 @@ mod tests {
         assert_eq!(datetime(0), "-");
         // 2026-01-01 00:00:00 UTC is 08:00 in Shantou.
         assert_eq!(datetime(1_767_225_600_000), "2026-01-01 08:00:00");
+        assert_eq!(short_datetime(1_767_225_600_000), "01-01 08:00:00");
+        assert_eq!(short_datetime(0), "-");
     }
 
     #[test]
