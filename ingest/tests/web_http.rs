@@ -346,3 +346,109 @@ async fn command_center_takes_command_center_units_only() {
 
     svc.stop().await;
 }
+
+/// A stolen bike seen by a reader shows on the command-center page, with the live stream's
+/// resume point after its alert, and leaves it once resolved.
+async fn incident_list_shows_open_incidents(svc: TestService) {
+    let addr = svc.service.http_addr;
+    let hq = new_unit_token(svc.channel().await, "hq", &[], true).await;
+    let hq_stream = svc.add_unit("hq-2", &[], true).await;
+    let mut alerts = support::stream(&hq_stream, 0).await;
+    let secret = svc.add_reader("rd-1", 23.26, 116.58).await;
+    support::register_stolen(&svc, "E28011606000020700000041", "潮阳C40001").await;
+    let mut reader = greenplate_simulator::reader::ReaderClient::connect(
+        "127.0.0.1",
+        svc.mqtt_port(),
+        "rd-1",
+        &secret,
+    )
+    .await
+    .unwrap();
+    reader
+        .publish(vec![greenplate_simulator::reader::sighting(
+            "E28011606000020700000041",
+            3,
+            -50,
+        )])
+        .await
+        .unwrap();
+    let alert = support::next_alert(&mut alerts).await;
+
+    let cookie = sign_in(addr, "command", &hq).await;
+    let page = request(addr, "GET", "/command", Some(&cookie), &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body
+            .contains(&format!("data-incident=\"{}\"", alert.incident_id)),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("潮阳C40001"), "{}", page.body);
+    assert!(
+        page.body.contains(&format!("data-after=\"{}\"", alert.seq)),
+        "{}",
+        page.body
+    );
+    let csrf = csrf_of(&page.body);
+    let r = request(
+        addr,
+        "POST",
+        "/command/incident",
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("incident_id", &alert.incident_id),
+            ("action", "resolve"),
+            ("outcome", "false_alarm"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let page = request(addr, "GET", "/command", Some(&cookie), &[]).await;
+    assert!(
+        !page
+            .body
+            .contains(&format!("data-incident=\"{}\"", alert.incident_id)),
+        "resolved incident still listed"
+    );
+    reader.disconnect().await;
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_list_on_sqlite() {
+    incident_list_shows_open_incidents(TestService::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG)"]
+async fn incident_list_on_postgres() {
+    incident_list_shows_open_incidents(TestService::start_postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_from_another_site_is_refused() {
+    let svc = TestService::start().await;
+    let addr = svc.service.http_addr;
+    let kiosk = new_kiosk_token(svc.channel().await, "k-web").await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = format!("token={kiosk}");
+    s.write_all(
+        format!(
+            "POST /kiosk/login HTTP/1.0\r\nHost: {addr}\r\nOrigin: http://evil.example\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    assert!(
+        buf.starts_with("HTTP/1.0 403") || buf.starts_with("HTTP/1.1 403"),
+        "{buf}"
+    );
+    assert!(!buf.to_ascii_lowercase().contains("set-cookie"), "{buf}");
+    svc.stop().await;
+}

@@ -91,7 +91,20 @@ pub struct LoginForm {
 }
 
 /// Signs a command-center unit in (a patrol unit provisioned with `command_center`).
-pub async fn login(State(web): State<WebState>, Form(form): Form<LoginForm>) -> Response {
+pub async fn login(
+    State(web): State<WebState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !super::same_origin(&headers) {
+        return sign_in_page(
+            StatusCode::FORBIDDEN,
+            Some(&Bilingual::new(
+                "请从本系统的登录页登录",
+                "Sign in from this server's own sign-in page",
+            )),
+        );
+    }
     match web.auth().authenticate(form.token.trim()) {
         Some(c) if c.role == Role::Patrol && web.alerting.is_command_unit(&c.id) => {
             tracing::info!(caller = %c.audit_name(), "Command-center web sign-in.");

@@ -148,7 +148,20 @@ pub struct LoginForm {
 }
 
 /// Signs a kiosk in: its token is checked once and never kept.
-pub async fn login(State(web): State<WebState>, Form(form): Form<LoginForm>) -> Response {
+pub async fn login(
+    State(web): State<WebState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !super::same_origin(&headers) {
+        return sign_in_page(
+            StatusCode::FORBIDDEN,
+            Some(&Bilingual::new(
+                "请从本系统的登录页登录",
+                "Sign in from this server's own sign-in page",
+            )),
+        );
+    }
     let caller = web.auth().authenticate(form.token.trim());
     match caller {
         Some(c) if matches!(c.role, Role::Kiosk | Role::Admin) => {

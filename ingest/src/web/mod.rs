@@ -73,6 +73,24 @@ impl WebState {
     }
 }
 
+/// False when a browser says the request comes from a page of another site (`Origin`
+/// naming another host than `Host`). Sign-in forms have no session yet, so no CSRF token:
+/// this keeps another site from signing a browser in to a session of its choosing.
+fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest)
+        .trim_end_matches('/');
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}
+
 /// The web routes, to merge into the HTTP port's router.
 pub fn router(state: WebState) -> Router {
     Router::new()
@@ -144,4 +162,33 @@ async fn command_js() -> Response {
         "text/javascript; charset=utf-8",
         include_str!("assets/command.js"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    fn headers(host: &str, origin: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn sign_in_only_from_our_own_pages() {
+        assert!(same_origin(&headers("10.0.0.5:8080", None)));
+        assert!(same_origin(&headers(
+            "10.0.0.5:8080",
+            Some("http://10.0.0.5:8080")
+        )));
+        assert!(!same_origin(&headers(
+            "10.0.0.5:8080",
+            Some("http://evil.example")
+        )));
+        assert!(!same_origin(&headers("10.0.0.5:8080", Some("null"))));
+    }
 }
