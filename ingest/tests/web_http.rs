@@ -389,6 +389,19 @@ async fn incident_list_shows_open_incidents(svc: TestService) {
         "{}",
         page.body
     );
+    // The live stream resumes after the browser's Last-Event-ID (over the page's `after`):
+    // after seq - 1 it sends the alert, with its seq as the event id.
+    let events = first_alert_event(
+        addr,
+        &cookie,
+        &format!("/command/events?after={}", alert.seq + 100),
+        alert.seq - 1,
+    )
+    .await;
+    assert!(events.contains(&format!("id: {}", alert.seq)), "{events}");
+    assert!(events.contains(&alert.incident_id), "{events}");
+    assert!(events.contains("潮阳C40001"), "{events}");
+
     let csrf = csrf_of(&page.body);
     let r = request(
         addr,
@@ -413,6 +426,43 @@ async fn incident_list_shows_open_incidents(svc: TestService) {
     );
     reader.disconnect().await;
     svc.stop().await;
+}
+
+/// Opens the event stream with a Last-Event-ID and reads it up to the first alert event
+/// (or fails after a deadline).
+async fn first_alert_event(
+    addr: SocketAddr,
+    cookie: &str,
+    path: &str,
+    last_event_id: u64,
+) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.0\r\nHost: test\r\nCookie: {cookie}\r\n\
+             Accept: text/event-stream\r\nLast-Event-ID: {last_event_id}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(at) = text.find("event: alert")
+            && text[at..].contains("\n\n")
+        {
+            return text;
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no alert event within 10 s; got:\n{text}"))
+            .unwrap();
+        assert!(n > 0, "stream ended before an alert event; got:\n{text}");
+        got.extend_from_slice(&buf[..n]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
