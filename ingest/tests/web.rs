@@ -226,7 +226,7 @@ async fn kiosk_registration_to_a_live_incident_in_a_real_browser() -> anyhow::Re
     assert!(!card.contains("11010519491231002X"), "{card}");
 
     // Report it stolen.
-    fill(c, "place", "西门市场 / West market").await?;
+    fill(c, "stolen-place", "西门市场 / West market").await?;
     click(c, "#action-stolen button[type=submit]").await?;
     wait_text(c, "p.notice", "Reported stolen").await?;
     wait_text(c, "#bike .badge.stolen", "stolen").await?;

@@ -246,6 +246,108 @@ async fn kiosk_sessions_csrf_field_errors_and_masking() {
     .await;
     assert_eq!(r.status, 303, "{}", r.body);
 
+    // Replace the tag: a malformed one is named at its field; then the bike is found by its
+    // new tag.
+    let plate = [("csrf", csrf.as_str()), ("plate", "潮阳A20001")];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut f: Vec<(&str, &str)> = plate.to_vec();
+        f.extend_from_slice(extra);
+        f
+    };
+    let r = request(
+        addr,
+        "POST",
+        "/kiosk/bike/replace-tag",
+        Some(&cookie),
+        &with(&[("new_tag_id", "E2801160")]),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("data-field=\"new_tag_id\""), "{}", r.body);
+    assert!(r.body.contains("标签号无效"), "{}", r.body);
+    let r = request(
+        addr,
+        "POST",
+        "/kiosk/bike/replace-tag",
+        Some(&cookie),
+        &with(&[("new_tag_id", "E28011606000020700000022")]),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let r = request(
+        addr,
+        "GET",
+        "/kiosk/bike?q=E28011606000020700000022",
+        Some(&cookie),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("潮阳A20001"), "{}", r.body);
+
+    // Transfer: the current owner's PIN authorises it; the new owner shows, masked.
+    let new_owner: [(&'static str, &'static str); 4] = [
+        ("new_owner.name", "陈小华"),
+        ("new_owner.id_number", "440513199001011230"),
+        ("new_owner.phone", "13812345678"),
+        ("new_pin", "97531"),
+    ];
+    let mut wrong = with(&new_owner);
+    wrong.push(("pin", "0000"));
+    let r = request(addr, "POST", "/kiosk/bike/transfer", Some(&cookie), &wrong).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("密码不对"), "{}", r.body);
+    let mut right = with(&new_owner);
+    right.push(("pin", "2468"));
+    let r = request(addr, "POST", "/kiosk/bike/transfer", Some(&cookie), &right).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let r = request(
+        addr,
+        "GET",
+        r.header("location").unwrap(),
+        Some(&cookie),
+        &[],
+    )
+    .await;
+    assert!(r.body.contains("440***********1230"), "{}", r.body);
+    assert!(r.body.contains("陈**"), "{}", r.body);
+    assert!(r.body.contains("Ownership transferred"), "{}", r.body);
+
+    // Stolen, then recovered.
+    for (action, shown) in [
+        ("stolen", "Reported stolen"),
+        ("recovered", "Recorded as recovered"),
+    ] {
+        let r = request(
+            addr,
+            "POST",
+            &format!("/kiosk/bike/{action}"),
+            Some(&cookie),
+            &with(&[]),
+        )
+        .await;
+        assert_eq!(r.status, 303, "{action}: {}", r.body);
+        let r = request(
+            addr,
+            "GET",
+            r.header("location").unwrap(),
+            Some(&cookie),
+            &[],
+        )
+        .await;
+        assert!(r.body.contains(shown), "{}", r.body);
+    }
+    let r = request(
+        addr,
+        "POST",
+        "/kiosk/bike/recovered",
+        Some(&cookie),
+        &with(&[]),
+    )
+    .await;
+    assert_eq!(r.status, 409, "recovering a bike not stolen: {}", r.body);
+    assert!(r.body.contains("该车未报失"), "{}", r.body);
+
     // Sign-out ends the session: the cookie no longer works.
     let r = request(
         addr,

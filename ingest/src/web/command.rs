@@ -11,6 +11,7 @@
 //!
 //! [`Alerting`]: greenplate_alerting::Alerting
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -685,23 +686,28 @@ fn counts(web: &WebState) -> Counts {
     }
 }
 
-fn status_event(web: &WebState, before: &Counts, now: &Counts) -> Event {
+/// What a stream last told its page about each reader (online, last seen).
+type ReadersShown = HashMap<String, (bool, String)>;
+
+/// Rates since `before`, and the readers whose health changed since the stream last said
+/// (all of them the first time): a district has thousands of readers and a kiosk or
+/// command center may be on a slow line.
+fn status_event(web: &WebState, before: &Counts, now: &Counts, shown: &mut ReadersShown) -> Event {
     let secs = now.at.duration_since(before.at).as_secs_f64().max(0.001);
     let rate = |a: u64, b: u64| (a.saturating_sub(b) as f64 / secs * 10.0).round() / 10.0;
-    let readers: Vec<_> = web
-        .alerting
-        .registry()
-        .readers()
-        .all()
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "id": r.id,
-                "online": online(r),
-                "last_seen": short_datetime(r.last_activity_ms()),
-            })
-        })
-        .collect();
+    let mut readers = Vec::new();
+    for r in web.alerting.registry().readers().all() {
+        let state = (online(&r), short_datetime(r.last_activity_ms()));
+        if shown.get(&r.id) == Some(&state) {
+            continue;
+        }
+        readers.push(serde_json::json!({
+            "id": r.id,
+            "online": state.0,
+            "last_seen": state.1,
+        }));
+        shown.insert(r.id.clone(), state);
+    }
     let data = serde_json::json!({
         "rates": {
             "reads": rate(now.reads, before.reads),
@@ -745,20 +751,22 @@ pub async fn events(
             }
         })
     });
-    let first = counts(&web);
+    // The first status at once (every reader), then one every few seconds (changes only).
     let status_web = web.clone();
-    let status = futures::stream::unfold(first, move |before| {
-        let web = status_web.clone();
-        async move {
-            tokio::time::sleep(STATUS_EVERY).await;
-            let now = counts(&web);
-            Some((Ok::<_, Infallible>(status_event(&web, &before, &now)), now))
-        }
-    });
-    let initial = futures::stream::once({
-        let web = web.clone();
-        async move { Ok::<_, Infallible>(status_event(&web, &first, &first)) }
-    });
+    let status = futures::stream::unfold(
+        (None::<Counts>, ReadersShown::new()),
+        move |(before, mut shown)| {
+            let web = status_web.clone();
+            async move {
+                if before.is_some() {
+                    tokio::time::sleep(STATUS_EVERY).await;
+                }
+                let now = counts(&web);
+                let event = status_event(&web, &before.unwrap_or(now), &now, &mut shown);
+                Some((Ok::<_, Infallible>(event), (Some(now), shown)))
+            }
+        },
+    );
     let stop = {
         let shutdown = web.shutdown.clone();
         let sessions = web.sessions.clone();
@@ -776,7 +784,7 @@ pub async fn events(
             }
         }
     };
-    let stream = futures::stream::select(alerts, initial.chain(status)).take_until(stop);
+    let stream = futures::stream::select(alerts, status).take_until(stop);
     let mut r = Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response();

@@ -115,10 +115,10 @@ pub fn explain(e: &RegistryError) -> (Option<&'static str>, Bilingual) {
             (field, Bilingual::new(zh, why.clone()))
         }
         RegistryError::FailedPrecondition(why) => {
-            let zh = if why.contains("reported stolen") {
-                "该车已报失，请先登记找回"
-            } else if why.contains("not reported stolen") {
+            let zh = if why.contains("not reported stolen") {
                 "该车未报失"
+            } else if why.contains("reported stolen") {
+                "该车已报失，请先登记找回"
             } else if why.contains("no PIN") {
                 "该车尚未设置密码"
             } else {

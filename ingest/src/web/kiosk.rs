@@ -64,10 +64,21 @@ impl Problem {
     }
 }
 
-/// An input with its bilingual label and, when it is at fault, the error beside it.
-fn field(name: &'static str, value: &str, kind: &str, problem: &Problem, hint: &str) -> Markup {
+/// An input with its bilingual label and, when it is at fault, the error beside it. Its id
+/// is `form` + `-` + the name (dots as dashes), or the name alone for `form` "".
+fn field(
+    form: &str,
+    name: &'static str,
+    value: &str,
+    kind: &str,
+    problem: &Problem,
+    hint: &str,
+) -> Markup {
     let (zh, en) = field_name(name);
-    let id = name.replace('.', "-");
+    let id = match form {
+        "" => name.replace('.', "-"),
+        f => format!("{f}-{}", name.replace('.', "-")),
+    };
     let error = problem.at(name);
     html! {
         div.field.bad[error.is_some()] {
@@ -247,23 +258,23 @@ fn register_form(session: &Session, f: &RegisterForm, problem: &Problem) -> Mark
             (general_error(problem))
             fieldset {
                 legend { "车主 / Owner" }
-                (field("owner.name", &f.owner_name, "text", problem, "黄敏"))
-                (field("owner.id_number", &f.owner_id_number, "text", problem, "18位 / 18 characters"))
-                (field("owner.phone", &f.owner_phone, "tel", problem, "13712345678"))
+                (field("", "owner.name", &f.owner_name, "text", problem, "黄敏"))
+                (field("", "owner.id_number", &f.owner_id_number, "text", problem, "18位 / 18 characters"))
+                (field("", "owner.phone", &f.owner_phone, "tel", problem, "13712345678"))
             }
             fieldset {
                 legend { "车辆 / Bike" }
-                (field("plate", &f.plate, "text", problem, "潮阳A12345"))
-                (field("tag_id", &f.tag_id, "text", problem, "输入或扫描 / type or scan"))
-                (field("bike.make", &f.make, "text", problem, "Yadea"))
-                (field("bike.model", &f.model, "text", problem, "G5"))
-                (field("bike.color", &f.color, "text", problem, "绿 / green"))
-                (field("bike.frame_number", &f.frame_number, "text", problem, "LYDG5RULES1"))
+                (field("", "plate", &f.plate, "text", problem, "潮阳A12345"))
+                (field("", "tag_id", &f.tag_id, "text", problem, "输入或扫描 / type or scan"))
+                (field("", "bike.make", &f.make, "text", problem, "Yadea"))
+                (field("", "bike.model", &f.model, "text", problem, "G5"))
+                (field("", "bike.color", &f.color, "text", problem, "绿 / green"))
+                (field("", "bike.frame_number", &f.frame_number, "text", problem, "LYDG5RULES1"))
             }
             fieldset {
                 legend { "车主设置密码 / PIN chosen by the owner" }
-                (field("pin", "", "password", problem, "4-8位数字 / 4-8 digits"))
-                (field("pin_again", "", "password", problem, ""))
+                (field("", "pin", "", "password", problem, "4-8位数字 / 4-8 digits"))
+                (field("", "pin_again", "", "password", problem, ""))
             }
             button.primary type="submit" { "登记 / Register" }
         }
@@ -504,13 +515,14 @@ fn badge(on: bool, class: &str, zh: &str, en: &str) -> Markup {
     html! { @if on { span class=(format!("badge {class}")) { (zh) " / " (en) } } }
 }
 
-/// One action's form; `shown` is the problem to show in it (empty unless it failed).
+/// One action's form. Its fields show their own errors; a general message is at the top of
+/// the page, since the failed action's form may not be drawn any more (e.g. "recovered" for
+/// a bike no longer stolen).
 fn action_form(
     session: &Session,
     plate: &str,
     action: &str,
     title: (&str, &str),
-    shown: &Problem,
     fields: Markup,
     button: &str,
 ) -> Markup {
@@ -519,7 +531,6 @@ fn action_form(
             h3 { (title.0) " / " (title.1) }
             input type="hidden" name="csrf" value=(session.csrf);
             input type="hidden" name="plate" value=(plate);
-            (general_error(shown))
             (fields)
             button type="submit" { (button) }
         }
@@ -545,6 +556,9 @@ fn bike_card(
         @if let Some(n) = notice {
             p.notice role="status" { (both(n)) }
         }
+        @if failed_action.is_some() {
+            (general_error(problem))
+        }
         section.card.bike id="bike" {
             h2 { (b.plate) " "
                 (badge(b.stolen, "stolen", "已报失", "stolen"))
@@ -564,29 +578,29 @@ fn bike_card(
         @if b.registered {
             div.actions {
                 @if b.stolen {
-                    (action_form(session, plate, "recovered", ("登记找回", "Report recovered"), p("recovered"),
+                    (action_form(session, plate, "recovered", ("登记找回", "Report recovered"),
                         html! {}, "已找回 / Recovered"))
                 } @else {
-                    (action_form(session, plate, "stolen", ("报失", "Report stolen"), p("stolen"),
+                    (action_form(session, plate, "stolen", ("报失", "Report stolen"),
                         html! {
-                            (field("place", "", "text", p("stolen"), "被盗地点 / where"))
-                            (field("notes", "", "text", p("stolen"), ""))
+                            (field("stolen", "place", "", "text", p("stolen"), "被盗地点 / where"))
+                            (field("stolen", "notes", "", "text", p("stolen"), ""))
                         }, "报失 / Report stolen"))
                 }
                 (action_form(session, plate, if b.armed { "disarm" } else { "arm" },
-                    if b.armed { ("撤防", "Disarm") } else { ("设防", "Arm") }, p(if b.armed { "disarm" } else { "arm" }),
-                    html! { (field("pin", "", "password", p(if b.armed { "disarm" } else { "arm" }), "车主密码 / owner's PIN")) },
+                    if b.armed { ("撤防", "Disarm") } else { ("设防", "Arm") },
+                    html! { (field(if b.armed { "disarm" } else { "arm" }, "pin", "", "password", p(if b.armed { "disarm" } else { "arm" }), "车主密码 / owner's PIN")) },
                     if b.armed { "撤防 / Disarm" } else { "设防 / Arm" }))
-                (action_form(session, plate, "replace-tag", ("更换标签", "Replace tag"), p("replace-tag"),
-                    html! { (field("new_tag_id", "", "text", p("replace-tag"), "输入或扫描 / type or scan")) },
+                (action_form(session, plate, "replace-tag", ("更换标签", "Replace tag"),
+                    html! { (field("replace-tag", "new_tag_id", "", "text", p("replace-tag"), "输入或扫描 / type or scan")) },
                     "更换 / Replace"))
-                (action_form(session, plate, "transfer", ("过户", "Transfer ownership"), p("transfer"),
+                (action_form(session, plate, "transfer", ("过户", "Transfer ownership"),
                     html! {
-                        (field("pin", "", "password", p("transfer"), "原车主密码 / current owner's PIN"))
-                        (field("new_owner.name", "", "text", p("transfer"), ""))
-                        (field("new_owner.id_number", "", "text", p("transfer"), ""))
-                        (field("new_owner.phone", "", "tel", p("transfer"), ""))
-                        (field("new_pin", "", "password", p("transfer"), "新车主密码 / new owner's PIN"))
+                        (field("transfer", "pin", "", "password", p("transfer"), "原车主密码 / current owner's PIN"))
+                        (field("transfer", "new_owner.name", "", "text", p("transfer"), ""))
+                        (field("transfer", "new_owner.id_number", "", "text", p("transfer"), ""))
+                        (field("transfer", "new_owner.phone", "", "tel", p("transfer"), ""))
+                        (field("transfer", "new_pin", "", "password", p("transfer"), "新车主密码 / new owner's PIN"))
                     }, "过户 / Transfer"))
             }
         }
