@@ -604,3 +604,46 @@ async fn sign_in_from_another_site_is_refused() {
     assert!(!buf.to_ascii_lowercase().contains("set-cookie"), "{buf}");
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_expires_and_its_live_stream_ends() {
+    let svc = TestService::start_configured(|c| c.http.session_idle_s = 1).await;
+    let addr = svc.service.http_addr;
+    let hq = new_unit_token(svc.channel().await, "hq", &[], true).await;
+    let cookie = sign_in(addr, "command", &hq).await;
+    // The live stream does not count as use: it ends once the session has been idle for
+    // its second (the server checks every 2 s), well within the deadline.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET /command/events HTTP/1.0\r\nHost: test\r\nCookie: {cookie}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(15), s.read_to_end(&mut got))
+        .await
+        .expect("the stream did not end within 15 s of an idle session")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200"),
+        "{text}"
+    );
+    assert!(text.contains("event: status"), "{text}");
+    // The session is gone: the page asks to sign in again, a form post is refused.
+    let page = request(addr, "GET", "/command", Some(&cookie), &[]).await;
+    assert!(page.body.contains("/command/login"), "{}", page.body);
+    let r = request(
+        addr,
+        "POST",
+        "/command/incident",
+        Some(&cookie),
+        &[("csrf", "x"), ("incident_id", "i"), ("action", "ack")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = request(addr, "GET", "/command/events", Some(&cookie), &[]).await;
+    assert_eq!(r.status, 401);
+    svc.stop().await;
+}
