@@ -433,6 +433,28 @@ impl Alerting {
         Ok(u64::try_from(row.try_get::<i64, _>("last")?).unwrap_or(0))
     }
 
+    /// Incidents changed (opened, updated by an alert, acknowledged, resolved) at or after
+    /// `since_ms`, with their state (`open`, `acknowledged`, `resolved`), at most `limit`:
+    /// for live pages to follow what other users did.
+    pub async fn incident_changes(
+        &self,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, AlertingError> {
+        let rows = sqlx::query(
+            "SELECT incident_id, state FROM incidents WHERE updated_at_ms >= $1 \
+             ORDER BY updated_at_ms LIMIT $2",
+        )
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(self.db().pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("incident_id")?, r.try_get("state")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     /// Unresolved incidents, most recently updated first, at most `limit`, each with its
     /// latest alert (where the bike or reader was last seen).
     pub async fn open_incidents(&self, limit: i64) -> Result<Vec<OpenIncident>, AlertingError> {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use fantoccini::{Client, ClientBuilder, Locator};
-use greenplate_proto::v1::AddZoneRequest;
+use greenplate_proto::v1::{AddZoneRequest, Outcome, ResolveIncidentRequest};
 use greenplate_simulator::reader::{ReaderClient, sighting};
 use support::{TestService, new_kiosk_token, new_unit_token};
 use tokio::process::{Child, Command};
@@ -261,6 +261,38 @@ async fn kiosk_registration_to_a_live_incident_in_a_real_browser() -> anyhow::Re
     // Acknowledge it from the list.
     click(c, "#incident-rows tr button[type=submit]").await?;
     wait_text(c, "#incident-rows td.state", "acknowledged").await?;
+
+    // Resolved elsewhere (a patrol client, here with the admin token), it leaves the list
+    // and the map without a reload.
+    let incident_id = c
+        .find(Locator::Css("#incident-rows tr"))
+        .await?
+        .attr("data-incident")
+        .await?
+        .context("a row names its incident")?;
+    greenplate_simulator::clients::patrol(svc.channel().await, support::ADMIN_TOKEN)?
+        .resolve_incident(ResolveIncidentRequest {
+            incident_id: incident_id.clone(),
+            outcome: Outcome::FalseAlarm as i32,
+            note: "seen on camera: the owner".into(),
+        })
+        .await?;
+    let deadline = Instant::now() + DEADLINE;
+    while !c
+        .find_all(Locator::Css("#incident-rows tr"))
+        .await?
+        .is_empty()
+        || !c
+            .find_all(Locator::Css("#markers g.marker"))
+            .await?
+            .is_empty()
+    {
+        if Instant::now() > deadline {
+            bail!("incident {incident_id} still shown {DEADLINE:?} after it was resolved");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(c.current_url().await?.path(), "/command");
 
     // Its track: the pass history, once the pass has closed and been written.
     let deadline = Instant::now() + DEADLINE;

@@ -43,6 +43,8 @@ const HOME: &str = "/command";
 const MAX_INCIDENTS: i64 = 500;
 /// Track points drawn at most.
 const MAX_TRACK_POINTS: usize = 2000;
+/// How far before its start a live stream looks for incidents others changed.
+const INCIDENT_LOOKBACK_MS: i64 = 60_000;
 /// How often the live stream sends readers' health and ingest rates.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
 /// Map drawing size (SVG user units).
@@ -692,7 +694,13 @@ type ReadersShown = HashMap<String, (bool, String)>;
 /// Rates since `before`, and the readers whose health changed since the stream last said
 /// (all of them the first time): a district has thousands of readers and a kiosk or
 /// command center may be on a slow line.
-fn status_event(web: &WebState, before: &Counts, now: &Counts, shown: &mut ReadersShown) -> Event {
+fn status_event(
+    web: &WebState,
+    before: &Counts,
+    now: &Counts,
+    shown: &mut ReadersShown,
+    incidents: &[(String, String)],
+) -> Event {
     let secs = now.at.duration_since(before.at).as_secs_f64().max(0.001);
     let rate = |a: u64, b: u64| (a.saturating_sub(b) as f64 / secs * 10.0).round() / 10.0;
     let mut readers = Vec::new();
@@ -716,6 +724,10 @@ fn status_event(web: &WebState, before: &Counts, now: &Counts, shown: &mut Reade
             "rejected": rate(now.rejected, before.rejected),
         },
         "readers": readers,
+        "incidents": incidents
+            .iter()
+            .map(|(id, state)| serde_json::json!({ "id": id, "state": state }))
+            .collect::<Vec<_>>(),
     });
     Event::default().event("status").data(data.to_string())
 }
@@ -751,19 +763,36 @@ pub async fn events(
             }
         })
     });
-    // The first status at once (every reader), then one every few seconds (changes only).
+    // The first status at once (every reader), then one every few seconds (changes only),
+    // with the incidents other users acknowledged or resolved meanwhile (from a little
+    // before the stream opened: the page may be a few seconds old).
     let status_web = web.clone();
+    let since = now_ms() - INCIDENT_LOOKBACK_MS;
     let status = futures::stream::unfold(
-        (None::<Counts>, ReadersShown::new()),
-        move |(before, mut shown)| {
+        (None::<Counts>, ReadersShown::new(), since),
+        move |(before, mut shown, since)| {
             let web = status_web.clone();
             async move {
                 if before.is_some() {
                     tokio::time::sleep(STATUS_EVERY).await;
                 }
                 let now = counts(&web);
-                let event = status_event(&web, &before.unwrap_or(now), &now, &mut shown);
-                Some((Ok::<_, Infallible>(event), (Some(now), shown)))
+                let checked_at = now_ms();
+                // A little overlap between checks: a change committed with a clock reading
+                // just before the previous check is not missed (repeats are harmless).
+                let changes = match web
+                    .alerting
+                    .incident_changes(since - 1000, MAX_INCIDENTS)
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Reading incident changes failed.");
+                        Vec::new()
+                    }
+                };
+                let event = status_event(&web, &before.unwrap_or(now), &now, &mut shown, &changes);
+                Some((Ok::<_, Infallible>(event), (Some(now), shown, checked_at)))
             }
         },
     );

@@ -106,7 +106,28 @@
     g.setAttribute('transform', 'translate(' + px(a.lon) + ',' + py(a.lat) + ')');
   }
 
+  // What other users (or this one, elsewhere) did: resolved incidents leave the list and
+  // the map; acknowledged ones lose their Ack button.
+  function incidentChanges(changes) {
+    changes.forEach(function (ch) {
+      var row = rows.querySelector('tr' + sel('data-incident', ch.id));
+      if (!row) return;
+      if (ch.state === 'resolved') {
+        row.remove();
+        var g = markers.querySelector('g' + sel('data-incident', ch.id));
+        if (g) g.remove();
+        var count = document.getElementById('incident-count');
+        if (count) count.textContent = rows.children.length;
+      } else if (ch.state === 'acknowledged') {
+        row.querySelector('.state').textContent = '已受理 / acknowledged';
+        var ack = row.querySelector('input[name=action][value=ack]');
+        if (ack) ack.form.remove();
+      }
+    });
+  }
+
   function status(s) {
+    incidentChanges(s.incidents || []);
     var r = s.rates || {};
     ['reads', 'batches', 'sightings', 'rejected'].forEach(function (k) {
       var e = document.getElementById('rate-' + k);
