@@ -526,6 +526,12 @@ async fn incident_list_shows_open_incidents(svc: TestService) {
             .contains(&format!("data-incident=\"{}\"", alert.incident_id)),
         "resolved incident still listed"
     );
+    // A page drawn before that learns it from the live stream's status.
+    let resolved = format!(
+        "{{\"id\":\"{}\",\"state\":\"resolved\"}}",
+        alert.incident_id
+    );
+    read_events_until(addr, &cookie, "/command/events?after=0", 0, &resolved).await;
     reader.disconnect().await;
     svc.stop().await;
 }
@@ -537,6 +543,18 @@ async fn first_alert_event(
     cookie: &str,
     path: &str,
     last_event_id: u64,
+) -> String {
+    read_events_until(addr, cookie, path, last_event_id, "event: alert").await
+}
+
+/// Opens the event stream with a Last-Event-ID and reads it up to the end of the first event
+/// that contains `needle` (or fails after a deadline).
+async fn read_events_until(
+    addr: SocketAddr,
+    cookie: &str,
+    path: &str,
+    last_event_id: u64,
+    needle: &str,
 ) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
@@ -552,7 +570,7 @@ async fn first_alert_event(
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let text = String::from_utf8_lossy(&got).into_owned();
-        if let Some(at) = text.find("event: alert")
+        if let Some(at) = text.find(needle)
             && text[at..].contains("\n\n")
         {
             return text;
@@ -560,9 +578,9 @@ async fn first_alert_event(
         let mut buf = [0u8; 4096];
         let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
             .await
-            .unwrap_or_else(|_| panic!("no alert event within 10 s; got:\n{text}"))
+            .unwrap_or_else(|_| panic!("no {needle:?} within 10 s; got:\n{text}"))
             .unwrap();
-        assert!(n > 0, "stream ended before an alert event; got:\n{text}");
+        assert!(n > 0, "stream ended before {needle:?}; got:\n{text}");
         got.extend_from_slice(&buf[..n]);
     }
 }
