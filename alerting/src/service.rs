@@ -31,7 +31,7 @@ const REPLAY_PAGE: i64 = 256;
 /// Most points one GetTrack returns.
 const MAX_TRACK_POINTS: usize = 10_000;
 /// The default track window: the last day.
-const DEFAULT_TRACK_WINDOW_MS: i64 = 24 * 3600 * 1000;
+pub const DEFAULT_TRACK_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
 /// The `[from, to]` window of a GetTrack: 0 for `to` is now, 0 for `from` is a day before
 /// `to`; a window that ends before it starts is INVALID_ARGUMENT.
@@ -78,17 +78,13 @@ impl patrol_server::Patrol for PatrolService {
     ) -> Result<Response<Self::StreamAlertsStream>, Status> {
         let caller = require(&req, &[Role::Patrol])?;
         let resume_after = req.get_ref().resume_after;
-        let live = self.alerting.subscribe();
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tracing::info!(unit = %caller.id, resume_after, "Patrol stream opened.");
-        tokio::spawn(follow(
+        let rx = alert_feed(
             self.alerting.clone(),
             caller.id,
             resume_after,
-            live,
-            tx,
             self.shutdown.clone(),
-        ));
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -183,12 +179,32 @@ impl patrol_server::Patrol for PatrolService {
     }
 }
 
-async fn follow(
+/// A unit's alerts with seq > `resume_after`: first what the log holds, then the live ones,
+/// with no gap and no duplicate (see the module doc). The feed's task ends when the receiver
+/// is dropped or `shutdown` fires. The same feed serves `Patrol.StreamAlerts` and the
+/// command-center web page, so both see exactly the alert log.
+pub fn alert_feed<E>(
+    alerting: Arc<Alerting>,
+    unit: String,
+    resume_after: u64,
+    shutdown: CancellationToken,
+) -> mpsc::Receiver<Result<Alert, E>>
+where
+    E: From<crate::AlertingError> + Send + 'static,
+{
+    // Subscribe before the task reads the log, so nothing committed in between is missed.
+    let live = alerting.subscribe();
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    tokio::spawn(follow(alerting, unit, resume_after, live, tx, shutdown));
+    rx
+}
+
+async fn follow<E: From<crate::AlertingError>>(
     alerting: Arc<Alerting>,
     unit: String,
     mut last: u64,
     mut live: broadcast::Receiver<Arc<crate::LoggedAlert>>,
-    tx: mpsc::Sender<Result<Alert, Status>>,
+    tx: mpsc::Sender<Result<Alert, E>>,
     shutdown: CancellationToken,
 ) {
     'replay: loop {

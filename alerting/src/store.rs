@@ -75,6 +75,20 @@ async fn load_zone_map(db: &Db) -> Result<ZoneMap, greenplate_registry::Error> {
     Ok(map)
 }
 
+/// An unresolved incident and its latest alert (see [`Alerting::open_incidents`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenIncident {
+    /// The rule that opened it (`AlertKind` as i32).
+    pub kind: i32,
+    /// Acknowledged (else open).
+    pub acknowledged: bool,
+    pub acknowledged_by: String,
+    pub opened_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Its latest alert: incident id, plate, reader and position, seq.
+    pub last: Alert,
+}
+
 /// An alert as committed to the log, with the units entitled to it.
 #[derive(Debug, Clone)]
 pub struct LoggedAlert {
@@ -398,6 +412,78 @@ impl Alerting {
     /// Every command-center unit (they receive operators' alerts such as a reader offline).
     pub fn command_units(&self) -> Vec<String> {
         self.zones_read().command_units().to_vec()
+    }
+
+    /// True if the unit is a command center (it receives every alert and may act on, and
+    /// track, anything).
+    pub fn is_command_unit(&self, unit_id: &str) -> bool {
+        self.zones_read().is_command_unit(unit_id)
+    }
+
+    /// A copy of every zone (for maps).
+    pub fn zones(&self) -> Vec<Zone> {
+        self.zones_read().zones().to_vec()
+    }
+
+    /// The highest seq in the alert log (0 when it is empty).
+    pub async fn last_seq(&self) -> Result<u64, AlertingError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS last FROM alerts")
+            .fetch_one(self.db().pool())
+            .await?;
+        Ok(u64::try_from(row.try_get::<i64, _>("last")?).unwrap_or(0))
+    }
+
+    /// Incidents changed (opened, updated by an alert, acknowledged, resolved) at or after
+    /// `since_ms`, with their state (`open`, `acknowledged`, `resolved`), at most `limit`:
+    /// for live pages to follow what other users did.
+    pub async fn incident_changes(
+        &self,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, AlertingError> {
+        let rows = sqlx::query(
+            "SELECT incident_id, state FROM incidents WHERE updated_at_ms >= $1 \
+             ORDER BY updated_at_ms LIMIT $2",
+        )
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(self.db().pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("incident_id")?, r.try_get("state")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Unresolved incidents, most recently updated first, at most `limit`, each with its
+    /// latest alert (where the bike or reader was last seen).
+    pub async fn open_incidents(&self, limit: i64) -> Result<Vec<OpenIncident>, AlertingError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ALERT_COLUMNS}, i.kind AS incident_kind, i.state AS incident_state, \
+                    i.opened_at_ms, i.updated_at_ms, i.acknowledged_by \
+             FROM incidents i JOIN alerts a ON a.seq = \
+                 (SELECT MAX(l.seq) FROM alerts l WHERE l.incident_id = i.incident_id) \
+             WHERE i.state <> 'resolved' ORDER BY i.updated_at_ms DESC, a.seq DESC LIMIT $1"
+        )))
+        .bind(limit)
+        .fetch_all(self.db().pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("incident_state")?;
+                Ok(OpenIncident {
+                    kind: row.try_get::<i64, _>("incident_kind")? as i32,
+                    acknowledged: state == "acknowledged",
+                    acknowledged_by: row
+                        .try_get::<Option<String>, _>("acknowledged_by")?
+                        .unwrap_or_default(),
+                    opened_at_ms: row.try_get("opened_at_ms")?,
+                    updated_at_ms: row.try_get("updated_at_ms")?,
+                    last: alert_from_row(row)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     /// Where a bike or tag was seen in `[from_ms, to_ms]`, oldest first, at most `limit`

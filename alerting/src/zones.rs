@@ -176,6 +176,11 @@ impl ZoneMap {
             .find(|z| z.kind == ZoneKind::Watch && z.area.contains(&p))
     }
 
+    /// Every zone.
+    pub fn zones(&self) -> &[Zone] {
+        &self.zones
+    }
+
     pub fn add_zone(&mut self, zone: Zone) {
         self.zones.retain(|z| z.id != zone.id);
         self.zones.push(zone);

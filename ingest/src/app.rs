@@ -227,9 +227,16 @@ impl Service {
         // The HTTP port outlives the drain (it stops after the other tasks), so /readyz can
         // answer 503 while the node drains and /metrics shows the drain.
         let http_stop = CancellationToken::new();
+        let web = crate::web::WebState::new(
+            alerting.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            Duration::from_secs(config.http.session_idle_s),
+            config.http.map_tile_url.clone(),
+        );
         let http_server = axum::serve(
             http,
-            http::router(metrics.clone(), alerting.clone(), shutdown.clone()),
+            http::router(metrics.clone(), alerting.clone(), shutdown.clone(), web),
         )
         .with_graceful_shutdown(http_stop.clone().cancelled_owned());
         let http_task = tokio::spawn(async move {

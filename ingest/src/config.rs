@@ -176,12 +176,25 @@ pub struct GrpcConfig {
     pub listen: SocketAddr,
 }
 
-/// The HTTP port (`/healthz`, `/metrics`).
+/// The HTTP port (`/healthz`, `/readyz`, `/metrics`, and the kiosk and command-center web
+/// pages).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
+    /// A web page session (kiosk or command center) unused this long is signed out, seconds.
+    #[serde(default = "default_session_idle_s")]
+    pub session_idle_s: u64,
+    /// Optional map tiles behind the command-center map, e.g.
+    /// `http://tiles.local/{z}/{x}/{y}.png` (a server on the district network). Without
+    /// one the map is drawn from the district's own data only (readers, zones, incidents).
+    #[serde(default)]
+    pub map_tile_url: Option<String>,
+}
+
+fn default_session_idle_s() -> u64 {
+    1800
 }
 
 /// Checks on what readers send.
@@ -346,6 +359,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: default_http_listen(),
+            session_idle_s: default_session_idle_s(),
+            map_tile_url: None,
         }
     }
 }
@@ -428,6 +443,7 @@ impl Config {
                 "ingest.reader_offline_after_s",
                 i.reader_offline_after_s > 0,
             ),
+            ("http.session_idle_s", self.http.session_idle_s > 0),
         ] {
             if !ok {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));

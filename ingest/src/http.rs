@@ -1,5 +1,6 @@
 //! The HTTP port: `/healthz` (the process answers), `/readyz` (it should be sent work: not
-//! draining, and its database answers) and `/metrics` in Prometheus text format.
+//! draining, and its database answers), `/metrics` in Prometheus text format, and the web
+//! pages of [`crate::web`] (`/kiosk`, `/command`).
 
 use std::sync::Arc;
 
@@ -24,11 +25,12 @@ struct AppState {
     shutdown: CancellationToken,
 }
 
-/// The HTTP routes.
+/// The HTTP routes, the web pages' among them.
 pub fn router(
     metrics: Arc<Metrics>,
     alerting: Arc<Alerting>,
     shutdown: CancellationToken,
+    web: crate::web::WebState,
 ) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -39,6 +41,7 @@ pub fn router(
             alerting,
             shutdown,
         })
+        .merge(crate::web::router(web))
 }
 
 /// 200 while the service takes work; 503 once it drains, or while its database does not

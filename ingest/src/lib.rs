@@ -8,7 +8,8 @@
 //! - [`broker`]: the embedded rumqttd broker and the in-process link ingest reads.
 //! - [`pipeline`]: open (unseal, reader, seq) -> decode (tag ids, clocks) -> lookup -> alerting.
 //! - [`admin`]: the `greenplate.v1.Admin` gRPC service (readers, zones, units, kiosks).
-//! - [`http`]: `/healthz` and `/metrics`.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`, and the web pages' routes.
+//! - [`web`]: the kiosk and command-center web pages (sessions, forms, live map).
 //! - [`metrics`]: counters by reason.
 //! - [`app`]: [`Service`], which starts all of it and stops it on one path.
 //! - [`patrol_client`]: `greenplate patrol`, the officers' command-line client.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod patrol_client;
 pub mod pipeline;
 pub mod rotate_key;
+pub mod web;
 pub mod zones_import;
 
 pub use app::{Service, StartError};

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub mqtt_disconnects: Counter,
     pub mqtt_takeovers: Counter,
     pub mqtt_takeover_messages: Counter,
+    /// Rejected batches of every reason, for the command-center page's rate (not exported:
+    /// `batches_rejected` has them by reason).
+    pub batches_rejected_all: Counter,
 }
 
 impl Metrics {
@@ -59,6 +62,7 @@ impl Metrics {
         let m = Self {
             batches_accepted: Counter::default(),
             batches_rejected: Family::default(),
+            batches_rejected_all: Counter::default(),
             sightings_accepted: Counter::default(),
             sightings_rejected: Family::default(),
             sightings_unregistered: Counter::default(),
@@ -255,6 +259,7 @@ impl Metrics {
         self.batches_rejected
             .get_or_create(&Reason { reason })
             .inc();
+        self.batches_rejected_all.inc();
     }
 
     /// Counts a rejected sighting.
