@@ -93,11 +93,11 @@ impl Table {
                 self.states.remove(node);
             }
         }
-        self.to_take()
+        self.claim_dead()
     }
 
     /// Every dead node whose owner is this node and that no task here drains yet.
-    fn to_take(&mut self) -> Vec<String> {
+    fn claim_dead(&mut self) -> Vec<String> {
         let dead: Vec<String> = self
             .states
             .iter()
