@@ -651,7 +651,7 @@ pub async fn run(target: &Target, spec: &DistrictSpec) -> anyhow::Result<Report>
             // The clone's carriers: the original next to the west end's reader, the twin
             // further from the east end's, so their passes are seconds apart.
             traffic.ride_towards(clone_tag, net.reader_nodes[w], 10.0, u16::MAX);
-            traffic.ride_towards(twin_bike, net.reader_nodes[e], 150.0, u16::MAX);
+            traffic.ride_towards(twin_bike, net.reader_nodes[e], 100.0, u16::MAX);
         }
     } else {
         flags.clear();
@@ -691,7 +691,7 @@ pub async fn run(target: &Target, spec: &DistrictSpec) -> anyhow::Result<Report>
 
     let mut rng = StdRng::seed_from_u64(spec.seed ^ 0xfeed);
     let mut oracle = Oracle::new(spec.rules, positions.clone());
-    let mut guard = CloneGuard::new(2000);
+    let mut guard = CloneGuard::new(1000);
     let mut pending: Vec<Vec<(u32, Read)>> = vec![Vec::new(); spec.readers];
     let mut last_sent = vec![0i64; spec.readers];
     let mut dead = vec![false; spec.readers];

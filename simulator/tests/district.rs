@@ -76,7 +76,7 @@ async fn a_small_district_with_every_scenario() {
         },
         intersections_per_reader: 1,
         zones: (2, 2),
-        drive: Duration::from_secs(12),
+        drive: Duration::from_secs(20),
         settle: Duration::from_secs(15),
         traffic: TrafficMode::Roads,
         // Every pass read, so each scenario bike's first pass is certain.
@@ -88,7 +88,8 @@ async fn a_small_district_with_every_scenario() {
         armed: 1,
         clone: true,
         offline_reader: true,
-        garbage: Some((400, Duration::from_secs(1))),
+        // More than a reader's burst (500): the budget drops the rest as `flood`.
+        garbage: Some((1000, Duration::from_secs(1))),
         progress: false,
         ..DistrictSpec::chaoyang("dt-".into(), RUN)
     };
@@ -120,6 +121,11 @@ async fn a_small_district_with_every_scenario() {
         rejected >= garbage.published,
         "{rejected} rejected of {} garbage: {:?}",
         garbage.published,
+        processed.rejected_by_reason
+    );
+    assert!(
+        processed.rejected_by_reason.contains_key("flood"),
+        "{:?}",
         processed.rejected_by_reason
     );
     assert_eq!(report.publish_errors, 0);
