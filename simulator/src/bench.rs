@@ -59,6 +59,8 @@ pub struct BenchSpec {
     pub batch_ms: u64,
     pub sightings_per_batch: usize,
     pub thefts: usize,
+    /// The spawned servers' `mqtt.buffer_mib` (default: the server's).
+    pub mqtt_buffer_mib: Option<usize>,
     pub progress: bool,
     /// The command line, for the report.
     pub command: String,
@@ -129,6 +131,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
                     run,
                     mqtt_url: (setup == Setup::Mosquitto)
                         .then(|| format!("mqtt://{}", spec.mosquitto)),
+                    mqtt_buffer_mib: spec.mqtt_buffer_mib,
                     extra_toml: String::new(),
                 })
                 .await?;

@@ -969,6 +969,11 @@ pub async fn run(target: &Target, spec: &DistrictSpec) -> anyhow::Result<Report>
         load_average,
         offered,
         processed,
+        processed_by: if target.metrics.is_some() {
+            "server /metrics".into()
+        } else {
+            "relayed to a counting subscriber".into()
+        },
         alerts: Alerts {
             expected: t.expected,
             received: t.received,

@@ -164,6 +164,10 @@ struct BenchArgs {
     /// Stolen bikes riding the roads meanwhile (alert latency under load).
     #[arg(long, default_value_t = 100)]
     thefts: usize,
+    /// The spawned servers' embedded-broker buffer, MiB (mqtt.buffer_mib; default: the
+    /// server's default).
+    #[arg(long)]
+    mqtt_buffer_mib: Option<usize>,
     /// Writes OUT.json and OUT.md.
     #[arg(long, default_value = "benches/reports/e2e")]
     out: PathBuf,
@@ -334,6 +338,7 @@ async fn district(args: DistrictArgs) -> anyhow::Result<()> {
                 bikes: args.bikes,
                 run: args.run,
                 mqtt_url: None,
+                mqtt_buffer_mib: None,
                 extra_toml: String::new(),
             })
             .await?;
@@ -395,6 +400,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         batch_ms: args.batch_ms,
         sightings_per_batch: args.sightings_per_batch,
         thefts: args.thefts,
+        mqtt_buffer_mib: args.mqtt_buffer_mib,
         progress: !args.quiet,
         command: std::env::args()
             .enumerate()

@@ -142,6 +142,8 @@ pub struct Report {
     pub load_average: String,
     pub offered: Rates,
     pub processed: Option<Processed>,
+    /// Where `processed` comes from: the server's `/metrics`, or a bare subscriber's count.
+    pub processed_by: String,
     pub alerts: Alerts,
     pub server: Option<ServerUse>,
     /// The external broker's process (Mosquitto), when there is one.
@@ -193,8 +195,8 @@ impl Report {
             p(
                 &mut m,
                 format!(
-                    "| processed (server /metrics) | {:.0} | {:.0} | {:.0} |",
-                    d.messages_per_s, d.sightings_per_s, d.reads_per_s
+                    "| processed ({}) | {:.0} | {:.0} | {:.0} |",
+                    self.processed_by, d.messages_per_s, d.sightings_per_s, d.reads_per_s
                 ),
             );
             p(&mut m, String::new());

@@ -22,6 +22,8 @@ pub struct ServerSpec {
     pub run: u64,
     /// An external broker (`mqtt://HOST:PORT`) instead of the embedded one.
     pub mqtt_url: Option<String>,
+    /// The embedded broker's `mqtt.buffer_mib` (default: the server's).
+    pub mqtt_buffer_mib: Option<usize>,
     /// More TOML appended to the generated config (e.g. an `[ingest]` table).
     pub extra_toml: String,
 }
@@ -62,6 +64,9 @@ impl SpawnedServer {
             "data_dir = {:?}\nadmin_token = {admin_token:?}\n\n[mqtt]\nlisten = \"{mqtt}\"\n",
             dir.path().display().to_string()
         );
+        if let Some(mib) = spec.mqtt_buffer_mib {
+            toml.push_str(&format!("buffer_mib = {mib}\n"));
+        }
         if let Some(url) = &spec.mqtt_url {
             toml.push_str(&format!(
                 "url = {url:?}\nclient_id = \"gp-sim-{nonce}\"\nshare_group = \"gp-sim-{nonce}\"\n"
