@@ -76,6 +76,8 @@ pub struct SetupResult {
     /// reads_per_s over Mosquitto alone's.
     pub ratio_to_mosquitto_alone: Option<f64>,
     pub import_seconds: Option<f64>,
+    /// The server log's most frequent warnings and errors (count, message).
+    pub server_warnings: Vec<(usize, String)>,
     pub report: Report,
 }
 
@@ -123,6 +125,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
             ..DistrictSpec::chaoyang(prefix.clone(), run)
         };
         eprintln!("== {} ==", setup.label());
+        let mut server_warnings = Vec::new();
         let (report, import_seconds) = match setup {
             Setup::Embedded | Setup::Mosquitto => {
                 let server = SpawnedServer::start(&ServerSpec {
@@ -144,6 +147,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
                 if r.is_err() {
                     eprintln!("server log:\n{}", server.log_tail());
                 }
+                server_warnings = server.log_warnings();
                 server.stop().await?;
                 (r?, Some(import))
             }
@@ -182,6 +186,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
             messages_per_s: processed.during_drive.messages_per_s,
             ratio_to_mosquitto_alone: None,
             import_seconds,
+            server_warnings,
             report,
         });
     }
@@ -321,6 +326,9 @@ impl BenchReport {
         m.push('\n');
         for r in &self.results {
             m.push_str(&r.report.markdown());
+            for (n, w) in &r.server_warnings {
+                m.push_str(&format!("Server log: {n} x `{}`\n", w.trim()));
+            }
             m.push('\n');
         }
         m

@@ -163,6 +163,26 @@ impl SpawnedServer {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// Its log's warnings and errors: how many of each message, most frequent first.
+    pub fn log_warnings(&self) -> Vec<(usize, String)> {
+        let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let mut counts: std::collections::HashMap<String, usize> = Default::default();
+        for line in text.lines() {
+            let Some(at) = line.find(" WARN ").or_else(|| line.find(" ERROR ")) else {
+                continue;
+            };
+            // The level, the target and the message, without the timestamp and fields.
+            let rest = &line[at..];
+            let msg = rest.split("  ").next().unwrap_or(rest);
+            let key: String = msg.chars().take(160).collect();
+            *counts.entry(key).or_default() += 1;
+        }
+        let mut v: Vec<(usize, String)> = counts.into_iter().map(|(k, n)| (n, k)).collect();
+        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.truncate(5);
+        v
+    }
+
     /// Where a district run finds it.
     pub fn target(&self) -> Target {
         let (mqtt_host, mqtt_port) = (self.mqtt.ip().to_string(), self.mqtt.port());
