@@ -61,6 +61,8 @@ pub struct BenchSpec {
     pub thefts: usize,
     /// The spawned servers' `mqtt.buffer_mib` (default: the server's).
     pub mqtt_buffer_mib: Option<usize>,
+    /// Mosquitto's pid, for its CPU (default: the first process named `mosquitto`).
+    pub mosquitto_pid: Option<u32>,
     pub progress: bool,
     /// The command line, for the report.
     pub command: String,
@@ -96,7 +98,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         .rsplit_once(':')
         .context("--mosquitto must be HOST:PORT")?;
     let mq_port: u16 = mq_port.parse().context("--mosquitto port")?;
-    let mosquitto_pid = probe::pid_of("mosquitto");
+    let mosquitto_pid = spec.mosquitto_pid.or_else(|| probe::pid_of("mosquitto"));
     let run = now_ms() as u64 / 1000 % 4000;
     let mut results = Vec::new();
     for &setup in &spec.setups {

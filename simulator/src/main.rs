@@ -168,6 +168,9 @@ struct BenchArgs {
     /// server's default).
     #[arg(long)]
     mqtt_buffer_mib: Option<usize>,
+    /// Mosquitto's pid, for its CPU (default: the first process named mosquitto).
+    #[arg(long)]
+    mosquitto_pid: Option<u32>,
     /// Writes OUT.json and OUT.md.
     #[arg(long, default_value = "benches/reports/e2e")]
     out: PathBuf,
@@ -401,6 +404,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         sightings_per_batch: args.sightings_per_batch,
         thefts: args.thefts,
         mqtt_buffer_mib: args.mqtt_buffer_mib,
+        mosquitto_pid: args.mosquitto_pid,
         progress: !args.quiet,
         command: std::env::args()
             .enumerate()
