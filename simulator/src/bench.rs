@@ -63,6 +63,9 @@ pub struct BenchSpec {
     pub mqtt_buffer_mib: Option<usize>,
     /// Mosquitto's pid, for its CPU (default: the first process named `mosquitto`).
     pub mosquitto_pid: Option<u32>,
+    /// Mosquitto alone's subscriber joins a shared subscription and acknowledges each
+    /// message itself (manual acks), as greenplate's ingest does, instead of a plain one.
+    pub alone_like_ingest: bool,
     pub progress: bool,
     /// The command line, for the report.
     pub command: String,
@@ -156,10 +159,16 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
             Setup::MosquittoAlone => {
                 let counter = Arc::new(AtomicU64::new(0));
                 let topic_prefix = format!("gpbench/{prefix}readers/");
+                let filter = if spec.alone_like_ingest {
+                    format!("$share/gpbench-{prefix}/{topic_prefix}#")
+                } else {
+                    format!("{topic_prefix}#")
+                };
                 let sub = counting_subscriber(
                     mq_host,
                     mq_port,
-                    &format!("{topic_prefix}#"),
+                    &filter,
+                    spec.alone_like_ingest,
                     counter.clone(),
                 )
                 .await?;
@@ -223,6 +232,7 @@ async fn counting_subscriber(
     host: &str,
     port: u16,
     filter: &str,
+    manual_acks: bool,
     counter: Arc<AtomicU64>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut opts = MqttOptions::new(
@@ -232,6 +242,7 @@ async fn counting_subscriber(
     );
     opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
     opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_manual_acks(manual_acks);
     let (client, mut events) = AsyncClient::new(opts, 1024);
     client.subscribe(filter, QoS::AtLeastOnce).await?;
     // Wait for the SUBACK so nothing published after this returns is missed.
@@ -247,11 +258,13 @@ async fn counting_subscriber(
     .await
     .context("no SUBACK from Mosquitto")??;
     Ok(tokio::spawn(async move {
-        let _client = client;
         loop {
             match events.poll().await {
-                Ok(Event::Incoming(Packet::Publish(_))) => {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
                     counter.fetch_add(1, Ordering::Relaxed);
+                    if manual_acks {
+                        let _ = client.try_ack(&p);
+                    }
                 }
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -171,6 +171,10 @@ struct BenchArgs {
     /// Mosquitto's pid, for its CPU (default: the first process named mosquitto).
     #[arg(long)]
     mosquitto_pid: Option<u32>,
+    /// Mosquitto alone's counting subscriber joins a shared subscription and acknowledges
+    /// each message itself (manual acks), as greenplate's ingest does.
+    #[arg(long)]
+    alone_like_ingest: bool,
     /// Writes OUT.json and OUT.md.
     #[arg(long, default_value = "benches/reports/e2e")]
     out: PathBuf,
@@ -405,6 +409,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         thefts: args.thefts,
         mqtt_buffer_mib: args.mqtt_buffer_mib,
         mosquitto_pid: args.mosquitto_pid,
+        alone_like_ingest: args.alone_like_ingest,
         progress: !args.quiet,
         command: std::env::args()
             .enumerate()

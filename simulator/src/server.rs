@@ -178,7 +178,7 @@ impl SpawnedServer {
             *counts.entry(key).or_default() += 1;
         }
         let mut v: Vec<(usize, String)> = counts.into_iter().map(|(k, n)| (n, k)).collect();
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|w| std::cmp::Reverse(w.0));
         v.truncate(5);
         v
     }
