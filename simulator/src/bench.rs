@@ -61,7 +61,7 @@ pub struct BenchSpec {
     pub thefts: usize,
     /// The spawned servers' `mqtt.buffer_mib` (default: the server's).
     pub mqtt_buffer_mib: Option<usize>,
-    /// Mosquitto's pid, for its CPU (default: the first process named `mosquitto`).
+    /// Mosquitto's pid, for its CPU (default: the process listening on its port).
     pub mosquitto_pid: Option<u32>,
     /// Mosquitto alone's subscriber joins a shared subscription and acknowledges each
     /// message itself (manual acks), as greenplate's ingest does, instead of a plain one.
@@ -101,7 +101,11 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         .rsplit_once(':')
         .context("--mosquitto must be HOST:PORT")?;
     let mq_port: u16 = mq_port.parse().context("--mosquitto port")?;
-    let mosquitto_pid = spec.mosquitto_pid.or_else(|| probe::pid_of("mosquitto"));
+    // The broker that listens on that port (others may run their own Mosquitto beside it).
+    let mosquitto_pid = spec
+        .mosquitto_pid
+        .or_else(|| probe::pid_listening_on(mq_port))
+        .or_else(|| probe::pid_of("mosquitto"));
     let run = now_ms() as u64 / 1000 % 4000;
     let mut results = Vec::new();
     for &setup in &spec.setups {

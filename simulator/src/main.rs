@@ -168,7 +168,7 @@ struct BenchArgs {
     /// server's default).
     #[arg(long)]
     mqtt_buffer_mib: Option<usize>,
-    /// Mosquitto's pid, for its CPU (default: the first process named mosquitto).
+    /// Mosquitto's pid, for its CPU (default: the process listening on its port).
     #[arg(long)]
     mosquitto_pid: Option<u32>,
     /// Mosquitto alone's counting subscriber joins a shared subscription and acknowledges

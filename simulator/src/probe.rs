@@ -150,6 +150,34 @@ pub fn load_average() -> String {
         .unwrap_or_default()
 }
 
+/// The pid of the process listening on a local TCP port (from `/proc/net/tcp{,6}` and the
+/// processes' open sockets), if it can be seen.
+pub fn pid_listening_on(port: u16) -> Option<u32> {
+    let hex_port = format!(":{port:04X}");
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|f| {
+        std::fs::read_to_string(f)
+            .ok()?
+            .lines()
+            .skip(1)
+            .find_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                // local_address, state 0A = LISTEN, inode.
+                (cols.get(1)?.ends_with(&hex_port) && *cols.get(3)? == "0A")
+                    .then(|| cols.get(9).map(|i| (*i).to_owned()))
+                    .flatten()
+            })
+    })?;
+    let target = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        std::fs::read_dir(e.path().join("fd"))
+            .ok()?
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == target))
+            .then_some(pid)
+    })
+}
+
 /// The pid of a running process by its command name (e.g. `mosquitto`), if there is one.
 pub fn pid_of(comm: &str) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
@@ -176,6 +204,13 @@ mod tests {
             s.by_reason("greenplate_ingest_batches_rejected_total")["flood"],
             10.0
         );
+    }
+
+    #[test]
+    fn finds_who_listens() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(pid_listening_on(port), Some(std::process::id()));
     }
 
     #[test]
