@@ -96,4 +96,4 @@ for h in "${http[@]}"; do
   curl -s "http://127.0.0.1:$h/metrics" | grep -E '^greenplate_ingest_(batches|sightings)_rejected_total' | grep -v ' 0$' || true
 done
 echo "mosquitto CPU over the drive: $(echo "($mq_end - $mq_start) / $(getconf CLK_TCK) / ($end - $start)" | bc -l | cut -c1-4) cores"
-grep -E "published|alerts|latency|rror" "$work/town.out" | head -8
+grep -E "published|alerts|latency|rror|status|message" "$work/town.out" | head -12

@@ -137,7 +137,9 @@ pub struct MqttConfig {
     /// Most simultaneous MQTT connections.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Memory for reader messages waiting for ingest, in MiB (a ring of segments).
+    /// Memory for reader messages waiting for ingest, in MiB (a ring of 4 MiB segments whose
+    /// oldest is dropped when full, read or not: how far ingest may fall behind). It stays
+    /// resident once filled, so it is sized for a second or so at 1 M reads/s, not more.
     #[serde(default = "default_buffer_mib")]
     pub buffer_mib: usize,
     /// An external broker instead of the embedded one: `mqtt://HOST[:PORT]`. Ingest then
@@ -276,7 +278,7 @@ fn default_max_connections() -> usize {
     10_000
 }
 fn default_buffer_mib() -> usize {
-    64
+    16
 }
 fn default_max_clock_skew_ms() -> i64 {
     24 * 3600 * 1000

@@ -8,8 +8,29 @@
 //! - [`patrol_load`]: alert latency with many concurrent patrol streams.
 //! - [`town`]: provisions a small town through Admin and Registry (readers, zones, units,
 //!   a kiosk, registered bikes) with valid synthetic owners.
+//!
+//! The district simulation, a module per stage:
+//! - [`roads`]: a synthetic road network over Chaoyang, readers on intersections.
+//! - [`traffic`]: bikes moving along the roads in real time with a daily rhythm.
+//! - [`rf`]: what a reader reads of a pass: several reads, missed reads, RSSI.
+//! - [`scenarios`]: thefts, armed bikes, a cloned tag, a reader offline, garbage; the oracle
+//!   of which alerts the server owes.
+//! - [`district`]: provisions the district, drives it, listens as every patrol unit.
+//! - [`probe`]: the server's `/metrics` and its process's CPU and memory.
+//! - [`report`]: the run's report, JSON and Markdown.
+//! - [`server`]: spawns a release `greenplate` on free ports with a fresh data directory.
+//! - [`bench`]: the end-to-end benchmark: embedded broker, Mosquitto, Mosquitto alone.
 
+pub mod bench;
 pub mod clients;
+pub mod district;
 pub mod patrol_load;
+pub mod probe;
 pub mod reader;
+pub mod report;
+pub mod rf;
+pub mod roads;
+pub mod scenarios;
+pub mod server;
 pub mod town;
+pub mod traffic;

@@ -37,6 +37,150 @@ enum Command {
     ImportCsv(ImportCsvArgs),
     /// Alert latency, publish to patrol receipt, with many concurrent patrol streams.
     PatrolLoad(PatrolLoadArgs),
+    /// The district: readers on a road network over Chaoyang, registered bikes riding it with
+    /// a daily rhythm, thefts and other scenarios, every patrol unit listening; reports what
+    /// was offered, processed and alerted (JSON and Markdown).
+    District(Box<DistrictArgs>),
+    /// End-to-end benchmark, side by side: greenplate with its embedded broker, greenplate
+    /// behind Mosquitto, Mosquitto alone; writes a JSON and a Markdown report.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct DistrictArgs {
+    /// Spawn this greenplate binary (fresh data directory, free ports, the bikes bulk
+    /// imported) instead of using a running server.
+    #[arg(long)]
+    spawn: Option<PathBuf>,
+    /// greenplate gRPC URL (a running server).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    grpc: String,
+    /// greenplate's MQTT broker, HOST:PORT (a running server).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: String,
+    /// greenplate's HTTP address, HOST:PORT, for /metrics (a running server).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
+    /// The running server's pid, for its CPU and peak RSS (same machine).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Admin token (or use --admin-token-file).
+    #[arg(long, env = "GREENPLATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, default_value = "greenplate-data/admin-token")]
+    admin_token_file: PathBuf,
+    /// The bulk import's run number (`simulator import-csv --run`): bike i has that run's
+    /// tag i.
+    #[arg(long, default_value_t = 1)]
+    run: u64,
+    /// Registered bikes (imported).
+    #[arg(long, default_value_t = 210_000)]
+    bikes: usize,
+    /// Readers, on intersections.
+    #[arg(long, default_value_t = 1000)]
+    readers: usize,
+    /// How long to drive, seconds.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Each reader sends what it read every this many milliseconds.
+    #[arg(long, default_value_t = 200)]
+    batch_ms: u64,
+    /// Most sightings per message.
+    #[arg(long, default_value_t = 200)]
+    batch_max: usize,
+    /// Throughput instead of roads: each reader reports this many sightings of its own
+    /// bikes every batch (0: every bike rides the roads).
+    #[arg(long, default_value_t = 0)]
+    stress: usize,
+    /// Simulated hour of day at the start.
+    #[arg(long, default_value_t = 18.0)]
+    start_hour: f64,
+    /// Seconds per simulated day (86400: real time; the hour only sets how many ride).
+    #[arg(long, default_value_t = 86_400.0)]
+    day_seconds: f64,
+    /// Bikes reported stolen and ridden away.
+    #[arg(long, default_value_t = 5)]
+    thefts: usize,
+    /// Bikes registered with a PIN, armed, and ridden.
+    #[arg(long, default_value_t = 3)]
+    armed: usize,
+    /// No cloned tag.
+    #[arg(long)]
+    no_clone: bool,
+    /// No reader going offline.
+    #[arg(long)]
+    no_offline: bool,
+    /// Garbage messages per second from one reader (0: none).
+    #[arg(long, default_value_t = 2000)]
+    garbage_rate: u32,
+    /// For how long, seconds.
+    #[arg(long, default_value_t = 3)]
+    garbage_seconds: u64,
+    /// Seconds to wait after driving for the last alerts.
+    #[arg(long, default_value_t = 10)]
+    settle: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the report as Markdown here.
+    #[arg(long)]
+    md: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The greenplate binary to spawn (build it with --release).
+    #[arg(long, default_value = "target/release/greenplate")]
+    greenplate: PathBuf,
+    /// The machine's Mosquitto, HOST:PORT (anonymous).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mosquitto: String,
+    /// Setups to run, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "embedded,mosquitto,mosquitto-alone"
+    )]
+    setups: Vec<greenplate_simulator::bench::Setup>,
+    #[arg(long, default_value_t = 1000)]
+    readers: usize,
+    #[arg(long, default_value_t = 210_000)]
+    bikes: usize,
+    /// Seconds of load per setup.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Each reader publishes a batch every this many milliseconds.
+    #[arg(long, default_value_t = 100)]
+    batch_ms: u64,
+    /// Sightings per batch (each folds 1-8 reads).
+    #[arg(long, default_value_t = 50)]
+    sightings_per_batch: usize,
+    /// Stolen bikes riding the roads meanwhile (alert latency under load).
+    #[arg(long, default_value_t = 100)]
+    thefts: usize,
+    /// The spawned servers' embedded-broker buffer, MiB (mqtt.buffer_mib; default: the
+    /// server's default).
+    #[arg(long)]
+    mqtt_buffer_mib: Option<usize>,
+    /// Mosquitto's pid, for its CPU (default: the process listening on its port).
+    #[arg(long)]
+    mosquitto_pid: Option<u32>,
+    /// Mosquitto alone's counting subscriber joins a shared subscription and acknowledges
+    /// each message itself (manual acks), as greenplate's ingest does.
+    #[arg(long)]
+    alone_like_ingest: bool,
+    /// Writes OUT.json and OUT.md.
+    #[arg(long, default_value = "benches/reports/e2e")]
+    out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -149,7 +293,143 @@ async fn main() -> anyhow::Result<()> {
         Command::KioskLoad(args) => kiosk_load(args).await,
         Command::ImportCsv(args) => import_csv(args),
         Command::PatrolLoad(args) => patrol_load(args).await,
+        Command::District(args) => district(*args).await,
+        Command::Bench(args) => bench(args).await,
     }
+}
+
+async fn district(args: DistrictArgs) -> anyhow::Result<()> {
+    use greenplate_simulator::district::{self, DistrictSpec, Target, TrafficMode};
+    use greenplate_simulator::server::{ServerSpec, SpawnedServer};
+    let spec = DistrictSpec {
+        setup: if args.spawn.is_some() {
+            "spawned greenplate, embedded broker".into()
+        } else {
+            format!("greenplate at {}", args.grpc)
+        },
+        bikes: args.bikes,
+        readers: args.readers,
+        drive: Duration::from_secs(args.seconds),
+        settle: Duration::from_secs(args.settle),
+        batch_ms: args.batch_ms,
+        batch_max: args.batch_max,
+        traffic: if args.stress > 0 {
+            TrafficMode::Stress {
+                sightings_per_batch: args.stress,
+            }
+        } else {
+            TrafficMode::Roads
+        },
+        start_hour: args.start_hour,
+        day_seconds: args.day_seconds,
+        thefts: args.thefts,
+        armed: args.armed,
+        clone: !args.no_clone,
+        offline_reader: !args.no_offline,
+        garbage: (args.garbage_rate > 0 && args.garbage_seconds > 0)
+            .then(|| (args.garbage_rate, Duration::from_secs(args.garbage_seconds))),
+        seed: args.seed,
+        progress: !args.quiet,
+        ..DistrictSpec::chaoyang(format!("d{}-", now_ms() / 1000 % 1_000_000), args.run)
+    };
+    let mut server = None;
+    let target = match &args.spawn {
+        Some(binary) => {
+            eprintln!(
+                "Starting {} with {} imported bikes...",
+                binary.display(),
+                args.bikes
+            );
+            let s = SpawnedServer::start(&ServerSpec {
+                binary: binary.clone(),
+                bikes: args.bikes,
+                run: args.run,
+                mqtt_url: None,
+                mqtt_buffer_mib: None,
+                extra_toml: String::new(),
+            })
+            .await?;
+            eprintln!(
+                "greenplate pid {} up (import took {:.1} s): gRPC {}, MQTT {}, HTTP {}.",
+                s.pid, s.import_seconds, s.grpc_url, s.mqtt, s.http
+            );
+            let t = s.target();
+            server = Some(s);
+            t
+        }
+        None => {
+            let (host, port) = args
+                .mqtt
+                .rsplit_once(':')
+                .context("--mqtt must be HOST:PORT")?;
+            Target {
+                grpc_url: Some(args.grpc.clone()),
+                admin_token: admin_token(args.admin_token, &args.admin_token_file)?,
+                mqtt_host: host.to_owned(),
+                mqtt_port: port.parse().context("--mqtt port")?,
+                metrics: args.metrics,
+                server_pid: args.server_pid,
+                topic_prefix: None,
+                relay_counter: None,
+                broker_pid: None,
+            }
+        }
+    };
+    let result = district::run(&target, &spec).await;
+    if let Some(s) = server {
+        if result.is_err() {
+            eprintln!("server log:\n{}", s.log_tail());
+        }
+        s.stop().await?;
+    }
+    let report = result?;
+    let md = report.markdown();
+    println!("{md}");
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = args.md {
+        std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use greenplate_simulator::bench::{self, BenchSpec};
+    let spec = BenchSpec {
+        binary: args.greenplate,
+        mosquitto: args.mosquitto,
+        setups: args.setups,
+        readers: args.readers,
+        bikes: args.bikes,
+        seconds: args.seconds,
+        batch_ms: args.batch_ms,
+        sightings_per_batch: args.sightings_per_batch,
+        thefts: args.thefts,
+        mqtt_buffer_mib: args.mqtt_buffer_mib,
+        mosquitto_pid: args.mosquitto_pid,
+        alone_like_ingest: args.alone_like_ingest,
+        progress: !args.quiet,
+        command: std::env::args()
+            .enumerate()
+            .map(|(i, a)| if i == 0 { "simulator".to_owned() } else { a })
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let report = bench::run(&spec).await?;
+    let md = report.markdown();
+    println!("{md}");
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let json = args.out.with_extension("json");
+    let mdp = args.out.with_extension("md");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    std::fs::write(&mdp, md).with_context(|| format!("writing {}", mdp.display()))?;
+    eprintln!("Wrote {} and {}.", json.display(), mdp.display());
+    Ok(())
 }
 
 async fn patrol_load(args: PatrolLoadArgs) -> anyhow::Result<()> {
@@ -297,27 +577,8 @@ async fn kiosk_load(args: KioskLoadArgs) -> anyhow::Result<()> {
 }
 
 fn import_csv(args: ImportCsvArgs) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&args.out)?);
-    writeln!(
-        out,
-        "tag_id,plate,owner_name,owner_id_number,owner_phone,make,model,color,frame_number"
-    )?;
-    for i in 0..args.rows {
-        // Most owners have one bike; every tenth owner has two.
-        let owner = if i % 10 == 9 { i - 1 } else { i };
-        writeln!(
-            out,
-            "{},{},车主{owner},{},138{:08},Yadea,G5,{},IMP{:04}{i:09}",
-            town::tag_id(args.run, i),
-            town::plate(args.run, i),
-            town::resident_id(args.run, owner),
-            owner % 100_000_000,
-            ["green", "white", "black", "red"][(i % 4) as usize],
-            args.run
-        )?;
-    }
-    out.flush()?;
+    town::write_import_csv(&args.out, args.rows, args.run)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     println!("Wrote {} rows to {}.", args.rows, args.out.display());
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct ReaderClient {
     key: ReaderKey,
     client: AsyncClient,
     seq: u64,
+    /// Where batches go: `greenplate/readers/{id}/sightings` unless set otherwise.
+    sightings_topic: String,
     driver: tokio::task::JoinHandle<()>,
 }
 
@@ -93,6 +95,7 @@ impl ReaderClient {
             .publish(topics::status(reader_id), QoS::AtLeastOnce, false, online)
             .await?;
         Ok(Self {
+            sightings_topic: topics::sightings(&id),
             id,
             key,
             client,
@@ -115,9 +118,26 @@ impl ReaderClient {
             sightings,
         };
         let sealed = self.key.seal(&batch);
-        self.publish_raw(&topics::sightings(&self.id), sealed.encode_to_vec())
+        let payload = sealed.encode_to_vec();
+        self.client
+            .publish(
+                self.sightings_topic.as_str(),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
             .await?;
         Ok(self.seq)
+    }
+
+    /// Sends batches to another topic (the broker-alone comparison, where no greenplate
+    /// listens and the topic must not reach one that does).
+    pub fn set_sightings_topic(&mut self, topic: String) {
+        self.sightings_topic = topic;
+    }
+
+    pub fn sightings_topic(&self) -> &str {
+        &self.sightings_topic
     }
 
     /// Publishes arbitrary bytes to any topic (for hostile-input tests and scenarios).

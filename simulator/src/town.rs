@@ -191,6 +191,31 @@ pub async fn provision(
     })
 }
 
+/// Writes a CSV of `rows` synthetic registrations (bike i: `tag_id(run, i)`,
+/// `plate(run, i)`) for `greenplate registry import`. Most owners have one bike; every
+/// tenth owner has two.
+pub fn write_import_csv(path: &std::path::Path, rows: u64, run: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        out,
+        "tag_id,plate,owner_name,owner_id_number,owner_phone,make,model,color,frame_number"
+    )?;
+    for i in 0..rows {
+        let owner = if i % 10 == 9 { i - 1 } else { i };
+        writeln!(
+            out,
+            "{},{},车主{owner},{},138{:08},Yadea,G5,{},IMP{run:04}{i:09}",
+            tag_id(run, i),
+            plate(run, i),
+            resident_id(run, owner),
+            owner % 100_000_000,
+            ["green", "white", "black", "red"][(i % 4) as usize],
+        )?;
+    }
+    out.flush()
+}
+
 fn seed_of(prefix: &str) -> u64 {
     prefix
         .bytes()

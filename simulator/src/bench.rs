@@ -1,0 +1,355 @@
+//! The end-to-end benchmark, side by side in one command, with the same readers, the same
+//! sealed batches and the same offered load for each setup:
+//! 1. `greenplate` with its embedded broker (spawned on free ports);
+//! 2. `greenplate` behind the machine's Mosquitto (shared subscription of its own group);
+//! 3. Mosquitto alone relaying the same messages to one subscriber that only counts them:
+//!    the cost of just moving the bytes.
+//!
+//! Each setup gets a fresh `greenplate` with the district's registrations bulk imported and
+//! its readers provisioned through the Admin API; thefts ride the roads meanwhile, so alert
+//! latency is measured under the load. Reads/s are reported for each and as a ratio to
+//! Mosquitto alone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Serialize;
+
+use crate::district::{self, DistrictSpec, Target, TrafficMode};
+use crate::probe;
+use crate::reader::now_ms;
+use crate::report::Report;
+use crate::server::{ServerSpec, SpawnedServer};
+
+/// Which setups to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum Setup {
+    /// greenplate with its embedded broker.
+    Embedded,
+    /// greenplate behind the machine's Mosquitto.
+    Mosquitto,
+    /// Mosquitto alone relaying to a counting subscriber.
+    MosquittoAlone,
+}
+
+impl Setup {
+    fn label(self) -> &'static str {
+        match self {
+            Setup::Embedded => "greenplate, embedded broker",
+            Setup::Mosquitto => "greenplate behind Mosquitto",
+            Setup::MosquittoAlone => "Mosquitto alone (counting subscriber)",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    pub binary: PathBuf,
+    /// host:port of the machine's Mosquitto (anonymous).
+    pub mosquitto: String,
+    pub setups: Vec<Setup>,
+    pub readers: usize,
+    pub bikes: usize,
+    pub seconds: u64,
+    pub batch_ms: u64,
+    pub sightings_per_batch: usize,
+    pub thefts: usize,
+    /// The spawned servers' `mqtt.buffer_mib` (default: the server's).
+    pub mqtt_buffer_mib: Option<usize>,
+    /// Mosquitto's pid, for its CPU (default: the process listening on its port).
+    pub mosquitto_pid: Option<u32>,
+    /// Mosquitto alone's subscriber joins a shared subscription and acknowledges each
+    /// message itself (manual acks), as greenplate's ingest does, instead of a plain one.
+    pub alone_like_ingest: bool,
+    pub progress: bool,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupResult {
+    pub setup: Setup,
+    pub label: String,
+    /// Reads/s taken end to end (greenplate's `/metrics`), or relayed (Mosquitto alone).
+    pub reads_per_s: f64,
+    pub messages_per_s: f64,
+    /// reads_per_s over Mosquitto alone's.
+    pub ratio_to_mosquitto_alone: Option<f64>,
+    pub import_seconds: Option<f64>,
+    /// The server log's most frequent warnings and errors (count, message).
+    pub server_warnings: Vec<(usize, String)>,
+    pub report: Report,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub date_utc: String,
+    pub machine: String,
+    pub command: String,
+    pub results: Vec<SetupResult>,
+}
+
+/// Runs the setups one after the other.
+pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
+    let (mq_host, mq_port) = spec
+        .mosquitto
+        .rsplit_once(':')
+        .context("--mosquitto must be HOST:PORT")?;
+    let mq_port: u16 = mq_port.parse().context("--mosquitto port")?;
+    // The broker that listens on that port (others may run their own Mosquitto beside it).
+    let mosquitto_pid = spec
+        .mosquitto_pid
+        .or_else(|| probe::pid_listening_on(mq_port))
+        .or_else(|| probe::pid_of("mosquitto"));
+    let run = now_ms() as u64 / 1000 % 4000;
+    let mut results = Vec::new();
+    for &setup in &spec.setups {
+        let prefix = format!("b{}{}-", now_ms() / 1000 % 100_000, setup_letter(setup));
+        let dspec = DistrictSpec {
+            setup: setup.label().into(),
+            bikes: spec.bikes,
+            readers: spec.readers,
+            drive: Duration::from_secs(spec.seconds),
+            settle: Duration::from_secs(10),
+            batch_ms: spec.batch_ms,
+            batch_max: spec.sightings_per_batch.max(1) + 50,
+            traffic: TrafficMode::Stress {
+                sightings_per_batch: spec.sightings_per_batch,
+            },
+            thefts: if setup == Setup::MosquittoAlone {
+                0
+            } else {
+                spec.thefts
+            },
+            armed: 0,
+            clone: false,
+            offline_reader: false,
+            garbage: None,
+            progress: spec.progress,
+            ..DistrictSpec::chaoyang(prefix.clone(), run)
+        };
+        eprintln!("== {} ==", setup.label());
+        let mut server_warnings = Vec::new();
+        let (report, import_seconds) = match setup {
+            Setup::Embedded | Setup::Mosquitto => {
+                let server = SpawnedServer::start(&ServerSpec {
+                    binary: spec.binary.clone(),
+                    bikes: spec.bikes,
+                    run,
+                    mqtt_url: (setup == Setup::Mosquitto)
+                        .then(|| format!("mqtt://{}", spec.mosquitto)),
+                    mqtt_buffer_mib: spec.mqtt_buffer_mib,
+                    extra_toml: String::new(),
+                })
+                .await?;
+                let mut target = server.target();
+                if setup == Setup::Mosquitto {
+                    target.broker_pid = mosquitto_pid;
+                }
+                let r = district::run(&target, &dspec).await;
+                let import = server.import_seconds;
+                if r.is_err() {
+                    eprintln!("server log:\n{}", server.log_tail());
+                }
+                server_warnings = server.log_warnings();
+                server.stop().await?;
+                (r?, Some(import))
+            }
+            Setup::MosquittoAlone => {
+                let counter = Arc::new(AtomicU64::new(0));
+                let topic_prefix = format!("gpbench/{prefix}readers/");
+                let filter = if spec.alone_like_ingest {
+                    format!("$share/gpbench-{prefix}/{topic_prefix}#")
+                } else {
+                    format!("{topic_prefix}#")
+                };
+                let sub = counting_subscriber(
+                    mq_host,
+                    mq_port,
+                    &filter,
+                    spec.alone_like_ingest,
+                    counter.clone(),
+                )
+                .await?;
+                let target = Target {
+                    grpc_url: None,
+                    admin_token: String::new(),
+                    mqtt_host: mq_host.to_owned(),
+                    mqtt_port: mq_port,
+                    metrics: None,
+                    server_pid: None,
+                    topic_prefix: Some(topic_prefix),
+                    relay_counter: Some(counter),
+                    broker_pid: mosquitto_pid,
+                };
+                let r = district::run(&target, &dspec).await;
+                sub.abort();
+                (r?, None)
+            }
+        };
+        let processed = report.processed.clone().unwrap_or_default();
+        eprintln!("{}", report.markdown());
+        results.push(SetupResult {
+            setup,
+            label: setup.label().into(),
+            reads_per_s: processed.during_drive.reads_per_s,
+            messages_per_s: processed.during_drive.messages_per_s,
+            ratio_to_mosquitto_alone: None,
+            import_seconds,
+            server_warnings,
+            report,
+        });
+    }
+    if let Some(base) = results
+        .iter()
+        .find(|r| r.setup == Setup::MosquittoAlone)
+        .map(|r| r.reads_per_s)
+        .filter(|b| *b > 0.0)
+    {
+        for r in &mut results {
+            r.ratio_to_mosquitto_alone = Some(r.reads_per_s / base);
+        }
+    }
+    Ok(BenchReport {
+        date_utc: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        machine: machine(),
+        command: spec.command.clone(),
+        results,
+    })
+}
+
+fn setup_letter(s: Setup) -> char {
+    match s {
+        Setup::Embedded => 'e',
+        Setup::Mosquitto => 'm',
+        Setup::MosquittoAlone => 'a',
+    }
+}
+
+/// A subscriber that counts what arrives and does nothing else.
+async fn counting_subscriber(
+    host: &str,
+    port: u16,
+    filter: &str,
+    manual_acks: bool,
+    counter: Arc<AtomicU64>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut opts = MqttOptions::new(
+        format!("gpbench-count-{}", hex::encode(rand::random::<[u8; 4]>())),
+        host,
+        port,
+    );
+    opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_manual_acks(manual_acks);
+    let (client, mut events) = AsyncClient::new(opts, 1024);
+    client.subscribe(filter, QoS::AtLeastOnce).await?;
+    // Wait for the SUBACK so nothing published after this returns is missed.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::anyhow!("counting subscriber: {e}")),
+            }
+        }
+    })
+    .await
+    .context("no SUBACK from Mosquitto")??;
+    Ok(tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if manual_acks {
+                        let _ = client.try_ack(&p);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }))
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// CPUs, model and memory of this machine.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map(|kib| format!("{:.0} GiB", kib / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    format!(
+        "{} CPUs ({model}), {mem}, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        command_output("uname", &["-sr"])
+    )
+}
+
+impl BenchReport {
+    pub fn markdown(&self) -> String {
+        let mut m = format!(
+            "# End-to-end benchmark\n\n{}; {}.\n\n`{}`\n\n\
+             | setup | messages/s | reads/s | ratio to Mosquitto alone | alerts expected / received / lost / dup | alert latency p50 / p99 / max | server CPU | server peak RSS | broker CPU |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
+            self.date_utc, self.machine, self.command
+        );
+        for r in &self.results {
+            let a = &r.report.alerts;
+            let s = r.report.server.as_ref();
+            let b = r.report.broker.as_ref();
+            m.push_str(&format!(
+                "| {} | {:.0} | {:.0} | {} | {} / {} / {} / {} | {:.1} / {:.1} / {:.1} ms | {} | {} | {} |\n",
+                r.label,
+                r.messages_per_s,
+                r.reads_per_s,
+                r.ratio_to_mosquitto_alone
+                    .map(|x| format!("{x:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                a.expected,
+                a.received,
+                a.lost,
+                a.duplicated,
+                a.latency_ms.p50,
+                a.latency_ms.p99,
+                a.latency_ms.max,
+                s.map(|s| format!("{:.2} cores", s.cpu_cores)).unwrap_or_else(|| "-".into()),
+                s.map(|s| format!("{:.0} MiB", s.peak_rss_mib)).unwrap_or_else(|| "-".into()),
+                b.map(|b| format!("{:.2} cores", b.cpu_cores)).unwrap_or_else(|| "-".into()),
+            ));
+        }
+        m.push('\n');
+        for r in &self.results {
+            m.push_str(&r.report.markdown());
+            for (n, w) in &r.server_warnings {
+                m.push_str(&format!("Server log: {n} x `{}`\n", w.trim()));
+            }
+            m.push('\n');
+        }
+        m
+    }
+}
