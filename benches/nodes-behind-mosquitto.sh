@@ -84,10 +84,20 @@ mq_start=$(cpu "$mq")
 wait "$town" || true
 end=$(date +%s.%N)
 mq_end=$(cpu "$mq")
-# Let the nodes finish what the broker still holds (at most 30 s).
+at_drive_end=$(total)
+# Let the nodes finish what the broker still holds (at most 60 s): the time of the last
+# change is when the last message was taken.
 prev=-1
-for _ in $(seq 1 60); do cur=$(total); [ "$cur" = "$prev" ] && break; prev=$cur; sleep 0.5; done
+done_at=$end
+for _ in $(seq 1 120); do
+  cur=$(total)
+  [ "$cur" = "$prev" ] && break
+  [ "$prev" != -1 ] && done_at=$(date +%s.%N)
+  prev=$cur
+  sleep 0.5
+done
 echo "nodes=$nodes readers=$readers drive_s=$(echo "$end - $start" | bc) load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "accepted while driving: $at_drive_end ($(echo "$at_drive_end / ($end - $start)" | bc) /s); all taken $(echo "$done_at - $start" | bc | cut -c1-5) s after the drive began ($(echo "$(total) / ($done_at - $start)" | bc) /s)"
 for i in "${!http[@]}"; do
   echo "node $((i + 1)): sightings accepted $(metric "${http[$i]}" greenplate_ingest_sightings_accepted_total), batches $(metric "${http[$i]}" greenplate_ingest_batches_accepted_total), peak RSS $(grep VmHWM /proc/"${pids[$i]}"/status | awk '{print $2/1024 " MB"}')"
 done
