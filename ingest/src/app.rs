@@ -354,12 +354,18 @@ fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String, 
         Err(_) => {}
     }
     let value = make();
+    write_secret_file(path, &value).map_err(err)?;
+    tracing::info!(path = %path.display(), "Generated a secret file.");
+    Ok(value)
+}
+
+/// Writes a new one-line secret file (mode 0600; it must not exist) and syncs it to disk.
+pub(crate) fn write_secret_file(path: &Path, value: &str) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path).map_err(err)?;
-    writeln!(f, "{value}").map_err(err)?;
-    tracing::info!(path = %path.display(), "Generated a secret file.");
-    Ok(value)
+    let mut f = options.open(path)?;
+    writeln!(f, "{value}")?;
+    f.sync_all()
 }

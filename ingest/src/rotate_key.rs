@@ -11,7 +11,6 @@
 //!   commit and the rename leaves `secret.key.next`; the service then refuses to start, and
 //!   running the command again finds which key the database is under and finishes.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use greenplate_registry::rekey::{Rekeyed, opens_with, rekey};
@@ -135,7 +134,12 @@ async fn rotate_key_file(
     if opens_with(db, &old_box).await? == Some(false) {
         return Err(RotateKeyError::WrongKey);
     }
-    write_new(&next, &hex::encode(new))?;
+    crate::app::write_secret_file(&next, &hex::encode(new)).map_err(|source| {
+        RotateKeyError::File {
+            path: next.clone(),
+            source,
+        }
+    })?;
     match rekey(db, &old_box, &new_box, "operator:rotate-key").await {
         Ok(rekeyed) => {
             rename(&next, &file)?;
@@ -163,21 +167,6 @@ fn read(path: &Path) -> Result<String, RotateKeyError> {
         path: path.to_owned(),
         source,
     })
-}
-
-/// Writes a new secret file (mode 0600) and syncs it to disk.
-fn write_new(path: &Path, value: &str) -> Result<(), RotateKeyError> {
-    let err = |source| RotateKeyError::File {
-        path: path.to_owned(),
-        source,
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path).map_err(err)?;
-    writeln!(f, "{value}").map_err(err)?;
-    f.sync_all().map_err(err)
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), RotateKeyError> {

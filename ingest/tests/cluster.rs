@@ -12,9 +12,8 @@ use greenplate_proto::v1::{
 };
 use greenplate_simulator::clients;
 use greenplate_simulator::reader::{ReaderClient, sighting};
-use support::{TestService, bike, later, new_kiosk_token, new_unit_token, next_alert};
+use support::{SHARED_KEY, TestService, bike, later, new_kiosk_token, new_unit_token, next_alert};
 
-const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const TAG: &str = "E28011606000000000000C71";
 const PLATE: &str = "粤D7C071";
 
@@ -38,13 +37,13 @@ where
 #[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG)"]
 async fn what_one_node_commits_is_in_force_on_the_other() {
     let a = TestService::start_postgres_configured(|c| {
-        c.secret_key = Some(KEY.into());
+        c.secret_key = Some(SHARED_KEY.into());
         c.alerting.clone_speed_kmh = 1e9;
     })
     .await;
     let db = a.database_url.clone();
     let b = TestService::start_configured(move |c| {
-        c.secret_key = Some(KEY.into());
+        c.secret_key = Some(SHARED_KEY.into());
         c.database_url = db.clone();
         c.alerting.clone_speed_kmh = 1e9;
     })

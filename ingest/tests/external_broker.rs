@@ -8,16 +8,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use greenplate_simulator::reader::{ReaderClient, sighting};
-use support::{TestService, later, register_stolen};
+use support::{SHARED_KEY, TestService, broker_url, later, register_stolen};
 
-const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const TAG: &str = "E28011606000000000000D01";
 const READERS: usize = 3;
 const BATCHES: usize = 100;
-
-fn broker_url() -> String {
-    std::env::var("GREENPLATE_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
 
 async fn sum(nodes: &[&TestService], sample: &str) -> f64 {
     let mut total = 0.0;
@@ -38,7 +33,7 @@ async fn two_nodes_split_the_readers_and_process_each_batch_once() {
     let a = TestService::start_postgres_configured(move |c| {
         c.mqtt.url = Some(url.clone());
         c.mqtt.share_group = g.clone();
-        c.secret_key = Some(KEY.into());
+        c.secret_key = Some(SHARED_KEY.into());
         c.alerting.clone_speed_kmh = 1e9;
     })
     .await;
@@ -55,7 +50,7 @@ async fn two_nodes_split_the_readers_and_process_each_batch_once() {
     let b = TestService::start_configured(move |c| {
         c.mqtt.url = Some(url.clone());
         c.mqtt.share_group = g.clone();
-        c.secret_key = Some(KEY.into());
+        c.secret_key = Some(SHARED_KEY.into());
         c.database_url = db.clone();
         c.alerting.clone_speed_kmh = 1e9;
     })

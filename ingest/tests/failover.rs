@@ -16,18 +16,15 @@ use greenplate_proto::v1::{Alert, StreamAlertsRequest};
 use greenplate_simulator::clients;
 use greenplate_simulator::reader::{ReaderClient, sighting};
 use support::node::Node;
-use support::{TestService, later, metric, new_unit_token, register_stolen};
+use support::{
+    SHARED_KEY, TestService, broker_url, later, metric, new_unit_token, register_stolen,
+};
 
-const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const TAG: &str = "E28011606000000000000F01";
 const PLATE: &str = "粤D7F001";
 const READERS: usize = 3;
 /// Batches per reader in each phase: both nodes up, A hung, A dead.
 const PHASE: usize = 60;
-
-fn broker_url() -> String {
-    std::env::var("GREENPLATE_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
 
 /// Each batch sights the stolen bike in a new pass (10 s apart on the reader's clock), so
 /// each processed batch makes an alert named by (reader, seen_at).
@@ -69,7 +66,7 @@ async fn a_node_killed_under_load_loses_nothing() {
         c.mqtt.share_group = g.clone();
         c.mqtt.client_id = Some(id.clone());
         c.mqtt.persistent_session = true;
-        c.secret_key = Some(KEY.into());
+        c.secret_key = Some(SHARED_KEY.into());
         c.alerting.clone_speed_kmh = 1e9;
         c.ingest.reader_messages_per_s = 10_000.0;
         c.ingest.reader_messages_burst = 10_000.0;
@@ -90,7 +87,7 @@ async fn a_node_killed_under_load_loses_nothing() {
     std::fs::write(
         &config,
         format!(
-            "database_url = {db:?}\nsecret_key = {KEY:?}\n\
+            "database_url = {db:?}\nsecret_key = {SHARED_KEY:?}\n\
              [mqtt]\nurl = {url:?}\nclient_id = {id_a:?}\nshare_group = {group:?}\n\
              persistent_session = true\n\
              [ingest]\nreader_messages_per_s = 10000.0\nreader_messages_burst = 10000.0\n\

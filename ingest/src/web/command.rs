@@ -35,7 +35,8 @@ use super::page::{
     both, csrf_refused, datetime, html_response, layout, message, redirect, session_expired,
     short_datetime,
 };
-use super::session::{Area, Session, clear_cookie, set_cookie};
+use super::session::{Area, Session};
+use super::sign_in::{self, CsrfForm, Door, LoginForm};
 
 const AREA: Area = Area::Command;
 const HOME: &str = "/command";
@@ -64,33 +65,22 @@ pub fn kind_name(kind: i32) -> (&'static str, &'static str) {
     }
 }
 
-fn sign_in_page(status: StatusCode, problem: Option<&Bilingual>) -> Response {
-    html_response(
-        status,
-        layout(
-            "Command center sign-in",
-            None,
-            html! {
-                main.narrow {
-                    h1 { "指挥中心 / Command center" }
-                    form.card method="post" action="/command/login" {
-                        label for="token" { span.zh { "指挥中心令牌" } " " span.en { "Command-center token" } }
-                        input id="token" name="token" type="password" required autocomplete="off";
-                        @if let Some(m) = problem {
-                            p.error role="alert" { (both(m)) }
-                        }
-                        button type="submit" { "登录 / Sign in" }
-                    }
-                }
-            },
-        ),
-    )
-}
+const DOOR: Door = Door {
+    area: AREA,
+    home: HOME,
+    title: "Command center sign-in",
+    heading: "指挥中心 / Command center",
+    token_zh: "指挥中心令牌",
+    token_en: "Command-center token",
+    wrong_kind: (
+        "这不是指挥中心令牌",
+        "This is not a command-center unit's token",
+    ),
+    signed_in: "Command-center web sign-in.",
+};
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct LoginForm {
-    token: String,
+fn sign_in_page(status: StatusCode, problem: Option<&Bilingual>) -> Response {
+    sign_in::page(&DOOR, status, problem)
 }
 
 /// Signs a command-center unit in (a patrol unit provisioned with `command_center`).
@@ -99,39 +89,10 @@ pub async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if !super::same_origin(&headers) {
-        return sign_in_page(
-            StatusCode::FORBIDDEN,
-            Some(&Bilingual::new(
-                "请从本系统的登录页登录",
-                "Sign in from this server's own sign-in page",
-            )),
-        );
-    }
-    match web.auth().authenticate(form.token.trim()) {
-        Some(c) if c.role == Role::Patrol && web.alerting.is_command_unit(&c.id) => {
-            tracing::info!(caller = %c.audit_name(), "Command-center web sign-in.");
-            let s = web.sessions.create(AREA, c, Instant::now());
-            redirect(HOME, Some(set_cookie(AREA, &s.id)))
-        }
-        Some(_) => sign_in_page(
-            StatusCode::FORBIDDEN,
-            Some(&Bilingual::new(
-                "这不是指挥中心令牌",
-                "This is not a command-center unit's token",
-            )),
-        ),
-        None => sign_in_page(
-            StatusCode::UNAUTHORIZED,
-            Some(&Bilingual::new("令牌无效", "Unknown or revoked token")),
-        ),
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct CsrfForm {
-    csrf: String,
+    let alerting = web.alerting.clone();
+    sign_in::sign_in(&DOOR, &web, &headers, &form, |c| {
+        c.role == Role::Patrol && alerting.is_command_unit(&c.id)
+    })
 }
 
 pub async fn logout(
@@ -139,13 +100,7 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Some(s) = web.sessions.from_headers(AREA, &headers, Instant::now()) {
-        if !s.csrf_ok(&form.csrf) {
-            return csrf_refused(HOME);
-        }
-        web.sessions.remove(&s.id);
-    }
-    redirect(HOME, Some(clear_cookie(AREA)))
+    sign_in::sign_out(&DOOR, &web, &headers, &form)
 }
 
 /// A linear map projection fitted to the district's extent (a district is small enough

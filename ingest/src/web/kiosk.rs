@@ -28,7 +28,8 @@ use super::i18n::{Bilingual, explain, field_name, is_internal};
 use super::page::{
     both, csrf_refused, datetime, html_response, layout, mask_name, redirect, session_expired,
 };
-use super::session::{Area, Session, clear_cookie, set_cookie};
+use super::session::{Area, Session};
+use super::sign_in::{self, CsrfForm, Door, LoginForm};
 
 const AREA: Area = Area::Kiosk;
 const HOME: &str = "/kiosk";
@@ -129,75 +130,30 @@ fn lookup_form(q: &str) -> Markup {
     }
 }
 
+const DOOR: Door = Door {
+    area: AREA,
+    home: HOME,
+    title: "Kiosk sign-in",
+    heading: "自行车登记终端 / Bike registration kiosk",
+    token_zh: "终端令牌",
+    token_en: "Kiosk token",
+    wrong_kind: ("这不是终端令牌", "This is not a kiosk token"),
+    signed_in: "Kiosk web sign-in.",
+};
+
 fn sign_in_page(status: StatusCode, problem: Option<&Bilingual>) -> Response {
-    html_response(
-        status,
-        layout(
-            "Kiosk sign-in",
-            None,
-            html! {
-                main.narrow {
-                    h1 { "自行车登记终端 / Bike registration kiosk" }
-                    form.card method="post" action="/kiosk/login" {
-                        label for="token" { span.zh { "终端令牌" } " " span.en { "Kiosk token" } }
-                        input id="token" name="token" type="password" required autocomplete="off";
-                        @if let Some(m) = problem {
-                            p.error role="alert" { (both(m)) }
-                        }
-                        button type="submit" { "登录 / Sign in" }
-                    }
-                }
-            },
-        ),
-    )
+    sign_in::page(&DOOR, status, problem)
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct LoginForm {
-    token: String,
-}
-
-/// Signs a kiosk in: its token is checked once and never kept.
+/// Signs a kiosk in (or the admin, as in gRPC Registry).
 pub async fn login(
     State(web): State<WebState>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if !super::same_origin(&headers) {
-        return sign_in_page(
-            StatusCode::FORBIDDEN,
-            Some(&Bilingual::new(
-                "请从本系统的登录页登录",
-                "Sign in from this server's own sign-in page",
-            )),
-        );
-    }
-    let caller = web.auth().authenticate(form.token.trim());
-    match caller {
-        Some(c) if matches!(c.role, Role::Kiosk | Role::Admin) => {
-            tracing::info!(caller = %c.audit_name(), "Kiosk web sign-in.");
-            let s = web.sessions.create(AREA, c, Instant::now());
-            redirect(HOME, Some(set_cookie(AREA, &s.id)))
-        }
-        Some(_) => sign_in_page(
-            StatusCode::FORBIDDEN,
-            Some(&Bilingual::new(
-                "这不是终端令牌",
-                "This is not a kiosk token",
-            )),
-        ),
-        None => sign_in_page(
-            StatusCode::UNAUTHORIZED,
-            Some(&Bilingual::new("令牌无效", "Unknown or revoked token")),
-        ),
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct CsrfForm {
-    csrf: String,
+    sign_in::sign_in(&DOOR, &web, &headers, &form, |c| {
+        matches!(c.role, Role::Kiosk | Role::Admin)
+    })
 }
 
 pub async fn logout(
@@ -205,13 +161,7 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Some(s) = web.sessions.from_headers(AREA, &headers, Instant::now()) {
-        if !s.csrf_ok(&form.csrf) {
-            return csrf_refused(HOME);
-        }
-        web.sessions.remove(&s.id);
-    }
-    redirect(HOME, Some(clear_cookie(AREA)))
+    sign_in::sign_out(&DOOR, &web, &headers, &form)
 }
 
 /// The registration form's fields, named as the registry names them.

@@ -12,6 +12,7 @@
 //! - [`session`]: sign-in sessions (cookie, idle expiry, CSRF tokens).
 //! - `i18n`: registry errors in Chinese and English, at the field at fault.
 //! - `page`: the HTML shell, security headers, redirects, message pages.
+//! - `sign_in`: signing in and out, shared by both apps.
 //! - `kiosk`: sign-in, registration, lookup and the bike actions.
 //! - `command`: sign-in, the map, the incident list, the live event stream.
 //! - `assets/`: `style.css`, `kiosk.js`, `command.js`.
@@ -34,6 +35,7 @@ mod i18n;
 mod kiosk;
 mod page;
 pub mod session;
+mod sign_in;
 
 use session::Sessions;
 

@@ -23,6 +23,15 @@ use tonic::transport::Channel;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// The at-rest key of tests where several nodes share one database (they must share it).
+pub const SHARED_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+/// The external broker of the multi-node tests: the machine's Mosquitto, or
+/// `GREENPLATE_TEST_MQTT_URL`.
+pub fn broker_url() -> String {
+    std::env::var("GREENPLATE_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
+}
+
 /// A running service in a temporary data directory; `stop` shuts it down and checks it drained.
 pub struct TestService {
     pub service: Service,
