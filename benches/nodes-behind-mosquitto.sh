@@ -104,6 +104,8 @@ done
 echo "total sightings accepted: $(total)"
 for h in "${http[@]}"; do
   curl -s "http://127.0.0.1:$h/metrics" | grep -E '^greenplate_ingest_(batches|sightings)_rejected_total' | grep -v ' 0$' || true
+  # How long messages held the broker's in-flight slots (arrival to acknowledgement).
+  curl -s "http://127.0.0.1:$h/metrics" | grep -E '^greenplate_mqtt_ack_seconds_(bucket|sum|count)' || true
 done
 echo "mosquitto CPU over the drive: $(echo "($mq_end - $mq_start) / $(getconf CLK_TCK) / ($end - $start)" | bc -l | cut -c1-4) cores"
 grep -E "published|alerts|latency|rror|status|message" "$work/town.out" | head -12

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub mqtt_disconnects: Counter,
     pub mqtt_takeovers: Counter,
     pub mqtt_takeover_messages: Counter,
+    /// External broker: from a message's arrival to its PUBACK being handed to the client
+    /// (how long it holds a slot of the broker's in-flight window).
+    pub mqtt_ack_seconds: Histogram,
     /// Rejected batches of every reason, for the command-center page's rate (not exported:
     /// `batches_rejected` has them by reason).
     pub batches_rejected_all: Counter,
@@ -93,6 +96,9 @@ impl Metrics {
             mqtt_disconnects: Counter::default(),
             mqtt_takeovers: Counter::default(),
             mqtt_takeover_messages: Counter::default(),
+            mqtt_ack_seconds: Histogram::new([
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
             registry: Registry::default(),
         };
         registry.register(
@@ -245,6 +251,11 @@ impl Metrics {
             "mqtt_takeovers",
             "Sessions of dead peer nodes this node drained on the external broker",
             m.mqtt_takeovers.clone(),
+        );
+        registry.register(
+            "mqtt_ack_seconds",
+            "External broker: seconds from a message's arrival to its acknowledgement",
+            m.mqtt_ack_seconds.clone(),
         );
         registry.register(
             "mqtt_takeover_messages",

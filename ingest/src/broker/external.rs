@@ -28,6 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use greenplate_proto::topics;
+use prometheus_client::metrics::histogram::Histogram;
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, NetworkOptions, Outgoing, Packet,
     Publish, QoS,
@@ -56,6 +57,9 @@ pub struct Ack {
     publish: Publish,
     /// Messages of this connection not yet acknowledged.
     pending: Arc<AtomicUsize>,
+    /// When the message arrived, and where the time it held is recorded.
+    arrived: std::time::Instant,
+    held: Histogram,
 }
 
 impl Ack {
@@ -63,12 +67,15 @@ impl Ack {
         client: AsyncClient,
         publish: Publish,
         pending: Arc<AtomicUsize>,
+        held: &Histogram,
     ) -> Arc<Self> {
         pending.fetch_add(1, Ordering::AcqRel);
         Arc::new(Self {
             client,
             publish,
             pending,
+            arrived: std::time::Instant::now(),
+            held: held.clone(),
         })
     }
 }
@@ -88,6 +95,7 @@ impl Drop for Ack {
             tracing::debug!(pkid = self.publish.pkid, error = %e, "Could not acknowledge a message.");
         }
         self.pending.fetch_sub(1, Ordering::AcqRel);
+        self.held.observe(self.arrived.elapsed().as_secs_f64());
     }
 }
 
@@ -318,7 +326,12 @@ async fn forward(link: Link) {
                     topic: publish.topic.clone().into(),
                     payload: publish.payload.clone(),
                     received_at: std::time::Instant::now(),
-                    ack: Some(Ack::new(client.clone(), publish, pending.clone())),
+                    ack: Some(Ack::new(
+                        client.clone(),
+                        publish,
+                        pending.clone(),
+                        &metrics.mqtt_ack_seconds,
+                    )),
                 };
                 // A full pipeline stops this loop, so the broker holds the rest (its
                 // in-flight window) instead of ingest buffering without bound.

@@ -299,7 +299,12 @@ async fn drain_session(
                     topic: publish.topic.clone().into(),
                     payload: publish.payload.clone(),
                     received_at: Instant::now(),
-                    ack: Some(Ack::new(client.clone(), publish, pending.clone())),
+                    ack: Some(Ack::new(
+                        client.clone(),
+                        publish,
+                        pending.clone(),
+                        &cx.metrics.mqtt_ack_seconds,
+                    )),
                 };
                 if cx.out.send(msg).await.is_err() {
                     return Ok(Drained::Stopped);
