@@ -354,6 +354,34 @@ impl Reader {
     }
 }
 
+/// The columns of `readers` that [`Reader::from_row`] reads.
+pub(crate) const READER_COLUMNS: &str = "reader_id, name, lat, lon, secret_sealed, enabled, format";
+
+impl Reader {
+    /// A reader as stored (a row of [`READER_COLUMNS`]), with its secret opened.
+    pub(crate) fn from_row(
+        row: &sqlx::any::AnyRow,
+        secrets: &SecretBox,
+    ) -> Result<(Reader, String), RegistryError> {
+        let sealed: Vec<u8> = row.try_get("secret_sealed")?;
+        let secret = secrets.open_string(&sealed)?;
+        let format: String = row.try_get("format")?;
+        let reader = Reader::new(
+            row.try_get("reader_id")?,
+            row.try_get("name")?,
+            row.try_get("lat")?,
+            row.try_get("lon")?,
+            &secret,
+        )
+        .with_format(format.parse().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "Stored reader format unknown; treating it as sealed.");
+            Format::Sealed
+        }));
+        reader.set_enabled(row.try_get::<i64, _>("enabled")? != 0);
+        Ok((reader, secret))
+    }
+}
+
 /// All readers, by id.
 #[derive(Debug, Default)]
 pub struct Readers {
@@ -362,30 +390,14 @@ pub struct Readers {
 
 impl Readers {
     pub(crate) async fn load(db: &Db, secrets: &SecretBox) -> Result<Self, RegistryError> {
-        let rows = sqlx::query(
-            "SELECT reader_id, name, lat, lon, secret_sealed, enabled, format FROM readers",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {READER_COLUMNS} FROM readers"
+        )))
         .fetch_all(db.pool())
         .await?;
         let readers = Self::default();
         for row in rows {
-            let sealed: Vec<u8> = row.try_get("secret_sealed")?;
-            let secret = secrets.open_string(&sealed)?;
-            let reader = Reader::new(
-                row.try_get("reader_id")?,
-                row.try_get("name")?,
-                row.try_get("lat")?,
-                row.try_get("lon")?,
-                &secret,
-            );
-            let format: String = row.try_get("format")?;
-            let reader = reader.with_format(format.parse().unwrap_or_else(|e| {
-                tracing::error!(error = %e, "Stored reader format unknown; treating it as sealed.");
-                Format::Sealed
-            }));
-            let enabled: i64 = row.try_get("enabled")?;
-            reader.enabled.store(enabled != 0, Ordering::Relaxed);
-            readers.insert(reader);
+            readers.insert(Reader::from_row(&row, secrets)?.0);
         }
         Ok(readers)
     }

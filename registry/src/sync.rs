@@ -18,7 +18,7 @@ use sqlx::{AnyConnection, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RegistryError;
-use crate::readers::{Format, Reader};
+use crate::readers::{READER_COLUMNS, Reader};
 use crate::store::Registry;
 use crate::validate::TagId;
 
@@ -109,39 +109,24 @@ impl Registry {
     }
 
     async fn reload_reader(&self, id: &str, grace_ms: i64) -> Result<(), RegistryError> {
-        let Some(row) = sqlx::query(
-            "SELECT reader_id, name, lat, lon, secret_sealed, enabled, format FROM readers \
-             WHERE reader_id = $1",
-        )
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {READER_COLUMNS} FROM readers WHERE reader_id = $1"
+        )))
         .bind(id)
         .fetch_optional(self.db().pool())
         .await?
         else {
             return Ok(());
         };
-        let sealed: Vec<u8> = row.try_get("secret_sealed")?;
-        let secret = self.secrets().open_string(&sealed)?;
-        let enabled = row.try_get::<i64, _>("enabled")? != 0;
+        let (stored, secret) = Reader::from_row(&row, self.secrets())?;
         match self.readers().get(id) {
             Some(reader) => {
                 if !reader.check_secret_current(&secret) {
                     reader.rotate(&secret, grace_ms);
                 }
-                reader.set_enabled(enabled);
+                reader.set_enabled(stored.enabled());
             }
-            None => {
-                let format: String = row.try_get("format")?;
-                let reader = Reader::new(
-                    row.try_get("reader_id")?,
-                    row.try_get("name")?,
-                    row.try_get("lat")?,
-                    row.try_get("lon")?,
-                    &secret,
-                )
-                .with_format(format.parse().unwrap_or(Format::Sealed));
-                reader.set_enabled(enabled);
-                self.readers().insert(reader);
-            }
+            None => self.readers().insert(stored),
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! gRPC clients that send `authorization: Bearer <token>` on every call.
 
+use greenplate_proto::v1::AddReaderRequest;
 use greenplate_proto::v1::admin_client::AdminClient;
 use greenplate_proto::v1::patrol_client::PatrolClient;
 use greenplate_proto::v1::registry_client::RegistryClient;
@@ -25,4 +26,25 @@ pub fn registry(channel: Channel, token: &str) -> anyhow::Result<RegistryClient<
 
 pub fn patrol(channel: Channel, token: &str) -> anyhow::Result<PatrolClient<Authed>> {
     Ok(PatrolClient::with_interceptor(channel, Bearer::new(token)?))
+}
+
+/// Provisions a reader of the native sealed format through Admin; returns its secret.
+pub async fn add_reader(
+    admin: &mut AdminClient<Authed>,
+    id: &str,
+    name: String,
+    lat: f64,
+    lon: f64,
+) -> anyhow::Result<String> {
+    let response = admin
+        .add_reader(AddReaderRequest {
+            reader_id: id.to_owned(),
+            name,
+            lat,
+            lon,
+            format: String::new(),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("AddReader {id}: {e}"))?;
+    Ok(response.into_inner().secret)
 }

@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::StreamExt;
 use greenplate_proto::v1::{
-    AddKioskRequest, AddPatrolUnitRequest, AddReaderRequest, AddZoneRequest, AlertKind,
-    BikeDetails, Owner, RegisterBikeRequest, ReportStolenRequest, SetArmedRequest, Sighting,
-    StreamAlertsRequest,
+    AddKioskRequest, AddPatrolUnitRequest, AddZoneRequest, AlertKind, BikeDetails, Owner,
+    RegisterBikeRequest, ReportStolenRequest, SetArmedRequest, Sighting, StreamAlertsRequest,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -353,18 +352,8 @@ pub async fn run(target: &Target, spec: &DistrictSpec) -> anyhow::Result<Report>
             .map(|(k, id, lat, lon)| {
                 let mut admin = admin.clone();
                 async move {
-                    let secret = admin
-                        .add_reader(AddReaderRequest {
-                            reader_id: id.clone(),
-                            name: format!("Intersection {id}"),
-                            lat,
-                            lon,
-                            format: String::new(),
-                        })
-                        .await
-                        .with_context(|| format!("AddReader {id}"))?
-                        .into_inner()
-                        .secret;
+                    let name = format!("Intersection {id}");
+                    let secret = clients::add_reader(&mut admin, &id, name, lat, lon).await?;
                     Ok((k, secret))
                 }
             })

@@ -4,8 +4,7 @@
 
 use anyhow::Context;
 use greenplate_proto::v1::{
-    AddKioskRequest, AddPatrolUnitRequest, AddReaderRequest, AddZoneRequest, BikeDetails, Owner,
-    RegisterBikeRequest,
+    AddKioskRequest, AddPatrolUnitRequest, AddZoneRequest, BikeDetails, Owner, RegisterBikeRequest,
 };
 use tonic::transport::Channel;
 
@@ -123,18 +122,9 @@ pub async fn provision(
         let lat = SOUTH + (NORTH - SOUTH) * (r as f64 + 0.5) / rows as f64;
         let lon = WEST + (EAST - WEST) * (c as f64 + 0.5) / cols as f64;
         let id = format!("{p}rd-{i:04}");
-        let secret = admin
-            .add_reader(AddReaderRequest {
-                reader_id: id.clone(),
-                name: format!("Intersection {i}"),
-                lat,
-                lon,
-                format: String::new(),
-            })
-            .await
-            .with_context(|| format!("AddReader {id}"))?
-            .into_inner()
-            .secret;
+        let secret =
+            crate::clients::add_reader(&mut admin, &id, format!("Intersection {i}"), lat, lon)
+                .await?;
         readers.push(ReaderCreds {
             id,
             secret,

@@ -32,8 +32,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::WebState;
 use super::i18n::{Bilingual, explain, is_internal};
 use super::page::{
-    both, csrf_refused, datetime, html_response, layout, message, redirect, session_expired,
-    short_datetime,
+    both, csrf_refused, datetime, html_response, layout, message, query_value, redirect,
+    session_expired, short_datetime,
 };
 use super::session::{Area, Session};
 use super::sign_in::{self, CsrfForm, Door, LoginForm};
@@ -290,7 +290,7 @@ fn incident_row(session: &Session, i: &OpenIncident) -> Markup {
             td { span.zh { (zh) } br; span.en { (en) } }
             td.plate {
                 @if a.plate.is_empty() { "-" } @else {
-                    a href=(format!("/command?track={}", urlencode(&a.plate))) { (a.plate) }
+                    a href=(format!("/command?track={}", query_value(&a.plate))) { (a.plate) }
                 }
             }
             td.reader { (a.reader_id) }
@@ -322,19 +322,6 @@ fn incident_actions(session: &Session, incident_id: &str, acknowledged: bool) ->
             button type="submit" { "结案 / Resolve" }
         }
     }
-}
-
-/// Percent-encodes a query value.
-fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[derive(Debug, Default, Deserialize)]

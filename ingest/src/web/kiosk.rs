@@ -26,7 +26,8 @@ use serde::Deserialize;
 use super::WebState;
 use super::i18n::{Bilingual, explain, field_name, is_internal};
 use super::page::{
-    both, csrf_refused, datetime, html_response, layout, mask_name, redirect, session_expired,
+    both, csrf_refused, datetime, html_response, layout, mask_name, query_value, redirect,
+    session_expired,
 };
 use super::session::{Area, Session};
 use super::sign_in::{self, CsrfForm, Door, LoginForm};
@@ -347,23 +348,7 @@ fn status_of(e: &RegistryError) -> StatusCode {
 }
 
 fn bike_url(plate: &str, done: &str) -> String {
-    format!(
-        "/kiosk/bike?q={}&done={done}",
-        form_urlencoded_component(plate)
-    )
-}
-
-/// Percent-encodes a query value (UTF-8 bytes; unreserved characters kept).
-fn form_urlencoded_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    format!("/kiosk/bike?q={}&done={done}", query_value(plate))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -667,8 +652,8 @@ mod tests {
 
     #[test]
     fn query_values_are_percent_encoded() {
-        assert_eq!(form_urlencoded_component("潮阳A1"), "%E6%BD%AE%E9%98%B3A1");
-        assert_eq!(form_urlencoded_component("a&b=c"), "a%26b%3Dc");
+        assert_eq!(query_value("潮阳A1"), "%E6%BD%AE%E9%98%B3A1");
+        assert_eq!(query_value("a&b=c"), "a%26b%3Dc");
     }
 
     #[test]

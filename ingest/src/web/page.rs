@@ -164,6 +164,11 @@ pub fn mask_name(name: &str) -> String {
     }
 }
 
+/// Percent-encodes a value for a URL's query (`application/x-www-form-urlencoded`).
+pub fn query_value(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,8 @@ use greenplate_proto::v1::admin_client::AdminClient;
 use greenplate_proto::v1::patrol_client::PatrolClient;
 use greenplate_proto::v1::registry_client::RegistryClient;
 use greenplate_proto::v1::{
-    AddKioskRequest, AddPatrolUnitRequest, AddReaderRequest, Alert, BikeDetails, Owner,
-    RegisterBikeRequest, ReportStolenRequest, Sighting, StreamAlertsRequest,
+    AddKioskRequest, AddPatrolUnitRequest, Alert, BikeDetails, Owner, RegisterBikeRequest,
+    ReportStolenRequest, Sighting, StreamAlertsRequest,
 };
 use greenplate_simulator::clients::{self, Authed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -294,19 +294,10 @@ pub fn later(mut s: Sighting, passes: i64) -> Sighting {
 
 /// Provisions a reader through Admin at `channel`; returns its MQTT secret.
 pub async fn new_reader(channel: Channel, id: &str, lat: f64, lon: f64) -> String {
-    clients::admin(channel, ADMIN_TOKEN)
-        .unwrap()
-        .add_reader(AddReaderRequest {
-            reader_id: id.into(),
-            name: id.into(),
-            lat,
-            lon,
-            format: String::new(),
-        })
+    let mut admin = clients::admin(channel, ADMIN_TOKEN).unwrap();
+    clients::add_reader(&mut admin, id, id.into(), lat, lon)
         .await
         .unwrap()
-        .into_inner()
-        .secret
 }
 
 /// Provisions a patrol unit through Admin at `channel`; returns its token.
