@@ -36,6 +36,17 @@ impl Browser {
         let chromedriver =
             std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
         let chrome = std::env::var("CHROME").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        // A missing program is a missing install, not a failure of the pages: say what to do.
+        for program in [&chromedriver, &chrome] {
+            if !std::path::Path::new(program).is_file() {
+                bail!(
+                    "{program} is not installed. This test needs Debian's Chromium and \
+                     chromedriver: apt-get install chromium chromium-driver (.ci/test installs \
+                     them), or set CHROME and CHROMEDRIVER, or leave the browser tests out \
+                     (.ci/test --no-browser)."
+                );
+            }
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();

@@ -19,6 +19,7 @@
 //! - [`rekey`]: rotating the at-rest key (re-sealing everything in one transaction).
 //! - [`sync`]: keeping several nodes on one PostgreSQL in step (NOTIFY on commit, reload).
 //! - [`validate`]: tag ids, plates, resident ID numbers, phones; masking.
+//! - `testing` (feature `test-util`): throwaway PostgreSQL databases for tests.
 
 pub mod auth;
 pub mod bikes;
@@ -33,6 +34,8 @@ pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod sync;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod thefts;
 pub mod validate;
 

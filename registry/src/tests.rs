@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::testing::PgTestDb;
 use crate::{
     BikeKey, Caller, Db, NewBike, NewOwner, Registry, RegistryError, Role, SecretBox, TagId,
     TheftDetails,
@@ -11,8 +12,8 @@ use crate::{
 pub(crate) struct TestDb {
     pub db: Db,
     _dir: Option<tempfile::TempDir>,
-    /// For PostgreSQL: the server connection and the database to drop afterwards.
-    pg: Option<(Db, String)>,
+    /// For PostgreSQL: the database to drop afterwards.
+    pg: Option<PgTestDb>,
 }
 
 impl TestDb {
@@ -31,35 +32,19 @@ impl TestDb {
     /// A new database on the PostgreSQL server of `GREENPLATE_TEST_PG`
     /// (default `postgres://postgres@127.0.0.1:5432/test`).
     pub async fn postgres() -> Self {
-        let base = std::env::var("GREENPLATE_TEST_PG")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let admin = Db::connect(&base).await.expect("PostgreSQL is reachable");
-        let name = format!("gp_test_{}", hex::encode(rand::random::<[u8; 6]>()));
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(admin.pool())
-            .await
-            .unwrap();
-        let url = match base.rsplit_once('/') {
-            Some((server, _)) => format!("{server}/{name}"),
-            None => unreachable!("a postgres URL has a path"),
-        };
+        let pg = PgTestDb::create().await;
         Self {
-            db: Db::connect(&url).await.unwrap(),
+            db: Db::connect(&pg.url).await.unwrap(),
             _dir: None,
-            pg: Some((admin, name)),
+            pg: Some(pg),
         }
     }
 
     /// Closes the pool and drops a PostgreSQL test database.
     pub async fn cleanup(self) {
         self.db.close().await;
-        if let Some((admin, name)) = self.pg {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name}"
-            )))
-            .execute(admin.pool())
-            .await
-            .unwrap();
+        if let Some(pg) = self.pg {
+            pg.drop_db().await;
         }
     }
 }

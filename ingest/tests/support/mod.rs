@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use greenplate_ingest::{Config, Service, StartError};
 use greenplate_proto::v1::admin_client::AdminClient;
+use greenplate_registry::testing::PgTestDb;
 use greenplate_proto::v1::patrol_client::PatrolClient;
 use greenplate_proto::v1::registry_client::RegistryClient;
 use greenplate_proto::v1::{
@@ -28,8 +29,28 @@ pub const SHARED_KEY: &str = "00112233445566778899aabbccddeeff001122334455667788
 
 /// The external broker of the multi-node tests: the machine's Mosquitto, or
 /// `GREENPLATE_TEST_MQTT_URL`.
+/// Panics, saying what to do, when nothing listens there.
 pub fn broker_url() -> String {
-    std::env::var("GREENPLATE_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
+    let url =
+        std::env::var("GREENPLATE_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into());
+    let addr = url
+        .split_once("://")
+        .map_or(url.as_str(), |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "no MQTT broker listens at {url}. This test needs one (Mosquitto): start it \
+         (.ci/test starts the machine's), point GREENPLATE_TEST_MQTT_URL at another broker, \
+         or leave these tests out (.ci/test --no-services, or cargo test without \
+         --include-ignored)."
+    );
+    url
 }
 
 /// A running service in a temporary data directory; `stop` shuts it down and checks it drained.
@@ -37,8 +58,8 @@ pub struct TestService {
     pub service: Service,
     pub grpc_url: String,
     pub dir: tempfile::TempDir,
-    /// For PostgreSQL runs: the server connection and the database to drop at `stop`.
-    pg: Option<(greenplate_registry::Db, String)>,
+    /// For PostgreSQL runs: the database to drop at `stop`.
+    pg: Option<PgTestDb>,
     /// The PostgreSQL database it runs on, for a second node to join.
     pub database_url: Option<String>,
 }
@@ -66,20 +87,11 @@ impl TestService {
 
     /// [`TestService::start_postgres`] with some configuration changed.
     pub async fn start_postgres_configured(tweak: impl Fn(&mut Config)) -> Self {
-        let base = std::env::var("GREENPLATE_TEST_PG")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let server = greenplate_registry::Db::connect(&base)
-            .await
-            .expect("PostgreSQL is reachable");
-        let name = format!("gp_e2e_{}", hex::encode(rand::random::<[u8; 6]>()));
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(server.pool())
-            .await
-            .unwrap();
-        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+        let pg = PgTestDb::create().await;
+        let url = pg.url.clone();
         let mut svc =
             Self::start_with(tempfile::tempdir().unwrap(), Some(url.clone()), tweak).await;
-        svc.pg = Some((server, name));
+        svc.pg = Some(pg);
         svc.database_url = Some(url);
         svc
     }
@@ -198,13 +210,8 @@ impl TestService {
             self.service.stop(Duration::from_secs(10)).await,
             "service did not drain within 10 s"
         );
-        if let Some((server, name)) = self.pg {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name}"
-            )))
-            .execute(server.pool())
-            .await
-            .unwrap();
+        if let Some(pg) = self.pg {
+            pg.drop_db().await;
         }
         self.dir
     }
