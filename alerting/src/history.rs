@@ -200,7 +200,7 @@ mod tests {
         let db = Db::connect(&Db::sqlite_url(&dir.path().join("h.db")))
             .await
             .unwrap();
-        db.migrate(crate::store::migrations()).await.unwrap();
+        db.migrate(crate::schema::migrations()).await.unwrap();
         let h = History::new(db);
         let mut passes: Vec<Pass> = (0..2500)
             .map(|i| pass(1, "r1", 10_000 + i * 10, 10_005 + i * 10))

@@ -1,31 +1,53 @@
 //! greenplate alerting: decides which sightings matter and makes sure the right patrol units
 //! hear about them, fast, and hear about all of them. See `ARCHITECTURE.md` beside `src/`.
 //!
-//! Layout:
-//! - [`zones`]: GeoJSON patrol zones (parsed, validated) and routing by containment.
-//! - [`store`]: [`Alerting`], the shared state: zones and units, the durable alert log,
-//!   and the live hub.
-//! - [`engine`]: the task that runs the rules on flagged sightings and logs the alerts.
-//! - [`clone`]: where each tag was last seen, for the clone (impossible speed) rule.
-//! - [`follow`]: on PostgreSQL, feeds the live hub from the shared alert log in seq order
-//!   (alerts of every node).
-//! - [`history`]: the pass history (where each tag was seen) behind `Patrol.GetTrack`, and
-//!   its retention job.
+//! Layout, in the order a flagged sighting goes through it:
+//! - [`engine`]: the batch loop. Drains flagged sightings (and readers gone offline) from its
+//!   queue, runs the rules, commits, publishes; retries a failed commit.
+//! - [`rules`]: which sightings become alerts and which incident each belongs to (stolen,
+//!   armed and moving, revoked tag, clone by speed, reader offline); [`rules::clone`] is the
+//!   clone rule's memory, consulted by ingest for every read.
+//! - [`route`]: who gets an alert (the units of the zones containing the reader, command
+//!   centers, the nearest on-duty units), beside [`zones`] (GeoJSON zones, containment).
+//! - [`incidents`]: one incident per matter and its lifecycle (open, acknowledge, resolve).
+//! - [`log`]: the durable alert log, the commit point (group commit, seq); replay; on
+//!   PostgreSQL [`log::follow`] feeds the hub from every node's commits.
+//! - [`hub`]: the live fan-out of committed alerts to open streams.
 //! - [`service`]: the `greenplate.v1.Patrol` gRPC service (replay, then live).
+//!
+//! Beside the alert path:
+//! - [`state`]: [`Alerting`], the shared value the stages above are methods of (it holds
+//!   the [`route::Router`], the [`hub::Hub`] and the [`History`]); `schema`: the tables;
+//!   [`provision`]: adding zones and units (Admin).
+//! - [`history`]: the pass history (where each tag was seen) and its retention job;
+//!   [`track`]: `Patrol.GetTrack` over it, and who may see a track.
 
-pub mod clone;
 pub mod engine;
 mod error;
-pub mod follow;
 pub mod history;
+pub mod hub;
+pub mod incidents;
+pub mod log;
+pub mod provision;
+pub mod route;
+pub mod rules;
+mod schema;
 pub mod service;
-pub mod store;
+pub mod state;
+pub mod track;
 pub mod zones;
 
-pub use clone::{CloneConfig, CloneEvidence, CloneWatch};
-pub use engine::{EngineHandle, ReaderOffline, Sighted};
+pub use engine::EngineHandle;
 pub use error::AlertingError;
 pub use history::{History, Pass};
+pub use hub::LoggedAlert;
+pub use incidents::OpenIncident;
+pub use route::RoutingConfig;
+pub use rules::clone::{CloneConfig, CloneEvidence, CloneWatch};
+pub use rules::{ReaderOffline, Sighted};
 pub use service::{PatrolService, alert_feed};
-pub use store::{Alerting, LoggedAlert, OpenIncident, RoutingConfig};
+pub use state::Alerting;
 pub use zones::{Zone, ZoneKind};
+
+#[cfg(test)]
+mod tests;

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-use crate::store::Alerting;
+use crate::state::Alerting;
 
 /// Alerts buffered per stream before the stream task waits for the client.
 const STREAM_QUEUE: usize = 64;

@@ -114,7 +114,7 @@ impl Service {
         ));
         // On PostgreSQL, streams are fed from the shared alert log (every node's alerts).
         if db.backend() == greenplate_registry::Backend::Postgres {
-            tracker.spawn(greenplate_alerting::follow::run(
+            tracker.spawn(greenplate_alerting::log::follow::run(
                 alerting.clone(),
                 config.database_url(),
                 shutdown.clone(),
@@ -207,9 +207,19 @@ impl Service {
             .register_encoded_file_descriptor_set(greenplate_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| StartError::Reflection(e.to_string()))?;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in crate::health::SERVICES {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        tracker.spawn(crate::health::run(health, db.clone(), shutdown.clone()));
         let grpc_server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // A span per call, named by its method (`/greenplate.v1.Patrol/StreamAlerts`).
+            .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+            .add_service(health_service)
             .add_service(AdminService::server(alerting.clone()))
             .add_service(RegistryService::server(registry.clone()))
             .add_service(PatrolService::server(alerting.clone(), shutdown.clone()))

@@ -42,6 +42,8 @@ pub fn router(
             shutdown,
         })
         .merge(crate::web::router(web))
+        // A span per request: method, path, status and latency at DEBUG.
+        .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
 /// 200 while the service takes work; 503 once it drains, or while its database does not

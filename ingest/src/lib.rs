@@ -9,6 +9,9 @@
 //! - [`pipeline`]: open (unseal, reader, seq) -> decode (tag ids, clocks) -> lookup -> alerting.
 //! - [`admin`]: the `greenplate.v1.Admin` gRPC service (readers, zones, units, kiosks).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, and the web pages' routes.
+//! - [`health`]: `grpc.health.v1.Health` on the gRPC port (per service; NOT_SERVING while
+//!   draining or while the database does not answer).
+//! - [`logging`]: text or JSON logs, and rumqttd's ordinary disconnects taken off ERROR.
 //! - [`web`]: the kiosk and command-center web pages (sessions, forms, live map).
 //! - [`metrics`]: counters by reason.
 //! - [`app`]: [`Service`], which starts all of it and stops it on one path.
@@ -22,7 +25,9 @@ pub mod admin;
 pub mod app;
 pub mod broker;
 pub mod config;
+pub mod health;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod patrol_client;
 pub mod pipeline;

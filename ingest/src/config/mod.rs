@@ -1,13 +1,15 @@
-//! Service configuration: file, then environment, then flags. Every field is documented in
-//! the embedded default file that `greenplate generate-config` prints.
+//! Service configuration: file, then environment, then flags ([`layers`]). Every field is
+//! documented in the embedded default file that `greenplate generate-config` prints.
+
+pub mod layers;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 /// The default configuration file, printed by `greenplate generate-config`.
-pub const DEFAULT_TOML: &str = include_str!("../greenplate.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../greenplate.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -52,6 +54,18 @@ pub struct Config {
     pub ingest: IngestConfig,
     #[serde(default)]
     pub alerting: AlertingConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// How the service logs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (one line per event; colours only on a terminal) or `json` (one object per
+    /// line). Also `--log-format`. The filter is `RUST_LOG`.
+    #[serde(default)]
+    pub format: crate::logging::LogFormat,
 }
 
 /// Who hears about an alert beyond the units of the zones around the reader.
@@ -328,6 +342,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             ingest: IngestConfig::default(),
             alerting: AlertingConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -384,21 +399,6 @@ impl Default for IngestConfig {
 }
 
 impl Config {
-    /// Reads a TOML config file.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.message().to_owned()
-                + &e.span()
-                    .map(|s| format!(" (at byte {})", s.start))
-                    .unwrap_or_default(),
-        })
-    }
-
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.mqtt.max_payload_bytes < 1024 {

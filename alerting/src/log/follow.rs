@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{ALERT_COLUMNS, Alerting, LoggedAlert, alert_from_row};
+use crate::hub::LoggedAlert;
+use crate::schema::{ALERT_COLUMNS, alert_from_row};
+use crate::state::Alerting;
 
 /// The PostgreSQL notification channel the engine announces commits on.
 pub const CHANNEL: &str = "greenplate_alerts";
@@ -145,7 +147,7 @@ async fn catch_up(
             *hole_since = None;
             *cursor = seq;
             let recipients = by_seq.remove(&seq).unwrap_or_default();
-            alerting.publish(LoggedAlert { alert, recipients });
+            alerting.hub.publish(LoggedAlert { alert, recipients });
         }
         if (n as i64) < PAGE {
             return Ok(());

@@ -1,0 +1,128 @@
+//! The durable alert log: every alert, with the units entitled to it, appended in the
+//! engine's transaction and given its seq there. This is the commit point: an alert is
+//! streamed only once it is here, and a stream that reconnects or falls behind replays from
+//! here after the last seq it saw ([`Alerting::replay`]). On PostgreSQL the [`follow`]er
+//! feeds the hub from this log, for every node's alerts.
+//!
+//! Layout:
+//! - this file: [`LoggedAlert`], the engine's group commit, the reads
+//!   ([`Alerting::last_seq`], [`Alerting::replay`]) and the row mapping;
+//! - [`follow`]: on PostgreSQL, the log follower (NOTIFY on commit, strict seq order).
+
+pub mod follow;
+
+use greenplate_proto::v1::Alert;
+use greenplate_registry::now_ms;
+use sqlx::Row;
+
+use crate::error::AlertingError;
+use crate::hub::LoggedAlert;
+use crate::incidents;
+use crate::rules::Pending;
+use crate::schema::{ALERT_COLUMNS, alert_from_row};
+use crate::state::Alerting;
+
+/// Commits pending alerts in one transaction (group commit): each finds or opens its
+/// incident, is appended with its recipients and gets its seq. On PostgreSQL the commit
+/// also tells every node's follower. Returns the committed alerts, in seq order.
+pub(crate) async fn commit(
+    alerting: &Alerting,
+    pending: Vec<Pending<'_>>,
+) -> Result<Vec<LoggedAlert>, AlertingError> {
+    let now = now_ms();
+    let mut tx = alerting.db().begin_write().await?;
+    let mut committed = Vec::with_capacity(pending.len());
+    for p in pending {
+        let incident_id =
+            incidents::open_or_join(&mut tx, p.base, p.bike_id, &p.dedup_key, now).await?;
+        let (mut alert, recipients) = p.into_alert(incident_id);
+        append(&mut tx, &mut alert, &recipients, now).await?;
+        incidents::touch(&mut tx, &alert.incident_id, now).await?;
+        committed.push(LoggedAlert { alert, recipients });
+    }
+    if !alerting.engine_publishes && !committed.is_empty() {
+        // Delivered on commit to every node's log follower (this one's too).
+        announce(&mut tx).await?;
+    }
+    tx.commit().await?;
+    Ok(committed)
+}
+
+/// Appends an alert (its seq still 0) and its recipients to the log in `tx`; sets its seq.
+async fn append(
+    tx: &mut sqlx::AnyConnection,
+    alert: &mut Alert,
+    recipients: &[String],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let seq: i64 = sqlx::query(
+        "INSERT INTO alerts (alert_id, kind, priority, plate, tag_id, reader_id, lat, lon, \
+                             seen_at_ms, incident_id, zone_id, created_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING seq",
+    )
+    .bind(&alert.alert_id)
+    .bind(i64::from(alert.kind))
+    .bind(i64::from(alert.priority))
+    .bind(&alert.plate)
+    .bind(&alert.tag_id)
+    .bind(&alert.reader_id)
+    .bind(alert.lat)
+    .bind(alert.lon)
+    .bind(alert.seen_at_ms)
+    .bind(&alert.incident_id)
+    .bind(&alert.zone_id)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get("seq")?;
+    alert.seq = seq as u64;
+    for unit in recipients {
+        sqlx::query("INSERT INTO alert_recipients (unit_id, seq) VALUES ($1, $2)")
+            .bind(unit)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Tells every node's [`follow`]er, on commit, that the log grew (PostgreSQL).
+async fn announce(tx: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(follow::CHANNEL)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+impl Alerting {
+    /// The highest seq in the alert log (0 when it is empty).
+    pub async fn last_seq(&self) -> Result<u64, AlertingError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS last FROM alerts")
+            .fetch_one(self.db().pool())
+            .await?;
+        Ok(u64::try_from(row.try_get::<i64, _>("last")?).unwrap_or(0))
+    }
+
+    /// Up to `limit` alerts for `unit_id` with seq > `after`, oldest first.
+    pub async fn replay(
+        &self,
+        unit_id: &str,
+        after: u64,
+        limit: i64,
+    ) -> Result<Vec<Alert>, AlertingError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a JOIN alert_recipients r ON r.seq = a.seq \
+             WHERE r.unit_id = $1 AND a.seq > $2 ORDER BY a.seq LIMIT $3"
+        )))
+        .bind(unit_id)
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(self.db().pool())
+        .await?;
+        rows.iter()
+            .map(alert_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
+    }
+}

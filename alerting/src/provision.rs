@@ -1,0 +1,102 @@
+//! Provisioning through Admin: patrol zones (GeoJSON) and patrol units with their zones and
+//! tokens. Each change is one audited transaction, announced to the other nodes.
+
+use greenplate_registry::store::{already_exists, audit};
+use greenplate_registry::{Authenticator, Caller, RegistryError, Role, now_ms};
+
+use crate::error::AlertingError;
+use crate::state::Alerting;
+use crate::zones::{Zone, ZoneKind, parse_geojson};
+
+impl Alerting {
+    /// Adds a zone from GeoJSON.
+    pub async fn add_zone(
+        &self,
+        caller: &Caller,
+        zone_id: &str,
+        name: &str,
+        kind: ZoneKind,
+        geojson: &str,
+    ) -> Result<(), AlertingError> {
+        let zone_id = greenplate_registry::validate::ident("zone_id", zone_id)?;
+        let name = greenplate_registry::validate::text("name", name, 200)?;
+        let area = parse_geojson(geojson)?;
+        let mut tx = self.db().begin_write().await?;
+        sqlx::query(
+            "INSERT INTO zones (zone_id, name, kind, geojson, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&zone_id)
+        .bind(&name)
+        .bind(kind.as_str())
+        .bind(geojson)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| already_exists(e, || format!("zone {zone_id}")))?;
+        audit(&mut tx, caller, "add_zone", &zone_id).await?;
+        greenplate_registry::sync::announce(&mut tx, &greenplate_registry::sync::Change::Zones)
+            .await?;
+        tx.commit().await?;
+        self.router.zones_mut().add_zone(Zone {
+            id: zone_id,
+            name,
+            kind,
+            area,
+        });
+        Ok(())
+    }
+
+    /// Adds a patrol unit assigned to existing zones and returns its token.
+    pub async fn add_patrol_unit(
+        &self,
+        caller: &Caller,
+        unit_id: &str,
+        name: &str,
+        zone_ids: &[String],
+        command_center: bool,
+    ) -> Result<String, AlertingError> {
+        let unit_id = greenplate_registry::validate::ident("unit_id", unit_id)?;
+        let name = greenplate_registry::validate::text("name", name, 200)?;
+        if let Some(missing) = {
+            let zones = self.router.zones_read();
+            zone_ids.iter().find(|z| !zones.has_zone(z)).cloned()
+        } {
+            return Err(RegistryError::NotFound(format!("zone {missing}")).into());
+        }
+        let mut tx = self.db().begin_write().await?;
+        sqlx::query(
+            "INSERT INTO patrol_units (unit_id, name, command_center, created_at_ms) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&unit_id)
+        .bind(&name)
+        .bind(i64::from(command_center))
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| already_exists(e, || format!("patrol unit {unit_id}")))?;
+        for zone in zone_ids {
+            sqlx::query(
+                "INSERT INTO unit_zones (unit_id, zone_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(&unit_id)
+            .bind(zone)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let issued = Authenticator::issue(&mut tx, Role::Patrol, &unit_id).await?;
+        audit(&mut tx, caller, "add_patrol_unit", &unit_id).await?;
+        greenplate_registry::sync::announce(&mut tx, &greenplate_registry::sync::Change::Zones)
+            .await?;
+        tx.commit().await?;
+        self.registry.auth().activate(&issued);
+        let mut zones = self.router.zones_mut();
+        for zone in zone_ids {
+            zones.assign(&unit_id, zone);
+        }
+        if command_center {
+            zones.add_command_unit(&unit_id);
+        }
+        Ok(issued.token)
+    }
+}

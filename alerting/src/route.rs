@@ -1,0 +1,205 @@
+//! Routing: which units an alert at a reader goes to. The units of the patrol zones that
+//! contain the reader (computed once per reader and cached until zones or units change),
+//! every command center, and the nearest on-duty units within a radius (from the positions
+//! units report). Watch zones make an alert urgent.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use greenplate_registry::{Reader, RegistryError, now_ms};
+
+use crate::error::AlertingError;
+use crate::zones::{Zone, ZoneMap, distance_km};
+
+/// How alerts reach units beyond their zones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingConfig {
+    /// Also alert up to this many on-duty units nearest the reader...
+    pub nearest_units: usize,
+    /// ...within this distance, km.
+    pub nearest_radius_km: f64,
+    /// A position older than this is not used, ms.
+    pub position_max_age_ms: i64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            nearest_units: 3,
+            nearest_radius_km: 5.0,
+            position_max_age_ms: 10 * 60 * 1000,
+        }
+    }
+}
+
+/// What the zones say about one reader's position.
+#[derive(Debug, Default)]
+pub struct ReaderRoute {
+    /// Units of the patrol zones containing the reader, and every command center.
+    pub zone_units: Vec<String>,
+    /// The watch zone containing the reader, if any.
+    pub watch_zone: Option<String>,
+}
+
+/// A unit's last reported position.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    lat: f64,
+    lon: f64,
+    at_ms: i64,
+    on_duty: bool,
+}
+
+/// Zones, units, positions and the per-reader route cache.
+#[derive(Debug)]
+pub struct Router {
+    routing: RoutingConfig,
+    zones: RwLock<ZoneMap>,
+    positions: RwLock<HashMap<String, Position>>,
+    /// Reader id -> its zone routing, computed once per reader and cleared whenever zones or
+    /// units change (readers do not move).
+    routes: RwLock<HashMap<String, Arc<ReaderRoute>>>,
+}
+
+impl Router {
+    pub(crate) fn new(routing: RoutingConfig, zones: ZoneMap) -> Self {
+        Self {
+            routing,
+            zones: RwLock::new(zones),
+            positions: RwLock::new(HashMap::new()),
+            routes: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Replaces the zone map (reloaded from the database) and forgets the routes computed
+    /// from the old one.
+    pub(crate) fn replace(&self, zones: ZoneMap) {
+        *self.zones_mut() = zones;
+    }
+
+    /// The zone routing of a reader, from the per-reader cache.
+    pub fn route(&self, reader: &Reader) -> Arc<ReaderRoute> {
+        if let Some(r) = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&reader.id)
+        {
+            return r.clone();
+        }
+        // Compute and cache under the zones read lock: a zone change (which clears the
+        // cache under the write lock) cannot slip in between and leave a stale route.
+        let zones = self.zones_read();
+        let route = Arc::new(ReaderRoute {
+            zone_units: zones.units_covering(reader.lat, reader.lon),
+            watch_zone: zones
+                .watch_zone_at(reader.lat, reader.lon)
+                .map(|z| z.id.clone()),
+        });
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(reader.id.clone(), route.clone());
+        drop(zones);
+        route
+    }
+
+    /// The units entitled to an alert at a reader: those of the patrol zones containing it,
+    /// every command center, and the nearest on-duty units within the radius.
+    pub fn units_for(&self, reader: &Reader) -> Vec<String> {
+        let route = self.route(reader);
+        self.with_nearest(route.zone_units.clone(), reader.lat, reader.lon)
+    }
+
+    /// The units entitled to an alert at (lat, lon) (no cache: for positions that are not
+    /// readers).
+    pub fn units_covering(&self, lat: f64, lon: f64) -> Vec<String> {
+        let units = self.zones_read().units_covering(lat, lon);
+        self.with_nearest(units, lat, lon)
+    }
+
+    fn with_nearest(&self, mut units: Vec<String>, lat: f64, lon: f64) -> Vec<String> {
+        let now = now_ms();
+        let positions = self.positions.read().unwrap_or_else(|p| p.into_inner());
+        let mut near: Vec<(f64, &String)> = positions
+            .iter()
+            .filter(|(_, p)| p.on_duty && now - p.at_ms <= self.routing.position_max_age_ms)
+            .map(|(u, p)| (distance_km(lat, lon, p.lat, p.lon), u))
+            .filter(|(d, _)| *d <= self.routing.nearest_radius_km)
+            .collect();
+        near.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (_, unit) in near.into_iter().take(self.routing.nearest_units) {
+            if !units.contains(unit) {
+                units.push(unit.clone());
+            }
+        }
+        units.sort();
+        units
+    }
+
+    /// Records where a unit is.
+    pub fn update_position(
+        &self,
+        unit_id: &str,
+        lat: f64,
+        lon: f64,
+        on_duty: bool,
+    ) -> Result<(), AlertingError> {
+        if !(-90.0..=90.0).contains(&lat) {
+            return Err(RegistryError::invalid("lat", "must be between -90 and 90").into());
+        }
+        if !(-180.0..=180.0).contains(&lon) {
+            return Err(RegistryError::invalid("lon", "must be between -180 and 180").into());
+        }
+        self.positions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                unit_id.to_owned(),
+                Position {
+                    lat,
+                    lon,
+                    at_ms: now_ms(),
+                    on_duty,
+                },
+            );
+        Ok(())
+    }
+
+    /// The watch zone containing (lat, lon), if any.
+    pub fn watch_zone_at(&self, lat: f64, lon: f64) -> Option<String> {
+        self.zones_read()
+            .watch_zone_at(lat, lon)
+            .map(|z| z.id.clone())
+    }
+
+    /// Every command-center unit (they receive operators' alerts such as a reader offline).
+    pub fn command_units(&self) -> Vec<String> {
+        self.zones_read().command_units().to_vec()
+    }
+
+    /// True if the unit is a command center (it receives every alert and may act on, and
+    /// track, anything).
+    pub fn is_command_unit(&self, unit_id: &str) -> bool {
+        self.zones_read().is_command_unit(unit_id)
+    }
+
+    /// A copy of every zone (for maps).
+    pub fn zones(&self) -> Vec<Zone> {
+        self.zones_read().zones().to_vec()
+    }
+
+    pub(crate) fn zones_read(&self) -> std::sync::RwLockReadGuard<'_, ZoneMap> {
+        self.zones.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The zone map, for a change; the per-reader routes are dropped with it.
+    pub(crate) fn zones_mut(&self) -> std::sync::RwLockWriteGuard<'_, ZoneMap> {
+        let zones = self.zones.write().unwrap_or_else(|p| p.into_inner());
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        zones
+    }
+}

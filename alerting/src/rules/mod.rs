@@ -1,0 +1,192 @@
+//! The rules: which sightings become alerts, and which matter (incident) each belongs to.
+//!
+//! In order: a stolen bike (with an open theft report), an armed bike that moves, a revoked
+//! tag, and a tag seen at an impossible speed (a suspected clone). One sighting can fire
+//! several. Inside a watch zone any of them becomes an urgent watch-zone alert (in
+//! [`crate::engine`], which knows the route). The clone rule needs to remember where each
+//! tag was last seen: that memory is [`clone::CloneWatch`], which ingest consults for every
+//! read of a registered tag and whose verdict arrives here as [`Sighted::clone`].
+//!
+//! Layout: this file ([`fire`], the dedup keys); [`clone`] (the clone rule's memory).
+
+pub mod clone;
+
+use std::sync::Arc;
+
+use greenplate_proto::v1::{Alert, AlertKind};
+use greenplate_registry::{Reader, TagId, TagState, now_ms};
+
+use crate::error::AlertingError;
+use crate::rules::clone::CloneEvidence;
+use crate::state::Alerting;
+
+/// A sighting of a flagged tag (stolen, armed or revoked), from ingest.
+#[derive(Debug, Clone)]
+pub struct Sighted {
+    pub bike_id: i64,
+    pub tag: TagId,
+    /// The tag's state when ingest looked it up.
+    pub state: TagState,
+    pub reader: Arc<Reader>,
+    pub seen_at_ms: i64,
+    /// Set when the clone rule's memory contradicts this sighting.
+    pub clone: Option<CloneEvidence>,
+    /// When ingest received the message (alert latency is measured from here to the hub).
+    pub received_at: std::time::Instant,
+    /// Held until the sighting's alerts are committed, then dropped (ingest uses it to
+    /// acknowledge the message to an external broker only then).
+    pub hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Sighted {
+    /// True if a rule on the tag's state may care about this tag.
+    pub fn flagged(state: TagState) -> bool {
+        state.stolen() || state.armed() || state.revoked()
+    }
+}
+
+/// A reader that went offline: silent past the configured time, or its last will.
+#[derive(Debug, Clone)]
+pub struct ReaderOffline {
+    pub reader: Arc<Reader>,
+    /// Its last accepted batch or status, Unix ms (0: never since the service started).
+    pub last_seen_ms: i64,
+    /// Why it is thought offline, for the log: "silent" or "last will".
+    pub why: &'static str,
+    pub detected_at: std::time::Instant,
+}
+
+/// What the engine is given: the rules' input.
+#[derive(Debug)]
+pub(crate) enum Work {
+    Sighted(Sighted),
+    ReaderOffline(ReaderOffline),
+}
+
+/// One alert to write: which rule, which matter (incident), where.
+pub(crate) struct Pending<'a> {
+    pub(crate) bike_id: i64,
+    /// The tag seen; empty for a reader alert.
+    pub(crate) tag: String,
+    pub(crate) reader: &'a Arc<Reader>,
+    pub(crate) seen_at_ms: i64,
+    pub(crate) received_at: std::time::Instant,
+    /// The rule that fired.
+    pub(crate) base: AlertKind,
+    /// Names the matter, so successive sightings share one incident.
+    pub(crate) dedup_key: String,
+    pub(crate) plate: String,
+    pub(crate) watch_zone: Option<String>,
+    pub(crate) recipients: Vec<String>,
+}
+
+impl Pending<'_> {
+    /// The alert to log for this pending one, in `incident_id` (its seq still 0). Inside a
+    /// watch zone the alert is an urgent watch-zone alert.
+    pub(crate) fn into_alert(self, incident_id: String) -> (Alert, Vec<String>) {
+        let (kind, priority) = match &self.watch_zone {
+            Some(_) => (AlertKind::WatchZone, 2u32),
+            None => (self.base, 1u32),
+        };
+        let alert = Alert {
+            seq: 0,
+            alert_id: format!("al-{}", hex::encode(rand::random::<[u8; 8]>())),
+            kind: kind as i32,
+            plate: self.plate,
+            tag_id: self.tag,
+            reader_id: self.reader.id.clone(),
+            lat: self.reader.lat,
+            lon: self.reader.lon,
+            seen_at_ms: self.seen_at_ms,
+            incident_id,
+            priority,
+            zone_id: self.watch_zone.unwrap_or_default(),
+        };
+        (alert, self.recipients)
+    }
+}
+
+/// Runs the rules on one piece of work and adds what fired to `out`, routed: each alert with
+/// its units and watch zone.
+pub(crate) async fn evaluate<'a>(
+    alerting: &Alerting,
+    work: &'a Work,
+    out: &mut Vec<Pending<'a>>,
+) -> Result<(), AlertingError> {
+    let registry = alerting.registry();
+    let s = match work {
+        Work::Sighted(s) => s,
+        Work::ReaderOffline(o) => {
+            tracing::warn!(reader = %o.reader.id, why = o.why, last_seen_ms = o.last_seen_ms, "Reader offline.");
+            out.push(Pending {
+                bike_id: 0,
+                tag: String::new(),
+                reader: &o.reader,
+                seen_at_ms: if o.last_seen_ms > 0 {
+                    o.last_seen_ms
+                } else {
+                    now_ms()
+                },
+                received_at: o.detected_at,
+                base: AlertKind::ReaderOffline,
+                dedup_key: format!("reader-offline:{}", o.reader.id),
+                plate: String::new(),
+                watch_zone: None,
+                recipients: alerting.router().command_units(),
+            });
+            return Ok(());
+        }
+    };
+    let fired = fire(alerting, s).await?;
+    if fired.is_empty() {
+        return Ok(());
+    }
+    let (plate, _) = registry.bike_plate_and_tag(s.bike_id).await?;
+    let recipients = alerting.router().units_for(&s.reader);
+    let watch_zone = alerting.router().route(&s.reader).watch_zone.clone();
+    for (base, dedup_key) in fired {
+        out.push(Pending {
+            bike_id: s.bike_id,
+            tag: s.tag.to_string(),
+            reader: &s.reader,
+            seen_at_ms: s.seen_at_ms,
+            received_at: s.received_at,
+            base,
+            dedup_key,
+            plate: plate.clone(),
+            watch_zone: watch_zone.clone(),
+            recipients: recipients.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The rules that fire for one sighting, each with its matter's dedup key (successive
+/// sightings of one matter share an incident).
+async fn fire(alerting: &Alerting, s: &Sighted) -> Result<Vec<(AlertKind, String)>, AlertingError> {
+    let mut fired = Vec::new();
+    if s.state.stolen() {
+        // The bike may have been recovered since ingest looked.
+        if let Some(report) = alerting.registry().open_theft_report(s.bike_id).await? {
+            fired.push((AlertKind::StolenSighted, format!("theft:{report}")));
+        }
+    }
+    if s.state.armed() && !s.state.stolen() {
+        fired.push((AlertKind::ArmedMoved, format!("armed:{}", s.bike_id)));
+    }
+    if s.state.revoked() {
+        fired.push((AlertKind::RevokedTagSeen, format!("revoked:{}", s.tag)));
+    }
+    if let Some(e) = &s.clone {
+        tracing::info!(
+            tag = %s.tag,
+            reader = %s.reader.id,
+            other_reader = %e.other_reader.id,
+            km = e.distance_km,
+            kmh = e.speed_kmh,
+            "Suspected cloned tag."
+        );
+        fired.push((AlertKind::CloneSuspected, format!("clone:{}", s.tag)));
+    }
+    Ok(fired)
+}

@@ -1,0 +1,156 @@
+//! [`Alerting`]: the alerting state shared by the engine and the Patrol service. It is one
+//! value with its parts in the stage modules: the zones and units ([`crate::provision`],
+//! [`crate::route`]), the incidents ([`crate::incidents`]), the durable alert log
+//! ([`crate::log`]), the live fan-out ([`crate::hub`]) and the pass history
+//! ([`crate::history`]). This file holds the value itself and how it is opened.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use greenplate_registry::{Db, Registry, RegistryError};
+use prometheus_client::metrics::histogram::Histogram;
+use sqlx::Row;
+use tokio::sync::broadcast;
+
+use crate::error::AlertingError;
+use crate::history::History;
+use crate::hub::{Hub, LoggedAlert};
+use crate::route::{Router, RoutingConfig};
+use crate::schema::migrations;
+use crate::zones::{Zone, ZoneKind, ZoneMap, parse_geojson};
+
+/// Zones, their units and the command centers, from the database.
+async fn load_zone_map(db: &Db) -> Result<ZoneMap, greenplate_registry::Error> {
+    let mut map = ZoneMap::default();
+    let zones = sqlx::query("SELECT zone_id, name, kind, geojson FROM zones")
+        .fetch_all(db.pool())
+        .await
+        .map_err(RegistryError::from)?;
+    for row in zones {
+        let id: String = row.try_get("zone_id").map_err(RegistryError::from)?;
+        let text: String = row.try_get("geojson").map_err(RegistryError::from)?;
+        let kind: String = row.try_get("kind").map_err(RegistryError::from)?;
+        match parse_geojson(&text) {
+            Ok(area) => map.add_zone(Zone {
+                name: row.try_get("name").map_err(RegistryError::from)?,
+                kind: ZoneKind::parse(&kind).unwrap_or(ZoneKind::Patrol),
+                id,
+                area,
+            }),
+            Err(e) => tracing::error!(zone = %id, error = %e, "Skipped a stored zone."),
+        }
+    }
+    let assignments = sqlx::query("SELECT unit_id, zone_id FROM unit_zones")
+        .fetch_all(db.pool())
+        .await
+        .map_err(RegistryError::from)?;
+    for row in assignments {
+        let unit: String = row.try_get("unit_id").map_err(RegistryError::from)?;
+        let zone: String = row.try_get("zone_id").map_err(RegistryError::from)?;
+        map.assign(&unit, &zone);
+    }
+    let commands = sqlx::query("SELECT unit_id FROM patrol_units WHERE command_center = 1")
+        .fetch_all(db.pool())
+        .await
+        .map_err(RegistryError::from)?;
+    for row in commands {
+        let unit: String = row.try_get("unit_id").map_err(RegistryError::from)?;
+        map.add_command_unit(&unit);
+    }
+    Ok(map)
+}
+
+/// Shared alerting state.
+#[derive(Debug)]
+pub struct Alerting {
+    pub(crate) registry: Arc<Registry>,
+    /// Zones, units, positions: who gets an alert.
+    pub(crate) router: Router,
+    pub(crate) hub: Hub,
+    pub(crate) history: History,
+    /// Times a stream fell behind the live hub and caught up from the log.
+    pub stream_catchups: AtomicU64,
+    /// Seconds from ingest receiving a sighting to its alert reaching the live hub
+    /// (committed to the log); exported by the service's /metrics.
+    pub alert_latency: Histogram,
+    /// On SQLite (one node) the engine hands committed alerts to the hub itself; on
+    /// PostgreSQL the log follower does, for every node's alerts, in seq order.
+    pub(crate) engine_publishes: bool,
+}
+
+impl Alerting {
+    /// Migrates the alerting tables and loads zones and unit assignments.
+    pub async fn open(
+        registry: Arc<Registry>,
+        routing: RoutingConfig,
+    ) -> Result<Arc<Self>, greenplate_registry::Error> {
+        let db = registry.db();
+        db.migrate(migrations()).await?;
+        let map = load_zone_map(db).await?;
+        let history = History::new(db.clone());
+        let engine_publishes = db.backend() == greenplate_registry::Backend::Sqlite;
+        Ok(Arc::new(Self {
+            registry,
+            router: Router::new(routing, map),
+            hub: Hub::new(),
+            history,
+            stream_catchups: AtomicU64::new(0),
+            engine_publishes,
+            alert_latency: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        }))
+    }
+
+    /// Reloads zones, units and command centers from the database (another node changed
+    /// them), and forgets the routes computed from the old ones.
+    pub async fn reload_zones(&self) -> Result<(), greenplate_registry::Error> {
+        self.router.replace(load_zone_map(self.db()).await?);
+        Ok(())
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        self.registry.db()
+    }
+
+    /// The pass history store.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Who gets an alert: zones, units, positions.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// True if the unit is a command center (it receives every alert and may act on, and
+    /// track, anything).
+    pub fn is_command_unit(&self, unit_id: &str) -> bool {
+        self.router.is_command_unit(unit_id)
+    }
+
+    /// A copy of every zone (for maps).
+    pub fn zones(&self) -> Vec<Zone> {
+        self.router.zones()
+    }
+
+    /// Records where a unit is.
+    pub fn update_position(
+        &self,
+        unit_id: &str,
+        lat: f64,
+        lon: f64,
+        on_duty: bool,
+    ) -> Result<(), AlertingError> {
+        self.router.update_position(unit_id, lat, lon, on_duty)
+    }
+
+    /// A receiver of every alert committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LoggedAlert>> {
+        self.hub.subscribe()
+    }
+}

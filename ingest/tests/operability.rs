@@ -1,0 +1,139 @@
+//! What an operator expects of the service, through the real interfaces:
+//! - `grpc.health.v1.Health` on the gRPC port: SERVING for the whole server and each service
+//!   while the node runs; NOT_SERVING once it drains, after which open `Watch` streams end,
+//!   so they do not hold the drain up;
+//! - the binary configured from the environment alone (`GREENPLATE_SECTION__KEY`), logging
+//!   JSON lines (`GREENPLATE_LOG_FORMAT=json`), and no ANSI colours when stdout is not a
+//!   terminal.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::node::free_port;
+use support::{ADMIN_TOKEN, TestService};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+fn request(service: &str) -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: service.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_served_per_service_and_not_serving_while_draining() {
+    let svc = TestService::start().await;
+    let mut health = HealthClient::new(svc.channel().await);
+    for service in [
+        "",
+        "greenplate.v1.Admin",
+        "greenplate.v1.Registry",
+        "greenplate.v1.Patrol",
+    ] {
+        let status = health
+            .check(request(service))
+            .await
+            .unwrap_or_else(|e| panic!("Check({service:?}): {e}"))
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health
+        .check(request("greenplate.v1.Nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    let mut watch = health.watch(request("")).await.unwrap().into_inner();
+    let first = watch.message().await.unwrap().expect("a first status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    // Drain: the watcher hears NOT_SERVING, then its stream ends.
+    svc.service.shutdown_token().cancel();
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("a status change within 10 s");
+    match next {
+        Ok(Some(m)) => assert_eq!(m.status(), ServingStatus::NotServing),
+        other => panic!("expected NOT_SERVING, got {other:?}"),
+    }
+    let end = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("the watch ends within 10 s");
+    assert!(
+        !matches!(end, Ok(Some(_))),
+        "no further status after NOT_SERVING: {end:?}"
+    );
+    // And the node drains in time (stop asserts it).
+    svc.stop().await;
+}
+
+/// Starts `greenplate serve` configured only by the environment, with `extra` set too, and
+/// returns the lines it logged up to "greenplate is serving." (then stops it).
+async fn serve_from_env(extra: &[(&str, &str)]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_greenplate"))
+        .arg("serve")
+        .env("GREENPLATE_DATA_DIR", dir.path())
+        .env("GREENPLATE_MQTT__LISTEN", free_port().to_string())
+        .env("GREENPLATE_GRPC__LISTEN", free_port().to_string())
+        .env("GREENPLATE_HTTP__LISTEN", free_port().to_string())
+        .env("GREENPLATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "info")
+        .envs(extra.iter().copied())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = tokio::time::timeout(left, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("not serving within 30 s; logged: {seen:#?}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("exited before serving; logged: {seen:#?}"));
+        let done = line.contains("greenplate is serving.");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    child.kill().await.unwrap();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_from_the_environment_it_logs_json_lines() {
+    let lines = serve_from_env(&[("GREENPLATE_LOG_FORMAT", "json")]).await;
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    let serving: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(serving["level"], "INFO");
+    assert_eq!(serving["fields"]["message"], "greenplate is serving.");
+    // The addresses came from GREENPLATE_MQTT__LISTEN and friends, not the defaults.
+    let mqtt = serving["fields"]["mqtt"].as_str().unwrap();
+    assert!(mqtt.starts_with("127.0.0.1:"), "{mqtt}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_have_no_colour_codes_off_a_terminal() {
+    let lines = serve_from_env(&[]).await;
+    assert!(lines.last().unwrap().contains("INFO"), "{lines:#?}");
+    assert!(
+        lines.iter().all(|l| !l.contains('\u{1b}')),
+        "ANSI escapes in piped output: {lines:#?}"
+    );
+}
