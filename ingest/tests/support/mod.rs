@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use greenplate_ingest::{Config, Service, StartError};
 use greenplate_proto::v1::admin_client::AdminClient;
-use greenplate_registry::testing::PgTestDb;
 use greenplate_proto::v1::patrol_client::PatrolClient;
 use greenplate_proto::v1::registry_client::RegistryClient;
 use greenplate_proto::v1::{
     AddKioskRequest, AddPatrolUnitRequest, Alert, BikeDetails, Owner, RegisterBikeRequest,
     ReportStolenRequest, Sighting, StreamAlertsRequest,
 };
+use greenplate_registry::testing::PgTestDb;
 use greenplate_simulator::clients::{self, Authed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Streaming;
@@ -31,8 +31,8 @@ pub const SHARED_KEY: &str = "00112233445566778899aabbccddeeff001122334455667788
 /// `GREENPLATE_TEST_MQTT_URL`.
 /// Panics, saying what to do, when nothing listens there.
 pub fn broker_url() -> String {
-    let url =
-        std::env::var("GREENPLATE_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into());
+    let url = std::env::var("GREENPLATE_TEST_MQTT_URL")
+        .unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into());
     let addr = url
         .split_once("://")
         .map_or(url.as_str(), |(_, rest)| rest)
