@@ -195,11 +195,11 @@ where
     // Subscribe before the task reads the log, so nothing committed in between is missed.
     let live = alerting.subscribe();
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-    tokio::spawn(follow(alerting, unit, resume_after, live, tx, shutdown));
+    tokio::spawn(feed(alerting, unit, resume_after, live, tx, shutdown));
     rx
 }
 
-async fn follow<E: From<crate::AlertingError>>(
+async fn feed<E: From<crate::AlertingError>>(
     alerting: Arc<Alerting>,
     unit: String,
     mut last: u64,

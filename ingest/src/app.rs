@@ -1,7 +1,6 @@
 //! Composition: builds every part from a [`Config`], binds the ports, and returns a
 //! [`Service`] handle whose [`Service::stop`] is the one shutdown path (cancel, drain, close).
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::AdminService;
 use crate::config::{Config, ConfigError, parse_key};
 use crate::metrics::Metrics;
-use crate::{broker, http, pipeline};
+use crate::{broker, data_dir, http, pipeline};
 
 /// Messages queued between the broker link and the pipeline's sharding.
 const BROKER_QUEUE: usize = 4096;
@@ -96,7 +95,7 @@ impl Service {
         let engine =
             greenplate_alerting::engine::spawn(alerting.clone(), shutdown.clone(), &tracker);
         let history = alerting.history().clone();
-        let store = pipeline::store::spawn(
+        let store = pipeline::history::spawn(
             history.clone(),
             config.ingest.store(),
             metrics.clone(),
@@ -309,17 +308,17 @@ pub async fn open_registry(config: &Config) -> Result<(Arc<Registry>, String), S
     })?;
     let admin_token = match &config.admin_token {
         Some(t) if !t.trim().is_empty() => t.trim().to_owned(),
-        _ => read_or_create(&config.data_dir.join("admin-token"), || {
+        _ => read_or_create(&config.data_dir.join(data_dir::ADMIN_TOKEN_FILE), || {
             hex::encode(rand::random::<[u8; 24]>())
         })?,
     };
     let key = match &config.secret_key {
         Some(k) => parse_key(k)?,
         None => {
-            crate::rotate_key::check_no_interrupted_rotation(&config.data_dir)
+            data_dir::check_no_interrupted_rotation(&config.data_dir)
                 .map_err(StartError::InterruptedRotation)?;
             parse_key(&read_or_create(
-                &config.data_dir.join(crate::rotate_key::KEY_FILE),
+                &config.data_dir.join(data_dir::KEY_FILE),
                 || hex::encode(SecretBox::generate_key()),
             )?)?
         }
@@ -337,6 +336,14 @@ pub async fn open_registry(config: &Config) -> Result<(Arc<Registry>, String), S
     Ok((registry, admin_token))
 }
 
+/// [`data_dir::read_or_create`], its error naming the file.
+fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String, StartError> {
+    data_dir::read_or_create(path, make).map_err(|source| StartError::DataDir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -350,32 +357,4 @@ fn local_addr(
 ) -> Result<SocketAddr, StartError> {
     l.local_addr()
         .map_err(|source| StartError::Bind { what, addr, source })
-}
-
-/// Reads a one-line secret file, or creates it (mode 0600) with `make()`.
-fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String, StartError> {
-    let err = |source| StartError::DataDir {
-        path: path.to_owned(),
-        source,
-    };
-    match std::fs::read_to_string(path) {
-        Ok(s) => return Ok(s.trim().to_owned()),
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
-        Err(_) => {}
-    }
-    let value = make();
-    write_secret_file(path, &value).map_err(err)?;
-    tracing::info!(path = %path.display(), "Generated a secret file.");
-    Ok(value)
-}
-
-/// Writes a new one-line secret file (mode 0600; it must not exist) and syncs it to disk.
-pub(crate) fn write_secret_file(path: &Path, value: &str) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path)?;
-    writeln!(f, "{value}")?;
-    f.sync_all()
 }

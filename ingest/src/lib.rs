@@ -15,6 +15,7 @@
 //! - [`web`]: the kiosk and command-center web pages (sessions, forms, live map).
 //! - [`metrics`]: counters by reason.
 //! - [`app`]: [`Service`], which starts all of it and stops it on one path.
+//! - [`data_dir`]: the generated secrets in the data directory (admin token, at-rest key).
 //! - [`patrol_client`]: `greenplate patrol`, the officers' command-line client.
 //! - [`zones_import`]: `greenplate zones import`, zones from GeoJSON through Admin.
 //! - [`rotate_key`]: `greenplate registry rotate-key`, a new at-rest key.
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod app;
 pub mod broker;
 pub mod config;
+pub mod data_dir;
 pub mod health;
 pub mod http;
 pub mod logging;

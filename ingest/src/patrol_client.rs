@@ -41,7 +41,7 @@ pub async fn connect(server: &str, token: &str) -> Result<PatrolClient<Authed>, 
 
 /// Prints alerts as they arrive, for ever (or until the server refuses the token). Returns
 /// the last seq printed if the stream ends for good.
-pub async fn follow(
+pub async fn print_alerts(
     client: &mut PatrolClient<Authed>,
     mut resume_after: u64,
     out: &mut impl Write,

@@ -17,11 +17,7 @@ use greenplate_registry::rekey::{Rekeyed, opens_with, rekey};
 use greenplate_registry::{Db, DbError, RegistryError, SecretBox};
 
 use crate::config::{Config, ConfigError, parse_key};
-
-/// The data directory's key file.
-pub const KEY_FILE: &str = "secret.key";
-/// The new key while a rotation is under way.
-pub const NEXT_KEY_FILE: &str = "secret.key.next";
+use crate::data_dir::{self, KEY_FILE, NEXT_KEY_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RotateKeyError {
@@ -134,7 +130,7 @@ async fn rotate_key_file(
     if opens_with(db, &old_box).await? == Some(false) {
         return Err(RotateKeyError::WrongKey);
     }
-    crate::app::write_secret_file(&next, &hex::encode(new)).map_err(|source| {
+    data_dir::write_secret_file(&next, &hex::encode(new)).map_err(|source| {
         RotateKeyError::File {
             path: next.clone(),
             source,
@@ -154,12 +150,6 @@ async fn rotate_key_file(
             Err(e.into())
         }
     }
-}
-
-/// Refuses to start on a data directory whose key rotation was interrupted.
-pub fn check_no_interrupted_rotation(dir: &Path) -> Result<(), PathBuf> {
-    let next = dir.join(NEXT_KEY_FILE);
-    if next.exists() { Err(next) } else { Ok(()) }
 }
 
 fn read(path: &Path) -> Result<String, RotateKeyError> {

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use greenplate_proto::v1::{
     AlertKind, ReportRecoveredRequest, ReportStolenRequest, StreamAlertsRequest,
@@ -18,19 +18,12 @@ const TAG: &str = "E28011606000000000000C71";
 const PLATE: &str = "粤D7C071";
 
 /// Retries `f` until it succeeds or 10 s pass.
-async fn eventually<T, E: std::fmt::Debug, F, Fut>(what: &str, mut f: F) -> T
+async fn eventually<T, E: std::fmt::Debug, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e:?}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    greenplate_registry::testing::eventually(what, Duration::from_secs(10), f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

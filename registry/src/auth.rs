@@ -152,7 +152,7 @@ impl Authenticator {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
-        crate::sync::announce(tx, &crate::sync::Change::Tokens).await?;
+        crate::changes::announce(tx, &crate::changes::Change::Tokens).await?;
         Ok(IssuedToken {
             token,
             hash: h,

@@ -173,7 +173,7 @@ impl Registry {
             .insert_bike(&mut tx, caller, &bike, pin_hash.as_deref())
             .await?;
         if out.created {
-            crate::sync::announce(&mut tx, &crate::sync::Change::Tag(bike.tag)).await?;
+            crate::changes::announce(&mut tx, &crate::changes::Change::Tag(bike.tag)).await?;
         }
         tx.commit().await?;
         if out.created {
@@ -506,7 +506,7 @@ impl Registry {
             &format!("bike {} tag {old_text} -> {new_text}", bike.bike_id),
         )
         .await?;
-        crate::sync::announce(&mut tx, &crate::sync::Change::Tag(new_tag)).await?;
+        crate::changes::announce(&mut tx, &crate::changes::Change::Tag(new_tag)).await?;
         tx.commit().await?;
         let carried = match bike.tag {
             Some(old) => {
@@ -608,7 +608,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         audit(&mut tx, caller, action, subject).await?;
         if let Some(tag) = tag {
-            crate::sync::announce(&mut tx, &crate::sync::Change::Tag(tag)).await?;
+            crate::changes::announce(&mut tx, &crate::changes::Change::Tag(tag)).await?;
         }
         tx.commit().await?;
         if let Some(tag) = tag {

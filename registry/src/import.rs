@@ -170,7 +170,7 @@ impl Registry {
         }
         let outcomes = match self.insert_many(&mut tx, caller, batch).await {
             Ok(outcomes) => {
-                crate::sync::announce(&mut tx, &crate::sync::Change::All)
+                crate::changes::announce(&mut tx, &crate::changes::Change::All)
                     .await
                     .map_err(RegistryError::from)?;
                 tx.commit().await.map_err(RegistryError::from)?;
@@ -184,7 +184,7 @@ impl Registry {
                     let mut tx = self.db.begin_write().await.map_err(RegistryError::from)?;
                     let r = self.insert_bike(&mut tx, caller, bike, None).await;
                     if r.is_ok() {
-                        crate::sync::announce(&mut tx, &crate::sync::Change::Tag(bike.tag))
+                        crate::changes::announce(&mut tx, &crate::changes::Change::Tag(bike.tag))
                             .await
                             .map_err(RegistryError::from)?;
                         tx.commit().await.map_err(RegistryError::from)?;

@@ -17,12 +17,14 @@
 //! - [`auth`]: bearer tokens and roles; the tonic interceptor.
 //! - [`secrets`]: sealing and keyed hashing of data at rest.
 //! - [`rekey`]: rotating the at-rest key (re-sealing everything in one transaction).
-//! - [`sync`]: keeping several nodes on one PostgreSQL in step (NOTIFY on commit, reload).
+//! - [`changes`]: what a node announces when it commits a change (NOTIFY on commit);
+//!   [`sync`]: the other nodes' side (listen, reload).
 //! - [`validate`]: tag ids, plates, resident ID numbers, phones; masking.
 //! - `testing` (feature `test-util`): throwaway PostgreSQL databases for tests.
 
 pub mod auth;
 pub mod bikes;
+pub mod changes;
 pub mod db;
 mod error;
 pub mod hot_index;

@@ -8,12 +8,12 @@ use rand::RngCore;
 use sqlx::{AnyConnection, Row};
 
 use crate::auth::{Authenticator, Caller, Role};
+use crate::changes::Change;
 use crate::db::{Db, Migrations, now_ms};
 use crate::error::{RegistryError, is_unique_violation};
 use crate::hot_index::HotIndex;
 use crate::readers::{Format, Reader, Readers, UnknownFormat};
 use crate::secrets::SecretBox;
-use crate::sync::Change;
 use crate::validate;
 
 /// The registry's schema, for [`Db::migrate`].
@@ -143,7 +143,7 @@ impl Registry {
             id: reader_id.clone(),
             grace_ms: 0,
         };
-        crate::sync::announce(&mut tx, &change).await?;
+        crate::changes::announce(&mut tx, &change).await?;
         tx.commit().await?;
         self.readers
             .insert(Reader::new(reader_id, name, lat, lon, &secret).with_format(format));
@@ -178,7 +178,7 @@ impl Registry {
             id: reader_id.to_owned(),
             grace_ms: 0,
         };
-        crate::sync::announce(&mut tx, &change).await?;
+        crate::changes::announce(&mut tx, &change).await?;
         tx.commit().await?;
         reader.set_enabled(enabled);
         Ok(())
@@ -216,7 +216,7 @@ impl Registry {
             id: reader_id.to_owned(),
             grace_ms,
         };
-        crate::sync::announce(&mut tx, &change).await?;
+        crate::changes::announce(&mut tx, &change).await?;
         tx.commit().await?;
         reader.rotate(&secret, grace_ms);
         Ok(secret)

@@ -1,5 +1,6 @@
-//! Test helpers (feature `test-util`): throwaway PostgreSQL databases for the tests that need
-//! a server, with a failure that says what to do when there is none.
+//! Test helpers (feature `test-util`), for this crate's tests and every other crate's:
+//! throwaway PostgreSQL databases for the tests that need a server (with a failure that says
+//! what to do when there is none), and [`eventually`], the one polling helper.
 
 use crate::Db;
 
@@ -54,5 +55,29 @@ impl PgTestDb {
         .await
         .unwrap_or_else(|e| panic!("DROP DATABASE {}: {e}", self.name));
         self.server.close().await;
+    }
+}
+
+/// How often [`eventually`] polls.
+pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Polls `probe` until it gives `Ok`, every [`POLL_EVERY`], and returns its value. After
+/// `within` it fails the test, naming `what` and the probe's last `Err` (what it saw). The one
+/// polling helper of the tests: no sleeps to wait for readiness, no hand-written deadlines.
+pub async fn eventually<T, E, F, Fut>(what: &str, within: std::time::Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(last) if tokio::time::Instant::now() >= deadline => {
+                panic!("{what}: not within {within:?}; last seen: {last:?}")
+            }
+            Err(_) => tokio::time::sleep(POLL_EVERY).await,
+        }
     }
 }

@@ -14,8 +14,10 @@
 //!
 //! Ingest receives what readers publish as [`Inbound`] messages on a bounded channel.
 //! [`external`] is the other way in: an external broker with a shared subscription;
-//! [`peers`] lets a live node drain the broker session of a dead one.
+//! [`peers`] lets a live node drain the broker session of a dead one; [`client`] is the MQTT
+//! client plumbing both use (URL, options, CONNACK, the manual [`client::Ack`]).
 
+pub mod client;
 pub mod external;
 pub mod peers;
 
@@ -57,7 +59,7 @@ pub struct Inbound {
     /// When the broker handed it to ingest (the start of the alert-latency histogram).
     pub received_at: std::time::Instant,
     /// From an external broker: acknowledges the message once every holder dropped it.
-    pub ack: Option<Arc<external::Ack>>,
+    pub ack: Option<Arc<client::Ack>>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Inbound;
-use super::external::{Ack, BrokerUrl, CONNECT_TIMEOUT, connection, options, wait_connack};
+use super::client::{Ack, BrokerUrl, CONNECT_TIMEOUT, connection, options, wait_connack};
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
 

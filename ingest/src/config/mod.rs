@@ -260,8 +260,8 @@ impl IngestConfig {
         }
     }
 
-    pub fn store(&self) -> crate::pipeline::store::StoreConfig {
-        crate::pipeline::store::StoreConfig {
+    pub fn store(&self) -> crate::pipeline::history::StoreConfig {
+        crate::pipeline::history::StoreConfig {
             queue: self.history_queue,
             batch: 5000,
             linger: std::time::Duration::from_millis(200),

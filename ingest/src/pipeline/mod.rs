@@ -5,7 +5,7 @@
 //! Inbound (topic, payload) --shard by topic--> worker: open -> decode -> hot index ->
 //!   smooth (pass opened?) -> clone watch (impossible speed?) ->
 //!   flagged (stolen, armed, revoked) or clone? -> alerting engine
-//!   ... closed passes -> store (batched writes, after the alerts are handed on)
+//!   ... closed passes -> history writer (batched writes, after the alerts are handed on)
 //! ```
 //! Messages are sharded by topic over a few workers, so one reader's batches stay in order
 //! (its seq check relies on that) and its passes live in one worker, while different readers
@@ -14,10 +14,10 @@
 
 pub mod decode;
 pub mod formats;
+pub mod history;
 pub mod open;
 pub mod smooth;
 pub mod status;
-pub mod store;
 #[cfg(test)]
 mod tests;
 
@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use greenplate_alerting::{CloneWatch, EngineHandle, Pass, Sighted};
 use greenplate_registry::{HotIndex, Reader, Readers, now_ms};
+use history::StoreInput;
 use smooth::{Folded, SmoothConfig, Smoother};
-use store::StoreInput;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
@@ -151,7 +151,7 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
         return handle_status(ctx, w, msg, reader).await;
     }
     let log = &mut w.log;
-    let batch = match open::open_from(&reader, &msg.payload, ctx.unsealed_allowed) {
+    let batch = match open::open_batch(&reader, &msg.payload, ctx.unsealed_allowed) {
         Ok(batch) => batch,
         Err(rejection) => return dropped(ctx, log, msg, &rejection),
     };
@@ -251,7 +251,7 @@ fn admit(ctx: &Context, msg: &Inbound) -> Result<Arc<Reader>, open::Rejection> {
 
 /// Handles a reader's status message (or its last will).
 async fn handle_status(ctx: &Context, w: &mut Worker, msg: &Inbound, reader: Arc<Reader>) {
-    let outcome = status::open_from(&reader, &msg.payload)
+    let outcome = status::open_status(&reader, &msg.payload)
         .and_then(|s| status::apply(&reader, &s, now_ms(), ctx.max_clock_skew_ms));
     match outcome {
         Ok(change) => {

@@ -96,7 +96,7 @@ pub fn open_message(
     let topic = std::str::from_utf8(topic).map_err(|_| Rejection::Topic)?;
     let reader_id = topics::reader_of_sightings_topic(topic).ok_or(Rejection::Topic)?;
     let reader = enabled_reader(readers, reader_id)?;
-    let batch = open_from(&reader, payload, unsealed_allowed)?;
+    let batch = open_batch(&reader, payload, unsealed_allowed)?;
     Ok((reader, batch))
 }
 
@@ -111,7 +111,7 @@ pub fn enabled_reader(readers: &Readers, id: &str) -> Result<Arc<Reader>, Reject
 
 /// Opens a sightings payload of a reader already found from its topic (see
 /// [`open_message`]).
-pub fn open_from(
+pub fn open_batch(
     reader: &Reader,
     payload: &[u8],
     unsealed_allowed: bool,

@@ -44,12 +44,12 @@ pub fn open(
 ) -> Result<(Arc<Reader>, ReaderStatus), Rejection> {
     let reader_id = topics::reader_of_status_topic(topic).ok_or(Rejection::Topic)?;
     let reader = super::open::enabled_reader(readers, reader_id)?;
-    let status = open_from(&reader, payload)?;
+    let status = open_status(&reader, payload)?;
     Ok((reader, status))
 }
 
 /// Opens a status payload of a reader already found from its topic.
-pub fn open_from(reader: &Reader, payload: &[u8]) -> Result<ReaderStatus, Rejection> {
+pub fn open_status(reader: &Reader, payload: &[u8]) -> Result<ReaderStatus, Rejection> {
     let sealed =
         SealedSightingBatch::decode(payload).map_err(|e| Rejection::Malformed(e.to_string()))?;
     if sealed.reader_id != reader.id {

@@ -6,7 +6,7 @@
 pub mod node;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use greenplate_ingest::{Config, Service, StartError};
 use greenplate_proto::v1::admin_client::AdminClient;
@@ -16,7 +16,7 @@ use greenplate_proto::v1::{
     AddKioskRequest, AddPatrolUnitRequest, Alert, BikeDetails, Owner, RegisterBikeRequest,
     ReportStolenRequest, Sighting, StreamAlertsRequest,
 };
-use greenplate_registry::testing::PgTestDb;
+use greenplate_registry::testing::{PgTestDb, eventually};
 use greenplate_simulator::clients::{self, Authed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Streaming;
@@ -163,18 +163,12 @@ impl TestService {
 
     /// Polls a metric until it reaches `at_least`, or fails after a deadline.
     pub async fn wait_metric(&self, sample: &str, at_least: f64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let what = format!("metric {sample} at least {at_least}");
+        eventually(&what, Duration::from_secs(10), || async {
             let v = self.metric(sample).await;
-            if v >= at_least {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "metric {sample} is {v}, expected at least {at_least} within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            if v >= at_least { Ok(()) } else { Err(v) }
+        })
+        .await
     }
 
     /// An Admin client with the admin token.

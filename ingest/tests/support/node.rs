@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use greenplate_registry::testing::eventually;
 use greenplate_simulator::clients;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
@@ -57,11 +58,17 @@ impl Node {
             grpc: format!("http://{grpc}"),
             http,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_status(node.http, "/readyz").await != Some(200) {
-            assert!(Instant::now() < deadline, "node not ready within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            "node ready (/readyz 200)",
+            Duration::from_secs(30),
+            || async {
+                match http_status(node.http, "/readyz").await {
+                    Some(200) => Ok(()),
+                    other => Err(other),
+                }
+            },
+        )
+        .await;
         node
     }
 
@@ -80,17 +87,11 @@ impl Node {
 
     /// Waits for the process to exit, at most `within`.
     pub async fn exit(mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node still running after {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually("node exited", within, || {
+            let status = self.child.try_wait().unwrap();
+            async move { status.ok_or("still running") }
+        })
+        .await
     }
 }
 

@@ -55,7 +55,7 @@ pub async fn run(args: PatrolArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| Usage(e.to_string()))?;
     match args.action {
         None => {
-            pc::follow(&mut client, args.resume_after, &mut std::io::stdout()).await?;
+            pc::print_alerts(&mut client, args.resume_after, &mut std::io::stdout()).await?;
         }
         Some(PatrolAction::Ack { incident_id, note }) => {
             let i = pc::acknowledge(&mut client, &incident_id, &note).await?;

@@ -1,4 +1,5 @@
-//! Stage 5, store: closed passes to the pass history, in batches, off the alert path.
+//! Stage 5, the history writer: closed passes to the pass history, in batches, off the alert
+//! path.
 //!
 //! Workers hand closed passes to one writer over a bounded queue, after they have handed
 //! that message's sightings to alerting, so alerts never wait for history. The writer folds
