@@ -58,6 +58,7 @@ fn bench_open(c: &mut Criterion) {
     let topic = topics::sightings("rd-0001");
     let mut g = c.benchmark_group("open");
     g.throughput(Throughput::Elements(BATCH as u64));
+    let admissions = open::Admissions::default();
     let mut seq = 0;
     g.bench_function("open_sealed_batch_of_50", |b| {
         b.iter_batched(
@@ -65,7 +66,9 @@ fn bench_open(c: &mut Criterion) {
                 seq += 1;
                 key.seal(&batch(seq)).encode_to_vec()
             },
-            |payload| open::open(&readers, topic.as_bytes(), black_box(&payload)).unwrap(),
+            |payload| {
+                open::open(&readers, &admissions, topic.as_bytes(), black_box(&payload)).unwrap()
+            },
             BatchSize::SmallInput,
         )
     });

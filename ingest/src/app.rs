@@ -147,6 +147,7 @@ impl Service {
         let input = pipeline::spawn(
             pipeline::Context {
                 readers: registry.readers().clone(),
+                admissions: Default::default(),
                 index: registry.index().clone(),
                 engine,
                 clones: Arc::new(greenplate_alerting::CloneWatch::new(

@@ -194,7 +194,7 @@ fn open_seed(input: &[u8]) -> Result<(), &'static str> {
         116.6,
         SECRET,
     ));
-    open::open(&readers, topic, payload)
+    open::open(&readers, &open::Admissions::default(), topic, payload)
         .map(|_| ())
         .map_err(|r| r.reason())
 }

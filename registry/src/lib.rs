@@ -46,7 +46,7 @@ pub use bikes::{BikeKey, BikeRecord, NewBike, NewOwner, Registered};
 pub use db::{Backend, Db, DbError, now_ms};
 pub use error::RegistryError;
 pub use hot_index::{HotIndex, TagState};
-pub use readers::{Liveness, Reader, Readers, SeqRefusal, SeqWindow, TokenBucket};
+pub use readers::{Liveness, Reader, Readers};
 pub use secrets::SecretBox;
 pub use service::RegistryService;
 pub use store::{AuditEntry, Registry};

@@ -89,111 +89,10 @@ pub struct Reader {
     pub last_seen_ms: AtomicI64,
     pub batches_accepted: AtomicU64,
     pub sightings_accepted: AtomicU64,
-    /// Batch seqs already processed (replay protection).
-    pub seqs: std::sync::Mutex<SeqWindow>,
     /// Last status message taken, Unix ms by the server clock (0: never).
     pub last_status_ms: AtomicI64,
     /// What its status messages and silences said (see ingest's status stage).
     pub liveness: std::sync::Mutex<Liveness>,
-    /// Its message budget (ingest's flood limit).
-    pub budget: std::sync::Mutex<TokenBucket>,
-}
-
-/// A token bucket: `rate` tokens a second, at most `burst` saved up.
-#[derive(Debug, Clone, Default)]
-pub struct TokenBucket {
-    tokens: f64,
-    last_ms: i64,
-}
-
-impl TokenBucket {
-    /// Takes one token at `now_ms` if there is one.
-    pub fn take(&mut self, now_ms: i64, rate: f64, burst: f64) -> bool {
-        if self.last_ms == 0 {
-            self.tokens = burst;
-        } else {
-            let elapsed = (now_ms - self.last_ms).max(0) as f64 / 1000.0;
-            self.tokens = (self.tokens + elapsed * rate).min(burst);
-        }
-        self.last_ms = now_ms;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Which batch seqs of a reader were processed: the highest, and a bitmap of the 1,024
-/// below it (anti-replay as in IPsec/DTLS). A seq is taken once; a seq older than the window
-/// is refused. Unlike "greater than the last", a batch that arrives late (an external broker
-/// redelivering an unacknowledged message, two nodes sharing a reader's traffic, or a node
-/// draining a dead peer's session) is still taken if it was never processed. The window is
-/// wide for that last case: a reader at one batch a second is covered for 17 minutes.
-#[derive(Debug, Default, Clone)]
-pub struct SeqWindow {
-    highest: u64,
-    /// A ring: bit `seq % RING` set means `seq` was taken, for seqs in the window.
-    taken: [u64; 17],
-}
-
-/// Why [`SeqWindow::take`] refused a seq.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeqRefusal {
-    /// Already processed.
-    Duplicate,
-    /// Older than the window: cannot tell, so refused.
-    TooOld,
-}
-
-impl SeqWindow {
-    /// How far below the highest seq a late batch is still taken.
-    pub const WIDTH: u64 = 1024;
-
-    /// Slots in the ring: the highest and the WIDTH below it.
-    const RING: u64 = Self::WIDTH + 1;
-
-    fn slot(seq: u64) -> (usize, u64) {
-        let i = seq % Self::RING;
-        ((i / 64) as usize, 1u64 << (i % 64))
-    }
-
-    /// Takes `seq` if it was not taken before.
-    pub fn take(&mut self, seq: u64) -> Result<(), SeqRefusal> {
-        if seq == 0 {
-            return Err(SeqRefusal::TooOld);
-        }
-        if seq > self.highest {
-            if seq - self.highest >= Self::RING {
-                self.taken = Default::default();
-            } else {
-                // The slots of the seqs the window moves over held seqs now out of it.
-                for s in self.highest + 1..seq {
-                    let (w, b) = Self::slot(s);
-                    self.taken[w] &= !b;
-                }
-            }
-            let (w, b) = Self::slot(seq);
-            self.taken[w] |= b;
-            self.highest = seq;
-            return Ok(());
-        }
-        if self.highest - seq > Self::WIDTH {
-            return Err(SeqRefusal::TooOld);
-        }
-        let (w, b) = Self::slot(seq);
-        if self.taken[w] & b != 0 {
-            return Err(SeqRefusal::Duplicate);
-        }
-        self.taken[w] |= b;
-        Ok(())
-    }
-
-    /// The highest seq taken.
-    pub fn highest(&self) -> u64 {
-        self.highest
-    }
 }
 
 /// A reader's connection state as its status messages and silences tell it.
@@ -256,10 +155,8 @@ impl Reader {
             last_seen_ms: AtomicI64::new(0),
             batches_accepted: AtomicU64::new(0),
             sightings_accepted: AtomicU64::new(0),
-            seqs: std::sync::Mutex::new(SeqWindow::default()),
             last_status_ms: AtomicI64::new(0),
             liveness: std::sync::Mutex::new(Liveness::default()),
-            budget: std::sync::Mutex::new(TokenBucket::default()),
         }
     }
 
@@ -453,59 +350,5 @@ mod tests {
             .enabled
             .store(false, Ordering::Relaxed);
         assert!(!readers.authenticate("r1", "r1", "pw"));
-    }
-
-    #[test]
-    fn token_bucket_allows_the_burst_then_the_rate() {
-        let mut b = TokenBucket::default();
-        let t0 = 1_000_000;
-        assert!((0..20).all(|_| b.take(t0, 10.0, 20.0)));
-        assert!(!b.take(t0, 10.0, 20.0));
-        // 100 ms later: one more token.
-        assert!(b.take(t0 + 100, 10.0, 20.0));
-        assert!(!b.take(t0 + 100, 10.0, 20.0));
-        // A long pause refills only up to the burst.
-        assert_eq!(
-            (0..30)
-                .filter(|_| b.take(t0 + 3_600_000, 10.0, 20.0))
-                .count(),
-            20
-        );
-    }
-
-    #[test]
-    fn seq_window_takes_each_seq_once_even_late() {
-        let mut w = SeqWindow::default();
-        assert_eq!(w.take(0), Err(SeqRefusal::TooOld));
-        assert_eq!(w.take(10), Ok(()));
-        assert_eq!(w.take(10), Err(SeqRefusal::Duplicate));
-        assert_eq!(w.take(12), Ok(()));
-        // 11 arrives late: taken once.
-        assert_eq!(w.take(11), Ok(()));
-        assert_eq!(w.take(11), Err(SeqRefusal::Duplicate));
-        assert_eq!(w.take(10), Err(SeqRefusal::Duplicate));
-        assert_eq!(w.take(9), Ok(()));
-        // A jump keeps what is still inside the window.
-        assert_eq!(w.take(12 + 100), Ok(()));
-        assert_eq!(w.take(12), Err(SeqRefusal::Duplicate));
-        assert_eq!(w.take(13), Ok(()));
-        assert_eq!(w.take(112 - 100), Err(SeqRefusal::Duplicate));
-        // One step at a time past a whole ring: old slots are reused, each seq taken once.
-        let mut w = SeqWindow::default();
-        for s in 1..=3 * SeqWindow::WIDTH {
-            w.take(s).unwrap();
-            if s > SeqWindow::WIDTH + 1 {
-                assert_eq!(w.take(s - SeqWindow::WIDTH), Err(SeqRefusal::Duplicate));
-                assert_eq!(w.take(s - SeqWindow::WIDTH - 1), Err(SeqRefusal::TooOld));
-            }
-        }
-        // Exactly the width, then past it.
-        let mut w = SeqWindow::default();
-        w.take(1).unwrap();
-        w.take(1 + SeqWindow::WIDTH).unwrap();
-        assert_eq!(w.take(1), Err(SeqRefusal::Duplicate));
-        w.take(2 + 2 * SeqWindow::WIDTH).unwrap();
-        assert_eq!(w.take(1 + SeqWindow::WIDTH), Err(SeqRefusal::TooOld));
-        assert_eq!(w.highest(), 2 + 2 * SeqWindow::WIDTH);
     }
 }

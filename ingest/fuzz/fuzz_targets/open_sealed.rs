@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         116.6,
         SECRET,
     ));
-    match open::open(&readers, topic, payload) {
+    match open::open(&readers, &open::Admissions::default(), topic, payload) {
         Ok((reader, batch)) => {
             assert_eq!(reader.id, READER_ID);
             assert_eq!(batch.reader_id, READER_ID);

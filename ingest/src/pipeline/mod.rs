@@ -2,7 +2,8 @@
 //! closed passes out to the pass history.
 //!
 //! ```text
-//! Inbound (topic, payload) --shard by topic--> worker: open -> decode -> hot index ->
+//! Inbound (topic, payload) --shard by topic--> worker: admit -> open (-> seq window) ->
+//!   decode -> hot index ->
 //!   smooth (pass opened?) -> clone watch (impossible speed?) ->
 //!   flagged (stolen, armed, revoked) or clone? -> alerting engine
 //!   ... closed passes -> history writer (batched writes, after the alerts are handed on)
@@ -12,6 +13,7 @@
 //! are handled in parallel. Nothing on the alert path touches the database: the hot index
 //! answers every lookup from memory, and history is written by its own task.
 
+pub mod admit;
 pub mod decode;
 pub mod formats;
 pub mod history;
@@ -42,6 +44,8 @@ const WORKER_QUEUE: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Context {
     pub readers: Arc<Readers>,
+    /// Each reader's budget and seq window (stage 0, [`admit`]).
+    pub admissions: Arc<admit::Admissions>,
     pub index: Arc<HotIndex>,
     pub engine: EngineHandle,
     pub clones: Arc<CloneWatch>,
@@ -143,15 +147,17 @@ async fn flush_closed(ctx: &Context, w: &mut Worker) {
 
 /// Handles one reader message end to end.
 pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
-    let reader = match admit(ctx, msg) {
-        Ok(reader) => reader,
+    let (reader, admission) = match admit::admit(ctx, msg) {
+        Ok(admitted) => admitted,
         Err(rejection) => return dropped(ctx, &mut w.log, msg, &rejection),
     };
     if msg.topic.ends_with(b"/status") {
         return handle_status(ctx, w, msg, reader).await;
     }
     let log = &mut w.log;
-    let batch = match open::open_batch(&reader, &msg.payload, ctx.unsealed_allowed) {
+    let batch = match open::open_batch(&reader, &msg.payload, ctx.unsealed_allowed)
+        .and_then(|batch| admit::take_seq(&admission, &reader, &batch).map(|()| batch))
+    {
         Ok(batch) => batch,
         Err(rejection) => return dropped(ctx, log, msg, &rejection),
     };
@@ -222,31 +228,6 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
         w.smoother.evictions = 0;
     }
     flush_closed(ctx, w).await;
-}
-
-/// The checks before anything is decoded: size, topic, a provisioned and enabled reader,
-/// and its message budget (a reader flooding its topic costs a lookup per message, not a
-/// decryption, and its messages are dropped before they hold up the other readers of its
-/// worker). Returns the reader, for the stage that opens the message.
-fn admit(ctx: &Context, msg: &Inbound) -> Result<Arc<Reader>, open::Rejection> {
-    if msg.payload.len() > ctx.max_payload_bytes {
-        return Err(open::Rejection::Oversized(msg.payload.len()));
-    }
-    let topic = std::str::from_utf8(&msg.topic).map_err(|_| open::Rejection::Topic)?;
-    let id = greenplate_proto::topics::reader_of_sightings_topic(topic)
-        .or_else(|| greenplate_proto::topics::reader_of_status_topic(topic))
-        .ok_or(open::Rejection::Topic)?;
-    let reader = open::enabled_reader(&ctx.readers, id)?;
-    let mut budget = reader.budget.lock().unwrap_or_else(|p| p.into_inner());
-    if !budget.take(
-        now_ms(),
-        ctx.reader_messages_per_s,
-        ctx.reader_messages_burst,
-    ) {
-        return Err(open::Rejection::Flood);
-    }
-    drop(budget);
-    Ok(reader)
 }
 
 /// Handles a reader's status message (or its last will).

@@ -2,8 +2,8 @@
 //!
 //! The topic names the reader; the envelope and the sealed batch must name the same one;
 //! the batch must open with that reader's key (so it was sealed by the holder of its
-//! secret); its seq must be new (a replayed or re-sent batch is processed once, and a late
-//! one inside the reader's seq window still is).
+//! secret). Its seq must then be new ([`super::admit::take_seq`]: a replayed or re-sent
+//! batch is processed once, and a late one inside the reader's seq window still is).
 
 use std::sync::Arc;
 
@@ -11,8 +11,10 @@ use greenplate_proto::seal::OpenError;
 use greenplate_proto::topics;
 use greenplate_proto::v1::{SealedSightingBatch, SightingBatch};
 use greenplate_registry::readers::Format;
-use greenplate_registry::{Reader, Readers, SeqRefusal};
+use greenplate_registry::{Reader, Readers};
 
+pub use super::admit::Admissions;
+use super::admit::take_seq;
 use super::formats::{self, FormatError};
 use prost::Message;
 
@@ -77,10 +79,11 @@ impl Rejection {
 /// before anything is decoded.
 pub fn open(
     readers: &Readers,
+    admissions: &Admissions,
     topic: &[u8],
     payload: &[u8],
 ) -> Result<(Arc<Reader>, SightingBatch), Rejection> {
-    open_message(readers, topic, payload, false)
+    open_message(readers, admissions, topic, payload, false)
 }
 
 /// Opens one message in whatever format its reader was provisioned with. Unsealed formats
@@ -89,6 +92,7 @@ pub fn open(
 /// choice); otherwise they are refused with `unsealed_not_allowed`.
 pub fn open_message(
     readers: &Readers,
+    admissions: &Admissions,
     topic: &[u8],
     payload: &[u8],
     unsealed_allowed: bool,
@@ -97,6 +101,7 @@ pub fn open_message(
     let reader_id = topics::reader_of_sightings_topic(topic).ok_or(Rejection::Topic)?;
     let reader = enabled_reader(readers, reader_id)?;
     let batch = open_batch(&reader, payload, unsealed_allowed)?;
+    take_seq(&admissions.of(&reader), &reader, &batch)?;
     Ok((reader, batch))
 }
 
@@ -110,7 +115,7 @@ pub fn enabled_reader(readers: &Readers, id: &str) -> Result<Arc<Reader>, Reject
 }
 
 /// Opens a sightings payload of a reader already found from its topic (see
-/// [`open_message`]).
+/// [`open_message`]): its format and seal; the seq is [`take_seq`]'s.
 pub fn open_batch(
     reader: &Reader,
     payload: &[u8],
@@ -127,19 +132,6 @@ pub fn open_batch(
         }
         _ => return Err(Rejection::UnsealedNotAllowed),
     };
-    // Vendor formats have no batch counter (seq 0): their re-sent reads fold into the
-    // tag's open pass instead.
-    if batch.seq != 0 || reader.format == Format::Sealed {
-        // Each seq once, late ones too while inside the window.
-        let mut seqs = reader.seqs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(why) = seqs.take(batch.seq) {
-            return Err(Rejection::Replay {
-                seq: batch.seq,
-                last: seqs.highest(),
-                too_old: why == SeqRefusal::TooOld,
-            });
-        }
-    }
     Ok(batch)
 }
 

@@ -4,6 +4,7 @@ use greenplate_proto::v1::{Sighting, SightingBatch};
 use greenplate_registry::{Reader, Readers};
 use prost::Message;
 
+use super::admit::Admissions;
 use super::decode::{SightingRejection, decode};
 use super::open::{Rejection, open};
 
@@ -42,12 +43,13 @@ fn sealed(secret: &str, b: &SightingBatch) -> Vec<u8> {
 #[test]
 fn accepts_a_sealed_batch_once() {
     let readers = readers();
+    let admissions = Admissions::default();
     let topic = topics::sightings("r1");
     let payload = sealed("secret-1", &batch("r1", 5));
-    let (reader, b) = open(&readers, topic.as_bytes(), &payload).unwrap();
+    let (reader, b) = open(&readers, &admissions, topic.as_bytes(), &payload).unwrap();
     assert_eq!((reader.id.as_str(), b.seq), ("r1", 5));
     assert_eq!(
-        open(&readers, topic.as_bytes(), &payload).unwrap_err(),
+        open(&readers, &admissions, topic.as_bytes(), &payload).unwrap_err(),
         Rejection::Replay {
             seq: 5,
             last: 5,
@@ -56,12 +58,17 @@ fn accepts_a_sealed_batch_once() {
     );
     // A late batch never processed is taken once (a broker redelivery, say)...
     let late = sealed("secret-1", &batch("r1", 4));
-    assert!(open(&readers, topic.as_bytes(), &late).is_ok());
-    let reason = |p: &[u8]| open(&readers, topic.as_bytes(), p).unwrap_err().reason();
+    assert!(open(&readers, &admissions, topic.as_bytes(), &late).is_ok());
+    let reason = |p: &[u8]| {
+        open(&readers, &admissions, topic.as_bytes(), p)
+            .unwrap_err()
+            .reason()
+    };
     assert_eq!(reason(&late), "replay");
     // ...but one older than the window cannot be told from a replay.
     open(
         &readers,
+        &admissions,
         topic.as_bytes(),
         &sealed("secret-1", &batch("r1", 5000)),
     )
@@ -75,9 +82,10 @@ fn accepts_a_sealed_batch_once() {
 #[test]
 fn rejects_each_kind_of_bad_message() {
     let readers = readers();
+    let admissions = Admissions::default();
     let r1 = topics::sightings("r1");
     let reason = |topic: &str, payload: &[u8]| {
-        open(&readers, topic.as_bytes(), payload)
+        open(&readers, &admissions, topic.as_bytes(), payload)
             .unwrap_err()
             .reason()
     };

@@ -1,0 +1,248 @@
+//! Stage 0, admit: whether a reader message may be looked at at all, and, once it opens,
+//! whether its batch is new. Everything about admitting a reader's traffic is here:
+//! - before anything is decoded: the payload's size, the topic, a provisioned and enabled
+//!   reader, and its message budget (a reader flooding its topic costs a lookup per message,
+//!   not a decryption, and its messages are dropped before they hold up the other readers of
+//!   its worker);
+//! - after [`super::open`] (the reader's format and its seal): the seq window, each batch seq
+//!   taken once ([`take_seq`]).
+//!
+//! The per-reader state (budget, seq window) is [`Admissions`], kept by the pipeline for
+//! every provisioned reader that sent something; the registry's reader directory holds who a
+//! reader is, not what it sent.
+
+use std::sync::{Arc, Mutex};
+
+use greenplate_proto::v1::SightingBatch;
+use greenplate_registry::readers::Format;
+use greenplate_registry::{Reader, now_ms};
+
+use super::Context;
+use super::open::{self, Rejection};
+use crate::broker::Inbound;
+
+/// One reader's admission state.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// Its message budget (the flood limit).
+    pub budget: Mutex<TokenBucket>,
+    /// Batch seqs already processed (replay protection).
+    pub seqs: Mutex<SeqWindow>,
+}
+
+/// Every reader's [`Admission`], by reader id; an entry is made on a provisioned reader's
+/// first message, so unknown ids cannot grow it.
+#[derive(Debug, Default)]
+pub struct Admissions {
+    by_reader: papaya::HashMap<String, Arc<Admission>>,
+}
+
+impl Admissions {
+    /// The admission state of `reader` (made on first use).
+    pub fn of(&self, reader: &Reader) -> Arc<Admission> {
+        let map = self.by_reader.pin();
+        if let Some(a) = map.get(reader.id.as_str()) {
+            return a.clone();
+        }
+        map.get_or_insert_with(reader.id.clone(), Default::default)
+            .clone()
+    }
+}
+
+/// The checks before anything is decoded. Returns the reader and its admission state.
+pub fn admit(ctx: &Context, msg: &Inbound) -> Result<(Arc<Reader>, Arc<Admission>), Rejection> {
+    if msg.payload.len() > ctx.max_payload_bytes {
+        return Err(Rejection::Oversized(msg.payload.len()));
+    }
+    let topic = std::str::from_utf8(&msg.topic).map_err(|_| Rejection::Topic)?;
+    let id = greenplate_proto::topics::reader_of_sightings_topic(topic)
+        .or_else(|| greenplate_proto::topics::reader_of_status_topic(topic))
+        .ok_or(Rejection::Topic)?;
+    let reader = open::enabled_reader(&ctx.readers, id)?;
+    let admission = ctx.admissions.of(&reader);
+    let mut budget = admission.budget.lock().unwrap_or_else(|p| p.into_inner());
+    if !budget.take(
+        now_ms(),
+        ctx.reader_messages_per_s,
+        ctx.reader_messages_burst,
+    ) {
+        return Err(Rejection::Flood);
+    }
+    drop(budget);
+    Ok((reader, admission))
+}
+
+/// Takes an opened batch's seq, once. Vendor formats have no batch counter (seq 0): their
+/// re-sent reads fold into the tag's open pass instead, so they skip the window.
+pub fn take_seq(
+    admission: &Admission,
+    reader: &Reader,
+    batch: &SightingBatch,
+) -> Result<(), Rejection> {
+    if batch.seq == 0 && reader.format != Format::Sealed {
+        return Ok(());
+    }
+    // Each seq once, late ones too while inside the window.
+    let mut seqs = admission.seqs.lock().unwrap_or_else(|p| p.into_inner());
+    seqs.take(batch.seq).map_err(|why| Rejection::Replay {
+        seq: batch.seq,
+        last: seqs.highest(),
+        too_old: why == SeqRefusal::TooOld,
+    })
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+#[derive(Debug, Clone, Default)]
+pub struct TokenBucket {
+    tokens: f64,
+    last_ms: i64,
+}
+
+impl TokenBucket {
+    /// Takes one token at `now_ms` if there is one.
+    pub fn take(&mut self, now_ms: i64, rate: f64, burst: f64) -> bool {
+        if self.last_ms == 0 {
+            self.tokens = burst;
+        } else {
+            let elapsed = (now_ms - self.last_ms).max(0) as f64 / 1000.0;
+            self.tokens = (self.tokens + elapsed * rate).min(burst);
+        }
+        self.last_ms = now_ms;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Which batch seqs of a reader were processed: the highest, and a bitmap of the 1,024
+/// below it (anti-replay as in IPsec/DTLS). A seq is taken once; a seq older than the window
+/// is refused. Unlike "greater than the last", a batch that arrives late (an external broker
+/// redelivering an unacknowledged message, two nodes sharing a reader's traffic, or a node
+/// draining a dead peer's session) is still taken if it was never processed. The window is
+/// wide for that last case: a reader at one batch a second is covered for 17 minutes.
+#[derive(Debug, Default, Clone)]
+pub struct SeqWindow {
+    highest: u64,
+    /// A ring: bit `seq % RING` set means `seq` was taken, for seqs in the window.
+    taken: [u64; 17],
+}
+
+/// Why [`SeqWindow::take`] refused a seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqRefusal {
+    /// Already processed.
+    Duplicate,
+    /// Older than the window: cannot tell, so refused.
+    TooOld,
+}
+
+impl SeqWindow {
+    /// How far below the highest seq a late batch is still taken.
+    pub const WIDTH: u64 = 1024;
+
+    /// Slots in the ring: the highest and the WIDTH below it.
+    const RING: u64 = Self::WIDTH + 1;
+
+    fn slot(seq: u64) -> (usize, u64) {
+        let i = seq % Self::RING;
+        ((i / 64) as usize, 1u64 << (i % 64))
+    }
+
+    /// Takes `seq` if it was not taken before.
+    pub fn take(&mut self, seq: u64) -> Result<(), SeqRefusal> {
+        if seq == 0 {
+            return Err(SeqRefusal::TooOld);
+        }
+        if seq > self.highest {
+            if seq - self.highest >= Self::RING {
+                self.taken = Default::default();
+            } else {
+                // The slots of the seqs the window moves over held seqs now out of it.
+                for s in self.highest + 1..seq {
+                    let (w, b) = Self::slot(s);
+                    self.taken[w] &= !b;
+                }
+            }
+            let (w, b) = Self::slot(seq);
+            self.taken[w] |= b;
+            self.highest = seq;
+            return Ok(());
+        }
+        if self.highest - seq > Self::WIDTH {
+            return Err(SeqRefusal::TooOld);
+        }
+        let (w, b) = Self::slot(seq);
+        if self.taken[w] & b != 0 {
+            return Err(SeqRefusal::Duplicate);
+        }
+        self.taken[w] |= b;
+        Ok(())
+    }
+
+    /// The highest seq taken.
+    pub fn highest(&self) -> u64 {
+        self.highest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_allows_the_burst_then_the_rate() {
+        let mut b = TokenBucket::default();
+        let t0 = 1_000_000;
+        assert!((0..20).all(|_| b.take(t0, 10.0, 20.0)));
+        assert!(!b.take(t0, 10.0, 20.0));
+        // 100 ms later: one more token.
+        assert!(b.take(t0 + 100, 10.0, 20.0));
+        assert!(!b.take(t0 + 100, 10.0, 20.0));
+        // A long pause refills only up to the burst.
+        assert_eq!(
+            (0..30)
+                .filter(|_| b.take(t0 + 3_600_000, 10.0, 20.0))
+                .count(),
+            20
+        );
+    }
+
+    #[test]
+    fn seq_window_takes_each_seq_once_even_late() {
+        let mut w = SeqWindow::default();
+        assert_eq!(w.take(0), Err(SeqRefusal::TooOld));
+        assert_eq!(w.take(10), Ok(()));
+        assert_eq!(w.take(10), Err(SeqRefusal::Duplicate));
+        assert_eq!(w.take(12), Ok(()));
+        // 11 arrives late: taken once.
+        assert_eq!(w.take(11), Ok(()));
+        assert_eq!(w.take(11), Err(SeqRefusal::Duplicate));
+        assert_eq!(w.take(10), Err(SeqRefusal::Duplicate));
+        assert_eq!(w.take(9), Ok(()));
+        // A jump keeps what is still inside the window.
+        assert_eq!(w.take(12 + 100), Ok(()));
+        assert_eq!(w.take(12), Err(SeqRefusal::Duplicate));
+        assert_eq!(w.take(13), Ok(()));
+        assert_eq!(w.take(112 - 100), Err(SeqRefusal::Duplicate));
+        // One step at a time past a whole ring: old slots are reused, each seq taken once.
+        let mut w = SeqWindow::default();
+        for s in 1..=3 * SeqWindow::WIDTH {
+            w.take(s).unwrap();
+            if s > SeqWindow::WIDTH + 1 {
+                assert_eq!(w.take(s - SeqWindow::WIDTH), Err(SeqRefusal::Duplicate));
+                assert_eq!(w.take(s - SeqWindow::WIDTH - 1), Err(SeqRefusal::TooOld));
+            }
+        }
+        // Exactly the width, then past it.
+        let mut w = SeqWindow::default();
+        w.take(1).unwrap();
+        w.take(1 + SeqWindow::WIDTH).unwrap();
+        assert_eq!(w.take(1), Err(SeqRefusal::Duplicate));
+        w.take(2 + 2 * SeqWindow::WIDTH).unwrap();
+        assert_eq!(w.take(1 + SeqWindow::WIDTH), Err(SeqRefusal::TooOld));
+        assert_eq!(w.highest(), 2 + 2 * SeqWindow::WIDTH);
+    }
+}
