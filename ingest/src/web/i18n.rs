@@ -1,8 +1,9 @@
-//! What the registry's errors say, in Chinese and English, for the person at the counter.
-//! The registry names the field at fault (`owner.id_number`) and the reason in English; this
-//! module puts a Chinese sentence beside it, e.g. "身份证号码无效：校验码不符 / Invalid ID
-//! number: check digit does not match".
+//! What the registry's errors (and the alerting library's) say, in Chinese and English, for
+//! the person at the counter or the duty officer. The registry names the field at fault
+//! (`owner.id_number`) and the reason in English; this module puts a Chinese sentence beside
+//! it, e.g. "身份证号码无效：校验码不符 / Invalid ID number: check digit does not match".
 
+use greenplate_alerting::AlertingError;
 use greenplate_registry::RegistryError;
 
 /// A message in both languages.
@@ -133,6 +134,16 @@ pub fn explain(e: &RegistryError) -> (Option<&'static str>, Bilingual) {
                 "Internal error; please try again later",
             ),
         ),
+    }
+}
+
+/// What an alerting call's error says: a registry error as [`explain`] says it, a zone's
+/// reason as the alerting library gives it, a database failure without its details.
+pub fn explain_alerting(e: &AlertingError) -> Bilingual {
+    match e {
+        AlertingError::Registry(r) => explain(r).1,
+        AlertingError::Zone(z) => Bilingual::new("无效", z.to_string()),
+        AlertingError::Db(_) => Bilingual::new("系统错误", "Internal error"),
     }
 }
 

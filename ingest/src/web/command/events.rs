@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -16,8 +16,10 @@ use greenplate_registry::now_ms;
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{AREA, MAX_INCIDENTS, kind_name, online};
+use super::{MAX_INCIDENTS, kind_name, online};
 use crate::web::WebState;
+use crate::web::error::WebError;
+use crate::web::extract::CommandSession;
 use crate::web::page::short_datetime;
 
 /// How far before its start a live stream looks for incidents others changed.
@@ -126,10 +128,9 @@ pub async fn events(
     State(web): State<WebState>,
     headers: HeaderMap,
     Query(query): Query<EventsQuery>,
-) -> Response {
-    let Some(session) = web.sessions.from_headers(AREA, &headers, Instant::now()) else {
-        return (StatusCode::UNAUTHORIZED, "session expired\n").into_response();
-    };
+    session: Option<CommandSession>,
+) -> Result<Response, WebError> {
+    let CommandSession(session) = session.ok_or(WebError::StreamSignedOut)?;
     let resume_after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -208,7 +209,7 @@ pub async fn events(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("no-store"),
     );
-    r
+    Ok(r)
 }
 
 #[cfg(test)]

@@ -1,24 +1,19 @@
 //! The incident list: a row per open incident, and acknowledge and resolve, as the
 //! signed-in unit.
 
-use axum::Form;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use greenplate_alerting::{AlertingError, OpenIncident};
+use greenplate_alerting::OpenIncident;
 use greenplate_proto::v1::Outcome;
 use greenplate_registry::RegistryError;
 use maud::{Markup, html};
 use serde::Deserialize;
-use std::time::Instant;
 
-use super::track::track_error;
 use super::{AREA, HOME, kind_name};
 use crate::web::WebState;
-use crate::web::i18n::is_internal;
-use crate::web::page::{
-    csrf_refused, datetime, message, query_value, redirect, session_expired, short_datetime,
-};
+use crate::web::error::WebError;
+use crate::web::extract::{CommandSession, Csrf};
+use crate::web::page::{datetime, query_value, redirect, short_datetime};
 use crate::web::session::Session;
 
 /// One row of the incident list (the script builds the same for live ones).
@@ -68,7 +63,6 @@ fn incident_actions(session: &Session, incident_id: &str, acknowledged: bool) ->
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct IncidentForm {
-    csrf: String,
     incident_id: String,
     action: String,
     outcome: String,
@@ -78,15 +72,8 @@ pub struct IncidentForm {
 /// Acknowledge or resolve an incident, as the signed-in unit.
 pub async fn incident(
     State(web): State<WebState>,
-    headers: HeaderMap,
-    Form(form): Form<IncidentForm>,
-) -> Response {
-    let Some(session) = web.sessions.from_headers(AREA, &headers, Instant::now()) else {
-        return session_expired(HOME);
-    };
-    if !session.csrf_ok(&form.csrf) {
-        return csrf_refused(HOME);
-    }
+    Csrf(CommandSession(session), form): Csrf<CommandSession, IncidentForm>,
+) -> Result<Response, WebError> {
     let result = match form.action.as_str() {
         "ack" => {
             web.alerting
@@ -106,27 +93,12 @@ pub async fn incident(
         }
         _ => Err(RegistryError::invalid("action", "must be ack or resolve").into()),
     };
-    match result {
-        Ok(_) => {
-            tracing::info!(
-                caller = %session.caller.audit_name(),
-                incident = %form.incident_id,
-                action = %form.action,
-                "Incident changed (web)."
-            );
-            redirect(HOME, None)
-        }
-        Err(e) => {
-            let status = match &e {
-                AlertingError::Registry(RegistryError::NotFound(_)) => StatusCode::NOT_FOUND,
-                AlertingError::Registry(RegistryError::FailedPrecondition(_)) => {
-                    StatusCode::CONFLICT
-                }
-                AlertingError::Registry(r) if is_internal(r) => StatusCode::INTERNAL_SERVER_ERROR,
-                AlertingError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                _ => StatusCode::UNPROCESSABLE_ENTITY,
-            };
-            message(status, &track_error(&e), HOME)
-        }
-    }
+    result.map_err(|e| WebError::Alerting(AREA, e))?;
+    tracing::info!(
+        caller = %session.caller.audit_name(),
+        incident = %form.incident_id,
+        action = %form.action,
+        "Incident changed (web)."
+    );
+    Ok(redirect(HOME, None))
 }

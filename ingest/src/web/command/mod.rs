@@ -18,8 +18,6 @@
 //! - `incidents`: the incident list, acknowledge and resolve.
 //! - `events`: the live event stream.
 
-use std::time::Instant;
-
 use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -30,10 +28,12 @@ use maud::html;
 use serde::Deserialize;
 
 use super::WebState;
+use super::error::WebError;
+use super::extract::{CommandSession, Csrf};
 use super::i18n::Bilingual;
-use super::page::{both, datetime, html_response, layout, message, short_datetime};
+use super::page::{both, datetime, html_response, layout, short_datetime};
 use super::session::Area;
-use super::sign_in::{self, CsrfForm, Door, LoginForm};
+use super::sign_in::{self, Door, LoginForm};
 use map::{Proj, map_svg};
 use track::{load_track, track_error};
 
@@ -98,10 +98,9 @@ pub async fn login(
 
 pub async fn logout(
     State(web): State<WebState>,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    Csrf(session, _): Csrf<Option<CommandSession>>,
 ) -> Response {
-    sign_in::sign_out(&DOOR, &web, &headers, &form)
+    sign_in::sign_out(&DOOR, &web, session.as_ref().map(|s| &s.0))
 }
 
 fn online(r: &Reader) -> bool {
@@ -118,11 +117,11 @@ pub struct PageQuery {
 /// The command-center page (or its sign-in).
 pub async fn home(
     State(web): State<WebState>,
-    headers: HeaderMap,
     Query(query): Query<PageQuery>,
-) -> Response {
-    let Some(session) = web.sessions.from_headers(AREA, &headers, Instant::now()) else {
-        return sign_in_page(StatusCode::OK, None);
+    session: Option<CommandSession>,
+) -> Result<Response, WebError> {
+    let Some(CommandSession(session)) = session else {
+        return Ok(sign_in_page(StatusCode::OK, None));
     };
     // The seq first, the list after: an alert committed in between is in both, and the
     // page's script folds it into its incident's row.
@@ -132,17 +131,14 @@ pub async fn home(
         Ok::<_, AlertingError>((after, incidents))
     }
     .await;
-    let (after, incidents) = match loaded {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::error!(error = %e, "Command-center page failed.");
-            return message(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &Bilingual::new("系统错误，请稍后再试", "Internal error; please try again"),
-                HOME,
-            );
-        }
-    };
+    let (after, incidents) = loaded.map_err(|e| {
+        tracing::error!(error = %e, "Command-center page failed.");
+        WebError::message(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Bilingual::new("系统错误，请稍后再试", "Internal error; please try again"),
+            AREA,
+        )
+    })?;
     let track = if query.track.trim().is_empty() {
         None
     } else {
@@ -238,8 +234,8 @@ pub async fn home(
             }
         }
     };
-    html_response(
+    Ok(html_response(
         StatusCode::OK,
         layout("Command center", Some("/web/command.js"), body),
-    )
+    ))
 }

@@ -5,7 +5,8 @@ use greenplate_registry::{BikeKey, TagId, now_ms};
 
 use super::MAX_TRACK_POINTS;
 use crate::web::WebState;
-use crate::web::i18n::{Bilingual, explain, is_internal};
+use crate::web::error::alerting_status;
+use crate::web::i18n::{Bilingual, explain_alerting};
 use crate::web::session::Session;
 
 /// What a track request found.
@@ -50,18 +51,10 @@ pub(super) async fn load_track(
     })
 }
 
+/// What a failed track says on the page, logging the server's own failures.
 pub(super) fn track_error(e: &AlertingError) -> Bilingual {
-    match e {
-        AlertingError::Registry(r) => {
-            if is_internal(r) {
-                tracing::error!(error = %r, "Track failed.");
-            }
-            explain(r).1
-        }
-        AlertingError::Zone(z) => Bilingual::new("无效", z.to_string()),
-        AlertingError::Db(d) => {
-            tracing::error!(error = %d, "Track failed.");
-            Bilingual::new("系统错误", "Internal error")
-        }
+    if alerting_status(e).is_server_error() {
+        tracing::error!(error = %e, "Track failed.");
     }
+    explain_alerting(e)
 }

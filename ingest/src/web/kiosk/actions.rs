@@ -1,27 +1,25 @@
 //! The changes to a bike, as the signed-in kiosk: report stolen or recovered, arm or disarm,
 //! replace the tag, transfer ownership.
 
-use std::time::Instant;
-
-use axum::Form;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use greenplate_registry::{Caller, NewOwner, RegistryError, TheftDetails};
 use serde::Deserialize;
 
+use super::AREA;
 use super::bike::{bike_page, bike_url};
 use super::form::Problem;
-use super::{AREA, HOME, status_of};
 use crate::web::WebState;
+use crate::web::error::{WebError, registry_status};
+use crate::web::extract::{Csrf, KioskSession};
 use crate::web::i18n::Bilingual;
-use crate::web::page::{csrf_refused, redirect, session_expired};
+use crate::web::page::redirect;
 
 /// The fields of every bike action (each uses some).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct ActionForm {
-    csrf: String,
     plate: String,
     place: String,
     notes: String,
@@ -39,16 +37,9 @@ pub struct ActionForm {
 /// One change to a bike, as the signed-in kiosk.
 pub async fn action(
     State(web): State<WebState>,
-    headers: HeaderMap,
     Path(action): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    let Some(session) = web.sessions.from_headers(AREA, &headers, Instant::now()) else {
-        return session_expired(HOME);
-    };
-    if !session.csrf_ok(&form.csrf) {
-        return csrf_refused(HOME);
-    }
+    Csrf(KioskSession(session), form): Csrf<KioskSession, ActionForm>,
+) -> Result<Response, WebError> {
     let caller: &Caller = &session.caller;
     let registry = web.alerting.registry();
     let plate = form.plate.as_str();
@@ -92,26 +83,26 @@ pub async fn action(
             .await
             .map(|()| "transferred"),
         _ => {
-            return crate::web::page::message(
+            return Err(WebError::message(
                 StatusCode::NOT_FOUND,
-                &Bilingual::new("没有这个操作", "No such action"),
-                HOME,
-            );
+                Bilingual::new("没有这个操作", "No such action"),
+                AREA,
+            ));
         }
     };
     match result {
         Ok(done) => {
             tracing::info!(caller = %caller.audit_name(), action = %action, "Kiosk web change.");
-            redirect(&bike_url(plate, done), None)
+            Ok(redirect(&bike_url(plate, done), None))
         }
         Err(e) => {
-            let status = status_of(&e);
+            let status = registry_status(&e);
             let problem = Problem::from(&e);
             let mut r = bike_page(&web, &session, plate, None, Some(&action), &problem).await;
             if r.status().is_success() || r.status() == StatusCode::UNPROCESSABLE_ENTITY {
                 *r.status_mut() = status;
             }
-            r
+            Ok(r)
         }
     }
 }

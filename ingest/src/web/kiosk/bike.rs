@@ -1,20 +1,20 @@
 //! A bike looked up by plate or tag: its record (masked) and the forms of what can be done
 //! with it.
 
-use std::time::Instant;
-
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use greenplate_registry::{BikeKey, BikeRecord, TagId};
 use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::form::{EMPTY, Problem, field, general_error};
-use super::{AREA, HOME, header, lookup_form, status_of};
+use super::{AREA, HOME, header, lookup_form};
 use crate::web::WebState;
+use crate::web::error::{WebError, registry_status};
+use crate::web::extract::KioskSession;
 use crate::web::i18n::Bilingual;
-use crate::web::page::{both, datetime, html_response, layout, mask_name, query_value, redirect};
+use crate::web::page::{both, datetime, html_response, layout, mask_name, query_value};
 use crate::web::session::Session;
 
 pub(super) fn bike_url(plate: &str, done: &str) -> String {
@@ -59,14 +59,12 @@ fn key_of(q: &str) -> BikeKey {
 /// A bike: its (masked) record and what can be done with it.
 pub async fn bike(
     State(web): State<WebState>,
-    headers: HeaderMap,
     Query(query): Query<LookupQuery>,
-) -> Response {
-    let Some(session) = web.sessions.from_headers(AREA, &headers, Instant::now()) else {
-        return redirect(HOME, None);
-    };
+    session: Option<KioskSession>,
+) -> Result<Response, WebError> {
+    let KioskSession(session) = session.ok_or(WebError::SignInFirst(AREA))?;
     let notice = done_message(&query.done);
-    bike_page(&web, &session, &query.q, notice, None, &Problem::default()).await
+    Ok(bike_page(&web, &session, &query.q, notice, None, &Problem::default()).await)
 }
 
 pub(super) async fn bike_page(
@@ -91,10 +89,9 @@ pub(super) async fn bike_page(
             )
         }
         Err(e) => {
-            let status = status_of(&e);
             let p = Problem::from(&e);
             (
-                status,
+                registry_status(&e),
                 html! { p.error.banner role="alert" { (both(p.message.as_ref().unwrap_or(&Bilingual::new("未找到", "Not found")))) } },
             )
         }

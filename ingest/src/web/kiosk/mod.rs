@@ -17,19 +17,18 @@
 //! - `bike`: a bike looked up: its record and the forms of what can be done with it.
 //! - `actions`: the changes to a bike (stolen, recovered, arm, disarm, re-tag, transfer).
 
-use std::time::Instant;
-
 use axum::Form;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use greenplate_registry::{RegistryError, Role};
+use greenplate_registry::Role;
 use maud::{Markup, html};
 
 use super::WebState;
-use super::i18n::{Bilingual, is_internal};
+use super::extract::{Csrf, KioskSession};
+use super::i18n::Bilingual;
 use super::session::{Area, Session};
-use super::sign_in::{self, CsrfForm, Door, LoginForm};
+use super::sign_in::{self, Door, LoginForm};
 use form::Problem;
 use register::{RegisterForm, home_page};
 
@@ -99,37 +98,20 @@ pub async fn login(
 
 pub async fn logout(
     State(web): State<WebState>,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    Csrf(session, _): Csrf<Option<KioskSession>>,
 ) -> Response {
-    sign_in::sign_out(&DOOR, &web, &headers, &form)
+    sign_in::sign_out(&DOOR, &web, session.as_ref().map(|s| &s.0))
 }
 
 /// The kiosk's start page: sign-in, or lookup and registration.
-pub async fn home(State(web): State<WebState>, headers: HeaderMap) -> Response {
-    match web.sessions.from_headers(AREA, &headers, Instant::now()) {
-        Some(s) => home_page(
+pub async fn home(session: Option<KioskSession>) -> Response {
+    match session {
+        Some(KioskSession(s)) => home_page(
             StatusCode::OK,
             &s,
             &RegisterForm::default(),
             &Problem::default(),
         ),
         None => sign_in_page(StatusCode::OK, None),
-    }
-}
-
-/// The HTTP status for a registry error, logging the server's own failures.
-fn status_of(e: &RegistryError) -> StatusCode {
-    if is_internal(e) {
-        tracing::error!(error = %e, "Kiosk web request failed.");
-        return StatusCode::INTERNAL_SERVER_ERROR;
-    }
-    match e {
-        RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
-        RegistryError::AlreadyExists(_) | RegistryError::FailedPrecondition(_) => {
-            StatusCode::CONFLICT
-        }
-        RegistryError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-        _ => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }

@@ -1,11 +1,8 @@
 //! The start page's registration form, and registering a bike with it (free, and once only
 //! however often the form is submitted).
 
-use std::time::Instant;
-
-use axum::Form;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use greenplate_registry::{NewBike, NewOwner};
 use maud::{Markup, html};
@@ -13,17 +10,18 @@ use serde::Deserialize;
 
 use super::bike::bike_url;
 use super::form::{Problem, field, general_error};
-use super::{AREA, HOME, header, lookup_form, status_of};
+use super::{header, lookup_form};
 use crate::web::WebState;
+use crate::web::error::registry_status;
+use crate::web::extract::{Csrf, KioskSession};
 use crate::web::i18n::Bilingual;
-use crate::web::page::{csrf_refused, html_response, layout, redirect, session_expired};
+use crate::web::page::{html_response, layout, redirect};
 use crate::web::session::Session;
 
 /// The registration form's fields, named as the registry names them.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct RegisterForm {
-    csrf: String,
     request_id: String,
     #[serde(rename = "owner.name")]
     owner_name: String,
@@ -108,17 +106,12 @@ pub(super) fn home_page(
     )
 }
 
+/// Registers a bike, as the signed-in kiosk; the form again, with the problem at its field,
+/// if the registry refuses it.
 pub async fn register(
     State(web): State<WebState>,
-    headers: HeaderMap,
-    Form(form): Form<RegisterForm>,
+    Csrf(KioskSession(session), form): Csrf<KioskSession, RegisterForm>,
 ) -> Response {
-    let Some(session) = web.sessions.from_headers(AREA, &headers, Instant::now()) else {
-        return session_expired(HOME);
-    };
-    if !session.csrf_ok(&form.csrf) {
-        return csrf_refused(HOME);
-    }
     if form.pin != form.pin_again {
         let problem = Problem {
             field: Some("pin_again"),
@@ -165,9 +158,6 @@ pub async fn register(
             };
             redirect(&bike_url(&plate, "registered"), None)
         }
-        Err(e) => {
-            let status = status_of(&e);
-            home_page(status, &session, &form, &Problem::from(&e))
-        }
+        Err(e) => home_page(registry_status(&e), &session, &form, &Problem::from(&e)),
     }
 }
