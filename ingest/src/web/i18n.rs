@@ -36,7 +36,7 @@ pub fn field_name(field: &str) -> (&'static str, &'static str) {
         "id_number" | "owner_id_number" => ("身份证号码", "ID number"),
         "phone" => ("手机号码", "phone number"),
         "plate" => ("车牌号", "plate"),
-        "tag_id" | "new_tag_id" => ("标签号", "tag id"),
+        "tag_id" | "new_tag_id" => ("电子标签号", "tag id"),
         "make" => ("品牌", "make"),
         "model" => ("型号", "model"),
         "color" => ("颜色", "color"),
@@ -97,7 +97,7 @@ pub fn explain(e: &RegistryError) -> (Option<&'static str>, Bilingual) {
                 None
             };
             let zh = match field {
-                Some("tag_id") => "该标签已登记（一个标签只能绑定一辆车）",
+                Some("tag_id") => "该电子标签已登记（一个电子标签只能绑定一辆车）",
                 Some(_) => "该车牌已登记",
                 None => "已存在",
             };
@@ -117,9 +117,9 @@ pub fn explain(e: &RegistryError) -> (Option<&'static str>, Bilingual) {
         }
         RegistryError::FailedPrecondition(why) => {
             let zh = if why.contains("not reported stolen") {
-                "该车未报失"
+                "该车没有被盗报案"
             } else if why.contains("reported stolen") {
-                "该车已报失，请先登记找回"
+                "该车已被盗报案，请先登记找回"
             } else if why.contains("no PIN") {
                 "该车尚未设置密码"
             } else {

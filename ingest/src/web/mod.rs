@@ -129,7 +129,7 @@ async fn index() -> Response {
                 main.narrow {
                     h1 { "greenplate" }
                     ul.links {
-                        li { a href="/kiosk" { "自行车登记终端 / Bike registration kiosk" } }
+                        li { a href="/kiosk" { "摩托车登记终端 / Bike registration kiosk" } }
                         li { a href="/command" { "指挥中心 / Command center" } }
                     }
                 }

@@ -57,11 +57,11 @@ const MAX_TRACK_POINTS: usize = 2000;
 pub fn kind_name(kind: i32) -> (&'static str, &'static str) {
     match kind {
         1 => ("被盗车辆出现", "Stolen bike seen"),
-        2 => ("设防车辆移动", "Armed bike moving"),
-        3 => ("作废标签出现", "Revoked tag seen"),
-        4 => ("疑似克隆标签", "Suspected cloned tag"),
+        2 => ("布防车辆移动", "Armed bike moving"),
+        3 => ("作废电子标签出现", "Revoked tag seen"),
+        4 => ("疑似克隆电子标签", "Suspected cloned tag"),
         5 => ("布控区域告警", "Watch zone"),
-        6 => ("读卡器离线", "Reader offline"),
+        6 => ("读写器离线", "Reader offline"),
         _ => ("告警", "Alert"),
     }
 }
@@ -180,7 +180,7 @@ pub async fn home(
                 form.track method="get" action="/command" {
                     label for="track" { span.zh { "车辆轨迹（24小时）" } " " span.en { "Track (last 24 h)" } }
                     div.row {
-                        input #track name="track" type="search" value=(query.track) placeholder="车牌号或标签号 / plate or tag id";
+                        input #track name="track" type="search" value=(query.track) placeholder="车牌号或电子标签号 / plate or tag id";
                         button type="submit" { "显示 / Show" }
                     }
                 }
@@ -203,7 +203,7 @@ pub async fn home(
             section.side {
                 h2 { "告警事件 / Incidents " span #incident-count.count { (incidents.len()) } }
                 table #incidents {
-                    thead { tr { th { "时间 / Seen" } th { "类型 / Kind" } th { "车牌 / Plate" } th { "读卡器 / Reader" } th { "状态 / State" } th {} } }
+                    thead { tr { th { "时间 / Seen" } th { "类型 / Kind" } th { "车牌 / Plate" } th { "读写器 / Reader" } th { "状态 / State" } th {} } }
                     tbody #incident-rows {
                         @for i in &incidents { (incident_row(&session, i)) }
                     }
@@ -218,7 +218,7 @@ pub async fn home(
                     dt { "有效读取 / sightings" } dd #rate-sightings { "-" }
                     dt { "拒收批次 / rejected" } dd #rate-rejected { "-" }
                 }
-                h2 { "读卡器 / Readers " span.count { (readers.len()) } }
+                h2 { "读写器 / Readers " span.count { (readers.len()) } }
                 table #readers {
                     thead { tr { th { "编号 / Id" } th { "状态 / State" } th { "最后联系 / Last seen" } } }
                     tbody {

@@ -33,15 +33,15 @@ fn done_message(done: &str) -> Option<Bilingual> {
     Some(match done {
         "registered" => Bilingual::new("登记成功", "Registered"),
         "stolen" => Bilingual::new(
-            "已报失，车辆已列入布控名单",
+            "已报案，车辆已列入布控名单",
             "Reported stolen: the bike is on the hotlist",
         ),
         "recovered" => Bilingual::new("已登记找回", "Recorded as recovered"),
-        "armed" => Bilingual::new("已设防", "Armed"),
+        "armed" => Bilingual::new("已布防", "Armed"),
         "disarmed" => Bilingual::new("已撤防", "Disarmed"),
         "transferred" => Bilingual::new("过户成功", "Ownership transferred"),
         "retagged" => Bilingual::new(
-            "标签已更换，旧标签已作废",
+            "电子标签已更换，旧标签已作废",
             "Tag replaced; the old tag is revoked",
         ),
         _ => return None,
@@ -163,12 +163,12 @@ fn bike_card(
         }
         section.card.bike id="bike" {
             h2 { (b.plate) " "
-                (badge(b.stolen, "stolen", "已报失", "stolen"))
-                (badge(b.armed, "armed", "已设防", "armed"))
+                (badge(b.stolen, "stolen", "被盗", "stolen"))
+                (badge(b.armed, "armed", "已布防", "armed"))
                 (badge(!b.registered, "gone", "已注销", "deregistered"))
             }
             dl {
-                dt { "标签 / Tag" } dd.mono { (if b.tag_id.is_empty() { "-" } else { &b.tag_id }) }
+                dt { "电子标签 / Tag" } dd.mono { (if b.tag_id.is_empty() { "-" } else { &b.tag_id }) }
                 dt { "车主 / Owner" } dd { (mask_name(&b.owner_name)) }
                 dt { "身份证 / ID number" } dd.mono { (b.owner_id_number_masked) }
                 dt { "手机 / Phone" } dd.mono { (b.owner_phone_masked) }
@@ -183,17 +183,17 @@ fn bike_card(
                     (action_form(session, plate, "recovered", ("登记找回", "Report recovered"),
                         html! {}, "已找回 / Recovered"))
                 } @else {
-                    (action_form(session, plate, "stolen", ("报失", "Report stolen"),
+                    (action_form(session, plate, "stolen", ("被盗报案", "Report stolen"),
                         html! {
                             (field("stolen", "place", "", "text", p("stolen"), "被盗地点 / where"))
                             (field("stolen", "notes", "", "text", p("stolen"), ""))
-                        }, "报失 / Report stolen"))
+                        }, "报案 / Report stolen"))
                 }
                 (action_form(session, plate, if b.armed { "disarm" } else { "arm" },
-                    if b.armed { ("撤防", "Disarm") } else { ("设防", "Arm") },
+                    if b.armed { ("撤防", "Disarm") } else { ("布防", "Arm") },
                     html! { (field(if b.armed { "disarm" } else { "arm" }, "pin", "", "password", p(if b.armed { "disarm" } else { "arm" }), "车主密码 / owner's PIN")) },
-                    if b.armed { "撤防 / Disarm" } else { "设防 / Arm" }))
-                (action_form(session, plate, "replace-tag", ("更换标签", "Replace tag"),
+                    if b.armed { "撤防 / Disarm" } else { "布防 / Arm" }))
+                (action_form(session, plate, "replace-tag", ("更换电子标签", "Replace tag"),
                     html! { (field("replace-tag", "new_tag_id", "", "text", p("replace-tag"), "输入或扫描 / type or scan")) },
                     "更换 / Replace"))
                 (action_form(session, plate, "transfer", ("过户", "Transfer ownership"),

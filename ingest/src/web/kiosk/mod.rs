@@ -47,7 +47,7 @@ const HOME: &str = "/kiosk";
 fn header(session: &Session) -> Markup {
     html! {
         header.top {
-            span.brand { "greenplate 自行车登记 / Bike registration" }
+            span.brand { "greenplate 摩托车登记 / Bike registration" }
             span.who { "终端 / Kiosk: " (session.caller.id) }
             form method="post" action="/kiosk/logout" {
                 input type="hidden" name="csrf" value=(session.csrf);
@@ -63,7 +63,7 @@ fn lookup_form(q: &str) -> Markup {
             label for="q" { span.zh { "查询车辆" } " " span.en { "Look up a bike" } }
             div.row {
                 input id="q" name="q" type="search" value=(q) required
-                    placeholder="车牌号或标签号 / plate or tag id" data-scan;
+                    placeholder="车牌号或电子标签号 / plate or tag id" data-scan;
                 button type="submit" { "查询 / Look up" }
             }
         }
@@ -74,7 +74,7 @@ const DOOR: Door = Door {
     area: AREA,
     home: HOME,
     title: "Kiosk sign-in",
-    heading: "自行车登记终端 / Bike registration kiosk",
+    heading: "摩托车登记终端 / Bike registration kiosk",
     token_zh: "终端令牌",
     token_en: "Kiosk token",
     wrong_kind: ("这不是终端令牌", "This is not a kiosk token"),
