@@ -256,7 +256,7 @@ async fn kiosk_sessions_csrf_field_errors_and_masking() {
     .await;
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(r.body.contains("data-field=\"new_tag_id\""), "{}", r.body);
-    assert!(r.body.contains("标签号无效"), "{}", r.body);
+    assert!(r.body.contains("电子标签号无效"), "{}", r.body);
     let r = request(
         addr,
         "POST",
@@ -338,7 +338,7 @@ async fn kiosk_sessions_csrf_field_errors_and_masking() {
     )
     .await;
     assert_eq!(r.status, 409, "recovering a bike not stolen: {}", r.body);
-    assert!(r.body.contains("该车未报失"), "{}", r.body);
+    assert!(r.body.contains("该车没有被盗报案"), "{}", r.body);
 
     // Sign-out ends the session: the cookie no longer works.
     let r = request(

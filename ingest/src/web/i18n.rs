@@ -1,8 +1,9 @@
-//! What the registry's errors say, in Chinese and English, for the person at the counter.
-//! The registry names the field at fault (`owner.id_number`) and the reason in English; this
-//! module puts a Chinese sentence beside it, e.g. "身份证号码无效：校验码不符 / Invalid ID
-//! number: check digit does not match".
+//! What the registry's errors (and the alerting library's) say, in Chinese and English, for
+//! the person at the counter or the duty officer. The registry names the field at fault
+//! (`owner.id_number`) and the reason in English; this module puts a Chinese sentence beside
+//! it, e.g. "身份证号码无效：校验码不符 / Invalid ID number: check digit does not match".
 
+use greenplate_alerting::AlertingError;
 use greenplate_registry::RegistryError;
 
 /// A message in both languages.
@@ -35,7 +36,7 @@ pub fn field_name(field: &str) -> (&'static str, &'static str) {
         "id_number" | "owner_id_number" => ("身份证号码", "ID number"),
         "phone" => ("手机号码", "phone number"),
         "plate" => ("车牌号", "plate"),
-        "tag_id" | "new_tag_id" => ("标签号", "tag id"),
+        "tag_id" | "new_tag_id" => ("电子标签号", "tag id"),
         "make" => ("品牌", "make"),
         "model" => ("型号", "model"),
         "color" => ("颜色", "color"),
@@ -96,7 +97,7 @@ pub fn explain(e: &RegistryError) -> (Option<&'static str>, Bilingual) {
                 None
             };
             let zh = match field {
-                Some("tag_id") => "该标签已登记（一个标签只能绑定一辆车）",
+                Some("tag_id") => "该电子标签已登记（一个电子标签只能绑定一辆车）",
                 Some(_) => "该车牌已登记",
                 None => "已存在",
             };
@@ -116,9 +117,9 @@ pub fn explain(e: &RegistryError) -> (Option<&'static str>, Bilingual) {
         }
         RegistryError::FailedPrecondition(why) => {
             let zh = if why.contains("not reported stolen") {
-                "该车未报失"
+                "该车没有被盗报案"
             } else if why.contains("reported stolen") {
-                "该车已报失，请先登记找回"
+                "该车已被盗报案，请先登记找回"
             } else if why.contains("no PIN") {
                 "该车尚未设置密码"
             } else {
@@ -133,6 +134,16 @@ pub fn explain(e: &RegistryError) -> (Option<&'static str>, Bilingual) {
                 "Internal error; please try again later",
             ),
         ),
+    }
+}
+
+/// What an alerting call's error says: a registry error as [`explain`] says it, a zone's
+/// reason as the alerting library gives it, a database failure without its details.
+pub fn explain_alerting(e: &AlertingError) -> Bilingual {
+    match e {
+        AlertingError::Registry(r) => explain(r).1,
+        AlertingError::Zone(z) => Bilingual::new("无效", z.to_string()),
+        AlertingError::Db(_) => Bilingual::new("系统错误", "Internal error"),
     }
 }
 

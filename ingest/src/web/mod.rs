@@ -10,6 +10,9 @@
 //!
 //! Layout:
 //! - [`session`]: sign-in sessions (cookie, idle expiry, CSRF tokens).
+//! - `extract`: what a handler is handed, checked: the signed-in session of its app, a
+//!   posted form that carries that session's CSRF token.
+//! - `error`: the handlers' one error type, and what each error answers.
 //! - `i18n`: registry errors in Chinese and English, at the field at fault.
 //! - `page`: the HTML shell, security headers, redirects, message pages.
 //! - `sign_in`: signing in and out, shared by both apps.
@@ -31,6 +34,8 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 mod command;
+mod error;
+mod extract;
 mod i18n;
 mod kiosk;
 mod page;
@@ -124,7 +129,7 @@ async fn index() -> Response {
                 main.narrow {
                     h1 { "greenplate" }
                     ul.links {
-                        li { a href="/kiosk" { "自行车登记终端 / Bike registration kiosk" } }
+                        li { a href="/kiosk" { "摩托车登记终端 / Bike registration kiosk" } }
                         li { a href="/command" { "指挥中心 / Command center" } }
                     }
                 }

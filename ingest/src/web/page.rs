@@ -192,6 +192,12 @@ mod tests {
     }
 
     #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(query_value("潮阳A1"), "%E6%BD%AE%E9%98%B3A1");
+        assert_eq!(query_value("a&b=c"), "a%26b%3Dc");
+    }
+
+    #[test]
     fn names_are_masked() {
         assert_eq!(mask_name("黄敏"), "黄*");
         assert_eq!(mask_name("欧阳小明"), "欧***");

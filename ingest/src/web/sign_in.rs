@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::WebState;
 use super::i18n::Bilingual;
-use super::page::{both, csrf_refused, html_response, layout, redirect};
-use super::session::{Area, clear_cookie, set_cookie};
+use super::page::{both, html_response, layout, redirect};
+use super::session::{Area, Session, clear_cookie, set_cookie};
 
 /// What one app's sign-in says, and where it leads.
 pub struct Door {
@@ -33,12 +33,6 @@ pub struct Door {
 #[serde(default)]
 pub struct LoginForm {
     token: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct CsrfForm {
-    csrf: String,
 }
 
 /// The sign-in page, with a problem shown above the button.
@@ -104,15 +98,10 @@ pub fn sign_in(
     }
 }
 
-/// Ends the session (its form must carry the session's CSRF token) and clears the cookie.
-pub fn sign_out(door: &Door, web: &WebState, headers: &HeaderMap, form: &CsrfForm) -> Response {
-    if let Some(s) = web
-        .sessions
-        .from_headers(door.area, headers, Instant::now())
-    {
-        if !s.csrf_ok(&form.csrf) {
-            return csrf_refused(door.home);
-        }
+/// Ends the session, if there is one (its form's CSRF token was checked by the extractor),
+/// and clears the cookie.
+pub fn sign_out(door: &Door, web: &WebState, session: Option<&Session>) -> Response {
+    if let Some(s) = session {
         web.sessions.remove(&s.id);
     }
     redirect(door.home, Some(clear_cookie(door.area)))
