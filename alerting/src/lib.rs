@@ -16,12 +16,15 @@
 //! - [`service`]: the `greenplate.v1.Patrol` gRPC service (replay, then live).
 //!
 //! Beside the alert path:
+//! - [`admin`]: the `greenplate.v1.Admin` gRPC service (readers and kiosks in the registry;
+//!   zones and units here).
 //! - [`state`]: [`Alerting`], the shared value the stages above are methods of (it holds
 //!   the [`route::Router`], the [`hub::Hub`] and the [`History`]); `schema`: the tables;
 //!   [`provision`]: adding zones and units (Admin).
 //! - [`history`]: the pass history (where each tag was seen) and its retention job;
 //!   [`track`]: `Patrol.GetTrack` over it, and who may see a track.
 
+pub mod admin;
 pub mod engine;
 mod error;
 pub mod history;
@@ -37,6 +40,7 @@ pub mod state;
 pub mod track;
 pub mod zones;
 
+pub use admin::AdminService;
 pub use engine::EngineHandle;
 pub use error::AlertingError;
 pub use history::{History, Pass};

@@ -243,9 +243,7 @@ async fn feed<E: From<crate::AlertingError>>(
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    alerting
-                        .stream_catchups
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    alerting.stream_catchups.inc();
                     tracing::debug!(unit = %unit, missed, "Patrol stream lagged; catching up from the log.");
                     continue 'replay;
                 }

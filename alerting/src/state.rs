@@ -5,9 +5,9 @@
 //! ([`crate::history`]). This file holds the value itself and how it is opened.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use greenplate_registry::{Db, Registry, RegistryError};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use sqlx::Row;
 use tokio::sync::broadcast;
@@ -69,7 +69,7 @@ pub struct Alerting {
     pub(crate) hub: Hub,
     pub(crate) history: History,
     /// Times a stream fell behind the live hub and caught up from the log.
-    pub stream_catchups: AtomicU64,
+    pub stream_catchups: Counter,
     /// Seconds from ingest receiving a sighting to its alert reaching the live hub
     /// (committed to the log); exported by the service's /metrics.
     pub alert_latency: Histogram,
@@ -94,7 +94,7 @@ impl Alerting {
             router: Router::new(routing, map),
             hub: Hub::new(),
             history,
-            stream_catchups: AtomicU64::new(0),
+            stream_catchups: Counter::default(),
             engine_publishes,
             alert_latency: Histogram::new([
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -107,6 +107,21 @@ impl Alerting {
     pub async fn reload_zones(&self) -> Result<(), greenplate_registry::Error> {
         self.router.replace(load_zone_map(self.db()).await?);
         Ok(())
+    }
+
+    /// Registers alerting's metrics under the service's registry (prefixed `greenplate`):
+    /// `alert_latency_seconds` and `alerting_stream_catchups`.
+    pub fn register_metrics(&self, metrics: &mut prometheus_client::registry::Registry) {
+        metrics.register(
+            "alert_latency_seconds",
+            "From ingest receiving a sighting to its alert committed and on the live feed",
+            self.alert_latency.clone(),
+        );
+        metrics.sub_registry_with_prefix("alerting").register(
+            "stream_catchups",
+            "Times a patrol stream fell behind the live feed and caught up from the alert log",
+            self.stream_catchups.clone(),
+        );
     }
 
     pub fn registry(&self) -> &Arc<Registry> {

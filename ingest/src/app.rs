@@ -6,14 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use greenplate_alerting::{Alerting, PatrolService};
+use greenplate_alerting::{AdminService, Alerting, PatrolService};
 use greenplate_registry::{Db, Registry, RegistryService, SecretBox};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::AdminService;
 use crate::config::{Config, ConfigError, parse_key};
 use crate::metrics::Metrics;
 use crate::{broker, data_dir, http, pipeline};
@@ -88,7 +87,13 @@ impl Service {
         let (registry, admin_token) = open_registry(&config).await?;
         let db = registry.db().clone();
         let alerting = Alerting::open(registry.clone(), config.alerting.routing()).await?;
-        let metrics = Arc::new(Metrics::new(alerting.alert_latency.clone()));
+        // Each crate registers its own metrics; /metrics encodes them all.
+        let metrics = Arc::new(Metrics::new());
+        let mut exported = prometheus_client::registry::Registry::with_prefix("greenplate");
+        metrics.register(&mut exported);
+        alerting.register_metrics(&mut exported);
+        registry.register_metrics(&mut exported);
+        let exported = Arc::new(exported);
 
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -237,16 +242,22 @@ impl Service {
         // The HTTP port outlives the drain (it stops after the other tasks), so /readyz can
         // answer 503 while the node drains and /metrics shows the drain.
         let http_stop = CancellationToken::new();
+        let totals_of = metrics.clone();
         let web = crate::web::WebState::new(
             alerting.clone(),
-            metrics.clone(),
+            Arc::new(move || crate::web::IngestTotals {
+                reads: totals_of.reads.get(),
+                batches: totals_of.batches_accepted.get(),
+                sightings: totals_of.sightings_accepted.get(),
+                rejected: totals_of.batches_rejected_all.get(),
+            }),
             shutdown.clone(),
             Duration::from_secs(config.http.session_idle_s),
             config.http.map_tile_url.clone(),
         );
         let http_server = axum::serve(
             http,
-            http::router(metrics.clone(), alerting.clone(), shutdown.clone(), web),
+            http::router(exported, alerting.clone(), shutdown.clone(), web),
         )
         .with_graceful_shutdown(http_stop.clone().cancelled_owned());
         let http_task = tokio::spawn(async move {

@@ -9,25 +9,25 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use greenplate_alerting::Alerting;
 
-use crate::metrics::Metrics;
+use prometheus_client::registry::Registry;
 
 #[derive(Clone)]
 struct AppState {
-    metrics: Arc<Metrics>,
+    /// Every crate's metrics, registered once at start.
+    metrics: Arc<Registry>,
     alerting: Arc<Alerting>,
     shutdown: CancellationToken,
 }
 
 /// The HTTP routes, the web pages' among them.
 pub fn router(
-    metrics: Arc<Metrics>,
+    metrics: Arc<Registry>,
     alerting: Arc<Alerting>,
     shutdown: CancellationToken,
     web: crate::web::WebState,
@@ -60,24 +60,21 @@ async fn ready_handler(State(state): State<AppState>) -> (StatusCode, &'static s
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
-    let registry = state.alerting.registry();
-    let m = &state.metrics;
-    m.registered_tags.set(registry.index().len() as i64);
-    m.readers.set(registry.readers().len() as i64);
-    // The alerting counter is the truth; the exported counter follows it (one scrape at a
-    // time, so two scrapes cannot both add the same difference).
-    {
-        static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one = SYNC.lock().unwrap_or_else(|p| p.into_inner());
-        let catchups = state.alerting.stream_catchups.load(Ordering::Relaxed);
-        m.stream_catchups
-            .inc_by(catchups.saturating_sub(m.stream_catchups.get()));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &state.metrics) {
+        tracing::error!(error = %e, "Could not encode the metrics.");
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "metrics encoding failed\n".to_owned(),
+        );
     }
     (
+        StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        out,
     )
 }

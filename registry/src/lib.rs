@@ -13,6 +13,7 @@
 //! - [`pin`]: owners' PINs (Argon2id, lockout).
 //! - [`service`]: the `greenplate.v1.Registry` gRPC service.
 //! - [`hot_index`]: tag -> (bike, stolen, armed, revoked), lock-free reads.
+//! - `metrics`: `registry_tags` and `registry_readers`, read at each scrape.
 //! - [`readers`]: the reader directory (positions, sealing keys, counters) for the broker.
 //! - [`auth`]: bearer tokens and roles; the tonic interceptor.
 //! - [`secrets`]: sealing and keyed hashing of data at rest.
@@ -29,6 +30,7 @@ pub mod db;
 mod error;
 pub mod hot_index;
 pub mod import;
+mod metrics;
 pub mod pin;
 pub mod readers;
 pub mod rekey;

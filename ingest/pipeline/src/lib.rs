@@ -1,5 +1,5 @@
-//! The ingest pipeline: reader messages in, sightings of flagged bikes out to alerting,
-//! closed passes out to the pass history.
+//! greenplate ingest's broker side and pipeline: reader messages in, sightings of flagged
+//! bikes out to alerting, closed passes out to the pass history. See `ingest/ARCHITECTURE.md`.
 //!
 //! ```text
 //! Inbound (topic, payload) --shard by topic--> worker: admit -> open (-> seq window) ->
@@ -13,10 +13,24 @@
 //! are handled in parallel. Nothing on the alert path touches the database: the hot index
 //! answers every lookup from memory, and history is written by its own task.
 
+//!
+//! Layout, in the order a message goes:
+//! - [`broker`]: the embedded rumqttd broker and its in-process link, or an external broker
+//!   ([`broker::external`], [`broker::client`], [`broker::peers`]).
+//! - this file: the workers ([`spawn`], [`Context`]), one reader's messages on one worker.
+//! - [`admit`] (size, topic, reader, budget; the seq window) -> [`open`] (format, seal) ->
+//!   [`decode`] (tag ids, clocks; [`formats`] for vendor JSON) -> hot index ->
+//!   [`smooth`] (passes) -> alerting; [`status`] for statuses and silences;
+//!   [`history`], the history writer.
+//! - [`config`]: `[mqtt]` and `[ingest]`; [`metrics`]: every drop and rejection by reason.
+
 pub mod admit;
+pub mod broker;
+pub mod config;
 pub mod decode;
 pub mod formats;
 pub mod history;
+pub mod metrics;
 pub mod open;
 pub mod smooth;
 pub mod status;

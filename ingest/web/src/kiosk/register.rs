@@ -11,12 +11,12 @@ use serde::Deserialize;
 use super::bike::bike_url;
 use super::form::{Problem, field, general_error};
 use super::{header, lookup_form};
-use crate::web::WebState;
-use crate::web::error::registry_status;
-use crate::web::extract::{Csrf, KioskSession};
-use crate::web::i18n::Bilingual;
-use crate::web::page::{html_response, layout, redirect};
-use crate::web::session::Session;
+use crate::WebState;
+use crate::error::registry_status;
+use crate::extract::{Csrf, KioskSession};
+use crate::i18n::Bilingual;
+use crate::page::{html_response, layout, redirect};
+use crate::session::Session;
 
 /// The registration form's fields, named as the registry names them.
 #[derive(Debug, Default, Deserialize)]

@@ -17,10 +17,10 @@ use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{MAX_INCIDENTS, kind_name, online};
-use crate::web::WebState;
-use crate::web::error::WebError;
-use crate::web::extract::CommandSession;
-use crate::web::page::short_datetime;
+use crate::WebState;
+use crate::error::WebError;
+use crate::extract::CommandSession;
+use crate::page::short_datetime;
 
 /// How far before its start a live stream looks for incidents others changed.
 const INCIDENT_LOOKBACK_MS: i64 = 60_000;
@@ -67,13 +67,13 @@ struct Counts {
 }
 
 fn counts(web: &WebState) -> Counts {
-    let m = &web.metrics;
+    let t = (web.totals)();
     Counts {
         at: Instant::now(),
-        reads: m.reads.get(),
-        batches: m.batches_accepted.get(),
-        sightings: m.sightings_accepted.get(),
-        rejected: m.batches_rejected_all.get(),
+        reads: t.reads,
+        batches: t.batches,
+        sightings: t.sightings,
+        rejected: t.rejected,
     }
 }
 

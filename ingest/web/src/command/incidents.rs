@@ -10,11 +10,11 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{AREA, HOME, kind_name};
-use crate::web::WebState;
-use crate::web::error::WebError;
-use crate::web::extract::{CommandSession, Csrf};
-use crate::web::page::{datetime, query_value, redirect, short_datetime};
-use crate::web::session::Session;
+use crate::WebState;
+use crate::error::WebError;
+use crate::extract::{CommandSession, Csrf};
+use crate::page::{datetime, query_value, redirect, short_datetime};
+use crate::session::Session;
 
 /// One row of the incident list (the script builds the same for live ones).
 pub(super) fn incident_row(session: &Session, i: &OpenIncident) -> Markup {

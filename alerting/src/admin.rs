@@ -1,11 +1,11 @@
 //! The `greenplate.v1.Admin` gRPC service: provisioning readers, zones, patrol units and
-//! kiosks. It composes the registry (readers, kiosks) and alerting (zones, units), which is
-//! why it lives in the crate at the top of the graph. Admin token only.
+//! kiosks. It composes the registry (readers, kiosks) and alerting (zones, units): alerting
+//! is the lowest crate that sees both, so it lives here. Admin token only.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use greenplate_alerting::{Alerting, ZoneKind};
+use crate::{Alerting, ZoneKind};
 use greenplate_proto::v1::admin_server::{self, AdminServer};
 use greenplate_proto::v1::{
     AddKioskRequest, AddKioskResponse, AddPatrolUnitRequest, AddPatrolUnitResponse,

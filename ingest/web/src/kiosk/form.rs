@@ -4,8 +4,8 @@
 use greenplate_registry::RegistryError;
 use maud::{Markup, html};
 
-use crate::web::i18n::{Bilingual, explain, field_name};
-use crate::web::page::both;
+use crate::i18n::{Bilingual, explain, field_name};
+use crate::page::both;
 
 /// What the page says went wrong: at a field (registry name), or for the whole form.
 #[derive(Debug, Default)]

@@ -10,12 +10,12 @@ use serde::Deserialize;
 
 use super::form::{EMPTY, Problem, field, general_error};
 use super::{AREA, HOME, header, lookup_form};
-use crate::web::WebState;
-use crate::web::error::{WebError, registry_status};
-use crate::web::extract::KioskSession;
-use crate::web::i18n::Bilingual;
-use crate::web::page::{both, datetime, html_response, layout, mask_name, query_value};
-use crate::web::session::Session;
+use crate::WebState;
+use crate::error::{WebError, registry_status};
+use crate::extract::KioskSession;
+use crate::i18n::Bilingual;
+use crate::page::{both, datetime, html_response, layout, mask_name, query_value};
+use crate::session::Session;
 
 pub(super) fn bike_url(plate: &str, done: &str) -> String {
     format!("/kiosk/bike?q={}&done={done}", query_value(plate))

@@ -1,4 +1,4 @@
-//! The web pages on the HTTP port: the kiosk (`/kiosk`, bike registration at the counter)
+//! greenplate's web pages on the HTTP port: the kiosk (`/kiosk`, bike registration at the counter)
 //! and the command center (`/command`, the duty officer's live map and incident list).
 //! Server-rendered HTML (maud escapes every value), our own CSS and a little JavaScript
 //! embedded in the binary, nothing fetched from the internet: the district network may have
@@ -31,8 +31,6 @@ use greenplate_alerting::Alerting;
 use greenplate_registry::Authenticator;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-
 mod command;
 mod error;
 mod extract;
@@ -47,11 +45,27 @@ use session::Sessions;
 /// Sessions alive at once, at most (kiosks and command centers together).
 const MAX_SESSIONS: usize = 10_000;
 
+/// Ingest's totals so far, what the command center's rates are computed from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestTotals {
+    /// Tag reads in accepted sightings.
+    pub reads: u64,
+    /// Batches accepted.
+    pub batches: u64,
+    /// Sightings accepted.
+    pub sightings: u64,
+    /// Reader messages rejected, every reason.
+    pub rejected: u64,
+}
+
+/// Reads [`IngestTotals`] (the composing crate hands ingest's metrics in).
+pub type Totals = Arc<dyn Fn() -> IngestTotals + Send + Sync>;
+
 /// What the web handlers share.
 #[derive(Clone)]
 pub struct WebState {
     alerting: Arc<Alerting>,
-    metrics: Arc<Metrics>,
+    totals: Totals,
     sessions: Arc<Sessions>,
     shutdown: CancellationToken,
     tile_url: Option<Arc<str>>,
@@ -61,14 +75,14 @@ impl WebState {
     /// `session_idle`: how long an unused session lives; `tile_url`: optional map tiles.
     pub fn new(
         alerting: Arc<Alerting>,
-        metrics: Arc<Metrics>,
+        totals: Totals,
         shutdown: CancellationToken,
         session_idle: Duration,
         tile_url: Option<String>,
     ) -> Self {
         Self {
             alerting,
-            metrics,
+            totals,
             sessions: Arc::new(Sessions::new(session_idle, MAX_SESSIONS)),
             shutdown,
             tile_url: tile_url.filter(|t| !t.trim().is_empty()).map(Into::into),

@@ -1,0 +1,198 @@
+//! The configuration of the broker side and the pipeline: `[mqtt]` and `[ingest]` of the
+//! service's config file (the service's `Config` holds them; every field is documented in
+//! the default file `greenplate generate-config` prints).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The embedded MQTT broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Address readers connect to.
+    #[serde(default = "default_mqtt_listen")]
+    pub listen: SocketAddr,
+    /// Largest MQTT payload accepted, bytes; a larger publish closes the connection.
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    /// Most simultaneous MQTT connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Memory for reader messages waiting for ingest, in MiB (a ring of 4 MiB segments whose
+    /// oldest is dropped when full, read or not: how far ingest may fall behind). It stays
+    /// resident once filled, so it is sized for a second or so at 1 M reads/s, not more.
+    #[serde(default = "default_buffer_mib")]
+    pub buffer_mib: usize,
+    /// An external broker instead of the embedded one: `mqtt://HOST[:PORT]`. Ingest then
+    /// subscribes to the reader topics with a shared subscription, QoS 1, and acknowledges
+    /// each message only once it is handed on.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Credentials for the external broker, if it asks for them.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// This node's MQTT client id on the external broker; default `greenplate-` + random.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The shared-subscription group every node of one deployment joins.
+    #[serde(default = "default_share_group")]
+    pub share_group: String,
+    /// Keep this node's session on the external broker when it disconnects (MQTT
+    /// clean-session off; needs a fixed `client_id`). Mosquitto 2.0 then holds the node's
+    /// share of messages, the unacknowledged ones too, until the same client id reconnects.
+    /// The nodes also announce themselves on `greenplate/nodes/{client_id}/state`, and when
+    /// one dies (its last will) a live node takes over its session, processes what was
+    /// waiting in it, and leaves the share to the live nodes (`broker::peers`): a node that
+    /// crashes loses nothing. With a clean session (the default) a dead node's share is
+    /// dropped by Mosquitto.
+    #[serde(default)]
+    pub persistent_session: bool,
+}
+
+/// Checks on what readers send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// A sighting stamped further than this from the server clock (past or future) is
+    /// rejected, milliseconds.
+    #[serde(default = "default_max_clock_skew_ms")]
+    pub max_clock_skew_ms: i64,
+    /// Reads of a tag by a reader no further apart than this are one pass; a pass this long
+    /// without a read closes, milliseconds.
+    #[serde(default = "default_pass_gap_ms")]
+    pub pass_gap_ms: i64,
+    /// Most passes open at once per pipeline worker (a memory bound).
+    #[serde(default = "default_max_open_passes")]
+    pub max_open_passes: usize,
+    /// Closed passes queued for the history writer before workers wait.
+    #[serde(default = "default_history_queue")]
+    pub history_queue: usize,
+    /// Pass history is kept this many days.
+    #[serde(default = "default_history_retention_days")]
+    pub history_retention_days: u32,
+    /// Take unsealed formats (json, impinj, zebra) through the embedded broker, which cannot
+    /// tell which reader published a message: any provisioned reader could then speak for
+    /// every unsealed one. Off by default; with an external broker, its ACLs bind readers to
+    /// their topics and unsealed formats are taken.
+    #[serde(default)]
+    pub unsealed_on_embedded_broker: bool,
+    /// Messages (batches and statuses) a reader may send a second on average; more are
+    /// dropped as `flood`.
+    #[serde(default = "default_reader_messages_per_s")]
+    pub reader_messages_per_s: f64,
+    /// Messages a reader may send at once after a quiet spell.
+    #[serde(default = "default_reader_messages_burst")]
+    pub reader_messages_burst: f64,
+    /// A reader with no accepted batch and no status for this long is offline, seconds.
+    #[serde(default = "default_reader_offline_after_s")]
+    pub reader_offline_after_s: u64,
+}
+
+impl IngestConfig {
+    pub fn smooth(&self) -> crate::smooth::SmoothConfig {
+        crate::smooth::SmoothConfig {
+            gap_ms: self.pass_gap_ms,
+            max_open: self.max_open_passes,
+        }
+    }
+
+    pub fn store(&self) -> crate::history::StoreConfig {
+        crate::history::StoreConfig {
+            queue: self.history_queue,
+            batch: 5000,
+            linger: std::time::Duration::from_millis(200),
+        }
+    }
+
+    pub fn history_retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.history_retention_days) * 86_400)
+    }
+}
+
+fn default_mqtt_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 1883))
+}
+
+fn default_max_payload() -> usize {
+    256 * 1024
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+
+fn default_buffer_mib() -> usize {
+    16
+}
+
+fn default_max_clock_skew_ms() -> i64 {
+    24 * 3600 * 1000
+}
+
+fn default_share_group() -> String {
+    "greenplate".into()
+}
+
+fn default_pass_gap_ms() -> i64 {
+    5_000
+}
+
+fn default_max_open_passes() -> usize {
+    1_000_000
+}
+
+fn default_history_queue() -> usize {
+    200_000
+}
+
+fn default_history_retention_days() -> u32 {
+    90
+}
+
+fn default_reader_messages_per_s() -> f64 {
+    100.0
+}
+
+fn default_reader_messages_burst() -> f64 {
+    500.0
+}
+
+fn default_reader_offline_after_s() -> u64 {
+    300
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_mqtt_listen(),
+            max_payload_bytes: default_max_payload(),
+            max_connections: default_max_connections(),
+            buffer_mib: default_buffer_mib(),
+            url: None,
+            username: None,
+            password: None,
+            client_id: None,
+            share_group: default_share_group(),
+            persistent_session: false,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_clock_skew_ms: default_max_clock_skew_ms(),
+            pass_gap_ms: default_pass_gap_ms(),
+            max_open_passes: default_max_open_passes(),
+            history_queue: default_history_queue(),
+            history_retention_days: default_history_retention_days(),
+            reader_offline_after_s: default_reader_offline_after_s(),
+            unsealed_on_embedded_broker: false,
+            reader_messages_per_s: default_reader_messages_per_s(),
+            reader_messages_burst: default_reader_messages_burst(),
+        }
+    }
+}
