@@ -1,0 +1,77 @@
+//! Lookups: a bike by plate or tag, an owner's bikes; personal data comes back masked.
+
+use super::*;
+
+impl Registry {
+    /// Finds a bike; the owner's personal data comes back masked.
+    pub async fn get_bike(&self, key: &BikeKey) -> Result<BikeRecord, RegistryError> {
+        let row = match key {
+            BikeKey::Plate(p) => {
+                let plate = validate::plate("plate", p)?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {BIKE_COLUMNS} FROM bikes b JOIN owners o ON o.owner_id = b.owner_id \
+                     WHERE b.plate = $1 AND b.state = 'registered'"
+                )))
+                .bind(&plate)
+                .fetch_optional(self.db.pool())
+                .await?
+                .ok_or_else(|| RegistryError::NotFound(format!("bike with plate {plate}")))?
+            }
+            BikeKey::Tag(t) => {
+                let tag = TagId::parse_field("tag_id", t)?.to_string();
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {BIKE_COLUMNS} FROM tags g JOIN bikes b ON b.bike_id = g.bike_id \
+                     JOIN owners o ON o.owner_id = b.owner_id WHERE g.tag_id = $1"
+                )))
+                .bind(&tag)
+                .fetch_optional(self.db.pool())
+                .await?
+                .ok_or_else(|| RegistryError::NotFound(format!("bike with tag {tag}")))?
+            }
+        };
+        self.bike_record(&row)
+    }
+
+    /// Every registered bike of the owner with this resident ID number.
+    pub async fn list_owner_bikes(
+        &self,
+        id_number: &str,
+    ) -> Result<Vec<BikeRecord>, RegistryError> {
+        let id = validate::resident_id("id_number", id_number)?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {BIKE_COLUMNS} FROM bikes b JOIN owners o ON o.owner_id = b.owner_id \
+             WHERE o.id_number_hash = $1 AND b.state = 'registered' ORDER BY b.bike_id"
+        )))
+        .bind(self.secrets.keyed_hash(id.as_bytes()))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(|r| self.bike_record(r)).collect()
+    }
+
+    fn bike_record(&self, row: &AnyRow) -> Result<BikeRecord, RegistryError> {
+        let id_number = self
+            .secrets
+            .open_string(&row.try_get::<Vec<u8>, _>("id_number_sealed")?)?;
+        let phone = self
+            .secrets
+            .open_string(&row.try_get::<Vec<u8>, _>("phone_sealed")?)?;
+        Ok(BikeRecord {
+            bike_id: row.try_get("bike_id")?,
+            tag_id: row
+                .try_get::<Option<String>, _>("tag_id")?
+                .unwrap_or_default(),
+            plate: row.try_get("plate")?,
+            owner_name: row.try_get("name")?,
+            owner_id_number_masked: validate::mask_resident_id(&id_number),
+            owner_phone_masked: validate::mask_phone(&phone),
+            make: row.try_get("make")?,
+            model: row.try_get("model")?,
+            color: row.try_get("color")?,
+            frame_number: row.try_get("frame_number")?,
+            stolen: row.try_get::<i64, _>("open_thefts")? > 0,
+            armed: row.try_get::<i64, _>("armed")? != 0,
+            registered: row.try_get::<String, _>("state")? == "registered",
+            registered_at_ms: row.try_get("registered_at_ms")?,
+        })
+    }
+}
