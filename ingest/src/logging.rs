@@ -1,6 +1,9 @@
 //! Logging for the `greenplate` binary: an env filter (`RUST_LOG`), human-readable text
 //! (ANSI colours only when stdout is a terminal, so none reach log files) or one JSON object
 //! per line for a log pipeline (`--log-format json`, `GREENPLATE_LOG_FORMAT`, `log.format`).
+//! Optionally the spans (a gRPC call, an HTTP request, ...) also go to an OpenTelemetry
+//! collector over OTLP/gRPC (`log.otlp_endpoint`, `--otlp-endpoint`; off by default), batched
+//! on a thread of their own so the hot path never waits for the collector.
 //!
 //! rumqttd 0.20 logs every ordinary client disconnect at ERROR (`router-drop`,
 //! `disconnected`, `connection-stop`, and the router's "already gone" races), which would page
@@ -30,12 +33,41 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `default_filter` applies when `RUST_LOG` is not set.
-/// Fails only if a subscriber is already installed.
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("a global tracing subscriber is already installed")]
+    AlreadySet(#[from] tracing::dispatcher::SetGlobalDefaultError),
+    #[error("OTLP exporter for {endpoint}: {message}")]
+    Otlp { endpoint: String, message: String },
+}
+
+/// What [`init`] set up that must be flushed on exit: the OTLP span exporter, if any.
+#[must_use = "call shutdown() on exit so the last spans reach the collector"]
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes and stops the span exporter (at most a few seconds).
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider
+            && let Err(e) = p.shutdown_with_timeout(std::time::Duration::from_secs(5))
+        {
+            tracing::warn!(error = %e, "Could not flush the last spans to the OTLP collector.");
+        }
+    }
+}
+
+/// Installs the global subscriber. `default_filter` applies when `RUST_LOG` is not set. With
+/// `otlp_endpoint` (`http://HOST:4317`), spans are exported there too; call this inside a
+/// Tokio runtime then (the exporter's gRPC client needs one).
 pub fn init(
     format: LogFormat,
     default_filter: &str,
-) -> Result<(), tracing::dispatcher::SetGlobalDefaultError> {
+    otlp_endpoint: Option<&str>,
+) -> Result<Telemetry, LoggingError> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt: Box<dyn Layer<Registry> + Send + Sync> = match format {
@@ -49,8 +81,40 @@ pub fn init(
                 .with_span_list(false),
         ),
     };
-    let subscriber = Registry::default().with(Downgrade::new(fmt)).with(filter);
-    tracing::subscriber::set_global_default(subscriber)
+    let provider = otlp_endpoint.map(otlp_provider).transpose()?;
+    let otel = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer().with_tracer(p.tracer("greenplate"))
+    });
+    let subscriber = Registry::default()
+        .with(Downgrade::new(fmt))
+        .with(otel)
+        .with(filter);
+    tracing::subscriber::set_global_default(subscriber)?;
+    Ok(Telemetry { provider })
+}
+
+/// A tracer provider exporting to `endpoint` over OTLP/gRPC, in batches.
+fn otlp_provider(
+    endpoint: &str,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, LoggingError> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| LoggingError::Otlp {
+            endpoint: endpoint.to_owned(),
+            message: e.to_string(),
+        })?;
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("greenplate")
+                .build(),
+        )
+        .build())
 }
 
 /// Wraps a layer so that rumqttd's ordinary disconnects reach it at DEBUG, not ERROR.

@@ -4,13 +4,23 @@
 //!   so they do not hold the drain up;
 //! - the binary configured from the environment alone (`GREENPLATE_SECTION__KEY`), logging
 //!   JSON lines (`GREENPLATE_LOG_FORMAT=json`), and no ANSI colours when stdout is not a
-//!   terminal.
+//!   terminal;
+//! - its spans exported to an OpenTelemetry collector over OTLP/gRPC when configured (a
+//!   collector of our own in the test).
 
 mod support;
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use greenplate_registry::testing::eventually;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use support::node::free_port;
 use support::{ADMIN_TOKEN, TestService};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -72,15 +82,25 @@ async fn health_is_served_per_service_and_not_serving_while_draining() {
     svc.stop().await;
 }
 
+/// A `greenplate serve` process configured only by the environment.
+struct FromEnv {
+    child: tokio::process::Child,
+    /// What it logged up to "greenplate is serving.".
+    lines: Vec<String>,
+    grpc: String,
+    _dir: tempfile::TempDir,
+}
+
 /// Starts `greenplate serve` configured only by the environment, with `extra` set too, and
-/// returns the lines it logged up to "greenplate is serving." (then stops it).
-async fn serve_from_env(extra: &[(&str, &str)]) -> Vec<String> {
+/// waits until it logs that it is serving.
+async fn start_from_env(extra: &[(&str, &str)]) -> FromEnv {
     let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port().to_string();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_greenplate"))
         .arg("serve")
         .env("GREENPLATE_DATA_DIR", dir.path())
         .env("GREENPLATE_MQTT__LISTEN", free_port().to_string())
-        .env("GREENPLATE_GRPC__LISTEN", free_port().to_string())
+        .env("GREENPLATE_GRPC__LISTEN", &grpc)
         .env("GREENPLATE_HTTP__LISTEN", free_port().to_string())
         .env("GREENPLATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RUST_LOG", "info")
@@ -105,8 +125,93 @@ async fn serve_from_env(extra: &[(&str, &str)]) -> Vec<String> {
             break;
         }
     }
-    child.kill().await.unwrap();
-    seen
+    FromEnv {
+        child,
+        lines: seen,
+        grpc: format!("http://{grpc}"),
+        _dir: dir,
+    }
+}
+
+/// The lines a node configured by the environment logged until it served (then stops it).
+async fn serve_from_env(extra: &[(&str, &str)]) -> Vec<String> {
+    let mut node = start_from_env(extra).await;
+    node.child.kill().await.unwrap();
+    node.lines
+}
+
+/// An OTLP/gRPC collector that keeps the spans it is sent: (name, attributes).
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    let attributes = span
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), format!("{:?}", kv.value)))
+                        .collect();
+                    spans.push((span.name, attributes));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_to_an_otlp_collector_when_configured() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut node = start_from_env(&[
+        ("GREENPLATE_LOG__OTLP_ENDPOINT", &endpoint),
+        // Export each batch after 100 ms instead of 5 s.
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ])
+    .await;
+    // One gRPC call: its span ("grpc", by method) must reach the collector.
+    let channel = greenplate_simulator::clients::channel(&node.grpc)
+        .await
+        .unwrap();
+    HealthClient::new(channel).check(request("")).await.unwrap();
+    let method = "/grpc.health.v1.Health/Check";
+    eventually(
+        "the gRPC call's span at the collector",
+        Duration::from_secs(20),
+        || {
+            let spans = collector.spans.lock().unwrap().clone();
+            async move {
+                if spans.iter().any(|(name, attrs)| {
+                    name == "grpc" && attrs.iter().any(|(_, v)| v.contains(method))
+                }) {
+                    Ok(())
+                } else {
+                    Err(spans.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())
+                }
+            }
+        },
+    )
+    .await;
+    node.child.kill().await.unwrap();
+    server.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

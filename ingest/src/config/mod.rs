@@ -68,6 +68,10 @@ pub struct LogConfig {
     /// line). Also `--log-format`. The filter is `RUST_LOG`.
     #[serde(default)]
     pub format: crate::logging::LogFormat,
+    /// An OpenTelemetry collector to export spans to over OTLP/gRPC, e.g.
+    /// `http://otel-collector:4317`; none by default. Also `--otlp-endpoint`.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Who hears about an alert beyond the units of the zones around the reader.

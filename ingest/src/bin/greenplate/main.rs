@@ -72,7 +72,7 @@ fn on_runtime(
     default_log: &str,
     command: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
 ) -> anyhow::Result<ExitCode> {
-    logging::init(format, default_log)?;
+    let _telemetry = logging::init(format, default_log, None)?;
     tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?
         .block_on(command)

@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// Log lines as text or as JSON objects (config `log.format`).
     #[arg(long, env = "GREENPLATE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Also export spans to this OpenTelemetry collector, OTLP/gRPC, e.g.
+    /// http://otel-collector:4317 (config `log.otlp_endpoint`).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -64,10 +68,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             LogFormat::Json => "json",
         }),
     );
+    push(&mut o, "log.otlp_endpoint", args.otlp_endpoint);
     let config = args.store.load(o)?;
-    logging::init(config.log.format, "info,rumqttd=warn")?;
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
+    // Inside the runtime: the OTLP exporter's gRPC client needs one.
+    let telemetry = runtime.block_on(async {
+        logging::init(
+            config.log.format,
+            "info,rumqttd=warn",
+            config.log.otlp_endpoint.as_deref(),
+        )
+    })?;
+    let code = runtime.block_on(async move {
         let service = Service::start(config).await?;
         // systemd (Type=notify): every listener is bound and the data is loaded. Without a
         // NOTIFY_SOCKET this does nothing.
@@ -79,11 +91,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("Stopping: draining work.");
         if service.stop(DRAIN_GRACE).await {
             tracing::info!("Stopped.");
-            Ok(ExitCode::SUCCESS)
+            Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
         } else {
             Ok(ExitCode::FAILURE)
         }
-    })
+    });
+    // Within the runtime too: the exporter's client runs on it.
+    runtime.block_on(async { telemetry.shutdown() });
+    code
 }
 
 async fn wait_for_signal() {
