@@ -140,10 +140,13 @@ async fn serve_from_env(extra: &[(&str, &str)]) -> Vec<String> {
     node.lines
 }
 
-/// An OTLP/gRPC collector that keeps the spans it is sent: (name, attributes).
+/// A span as the collector got it: its name and its attributes (key, value as text).
+type ReceivedSpan = (String, Vec<(String, String)>);
+
+/// An OTLP/gRPC collector that keeps the spans it is sent.
 #[derive(Clone, Default)]
 struct Collector {
-    spans: Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>,
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
 }
 
 #[tonic::async_trait]
