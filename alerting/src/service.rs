@@ -109,6 +109,7 @@ impl patrol_server::Patrol for PatrolService {
         let caller = require(&req, &[Role::Patrol])?;
         let r = req.into_inner();
         self.alerting
+            .router()
             .update_position(&caller.id, r.lat, r.lon, r.on_duty)?;
         Ok(Response::new(UpdatePositionResponse {}))
     }

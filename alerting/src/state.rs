@@ -12,7 +12,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use sqlx::Row;
 use tokio::sync::broadcast;
 
-use crate::error::AlertingError;
 use crate::history::History;
 use crate::hub::{Hub, LoggedAlert};
 use crate::route::{Router, RoutingConfig};
@@ -151,17 +150,6 @@ impl Alerting {
     /// A copy of every zone (for maps).
     pub fn zones(&self) -> Vec<Zone> {
         self.router.zones()
-    }
-
-    /// Records where a unit is.
-    pub fn update_position(
-        &self,
-        unit_id: &str,
-        lat: f64,
-        lon: f64,
-        on_duty: bool,
-    ) -> Result<(), AlertingError> {
-        self.router.update_position(unit_id, lat, lon, on_duty)
     }
 
     /// A receiver of every alert committed from now on.

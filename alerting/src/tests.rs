@@ -258,17 +258,27 @@ async fn routing_zones_command_centers_watch_zones_and_nearest_units() {
 
     // unit-s, on duty 1 km from the north reader, is also sent its alerts; off duty, or
     // farther than the radius, it is not; only the nearest one counts.
-    a.update_position("unit-s", 23.259, 116.55, false).unwrap();
+    a.router()
+        .update_position("unit-s", 23.259, 116.55, false)
+        .unwrap();
     assert_eq!(router.units_for(&north), ["cc", "unit-n"]);
-    a.update_position("unit-s", 23.259, 116.55, true).unwrap();
+    a.router()
+        .update_position("unit-s", 23.259, 116.55, true)
+        .unwrap();
     assert_eq!(router.units_for(&north), ["cc", "unit-n", "unit-s"]);
-    a.update_position("unit-x", 23.251, 116.55, true).unwrap();
+    a.router()
+        .update_position("unit-x", 23.251, 116.55, true)
+        .unwrap();
     assert_eq!(router.units_for(&north), ["cc", "unit-n", "unit-x"]);
-    a.update_position("unit-x", 23.40, 116.70, true).unwrap();
-    a.update_position("unit-s", 23.40, 116.70, true).unwrap();
+    a.router()
+        .update_position("unit-x", 23.40, 116.70, true)
+        .unwrap();
+    a.router()
+        .update_position("unit-s", 23.40, 116.70, true)
+        .unwrap();
     assert_eq!(router.units_for(&north), ["cc", "unit-n"]);
     assert!(matches!(
-        a.update_position("unit-s", 91.0, 116.0, true),
+        a.router().update_position("unit-s", 91.0, 116.0, true),
         Err(AlertingError::Registry(RegistryError::Invalid { .. }))
     ));
 
