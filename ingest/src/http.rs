@@ -1,5 +1,7 @@
-//! The HTTP port: `/healthz` (the process answers), `/readyz` (it should be sent work: not
-//! draining, and its database answers), `/metrics` in Prometheus text format, and the web
+//! The HTTP port: `/healthz` (liveness only: the process answers HTTP; it checks nothing
+//! else, so a restart is never triggered by a database outage), `/readyz` (readiness: it
+//! should be sent work: not draining, and its database answers within a second; 503
+//! otherwise), `/metrics` in Prometheus text format, and the web
 //! pages of [`crate::web`] (`/kiosk`, `/command`).
 
 use std::sync::Arc;

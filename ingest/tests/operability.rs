@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use support::node::free_port;
+use support::node::{free_port, http_status};
 use support::{ADMIN_TOKEN, TestService};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic_health::pb::HealthCheckRequest;
@@ -79,6 +79,20 @@ async fn health_is_served_per_service_and_not_serving_while_draining() {
         "no further status after NOT_SERVING: {end:?}"
     );
     // And the node drains in time (stop asserts it).
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_ready_then_503_while_draining_and_healthz_is_liveness_only() {
+    let svc = TestService::start().await;
+    let http = svc.service.http_addr;
+    assert_eq!(http_status(http, "/readyz").await, Some(200));
+    assert_eq!(http_status(http, "/healthz").await, Some(200));
+    // Drain begins: not ready any more, while the HTTP port (which outlives the drain)
+    // still answers, and still says it is alive.
+    svc.service.shutdown_token().cancel();
+    assert_eq!(http_status(http, "/readyz").await, Some(503));
+    assert_eq!(http_status(http, "/healthz").await, Some(200));
     svc.stop().await;
 }
 

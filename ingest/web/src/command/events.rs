@@ -225,7 +225,17 @@ mod tests {
             plate: "潮阳A1<b>".into(),
             ..Default::default()
         };
+        // The event's wire form (its Debug shows the buffer): the seq is the event id, which
+        // a browser sends back as Last-Event-ID; the body's "seq":42 must not satisfy this.
         let text = format!("{:?}", alert_event(&a));
-        assert!(text.contains("42"), "{text}");
+        assert!(text.contains("id: 42\\n"), "{text}");
+        let other = format!(
+            "{:?}",
+            alert_event(&Alert {
+                seq: 43,
+                ..a.clone()
+            })
+        );
+        assert!(!other.contains("id: 42"), "{other}");
     }
 }
