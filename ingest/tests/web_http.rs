@@ -657,3 +657,96 @@ async fn an_idle_session_expires_and_its_live_stream_ends() {
     assert_eq!(r.status, 401);
     svc.stop().await;
 }
+
+/// Every POST of both apps needs the session's CSRF token, the bike actions and sign-out too,
+/// not only registration and incidents; a refused post changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_post_needs_the_sessions_csrf_token() {
+    let svc = TestService::start().await;
+    let addr = svc.service.http_addr;
+    let kiosk = new_kiosk_token(svc.channel().await, "k-csrf").await;
+    let cookie = sign_in(addr, "kiosk", &kiosk).await;
+    let csrf = csrf_of(
+        &request(addr, "GET", "/kiosk", Some(&cookie), &[])
+            .await
+            .body,
+    );
+    let r = request(
+        addr,
+        "POST",
+        "/kiosk/register",
+        Some(&cookie),
+        &registration(&csrf, "11010519491231002X", "Yadea"),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+
+    let plate = "潮阳A20001";
+    for action in [
+        "stolen",
+        "recovered",
+        "arm",
+        "disarm",
+        "transfer",
+        "replace-tag",
+    ] {
+        for bad in ["", "0123456789abcdef0123456789abcdef"] {
+            let r = request(
+                addr,
+                "POST",
+                &format!("/kiosk/bike/{action}"),
+                Some(&cookie),
+                &[("csrf", bad), ("plate", plate), ("pin", "2468")],
+            )
+            .await;
+            assert_eq!(r.status, 403, "{action} with csrf {bad:?}: {}", r.body);
+        }
+    }
+    // None of them went through: the bike was not reported stolen...
+    let r = request(
+        addr,
+        "POST",
+        "/kiosk/bike/recovered",
+        Some(&cookie),
+        &[("csrf", &csrf), ("plate", plate)],
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("该车没有被盗报案"), "{}", r.body);
+    // ...and the right token does work (the positive control).
+    let r = request(
+        addr,
+        "POST",
+        "/kiosk/bike/stolen",
+        Some(&cookie),
+        &[("csrf", &csrf), ("plate", plate)],
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+
+    // Sign-out without the token: refused, and still signed in.
+    for area in ["kiosk", "command"] {
+        let cookie = match area {
+            "kiosk" => cookie.clone(),
+            _ => {
+                let unit = new_unit_token(svc.channel().await, "cc-csrf", &[], true).await;
+                sign_in(addr, "command", &unit).await
+            }
+        };
+        let r = request(
+            addr,
+            "POST",
+            &format!("/{area}/logout"),
+            Some(&cookie),
+            &[("csrf", "0123456789abcdef0123456789abcdef")],
+        )
+        .await;
+        assert_eq!(r.status, 403, "{area} sign-out: {}", r.body);
+        let page = request(addr, "GET", &format!("/{area}"), Some(&cookie), &[]).await;
+        assert!(
+            !page.body.contains(&format!("/{area}/login")),
+            "{area}: signed out by a post without the token"
+        );
+    }
+    svc.stop().await;
+}
