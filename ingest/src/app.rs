@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use greenplate_alerting::{AdminService, Alerting, PatrolService};
 use greenplate_registry::{Db, Registry, RegistryService, SecretBox};
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -230,7 +230,10 @@ impl Service {
             .add_service(PatrolService::server(alerting.clone(), shutdown.clone()))
             .add_service(reflection)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc),
+                // TCP_NODELAY on every accepted socket: tonic sets it only on listeners it
+                // binds itself, and with Nagle on, an alert's DATA frames wait for the
+                // client's delayed ACK (about 40 ms; benches/README).
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             );
         tracker.spawn(async move {
@@ -256,7 +259,12 @@ impl Service {
             config.http.map_tile_url.clone(),
         );
         let http_server = axum::serve(
-            http,
+            // TCP_NODELAY here too: server-sent events to the command-center page.
+            http.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "Could not set TCP_NODELAY on an HTTP socket.");
+                }
+            }),
             http::router(exported, alerting.clone(), shutdown.clone(), web),
         )
         .with_graceful_shutdown(http_stop.clone().cancelled_owned());
