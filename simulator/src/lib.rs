@@ -21,7 +21,12 @@
 //! - [`probe`]: the server's `/metrics` and its process's CPU and memory.
 //! - [`report`]: the run's report, JSON and Markdown.
 //! - [`server`]: spawns a release `greenplate` on free ports with a fresh data directory.
-//! - [`bench`]: the end-to-end benchmark: embedded broker, Mosquitto, Mosquitto alone.
+//! - [`bench`](mod@bench): the end-to-end benchmark: embedded broker, Mosquitto,
+//!   Mosquitto alone.
+//!
+//! The `simulator` binary (`src/bin/simulator/`) parses the flags and hands each subcommand
+//! to its module there (`town`, `kiosk_load`, `import_csv`, `patrol_load`, `district`,
+//! `bench`), which calls into this library.
 
 pub mod bench;
 pub mod clients;

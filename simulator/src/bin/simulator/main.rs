@@ -3,7 +3,7 @@
 //! reports which alerts arrived and how fast.
 //!
 //! Layout: one module per subcommand: [`town`], [`kiosk_load`], [`import_csv`],
-//! [`patrol_load`], [`district`], [`bench`]; [`args`] holds what they share.
+//! [`patrol_load`], [`district`], [`bench`](mod@bench); [`args`] holds what they share.
 
 mod args;
 mod bench;
