@@ -15,11 +15,18 @@
 //! - [`rf`]: what a reader reads of a pass: several reads, missed reads, RSSI.
 //! - [`scenarios`]: thefts, armed bikes, a cloned tag, a reader offline, garbage; the oracle
 //!   of which alerts the server owes.
-//! - [`district`]: provisions the district, drives it, listens as every patrol unit.
+//! - [`district`]: provisions the district, drives it, listens as every patrol unit; a
+//!   module per stage inside (`spec`, `provision`, `bikes`, `alerts`, `readers`, `drive`,
+//!   `metrics`).
 //! - [`probe`]: the server's `/metrics` and its process's CPU and memory.
 //! - [`report`]: the run's report, JSON and Markdown.
 //! - [`server`]: spawns a release `greenplate` on free ports with a fresh data directory.
-//! - [`bench`]: the end-to-end benchmark: embedded broker, Mosquitto, Mosquitto alone.
+//! - [`bench`](mod@bench): the end-to-end benchmark: embedded broker, Mosquitto,
+//!   Mosquitto alone.
+//!
+//! The `simulator` binary (`src/bin/simulator/`) parses the flags and hands each subcommand
+//! to its module there (`town`, `kiosk_load`, `import_csv`, `patrol_load`, `district`,
+//! `bench`), which calls into this library.
 
 pub mod bench;
 pub mod clients;

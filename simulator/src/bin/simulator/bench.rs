@@ -1,0 +1,93 @@
+//! `simulator bench`: the end-to-end benchmark ([`greenplate_simulator::bench`]), its report
+//! printed and written as OUT.json and OUT.md.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// The greenplate binary to spawn (build it with --release).
+    #[arg(long, default_value = "target/release/greenplate")]
+    greenplate: PathBuf,
+    /// The machine's Mosquitto, HOST:PORT (anonymous).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mosquitto: String,
+    /// Setups to run, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "embedded,mosquitto,mosquitto-alone"
+    )]
+    setups: Vec<greenplate_simulator::bench::Setup>,
+    #[arg(long, default_value_t = 1000)]
+    readers: usize,
+    #[arg(long, default_value_t = 210_000)]
+    bikes: usize,
+    /// Seconds of load per setup.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Each reader publishes a batch every this many milliseconds.
+    #[arg(long, default_value_t = 100)]
+    batch_ms: u64,
+    /// Sightings per batch (each folds 1-8 reads).
+    #[arg(long, default_value_t = 50)]
+    sightings_per_batch: usize,
+    /// Stolen bikes riding the roads meanwhile (alert latency under load).
+    #[arg(long, default_value_t = 100)]
+    thefts: usize,
+    /// The spawned servers' embedded-broker buffer, MiB (mqtt.buffer_mib; default: the
+    /// server's default).
+    #[arg(long)]
+    mqtt_buffer_mib: Option<usize>,
+    /// Mosquitto's pid, for its CPU (default: the process listening on its port).
+    #[arg(long)]
+    mosquitto_pid: Option<u32>,
+    /// Mosquitto alone's counting subscriber joins a shared subscription and acknowledges
+    /// each message itself (manual acks), as greenplate's ingest does.
+    #[arg(long)]
+    alone_like_ingest: bool,
+    /// Writes OUT.json and OUT.md.
+    #[arg(long, default_value = "benches/reports/e2e")]
+    out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    use greenplate_simulator::bench::{self, BenchSpec};
+    let spec = BenchSpec {
+        binary: args.greenplate,
+        mosquitto: args.mosquitto,
+        setups: args.setups,
+        readers: args.readers,
+        bikes: args.bikes,
+        seconds: args.seconds,
+        batch_ms: args.batch_ms,
+        sightings_per_batch: args.sightings_per_batch,
+        thefts: args.thefts,
+        mqtt_buffer_mib: args.mqtt_buffer_mib,
+        mosquitto_pid: args.mosquitto_pid,
+        alone_like_ingest: args.alone_like_ingest,
+        progress: !args.quiet,
+        command: std::env::args()
+            .enumerate()
+            .map(|(i, a)| if i == 0 { "simulator".to_owned() } else { a })
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let report = bench::run(&spec).await?;
+    let md = report.markdown();
+    println!("{md}");
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let json = args.out.with_extension("json");
+    let mdp = args.out.with_extension("md");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    std::fs::write(&mdp, md).with_context(|| format!("writing {}", mdp.display()))?;
+    eprintln!("Wrote {} and {}.", json.display(), mdp.display());
+    Ok(())
+}
