@@ -4,7 +4,7 @@
 //!   reader, and its message budget (a reader flooding its topic costs a lookup per message,
 //!   not a decryption, and its messages are dropped before they hold up the other readers of
 //!   its worker);
-//! - after [`super::open`] (the reader's format and its seal): the seq window, each batch seq
+//! - after [`crate::open`] (the reader's format and its seal): the seq window, each batch seq
 //!   taken once ([`take_seq`]).
 //!
 //! The per-reader state (budget, seq window) is [`Admissions`], kept by the pipeline for
@@ -15,11 +15,10 @@ use std::sync::{Arc, Mutex};
 
 use greenplate_proto::v1::SightingBatch;
 use greenplate_registry::readers::Format;
-use greenplate_registry::{Reader, now_ms};
+use greenplate_registry::{Reader, Readers, now_ms};
 
-use super::Context;
-use super::open::{self, Rejection};
 use crate::broker::Inbound;
+use crate::rejection::Rejection;
 
 /// One reader's admission state.
 #[derive(Debug, Default)]
@@ -49,27 +48,47 @@ impl Admissions {
     }
 }
 
+/// What [`admit`] checks a message against.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Larger payloads are dropped unread.
+    pub max_payload_bytes: usize,
+    /// Each reader's message budget: this many a second, this many saved up at most.
+    pub messages_per_s: f64,
+    pub messages_burst: f64,
+}
+
 /// The checks before anything is decoded. Returns the reader and its admission state.
-pub fn admit(ctx: &Context, msg: &Inbound) -> Result<(Arc<Reader>, Arc<Admission>), Rejection> {
-    if msg.payload.len() > ctx.max_payload_bytes {
+pub fn admit(
+    readers: &Readers,
+    admissions: &Admissions,
+    limits: Limits,
+    msg: &Inbound,
+) -> Result<(Arc<Reader>, Arc<Admission>), Rejection> {
+    if msg.payload.len() > limits.max_payload_bytes {
         return Err(Rejection::Oversized(msg.payload.len()));
     }
     let topic = std::str::from_utf8(&msg.topic).map_err(|_| Rejection::Topic)?;
     let id = greenplate_proto::topics::reader_of_sightings_topic(topic)
         .or_else(|| greenplate_proto::topics::reader_of_status_topic(topic))
         .ok_or(Rejection::Topic)?;
-    let reader = open::enabled_reader(&ctx.readers, id)?;
-    let admission = ctx.admissions.of(&reader);
+    let reader = enabled_reader(readers, id)?;
+    let admission = admissions.of(&reader);
     let mut budget = admission.budget.lock().unwrap_or_else(|p| p.into_inner());
-    if !budget.take(
-        now_ms(),
-        ctx.reader_messages_per_s,
-        ctx.reader_messages_burst,
-    ) {
+    if !budget.take(now_ms(), limits.messages_per_s, limits.messages_burst) {
         return Err(Rejection::Flood);
     }
     drop(budget);
     Ok((reader, admission))
+}
+
+/// The provisioned, enabled reader `id`.
+pub fn enabled_reader(readers: &Readers, id: &str) -> Result<Arc<Reader>, Rejection> {
+    let reader = readers.get(id).ok_or(Rejection::UnknownReader)?;
+    if !reader.enabled() {
+        return Err(Rejection::ReaderDisabled);
+    }
+    Ok(reader)
 }
 
 /// Takes an opened batch's seq, once. Vendor formats have no batch counter (seq 0): their

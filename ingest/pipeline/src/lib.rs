@@ -22,7 +22,8 @@
 //!   [`decode`] (tag ids, clocks; [`formats`] for vendor JSON) -> hot index ->
 //!   [`smooth`] (passes) -> alerting; [`status`] for statuses and silences;
 //!   [`history`], the history writer.
-//! - [`config`]: `[mqtt]` and `[ingest]`; [`metrics`]: every drop and rejection by reason.
+//! - [`rejection`]: why a message was dropped, one reason each; [`metrics`] counts them.
+//! - [`config`]: `[mqtt]` and `[ingest]`.
 
 pub mod admit;
 pub mod broker;
@@ -32,6 +33,7 @@ pub mod formats;
 pub mod history;
 pub mod metrics;
 pub mod open;
+pub mod rejection;
 pub mod smooth;
 pub mod status;
 #[cfg(test)]
@@ -50,6 +52,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::Inbound;
 use crate::metrics::Metrics;
+use crate::rejection::Rejection;
 
 /// Messages queued per worker before the broker link waits (backpressure into the broker).
 const WORKER_QUEUE: usize = 1024;
@@ -161,7 +164,12 @@ async fn flush_closed(ctx: &Context, w: &mut Worker) {
 
 /// Handles one reader message end to end.
 pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
-    let (reader, admission) = match admit::admit(ctx, msg) {
+    let limits = admit::Limits {
+        max_payload_bytes: ctx.max_payload_bytes,
+        messages_per_s: ctx.reader_messages_per_s,
+        messages_burst: ctx.reader_messages_burst,
+    };
+    let (reader, admission) = match admit::admit(&ctx.readers, &ctx.admissions, limits, msg) {
         Ok(admitted) => admitted,
         Err(rejection) => return dropped(ctx, &mut w.log, msg, &rejection),
     };
@@ -262,7 +270,7 @@ async fn handle_status(ctx: &Context, w: &mut Worker, msg: &Inbound, reader: Arc
 
 /// Counts a dropped reader message by its reason, and logs it unless that reason was logged
 /// in the last 10 s.
-fn dropped(ctx: &Context, log: &mut RateLimitedLog, msg: &Inbound, rejection: &open::Rejection) {
+fn dropped(ctx: &Context, log: &mut RateLimitedLog, msg: &Inbound, rejection: &Rejection) {
     let reason = rejection.reason();
     ctx.metrics.reject_batch(reason);
     if log.allow(reason) {

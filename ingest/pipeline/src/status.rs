@@ -21,7 +21,7 @@ use greenplate_registry::{Reader, Readers, now_ms};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::open::Rejection;
+use crate::rejection::Rejection;
 
 /// Longest firmware text kept.
 const FIRMWARE_MAX: usize = 64;
@@ -43,7 +43,7 @@ pub fn open(
     payload: &[u8],
 ) -> Result<(Arc<Reader>, ReaderStatus), Rejection> {
     let reader_id = topics::reader_of_status_topic(topic).ok_or(Rejection::Topic)?;
-    let reader = super::open::enabled_reader(readers, reader_id)?;
+    let reader = crate::admit::enabled_reader(readers, reader_id)?;
     let status = open_status(&reader, payload)?;
     Ok((reader, status))
 }

@@ -20,9 +20,9 @@ use axum::http::request::Parts;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::WebState;
 use super::error::WebError;
 use super::session::{Area, Session};
+use crate::state::WebState;
 
 /// Signed in at the kiosk (as a kiosk, or the admin).
 #[derive(Debug, Clone)]

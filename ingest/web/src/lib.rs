@@ -9,6 +9,7 @@
 //! Registry and Patrol services.
 //!
 //! Layout:
+//! - `state`: [`WebState`], what every handler shares (alerting, sessions, ingest's totals).
 //! - [`session`]: sign-in sessions (cookie, idle expiry, CSRF tokens).
 //! - `extract`: what a handler is handed, checked: the signed-in session of its app, a
 //!   posted form that carries that session's CSRF token.
@@ -20,16 +21,10 @@
 //! - `command`: sign-in, the map, the incident list, the live event stream.
 //! - `assets/`: `style.css`, `kiosk.js`, `command.js`.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use greenplate_alerting::Alerting;
-use greenplate_registry::Authenticator;
-use tokio_util::sync::CancellationToken;
 
 mod command;
 mod error;
@@ -39,78 +34,9 @@ mod kiosk;
 mod page;
 pub mod session;
 mod sign_in;
+mod state;
 
-use session::Sessions;
-
-/// Sessions alive at once, at most (kiosks and command centers together).
-const MAX_SESSIONS: usize = 10_000;
-
-/// Ingest's totals so far, what the command center's rates are computed from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IngestTotals {
-    /// Tag reads in accepted sightings.
-    pub reads: u64,
-    /// Batches accepted.
-    pub batches: u64,
-    /// Sightings accepted.
-    pub sightings: u64,
-    /// Reader messages rejected, every reason.
-    pub rejected: u64,
-}
-
-/// Reads [`IngestTotals`] (the composing crate hands ingest's metrics in).
-pub type Totals = Arc<dyn Fn() -> IngestTotals + Send + Sync>;
-
-/// What the web handlers share.
-#[derive(Clone)]
-pub struct WebState {
-    alerting: Arc<Alerting>,
-    totals: Totals,
-    sessions: Arc<Sessions>,
-    shutdown: CancellationToken,
-    tile_url: Option<Arc<str>>,
-}
-
-impl WebState {
-    /// `session_idle`: how long an unused session lives; `tile_url`: optional map tiles.
-    pub fn new(
-        alerting: Arc<Alerting>,
-        totals: Totals,
-        shutdown: CancellationToken,
-        session_idle: Duration,
-        tile_url: Option<String>,
-    ) -> Self {
-        Self {
-            alerting,
-            totals,
-            sessions: Arc::new(Sessions::new(session_idle, MAX_SESSIONS)),
-            shutdown,
-            tile_url: tile_url.filter(|t| !t.trim().is_empty()).map(Into::into),
-        }
-    }
-
-    fn auth(&self) -> &Arc<Authenticator> {
-        self.alerting.registry().auth()
-    }
-}
-
-/// False when a browser says the request comes from a page of another site (`Origin`
-/// naming another host than `Host`). Sign-in forms have no session yet, so no CSRF token:
-/// this keeps another site from signing a browser in to a session of its choosing.
-fn same_origin(headers: &axum::http::HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let origin_host = origin
-        .split_once("://")
-        .map_or(origin, |(_, rest)| rest)
-        .trim_end_matches('/');
-    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
-}
+pub use state::{IngestTotals, Totals, WebState};
 
 /// The web routes, to merge into the HTTP port's router.
 pub fn router(state: WebState) -> Router {
@@ -183,33 +109,4 @@ async fn command_js() -> Response {
         "text/javascript; charset=utf-8",
         include_str!("assets/command.js"),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::HeaderMap;
-
-    fn headers(host: &str, origin: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
-        if let Some(o) = origin {
-            h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn sign_in_only_from_our_own_pages() {
-        assert!(same_origin(&headers("10.0.0.5:8080", None)));
-        assert!(same_origin(&headers(
-            "10.0.0.5:8080",
-            Some("http://10.0.0.5:8080")
-        )));
-        assert!(!same_origin(&headers(
-            "10.0.0.5:8080",
-            Some("http://evil.example")
-        )));
-        assert!(!same_origin(&headers("10.0.0.5:8080", Some("null"))));
-    }
 }

@@ -8,10 +8,10 @@ use greenplate_registry::Caller;
 use maud::html;
 use serde::Deserialize;
 
-use super::WebState;
-use super::i18n::Bilingual;
-use super::page::{both, html_response, layout, redirect};
-use super::session::{Area, Session, clear_cookie, set_cookie};
+use crate::i18n::Bilingual;
+use crate::page::{both, html_response, layout, redirect};
+use crate::session::{Area, Session, clear_cookie, set_cookie};
+use crate::state::WebState;
 
 /// What one app's sign-in says, and where it leads.
 pub struct Door {
@@ -69,7 +69,7 @@ pub fn sign_in(
     form: &LoginForm,
     allowed: impl Fn(&Caller) -> bool,
 ) -> Response {
-    if !super::same_origin(headers) {
+    if !same_origin(headers) {
         return page(
             door,
             StatusCode::FORBIDDEN,
@@ -105,4 +105,54 @@ pub fn sign_out(door: &Door, web: &WebState, session: Option<&Session>) -> Respo
         web.sessions.remove(&s.id);
     }
     redirect(door.home, Some(clear_cookie(door.area)))
+}
+
+/// False when a browser says the request comes from a page of another site (`Origin`
+/// naming another host than `Host`). Sign-in forms have no session yet, so no CSRF token:
+/// this keeps another site from signing a browser in to a session of its choosing.
+fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let Some(origin) = headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return true;
+    };
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest)
+        .trim_end_matches('/');
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    fn headers(host: &str, origin: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn sign_in_only_from_our_own_pages() {
+        assert!(same_origin(&headers("10.0.0.5:8080", None)));
+        assert!(same_origin(&headers(
+            "10.0.0.5:8080",
+            Some("http://10.0.0.5:8080")
+        )));
+        assert!(!same_origin(&headers(
+            "10.0.0.5:8080",
+            Some("http://evil.example")
+        )));
+        assert!(!same_origin(&headers("10.0.0.5:8080", Some("null"))));
+    }
 }

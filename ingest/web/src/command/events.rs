@@ -17,10 +17,10 @@ use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{MAX_INCIDENTS, kind_name, online};
-use crate::WebState;
 use crate::error::WebError;
 use crate::extract::CommandSession;
 use crate::page::short_datetime;
+use crate::state::WebState;
 
 /// How far before its start a live stream looks for incidents others changed.
 const INCIDENT_LOOKBACK_MS: i64 = 60_000;

@@ -10,11 +10,11 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{AREA, HOME, kind_name};
-use crate::WebState;
 use crate::error::WebError;
 use crate::extract::{CommandSession, Csrf};
 use crate::page::{datetime, query_value, redirect, short_datetime};
 use crate::session::Session;
+use crate::state::WebState;
 
 /// One row of the incident list (the script builds the same for live ones).
 pub(super) fn incident_row(session: &Session, i: &OpenIncident) -> Markup {

@@ -27,13 +27,13 @@ use greenplate_registry::{Reader, Role};
 use maud::html;
 use serde::Deserialize;
 
-use super::WebState;
 use super::error::WebError;
 use super::extract::{CommandSession, Csrf};
 use super::i18n::Bilingual;
 use super::page::{both, datetime, html_response, layout, short_datetime};
 use super::session::Area;
 use super::sign_in::{self, Door, LoginForm};
+use crate::state::WebState;
 use map::{Proj, map_svg};
 use track::{load_track, track_error};
 

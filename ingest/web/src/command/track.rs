@@ -4,10 +4,10 @@ use greenplate_alerting::{AlertingError, Pass};
 use greenplate_registry::{BikeKey, TagId, now_ms};
 
 use super::MAX_TRACK_POINTS;
-use crate::WebState;
 use crate::error::alerting_status;
 use crate::i18n::{Bilingual, explain_alerting};
 use crate::session::Session;
+use crate::state::WebState;
 
 /// What a track request found.
 pub(super) struct Track {

@@ -10,11 +10,11 @@ use serde::Deserialize;
 use super::AREA;
 use super::bike::{bike_page, bike_url};
 use super::form::Problem;
-use crate::WebState;
 use crate::error::{WebError, registry_status};
 use crate::extract::{Csrf, KioskSession};
 use crate::i18n::Bilingual;
 use crate::page::redirect;
+use crate::state::WebState;
 
 /// The fields of every bike action (each uses some).
 #[derive(Debug, Default, Deserialize)]

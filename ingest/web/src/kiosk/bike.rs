@@ -10,12 +10,12 @@ use serde::Deserialize;
 
 use super::form::{EMPTY, Problem, field, general_error};
 use super::{AREA, HOME, header, lookup_form};
-use crate::WebState;
 use crate::error::{WebError, registry_status};
 use crate::extract::KioskSession;
 use crate::i18n::Bilingual;
 use crate::page::{both, datetime, html_response, layout, mask_name, query_value};
 use crate::session::Session;
+use crate::state::WebState;
 
 pub(super) fn bike_url(plate: &str, done: &str) -> String {
     format!("/kiosk/bike?q={}&done={done}", query_value(plate))

@@ -24,11 +24,11 @@ use axum::response::Response;
 use greenplate_registry::Role;
 use maud::{Markup, html};
 
-use super::WebState;
 use super::extract::{Csrf, KioskSession};
 use super::i18n::Bilingual;
 use super::session::{Area, Session};
 use super::sign_in::{self, Door, LoginForm};
+use crate::state::WebState;
 use form::Problem;
 use register::{RegisterForm, home_page};
 

@@ -11,12 +11,12 @@ use serde::Deserialize;
 use super::bike::bike_url;
 use super::form::{Problem, field, general_error};
 use super::{header, lookup_form};
-use crate::WebState;
 use crate::error::registry_status;
 use crate::extract::{Csrf, KioskSession};
 use crate::i18n::Bilingual;
 use crate::page::{html_response, layout, redirect};
 use crate::session::Session;
+use crate::state::WebState;
 
 /// The registration form's fields, named as the registry names them.
 #[derive(Debug, Default, Deserialize)]

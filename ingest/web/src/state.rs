@@ -1,0 +1,63 @@
+//! [`WebState`]: what every web handler shares: alerting (and through it the registry), the
+//! sign-in sessions, ingest's totals for the rates, the shutdown signal, the map tiles.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use greenplate_alerting::Alerting;
+use greenplate_registry::Authenticator;
+use tokio_util::sync::CancellationToken;
+
+use crate::session::Sessions;
+
+/// Sessions alive at once, at most (kiosks and command centers together).
+const MAX_SESSIONS: usize = 10_000;
+
+/// Ingest's totals so far, what the command center's rates are computed from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestTotals {
+    /// Tag reads in accepted sightings.
+    pub reads: u64,
+    /// Batches accepted.
+    pub batches: u64,
+    /// Sightings accepted.
+    pub sightings: u64,
+    /// Reader messages rejected, every reason.
+    pub rejected: u64,
+}
+
+/// Reads [`IngestTotals`] (the composing crate hands ingest's metrics in).
+pub type Totals = Arc<dyn Fn() -> IngestTotals + Send + Sync>;
+
+/// What the web handlers share.
+#[derive(Clone)]
+pub struct WebState {
+    pub(crate) alerting: Arc<Alerting>,
+    pub(crate) totals: Totals,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tile_url: Option<Arc<str>>,
+}
+
+impl WebState {
+    /// `session_idle`: how long an unused session lives; `tile_url`: optional map tiles.
+    pub fn new(
+        alerting: Arc<Alerting>,
+        totals: Totals,
+        shutdown: CancellationToken,
+        session_idle: Duration,
+        tile_url: Option<String>,
+    ) -> Self {
+        Self {
+            alerting,
+            totals,
+            sessions: Arc::new(Sessions::new(session_idle, MAX_SESSIONS)),
+            shutdown,
+            tile_url: tile_url.filter(|t| !t.trim().is_empty()).map(Into::into),
+        }
+    }
+
+    pub(crate) fn auth(&self) -> &Arc<Authenticator> {
+        self.alerting.registry().auth()
+    }
+}
