@@ -9,12 +9,29 @@ use std::time::{Duration, Instant};
 use greenplate_proto::seal::ReaderKey;
 use greenplate_proto::topics;
 use greenplate_proto::v1::{
-    AddZoneRequest, AlertKind, ListAuditRequest, ListReadersRequest, ReaderInfo, ReaderState,
-    ReaderStatus, RotateReaderSecretRequest, SetReaderEnabledRequest, ZoneKind,
+    AcknowledgeIncidentRequest, AddZoneRequest, AlertKind, IncidentState, ListAuditRequest,
+    ListReadersRequest, Outcome, ReaderInfo, ReaderState, ReaderStatus, ResolveIncidentRequest,
+    RotateReaderSecretRequest, SetReaderEnabledRequest, ZoneKind,
 };
 use greenplate_simulator::reader::{ReaderClient, now_ms, sighting};
 use prost::Message;
 use support::{TestService, next_alert, register_stolen, stream};
+
+/// A patrol zone around every reader of these tests.
+const ALL: &str = r#"{"type":"Polygon","coordinates":[[[116.3,23.1],[116.8,23.1],[116.8,23.5],[116.3,23.5],[116.3,23.1]]]}"#;
+
+async fn add_zone_all(svc: &TestService) {
+    svc.admin()
+        .await
+        .add_zone(AddZoneRequest {
+            zone_id: "all".into(),
+            name: "All".into(),
+            geojson: ALL.into(),
+            kind: ZoneKind::Patrol as i32,
+        })
+        .await
+        .unwrap();
+}
 
 async fn reader_info(svc: &TestService, id: &str) -> ReaderInfo {
     svc.admin()
@@ -32,16 +49,7 @@ async fn reader_info(svc: &TestService, id: &str) -> ReaderInfo {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wills_and_silence_raise_reader_offline_for_command_centers() {
     let svc = TestService::start_configured(|c| c.ingest.reader_offline_after_s = 1).await;
-    svc.admin()
-        .await
-        .add_zone(AddZoneRequest {
-            zone_id: "all".into(),
-            name: "All".into(),
-            geojson: r#"{"type":"Polygon","coordinates":[[[116.3,23.1],[116.8,23.1],[116.8,23.5],[116.3,23.5],[116.3,23.1]]]}"#.into(),
-            kind: ZoneKind::Patrol as i32,
-        })
-        .await
-        .unwrap();
+    add_zone_all(&svc).await;
     let secret_1 = svc.add_reader("rd-1", 23.30, 116.60).await;
     let secret_2 = svc.add_reader("rd-2", 23.31, 116.61).await;
     let hq = svc.add_unit("hq", &[], true).await;
@@ -140,6 +148,80 @@ async fn wills_and_silence_raise_reader_offline_for_command_centers() {
     assert_eq!(first.kind(), AlertKind::StolenSighted, "{first:?}");
     r1.disconnect().await;
     r2.disconnect().await;
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_center_acknowledges_and_resolves_a_silent_readers_incident() {
+    let svc = TestService::start_configured(|c| c.ingest.reader_offline_after_s = 1).await;
+    add_zone_all(&svc).await;
+    let secret = svc.add_reader("rd-quiet", 23.30, 116.60).await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let zone_unit = svc.add_unit("u-zone", &["all"], false).await;
+    let mut hq_alerts = stream(&hq, 0).await;
+
+    // Heard from once, then silent (a clean disconnect: no will).
+    let r = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-quiet", &secret)
+        .await
+        .unwrap();
+    svc.wait_metric("greenplate_ingest_reader_statuses_accepted_total", 1.0)
+        .await;
+    r.disconnect().await;
+    let alert = next_alert(&mut hq_alerts).await;
+    assert_eq!(alert.kind(), AlertKind::ReaderOffline, "{alert:?}");
+    assert_eq!(alert.reader_id, "rd-quiet");
+    let incident = alert.incident_id.clone();
+
+    // A zone unit was not sent it: for it the incident does not exist.
+    let refused = zone_unit
+        .clone()
+        .acknowledge_incident(AcknowledgeIncidentRequest {
+            incident_id: incident.clone(),
+            note: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+
+    // The command center takes it on, then closes it.
+    let acked = hq
+        .clone()
+        .acknowledge_incident(AcknowledgeIncidentRequest {
+            incident_id: incident.clone(),
+            note: "technician on the way".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("AcknowledgeIncident of a reader-offline incident: {e}"))
+        .into_inner();
+    assert_eq!(acked.incident_id, incident);
+    assert_eq!(acked.kind(), AlertKind::ReaderOffline);
+    assert_eq!(acked.state(), IncidentState::Acknowledged);
+    assert_eq!(acked.acknowledged_by, "patrol:hq");
+    assert_eq!(acked.plate, "", "a reader's incident has no bike");
+    let resolved = hq
+        .clone()
+        .resolve_incident(ResolveIncidentRequest {
+            incident_id: incident.clone(),
+            outcome: Outcome::FalseAlarm as i32,
+            note: "power restored".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ResolveIncident of a reader-offline incident: {e}"))
+        .into_inner();
+    assert_eq!(resolved.state(), IncidentState::Resolved);
+    assert_eq!(resolved.outcome(), Outcome::FalseAlarm);
+    assert_eq!(resolved.resolved_by, "patrol:hq");
+    assert_eq!(resolved.note, "power restored");
+    let again = hq
+        .clone()
+        .resolve_incident(ResolveIncidentRequest {
+            incident_id: incident,
+            outcome: Outcome::FalseAlarm as i32,
+            note: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
     svc.stop().await;
 }
 
