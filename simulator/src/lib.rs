@@ -20,10 +20,14 @@
 //! - [`report`]: the run's report, JSON and Markdown.
 //! - [`server`]: spawns a release `greenplate` on free ports with a fresh data directory.
 //! - [`bench`]: the end-to-end benchmark: embedded broker, Mosquitto, Mosquitto alone.
+//!
+//! Beside them, [`fuzz_seeds`]: crafted reader messages, the binary seeds of ingest's fuzz
+//! targets (`simulator fuzz-seeds`).
 
 pub mod bench;
 pub mod clients;
 pub mod district;
+pub mod fuzz_seeds;
 pub mod patrol_load;
 pub mod probe;
 pub mod reader;

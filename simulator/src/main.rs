@@ -44,6 +44,16 @@ enum Command {
     /// End-to-end benchmark, side by side: greenplate with its embedded broker, greenplate
     /// behind Mosquitto, Mosquitto alone; writes a JSON and a Markdown report.
     Bench(BenchArgs),
+    /// Write the binary seeds of the fuzz targets open_sealed and decode_batch (after a
+    /// change to the contract; see ingest/fuzz/README.md).
+    FuzzSeeds(FuzzSeedsArgs),
+}
+
+#[derive(clap::Args)]
+struct FuzzSeedsArgs {
+    /// The corpus directory; the seeds go to its open_sealed/ and decode_batch/.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../ingest/fuzz/corpus"))]
+    corpus: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -295,6 +305,11 @@ async fn main() -> anyhow::Result<()> {
         Command::PatrolLoad(args) => patrol_load(args).await,
         Command::District(args) => district(*args).await,
         Command::Bench(args) => bench(args).await,
+        Command::FuzzSeeds(args) => {
+            let n = greenplate_simulator::fuzz_seeds::write(&args.corpus)?;
+            println!("Wrote {n} seeds under {}.", args.corpus.display());
+            Ok(())
+        }
     }
 }
 
