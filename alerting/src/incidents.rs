@@ -292,7 +292,8 @@ pub(crate) async fn record_event(
 }
 
 /// An incident as the API shows it (the kind of the rule that opened it; the plate of its
-/// bike).
+/// bike, empty for an incident with no bike: a reader gone offline is stored with
+/// `bike_id` 0, so the join must not drop it).
 async fn incident_row(
     conn: &mut sqlx::AnyConnection,
     incident_id: &str,
@@ -300,7 +301,7 @@ async fn incident_row(
     let row = sqlx::query(
         "SELECT i.incident_id, i.kind, i.state, i.opened_at_ms, i.updated_at_ms, \
                 i.acknowledged_by, i.resolved_by, i.outcome, i.note, b.plate \
-         FROM incidents i JOIN bikes b ON b.bike_id = i.bike_id WHERE i.incident_id = $1",
+         FROM incidents i LEFT JOIN bikes b ON b.bike_id = i.bike_id WHERE i.incident_id = $1",
     )
     .bind(incident_id)
     .fetch_optional(&mut *conn)
@@ -316,7 +317,9 @@ async fn incident_row(
             "resolved" => IncidentState::Resolved,
             _ => IncidentState::Unspecified,
         } as i32,
-        plate: row.try_get("plate")?,
+        plate: row
+            .try_get::<Option<String>, _>("plate")?
+            .unwrap_or_default(),
         opened_at_ms: row.try_get("opened_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
         acknowledged_by: row

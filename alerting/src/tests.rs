@@ -471,3 +471,76 @@ async fn incidents_acknowledge_resolve_and_who_may() {
     let changes = a.incident_changes(0, 10).await.unwrap();
     assert_eq!(changes, [(incident, "resolved".to_owned())]);
 }
+
+#[tokio::test]
+async fn a_reader_offline_incident_has_no_bike_and_can_be_acknowledged_and_resolved() {
+    let f = Fixture::new(RoutingConfig::default()).await;
+    let a = &f.alerting;
+    let mut engine = Engine::start(a);
+    let offline = |at| ReaderOffline {
+        reader: reader("rd-n", 23.25, 116.55),
+        last_seen_ms: at,
+        why: "silent",
+        detected_at: Instant::now(),
+    };
+    engine
+        .handle
+        .reader_offline(offline(1_700_000_000_000))
+        .await
+        .unwrap();
+    let alert = engine.next().await;
+    assert_eq!(alert.alert.kind(), AlertKind::ReaderOffline);
+    let incident = alert.alert.incident_id.clone();
+
+    // Only command centers were sent it: a zone unit may not act on it.
+    assert!(matches!(
+        a.acknowledge(&unit("unit-n"), &incident, "").await,
+        Err(AlertingError::Registry(RegistryError::NotFound(_)))
+    ));
+    let acked = a
+        .acknowledge(&unit("cc"), &incident, "sending a technician")
+        .await
+        .unwrap();
+    assert_eq!(acked.incident_id, incident);
+    assert_eq!(acked.kind, AlertKind::ReaderOffline as i32);
+    assert_eq!(acked.state(), IncidentState::Acknowledged);
+    assert_eq!(acked.acknowledged_by, "patrol:cc");
+    assert_eq!(acked.plate, "", "a reader's incident has no bike");
+    let open = a.open_incidents(10).await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert!(open[0].acknowledged);
+
+    let resolved = a
+        .resolve(&unit("cc"), &incident, Outcome::FalseAlarm, "power back")
+        .await
+        .unwrap();
+    assert_eq!(resolved.state(), IncidentState::Resolved);
+    assert_eq!(resolved.outcome(), Outcome::FalseAlarm);
+    assert_eq!(resolved.resolved_by, "patrol:cc");
+    assert_eq!(resolved.note, "power back");
+    assert_eq!(resolved.plate, "");
+    assert!(a.open_incidents(10).await.unwrap().is_empty());
+    assert!(matches!(
+        a.resolve(&admin(), &incident, Outcome::FalseAlarm, "")
+            .await,
+        Err(AlertingError::Registry(RegistryError::FailedPrecondition(
+            _
+        )))
+    ));
+
+    // The same reader going offline again is a new matter.
+    engine
+        .handle
+        .reader_offline(offline(1_700_000_100_000))
+        .await
+        .unwrap();
+    let again = engine.next().await;
+    assert_eq!(again.alert.kind(), AlertKind::ReaderOffline);
+    assert_ne!(again.alert.incident_id, incident);
+    let by_admin = a
+        .resolve(&admin(), &again.alert.incident_id, Outcome::LostTrack, "")
+        .await
+        .unwrap();
+    assert_eq!(by_admin.state(), IncidentState::Resolved);
+    engine.stop().await;
+}

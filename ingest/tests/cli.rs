@@ -4,10 +4,11 @@ mod support;
 
 use std::process::Command;
 
-use greenplate_proto::v1::{GetBikeRequest, get_bike_request};
+use greenplate_proto::v1::{AlertKind, GetBikeRequest, get_bike_request};
+use greenplate_registry::RegistryError;
 use greenplate_simulator::clients;
-use greenplate_simulator::reader::ReaderClient;
-use support::{ADMIN_TOKEN, TestService};
+use greenplate_simulator::reader::{ReaderClient, sighting};
+use support::{ADMIN_TOKEN, TestService, next_alert, stream};
 
 fn greenplate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_greenplate"))
@@ -102,7 +103,6 @@ async fn patrol_client_prints_alerts_and_closes_incidents() {
         AddKioskRequest, AddPatrolUnitRequest, AddReaderRequest, AddZoneRequest, BikeDetails,
         Owner, RegisterBikeRequest, ReportStolenRequest,
     };
-    use greenplate_simulator::reader::{ReaderClient, sighting};
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     let svc = TestService::start().await;
@@ -250,7 +250,8 @@ async fn patrol_client_prints_alerts_and_closes_incidents() {
 /// features, and a re-run changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zones_import_adds_reports_and_is_idempotent() {
-    let svc = TestService::start().await;
+    // The two readers below are 10 km apart: no clone alert between them.
+    let svc = TestService::start_configured(|c| c.alerting.clone_speed_kmh = 1e9).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("zones.geojson");
     std::fs::write(
@@ -296,8 +297,36 @@ async fn zones_import_adds_reports_and_is_idempotent() {
     );
 
     // The imported zones are live: a unit can be assigned to one (AddPatrolUnit refuses
-    // unknown zones).
-    svc.add_unit("u-west", &["west"], false).await;
+    // unknown zones), and "exit" is a watch zone: a stolen bike seen in west is an ordinary
+    // alert to west's unit, seen inside exit an urgent one naming the zone.
+    let unit = svc.add_unit("u-west", &["west"], false).await;
+    let mut alerts = stream(&unit, 0).await;
+    let in_west = svc.add_reader("rd-west", 23.30, 116.55).await;
+    let in_exit = svc.add_reader("rd-exit", 23.21, 116.51).await;
+    support::register_stolen(&svc, "E28011606000000000000C73", "粤D7C073").await;
+    for (reader, secret, kind, zone, priority) in [
+        ("rd-west", &in_west, AlertKind::StolenSighted, "", 1),
+        ("rd-exit", &in_exit, AlertKind::WatchZone, "exit", 2),
+    ] {
+        let mut r = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), reader, secret)
+            .await
+            .unwrap();
+        r.publish(vec![sighting("E28011606000000000000C73", 1, -50)])
+            .await
+            .unwrap();
+        let a = next_alert(&mut alerts).await;
+        assert_eq!(
+            (
+                a.kind(),
+                a.reader_id.as_str(),
+                a.zone_id.as_str(),
+                a.priority
+            ),
+            (kind, reader, zone, priority),
+            "{a:?}"
+        );
+        r.disconnect().await;
+    }
     svc.stop().await;
 }
 
@@ -325,13 +354,24 @@ async fn rotate_key_reseals_the_registry_and_the_node_starts_on_the_new_key() {
     let said = rotate();
     assert!(said.contains("Re-sealed 1 owners and 1 readers"), "{said}");
     assert_ne!(std::fs::read_to_string(&key_file).unwrap(), old_key);
-    // The old key no longer opens it: a node given it refuses to start.
+    // The old key no longer opens it: a node given it refuses to start, failing to open
+    // the first reader's sealed secret.
     let stale = greenplate_ingest::Config {
         data_dir: dir.path().to_owned(),
         secret_key: Some(old_key.trim().to_owned()),
         ..Default::default()
     };
-    assert!(greenplate_ingest::app::open_registry(&stale).await.is_err());
+    let refused = greenplate_ingest::app::open_registry(&stale).await;
+    assert!(
+        matches!(
+            refused,
+            Err(greenplate_ingest::StartError::Registry(
+                greenplate_registry::Error::Registry(RegistryError::Crypto)
+            ))
+        ),
+        "{:?}",
+        refused.map(|_| ())
+    );
 
     // A leftover next key: the service refuses to start; the command sees the database is
     // not under that key, drops it and rotates again.
@@ -366,7 +406,8 @@ async fn rotate_key_reseals_the_registry_and_the_node_starts_on_the_new_key() {
         .await
         .unwrap()
         .into_inner();
-    assert!(bike.owner.unwrap().phone.contains("****"));
+    // support::bike's owner phone, 13712345678, opened under the new key and masked.
+    assert_eq!(bike.owner.unwrap().phone, "137****5678");
     reader.disconnect().await;
     svc.stop().await;
 }

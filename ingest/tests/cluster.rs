@@ -125,18 +125,26 @@ async fn what_one_node_commits_is_in_force_on_the_other() {
         })
         .await
         .unwrap();
-    // Each try is a new pass of the bike at the reader; the first one B does not count as
-    // a stolen sighting shows the recovery in force there.
+    // Each try is a new pass of the bike at the reader (stamped 10 s after the last, well
+    // clear of the passes above); the first one B does not count as a stolen sighting shows
+    // the recovery in force there. Positive control: that try must have opened a pass (the
+    // rules ran on it), else it folded into a pass still open and says nothing.
     for k in 1.. {
         let stolen = b.metric("greenplate_ingest_stolen_sightings_total").await;
+        let opened = b.metric("greenplate_ingest_passes_opened_total").await;
         let accepted = b.metric("greenplate_ingest_sightings_accepted_total").await;
         reader
-            .publish(vec![later(sighting(TAG, 1, -50), k)])
+            .publish(vec![later(sighting(TAG, 1, -50), 10 + k)])
             .await
             .unwrap();
         b.wait_metric("greenplate_ingest_sightings_accepted_total", accepted + 1.0)
             .await;
         if b.metric("greenplate_ingest_stolen_sightings_total").await == stolen {
+            assert_eq!(
+                b.metric("greenplate_ingest_passes_opened_total").await,
+                opened + 1.0,
+                "try {k} opened no pass on node B, so its lack of an alert proves nothing"
+            );
             break;
         }
         assert!(k < 200, "node B still has the bike on its hotlist");

@@ -9,12 +9,30 @@ use std::time::{Duration, Instant};
 use greenplate_proto::seal::ReaderKey;
 use greenplate_proto::topics;
 use greenplate_proto::v1::{
-    AddZoneRequest, AlertKind, ListAuditRequest, ListReadersRequest, ReaderInfo, ReaderState,
-    ReaderStatus, RotateReaderSecretRequest, SetReaderEnabledRequest, ZoneKind,
+    AcknowledgeIncidentRequest, AddZoneRequest, AlertKind, IncidentState, ListAuditRequest,
+    ListReadersRequest, Outcome, ReaderInfo, ReaderState, ReaderStatus, ResolveIncidentRequest,
+    RotateReaderSecretRequest, SetReaderEnabledRequest, SightingBatch, ZoneKind,
 };
+use greenplate_registry::testing::eventually;
 use greenplate_simulator::reader::{ReaderClient, now_ms, sighting};
 use prost::Message;
 use support::{TestService, next_alert, register_stolen, stream};
+
+/// A patrol zone around every reader of these tests.
+const ALL: &str = r#"{"type":"Polygon","coordinates":[[[116.3,23.1],[116.8,23.1],[116.8,23.5],[116.3,23.5],[116.3,23.1]]]}"#;
+
+async fn add_zone_all(svc: &TestService) {
+    svc.admin()
+        .await
+        .add_zone(AddZoneRequest {
+            zone_id: "all".into(),
+            name: "All".into(),
+            geojson: ALL.into(),
+            kind: ZoneKind::Patrol as i32,
+        })
+        .await
+        .unwrap();
+}
 
 async fn reader_info(svc: &TestService, id: &str) -> ReaderInfo {
     svc.admin()
@@ -32,16 +50,7 @@ async fn reader_info(svc: &TestService, id: &str) -> ReaderInfo {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wills_and_silence_raise_reader_offline_for_command_centers() {
     let svc = TestService::start_configured(|c| c.ingest.reader_offline_after_s = 1).await;
-    svc.admin()
-        .await
-        .add_zone(AddZoneRequest {
-            zone_id: "all".into(),
-            name: "All".into(),
-            geojson: r#"{"type":"Polygon","coordinates":[[[116.3,23.1],[116.8,23.1],[116.8,23.5],[116.3,23.5],[116.3,23.1]]]}"#.into(),
-            kind: ZoneKind::Patrol as i32,
-        })
-        .await
-        .unwrap();
+    add_zone_all(&svc).await;
     let secret_1 = svc.add_reader("rd-1", 23.30, 116.60).await;
     let secret_2 = svc.add_reader("rd-2", 23.31, 116.61).await;
     let hq = svc.add_unit("hq", &[], true).await;
@@ -144,6 +153,185 @@ async fn wills_and_silence_raise_reader_offline_for_command_centers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_center_acknowledges_and_resolves_a_silent_readers_incident() {
+    let svc = TestService::start_configured(|c| c.ingest.reader_offline_after_s = 1).await;
+    add_zone_all(&svc).await;
+    let secret = svc.add_reader("rd-quiet", 23.30, 116.60).await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let zone_unit = svc.add_unit("u-zone", &["all"], false).await;
+    let mut hq_alerts = stream(&hq, 0).await;
+
+    // Heard from once, then silent (a clean disconnect: no will).
+    let r = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-quiet", &secret)
+        .await
+        .unwrap();
+    svc.wait_metric("greenplate_ingest_reader_statuses_accepted_total", 1.0)
+        .await;
+    r.disconnect().await;
+    let alert = next_alert(&mut hq_alerts).await;
+    assert_eq!(alert.kind(), AlertKind::ReaderOffline, "{alert:?}");
+    assert_eq!(alert.reader_id, "rd-quiet");
+    let incident = alert.incident_id.clone();
+
+    // A zone unit was not sent it: for it the incident does not exist.
+    let refused = zone_unit
+        .clone()
+        .acknowledge_incident(AcknowledgeIncidentRequest {
+            incident_id: incident.clone(),
+            note: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+
+    // The command center takes it on, then closes it.
+    let acked = hq
+        .clone()
+        .acknowledge_incident(AcknowledgeIncidentRequest {
+            incident_id: incident.clone(),
+            note: "technician on the way".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("AcknowledgeIncident of a reader-offline incident: {e}"))
+        .into_inner();
+    assert_eq!(acked.incident_id, incident);
+    assert_eq!(acked.kind(), AlertKind::ReaderOffline);
+    assert_eq!(acked.state(), IncidentState::Acknowledged);
+    assert_eq!(acked.acknowledged_by, "patrol:hq");
+    assert_eq!(acked.plate, "", "a reader's incident has no bike");
+    let resolved = hq
+        .clone()
+        .resolve_incident(ResolveIncidentRequest {
+            incident_id: incident.clone(),
+            outcome: Outcome::FalseAlarm as i32,
+            note: "power restored".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ResolveIncident of a reader-offline incident: {e}"))
+        .into_inner();
+    assert_eq!(resolved.state(), IncidentState::Resolved);
+    assert_eq!(resolved.outcome(), Outcome::FalseAlarm);
+    assert_eq!(resolved.resolved_by, "patrol:hq");
+    assert_eq!(resolved.note, "power restored");
+    let again = hq
+        .clone()
+        .resolve_incident(ResolveIncidentRequest {
+            incident_id: incident,
+            outcome: Outcome::FalseAlarm as i32,
+            note: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
+    svc.stop().await;
+}
+
+/// Keeps a reader heard from (an empty batch every 100 ms) until [`Heartbeat::stop`].
+struct Heartbeat {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<ReaderClient>,
+}
+
+impl Heartbeat {
+    fn start(mut reader: ReaderClient) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => reader.publish(vec![]).await.unwrap(),
+                    _ = &mut stopped => return reader,
+                };
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops beating; the reader was last heard from now.
+    async fn stop(self) -> ReaderClient {
+        let _ = self.stop.send(());
+        self.task.await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_alerts_once_until_heard_from_again_and_disabled_readers_are_not_watched() {
+    let svc = TestService::start_configured(|c| c.ingest.reader_offline_after_s = 2).await;
+    let mut admin = svc.admin().await;
+    // Disabled at once, long before its silence (counted from the start) reaches 2 s.
+    svc.add_reader("rd-off", 23.32, 116.62).await;
+    admin
+        .set_reader_enabled(SetReaderEnabledRequest {
+            reader_id: "rd-off".into(),
+            enabled: false,
+        })
+        .await
+        .unwrap();
+    let quiet_secret = svc.add_reader("rd-quiet", 23.30, 116.60).await;
+    // Named to sort after rd-off: the watch goes through readers by id.
+    let control_secret = svc.add_reader("rd-x-control", 23.31, 116.61).await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let mut alerts = stream(&hq, 0).await;
+    let port = svc.mqtt_port();
+    let quiet = ReaderClient::connect("127.0.0.1", port, "rd-quiet", &quiet_secret)
+        .await
+        .unwrap();
+    let control = ReaderClient::connect("127.0.0.1", port, "rd-x-control", &control_secret)
+        .await
+        .unwrap();
+    let beat = Heartbeat::start(control);
+    svc.wait_metric("greenplate_ingest_reader_statuses_accepted_total", 2.0)
+        .await;
+
+    // rd-quiet goes silent (a clean disconnect: no will). Its alert is the first one: had
+    // the disabled rd-off been watched, silent since the start, its alert would be first.
+    quiet.disconnect().await;
+    let first = next_alert(&mut alerts).await;
+    assert_eq!(
+        (first.kind(), first.reader_id.as_str()),
+        (AlertKind::ReaderOffline, "rd-quiet"),
+        "{first:?}"
+    );
+
+    // Still silent: no second alert. The control reader goes silent now; its alert comes
+    // 2 s later, several rounds of the watch in which rd-quiet stayed silent, and it must be
+    // the next alert.
+    let control = beat.stop().await;
+    control.disconnect().await;
+    let next = next_alert(&mut alerts).await;
+    assert_eq!(
+        (next.kind(), next.reader_id.as_str()),
+        (AlertKind::ReaderOffline, "rd-x-control"),
+        "rd-quiet alerted twice while silent (or rd-off was watched): {next:?}"
+    );
+    assert!(!reader_info(&svc, "rd-quiet").await.online);
+
+    // Heard from again, then silent again: a new alert, an update of the incident still open.
+    let quiet = ReaderClient::connect("127.0.0.1", port, "rd-quiet", &quiet_secret)
+        .await
+        .unwrap();
+    eventually("rd-quiet back online", Duration::from_secs(10), || async {
+        let info = reader_info(&svc, "rd-quiet").await;
+        if info.online { Ok(()) } else { Err(info) }
+    })
+    .await;
+    quiet.disconnect().await;
+    let again = next_alert(&mut alerts).await;
+    assert_eq!(
+        (again.kind(), again.reader_id.as_str()),
+        (AlertKind::ReaderOffline, "rd-quiet"),
+        "{again:?}"
+    );
+    assert!(again.seq > next.seq);
+    assert_eq!(again.incident_id, first.incident_id);
+
+    // The disabled reader was never reported, nor shown online.
+    let off = reader_info(&svc, "rd-off").await;
+    assert!(!off.enabled && !off.online, "{off:?}");
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_rotate_with_a_grace_period_and_disabled_readers_are_refused() {
     let svc = TestService::start().await;
     let old_secret = svc.add_reader("rd-r", 23.30, 116.60).await;
@@ -170,11 +358,18 @@ async fn secrets_rotate_with_a_grace_period_and_disabled_readers_are_refused() {
     r.publish(vec![]).await.unwrap();
     svc.wait_metric(accepted, 2.0).await;
     r.disconnect().await;
+    // ...and during the grace the old secret still logs in, and its batches open.
+    let mut r = ReaderClient::connect("127.0.0.1", port, "rd-r", &old_secret)
+        .await
+        .expect("the old secret logs in during its grace period");
+    r.publish(vec![]).await.unwrap();
+    svc.wait_metric(accepted, 3.0).await;
+    r.disconnect().await;
     let mut r = ReaderClient::connect("127.0.0.1", port, "rd-r", &new_secret)
         .await
         .unwrap();
     r.publish(vec![]).await.unwrap();
-    svc.wait_metric(accepted, 3.0).await;
+    svc.wait_metric(accepted, 4.0).await;
     r.disconnect().await;
 
     // Rotate with no grace: the secret before is refused at once, at login and in batches.
@@ -196,7 +391,7 @@ async fn secrets_rotate_with_a_grace_period_and_disabled_readers_are_refused() {
         .await
         .unwrap();
     r.publish(vec![]).await.unwrap();
-    svc.wait_metric(accepted, 4.0).await;
+    svc.wait_metric(accepted, 5.0).await;
 
     // Disabled: what the connected reader still sends is dropped, and it cannot log in again.
     admin
@@ -230,7 +425,88 @@ async fn secrets_rotate_with_a_grace_period_and_disabled_readers_are_refused() {
         .await
         .unwrap();
     r.publish(vec![]).await.unwrap();
-    svc.wait_metric(accepted, 5.0).await;
+    svc.wait_metric(accepted, 6.0).await;
+
+    // Rotate with two seconds' grace: the old secret works at first, then no longer, for
+    // logins and for sealing batches.
+    let last = admin
+        .rotate_reader_secret(RotateReaderSecretRequest {
+            reader_id: "rd-r".into(),
+            grace_s: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    r.disconnect().await;
+    let mut r = ReaderClient::connect("127.0.0.1", port, "rd-r", &newest)
+        .await
+        .expect("the old secret logs in during its grace");
+    r.publish(vec![]).await.unwrap();
+    svc.wait_metric(accepted, 7.0).await;
+    r.disconnect().await;
+    eventually(
+        "the old secret refused once its grace ended",
+        Duration::from_secs(10),
+        || async {
+            match ReaderClient::connect("127.0.0.1", port, "rd-r", &newest).await {
+                Ok(still) => {
+                    still.disconnect().await;
+                    Err("still accepted")
+                }
+                Err(_) => Ok(()),
+            }
+        },
+    )
+    .await;
+    let mut r = ReaderClient::connect("127.0.0.1", port, "rd-r", &last)
+        .await
+        .unwrap();
+    let sealed_with_old = ReaderKey::derive(&newest).seal(&SightingBatch {
+        reader_id: "rd-r".into(),
+        seq: 1,
+        sent_at_ms: now_ms(),
+        sightings: vec![],
+    });
+    r.publish_raw(&topics::sightings("rd-r"), sealed_with_old.encode_to_vec())
+        .await
+        .unwrap();
+    svc.wait_metric(
+        "greenplate_ingest_batches_rejected_total{reason=\"unsealed\"}",
+        1.0,
+    )
+    .await;
+    r.publish(vec![]).await.unwrap();
+    svc.wait_metric(accepted, 8.0).await;
+    assert_eq!(svc.metric(accepted).await, 8.0);
+    r.disconnect().await;
+
+    // The grace is at most 7 days.
+    let too_long = admin
+        .rotate_reader_secret(RotateReaderSecretRequest {
+            reader_id: "rd-r".into(),
+            grace_s: 7 * 24 * 3600 + 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        too_long.code(),
+        tonic::Code::InvalidArgument,
+        "{too_long:?}"
+    );
+    assert!(too_long.message().contains("grace_s"), "{too_long:?}");
+    let week = admin
+        .rotate_reader_secret(RotateReaderSecretRequest {
+            reader_id: "rd-r".into(),
+            grace_s: 7 * 24 * 3600,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let r = ReaderClient::connect("127.0.0.1", port, "rd-r", &last)
+        .await
+        .expect("the old secret logs in during a 7-day grace");
     r.disconnect().await;
 
     // Every change is in the audit log; no secret is.
@@ -244,11 +520,9 @@ async fn secrets_rotate_with_a_grace_period_and_disabled_readers_are_refused() {
     for a in ["rotate_reader_secret", "disable_reader", "enable_reader"] {
         assert!(actions.contains(&a), "{actions:?}");
     }
-    assert!(
-        audit
-            .iter()
-            .all(|e| !e.subject.contains(&newest) && !e.subject.contains(&new_secret))
-    );
+    for secret in [&old_secret, &new_secret, &newest, &last, &week] {
+        assert!(audit.iter().all(|e| !e.subject.contains(secret.as_str())));
+    }
     let missing = admin
         .set_reader_enabled(SetReaderEnabledRequest {
             reader_id: "rd-none".into(),

@@ -10,7 +10,7 @@ use greenplate_proto::v1::{
     ReportStolenRequest, SetArmedRequest, TransferOwnershipRequest, get_bike_request,
 };
 use greenplate_simulator::clients::{self, Authed};
-use support::{ADMIN_TOKEN, TestService};
+use support::{ADMIN_TOKEN, TestService, new_kiosk_token, new_unit_token};
 use tonic::Code;
 
 const ID_A: &str = "11010519491231002X";
@@ -276,16 +276,26 @@ async fn every_operation(svc: TestService) {
             .iter()
             .all(|e| !e.subject.contains("1381234") && !e.subject.contains("110105"))
     );
-    // Kiosks cannot read it.
-    assert_eq!(
-        clients::admin(svc.channel().await, "wrong")
+    // Kiosks and patrol units cannot read it (a token that is no one's is not even
+    // authenticated).
+    let kiosk_token = new_kiosk_token(svc.channel().await, "k-audit").await;
+    let unit_token = new_unit_token(svc.channel().await, "u-audit", &[], true).await;
+    for (who, token, code) in [
+        ("a kiosk", kiosk_token.as_str(), Code::PermissionDenied),
+        (
+            "a command center",
+            unit_token.as_str(),
+            Code::PermissionDenied,
+        ),
+        ("a wrong token", "wrong", Code::Unauthenticated),
+    ] {
+        let refused = clients::admin(svc.channel().await, token)
             .unwrap()
             .list_audit(ListAuditRequest::default())
             .await
-            .unwrap_err()
-            .code(),
-        Code::Unauthenticated
-    );
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "ListAudit by {who}: {refused:?}");
+    }
     svc.stop().await;
 }
 

@@ -359,35 +359,90 @@ mod tests {
         assert!(per_tag <= 64.0, "{per_tag} bytes per tag");
     }
 
-    /// Readers on other threads never see a torn entry while a writer inserts and grows.
+    /// Readers on other threads never see a torn entry while a writer inserts, grows the
+    /// table and changes flags in place, and they did read while it wrote: they start
+    /// together, the writer lets each reader finish a whole pass after each chunk of its
+    /// work, and each reader must have seen every chunk's state (old and new values).
     #[test]
     fn concurrent_readers_see_whole_entries() {
+        const TAGS: u64 = 20_000;
+        const CHUNK: u64 = 1_000;
+        const STEP: usize = 97;
+        const READERS: usize = 2;
         let idx = Arc::new(HotIndex::default());
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let readers: Vec<_> = (0..2)
-            .map(|_| {
-                let (idx, done) = (idx.clone(), done.clone());
+        let passes: Arc<[AtomicU64; READERS]> = Arc::new(Default::default());
+        let start = Arc::new(std::sync::Barrier::new(READERS + 1));
+        let readers: Vec<_> = (0..READERS)
+            .map(|me| {
+                let (idx, done, passes, start) =
+                    (idx.clone(), done.clone(), passes.clone(), start.clone());
                 std::thread::spawn(move || {
-                    let mut seen = 0u64;
+                    // How many sampled tags each pass found, and which flag values it saw.
+                    let mut counts = std::collections::BTreeSet::new();
+                    let (mut plain, mut stolen) = (false, false);
+                    start.wait();
                     while !done.load(Ordering::Relaxed) {
-                        for i in (0..20_000u64).step_by(97) {
+                        let mut present = 0;
+                        for i in (0..TAGS).step_by(STEP) {
                             if let Some(s) = idx.lookup(tag(i)) {
                                 assert_eq!(s.bike_id, i as i64 + 1, "torn entry for tag {i}");
-                                seen += 1;
+                                present += 1;
+                                plain |= !s.stolen();
+                                stolen |= s.stolen();
                             }
                         }
+                        counts.insert(present);
+                        passes[me].fetch_add(1, Ordering::Release);
                     }
-                    seen
+                    (counts, plain, stolen)
                 })
             })
             .collect();
-        for i in 0..20_000u64 {
-            idx.set(tag(i), TagState::new(i as i64 + 1));
+        // Waits until every reader has made a whole pass since now (or one has stopped:
+        // its panic is reported at the join).
+        let caught_up = || {
+            let target: Vec<u64> = passes
+                .iter()
+                .map(|p| p.load(Ordering::Acquire) + 2)
+                .collect();
+            while passes
+                .iter()
+                .zip(&target)
+                .any(|(p, t)| p.load(Ordering::Acquire) < *t)
+                && !readers.iter().any(|r| r.is_finished())
+            {
+                std::thread::yield_now();
+            }
+        };
+        start.wait();
+        for chunk in 0..TAGS / CHUNK {
+            for i in chunk * CHUNK..(chunk + 1) * CHUNK {
+                idx.set(tag(i), TagState::new(i as i64 + 1));
+            }
+            caught_up();
         }
+        // Flags change in place: every sampled tag reported stolen.
+        for i in (0..TAGS).step_by(STEP) {
+            idx.update(tag(i), |s| s.with_stolen(true));
+        }
+        caught_up();
         done.store(true, Ordering::Relaxed);
+        let sampled = (0..TAGS).step_by(STEP).count();
         for r in readers {
-            r.join().unwrap();
+            let (counts, plain, stolen) = r.join().unwrap();
+            // One state per chunk at least (each chunk adds sampled tags), the last full.
+            assert!(
+                counts.len() >= (TAGS / CHUNK) as usize,
+                "a reader saw only {counts:?} of the writer's {} chunks",
+                TAGS / CHUNK
+            );
+            assert_eq!(counts.last(), Some(&sampled));
+            assert!(
+                plain && stolen,
+                "a reader must see the flag's old and new values: not stolen {plain}, stolen {stolen}"
+            );
         }
-        assert_eq!(idx.len(), 20_000);
+        assert_eq!(idx.len(), TAGS as usize);
     }
 }

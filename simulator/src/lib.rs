@@ -26,11 +26,15 @@
 //!
 //! The `simulator` binary (`src/bin/simulator/`) parses the flags and hands each subcommand
 //! to its module there (`town`, `kiosk_load`, `import_csv`, `patrol_load`, `district`,
-//! `bench`), which calls into this library.
+//! `bench`, `fuzz_seeds`), which calls into this library.
+//!
+//! Beside them, [`fuzz_seeds`]: crafted reader messages, the binary seeds of ingest's fuzz
+//! targets (`simulator fuzz-seeds`).
 
 pub mod bench;
 pub mod clients;
 pub mod district;
+pub mod fuzz_seeds;
 pub mod patrol_load;
 pub mod probe;
 pub mod reader;

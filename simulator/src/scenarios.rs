@@ -6,7 +6,7 @@
 //!   every pass is an `ARMED_MOVED` alert;
 //! - a cloned tag: two bikes carry the same tag in different parts of town; a pass whose
 //!   previous sighting of the tag was too far away too recently is a `CLONE_SUSPECTED`
-//!   alert (the oracle replays the server's rule on what was published);
+//!   alert (the oracle states the rule on its own and applies it to what was published);
 //! - a reader that goes offline (loses power: its MQTT last will): one `READER_OFFLINE` to
 //!   the command centers;
 //! - a flood of garbage from one reader: no alert, every message rejected (counted by reason
@@ -108,27 +108,27 @@ impl Oracle {
         kinds
     }
 
-    /// The server's clone rule (alerting/src/clone.rs), replayed.
+    /// The clone rule, stated on its own (the server's is `alerting/src/rules/clone.rs`): a
+    /// sighting at a reader at least `clone_min_distance_km` from the reader of the tag's
+    /// latest sighting (latest by the readers' clocks) is a clone when distance / time
+    /// between them exceeds `clone_speed_kmh`. No time at all is infinitely fast. (The
+    /// server floors the time at 3.6 ms, which changes the answer only for limits above
+    /// a million km/h.)
     fn clone_evidence(&mut self, tag: u32, reader: u32, at_ms: i64) -> bool {
-        let Some(last) = self.clone_last.get_mut(&tag) else {
+        let latest = self.clone_last.get(&tag).copied();
+        if latest.is_none_or(|(_, then)| at_ms >= then) {
             self.clone_last.insert(tag, (reader, at_ms));
+        }
+        let Some((other, then)) = latest else {
             return false;
         };
-        if last.0 == reader {
-            last.1 = last.1.max(at_ms);
+        if other == reader {
             return false;
         }
-        let (a, b) = (self.readers[last.0 as usize], self.readers[reader as usize]);
-        let d = distance_km(a.0, a.1, b.0, b.1);
-        let mut evidence = false;
-        if d >= self.rules.clone_min_distance_km {
-            let hours = ((at_ms - last.1).abs() as f64 / 3_600_000.0).max(1e-6);
-            evidence = d / hours > self.rules.clone_speed_kmh;
-        }
-        if at_ms >= last.1 {
-            *last = (reader, at_ms);
-        }
-        evidence
+        let (a, b) = (self.readers[other as usize], self.readers[reader as usize]);
+        let km = distance_km(a.0, a.1, b.0, b.1);
+        let hours = at_ms.abs_diff(then) as f64 / 3_600_000.0;
+        km >= self.rules.clone_min_distance_km && km / hours > self.rules.clone_speed_kmh
     }
 }
 
@@ -243,6 +243,74 @@ mod tests {
         );
         // A neighbour 0.5 km away: under the rule's minimum distance.
         assert!(o.observe(1, f, 1, &s(115_000, 115_000)).is_empty());
+    }
+
+    const CLONED: Flags = Flags {
+        stolen: false,
+        armed: false,
+        cloned: true,
+    };
+
+    /// Whether the second of two sightings, at readers 0 and 2, `dt_ms` apart, is a clone
+    /// under `rules`.
+    fn second_is_a_clone(rules: Rules, dt_ms: i64) -> bool {
+        let mut o = Oracle::new(rules, readers());
+        assert!(o.observe(1, CLONED, 0, &s(1_000_000, 1_000_000)).is_empty());
+        let at = 1_000_000 + dt_ms;
+        o.observe(1, CLONED, 2, &s(at, at)) == [AlertKind::CloneSuspected]
+    }
+
+    /// Readers 0 and 2, km.
+    fn apart() -> f64 {
+        let r = readers();
+        distance_km(r[0].0, r[0].1, r[2].0, r[2].1)
+    }
+
+    #[test]
+    fn the_clone_rule_at_its_edges() {
+        let km = apart();
+        assert!((19.0..21.0).contains(&km), "{km}");
+        // Exactly at the speed limit (the speed over 10 minutes) is not faster than it; a
+        // hair over is.
+        let hours = 600_000.0 / 3_600_000.0;
+        let at_limit = |kmh: f64| Rules {
+            clone_speed_kmh: kmh,
+            ..Rules::default()
+        };
+        assert!(!second_is_a_clone(at_limit(km / hours), 600_000));
+        assert!(second_is_a_clone(
+            at_limit(km / hours * (1.0 - 1e-9)),
+            600_000
+        ));
+        assert!(!second_is_a_clone(at_limit(km / hours), 600_001));
+        assert!(second_is_a_clone(at_limit(km / hours), 599_999));
+        // Exactly the minimum distance counts; a hair more than the distance does not.
+        let min = |d: f64| Rules {
+            clone_min_distance_km: d,
+            ..Rules::default()
+        };
+        assert!(second_is_a_clone(min(km), 1_000));
+        assert!(!second_is_a_clone(min(km * (1.0 + 1e-9)), 1_000));
+        // No time between two readers 20 km apart: infinitely fast. And the order of the
+        // readers' clocks does not matter.
+        assert!(second_is_a_clone(Rules::default(), 0));
+        assert!(second_is_a_clone(Rules::default(), -10_000));
+        assert!(!second_is_a_clone(Rules::default(), -3_600_000));
+    }
+
+    #[test]
+    fn the_clone_rule_compares_with_the_latest_sighting_by_time() {
+        let mut o = Oracle::new(Rules::default(), readers());
+        assert!(o.observe(1, CLONED, 2, &s(3_600_000, 3_600_000)).is_empty());
+        // A late sighting at reader 0, an hour before by its clock: 20 km/h from reader 2,
+        // plausible, and not the latest.
+        assert!(o.observe(1, CLONED, 0, &s(0, 0)).is_empty());
+        // At reader 1 10 s after reader 2's: 20 km in 10 s. (Compared with reader 0's, the
+        // last to arrive, it would be under the minimum distance.)
+        assert_eq!(
+            o.observe(1, CLONED, 1, &s(3_610_000, 3_610_000)),
+            [AlertKind::CloneSuspected]
+        );
     }
 
     #[test]

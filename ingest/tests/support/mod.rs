@@ -156,19 +156,21 @@ impl TestService {
         http_get(self.service.http_addr, path).await
     }
 
-    /// The value of one metric sample line (e.g. `greenplate_ingest_batches_accepted_total`).
+    /// The value of one metric sample (see [`metric`]: a missing sample fails the test).
     pub async fn metric(&self, sample: &str) -> f64 {
         metric(self.service.http_addr, sample).await
     }
 
-    /// Polls a metric until it reaches `at_least`, or fails after a deadline.
+    /// The value of a labelled counter's sample, 0 if that label set was never written (see
+    /// [`metric_or_zero`] for when that may be used).
+    pub async fn metric_or_zero(&self, sample: &str) -> f64 {
+        metric_or_zero(self.service.http_addr, sample).await
+    }
+
+    /// Polls a metric until it reaches `at_least`, or fails after a deadline (a labelled
+    /// sample is absent until it is first counted; the failure lists the closest names).
     pub async fn wait_metric(&self, sample: &str, at_least: f64) {
-        let what = format!("metric {sample} at least {at_least}");
-        eventually(&what, Duration::from_secs(10), || async {
-            let v = self.metric(sample).await;
-            if v >= at_least { Ok(()) } else { Err(v) }
-        })
-        .await
+        wait_metric(self.service.http_addr, sample, at_least).await
     }
 
     /// An Admin client with the admin token.
@@ -214,6 +216,21 @@ impl TestService {
 fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// Polls a metric on the HTTP port at `addr` until it reaches `at_least` (see
+/// [`TestService::wait_metric`]).
+pub async fn wait_metric(addr: SocketAddr, sample: &str, at_least: f64) {
+    let what = format!("metric {sample} at least {at_least}");
+    eventually(&what, Duration::from_secs(10), || async {
+        let body = http_get(addr, "/metrics").await;
+        match sample_value(&body, sample) {
+            Some(v) if v >= at_least => Ok(()),
+            Some(v) => Err(v.to_string()),
+            None => Err(missing(&body, sample)),
+        }
+    })
+    .await
 }
 
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
@@ -336,16 +353,61 @@ pub async fn new_kiosk_token(channel: Channel, id: &str) -> String {
         .token
 }
 
-/// The value of one metric sample line on the HTTP port at `addr` (0 when absent).
+/// The value of one metric sample on the HTTP port at `addr`, e.g.
+/// `greenplate_ingest_batches_accepted_total` or
+/// `greenplate_ingest_batches_rejected_total{reason="replay"}`. A sample that is not
+/// exposed fails the test, naming it and the exposed samples closest to it: a renamed or
+/// unregistered metric must not read as 0 and satisfy an `== 0.0` check.
 pub async fn metric(addr: SocketAddr, sample: &str) -> f64 {
     let body = http_get(addr, "/metrics").await;
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
+    match sample_value(&body, sample) {
+        Some(v) => v,
+        None => panic!("{}", missing(&body, sample)),
+    }
+}
+
+/// Like [`metric`], but 0 when the sample is absent. Only for a sample of a labelled
+/// counter (a `Family`, such as `..._rejected_total{reason="..."}`) that may never have been
+/// incremented, where absence is the expected case: prometheus-client writes a label set
+/// only once it has been used, and a family with none not at all, not even its `# TYPE`
+/// line. So this cannot tell "never counted" from "misspelt": each use must name a sample
+/// that some other check waits for with [`TestService::wait_metric`] (which fails if it
+/// never appears), and say which.
+pub async fn metric_or_zero(addr: SocketAddr, sample: &str) -> f64 {
+    let body = http_get(addr, "/metrics").await;
+    sample_value(&body, sample).unwrap_or(0.0)
+}
+
+/// One sample's value in a Prometheus text exposition, `None` when it is not there.
+pub fn sample_value(body: &str, sample: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Why a sample is missing: its name and the exposed samples that share the longest
+/// prefix with it.
+fn missing(body: &str, sample: &str) -> String {
+    let common = |a: &str| {
+        a.bytes()
+            .zip(sample.bytes())
+            .take_while(|(x, y)| x == y)
+            .count()
+    };
+    let mut names: Vec<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').map(|(name, _)| name))
+        .collect();
+    names.sort_by_key(|n| std::cmp::Reverse(common(n)));
+    names.dedup();
+    names.truncate(8);
+    format!(
+        "metric sample {sample} is not exposed on /metrics; closest: {}",
+        names.join(", ")
+    )
 }

@@ -3,11 +3,13 @@
 //! reports which alerts arrived and how fast.
 //!
 //! Layout: one module per subcommand: [`town`], [`kiosk_load`], [`import_csv`],
-//! [`patrol_load`], [`district`], [`bench`](mod@bench); [`args`] holds what they share.
+//! [`patrol_load`], [`district`], [`bench`](mod@bench), [`fuzz_seeds`]; [`args`] holds what
+//! they share.
 
 mod args;
 mod bench;
 mod district;
+mod fuzz_seeds;
 mod import_csv;
 mod kiosk_load;
 mod patrol_load;
@@ -43,6 +45,9 @@ enum Command {
     /// End-to-end benchmark, side by side: greenplate with its embedded broker, greenplate
     /// behind Mosquitto, Mosquitto alone; writes a JSON and a Markdown report.
     Bench(bench::BenchArgs),
+    /// Write the binary seeds of the fuzz targets open_sealed and decode_batch (after a
+    /// change to the contract; see ingest/fuzz/README.md).
+    FuzzSeeds(fuzz_seeds::FuzzSeedsArgs),
 }
 
 #[tokio::main]
@@ -59,5 +64,6 @@ async fn main() -> anyhow::Result<()> {
         Command::PatrolLoad(args) => patrol_load::run(args).await,
         Command::District(args) => district::run(*args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::FuzzSeeds(args) => fuzz_seeds::run(args),
     }
 }
