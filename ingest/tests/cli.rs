@@ -4,11 +4,14 @@ mod support;
 
 use std::process::Command;
 
-use greenplate_proto::v1::{AlertKind, GetBikeRequest, get_bike_request};
+use greenplate_proto::v1::{
+    AddPatrolUnitRequest, AlertKind, GetBikeRequest, ListAuditRequest, SetArmedRequest,
+    SetPinRequest, get_bike_request,
+};
 use greenplate_registry::RegistryError;
 use greenplate_simulator::clients;
 use greenplate_simulator::reader::{ReaderClient, sighting};
-use support::{ADMIN_TOKEN, TestService, next_alert, stream};
+use support::{ADMIN_TOKEN, TestService, new_unit_token, next_alert, stream};
 
 fn greenplate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_greenplate"))
@@ -93,6 +96,66 @@ E28011600000000000000103,潮阳A00103,张强,440513199001011231,13800000003,Aima
         .into_inner();
     assert_eq!(bike.tag_id, "E28011600000000000000102");
     assert_eq!(bike.owner.unwrap().phone, "138****0001");
+
+    // An imported bike has no PIN: it cannot be armed until its owner sets one at a kiosk.
+    let mut kiosk = svc.add_kiosk("k-pin").await;
+    let arm = SetArmedRequest {
+        plate: "潮阳A00102".into(),
+        pin: "1357".into(),
+        armed: true,
+    };
+    let no_pin = kiosk.set_armed(arm.clone()).await.unwrap_err();
+    assert_eq!(no_pin.code(), tonic::Code::FailedPrecondition, "{no_pin:?}");
+    let set_pin = |owner: &str| SetPinRequest {
+        plate: "潮阳A00102".into(),
+        owner_id_number: owner.into(),
+        new_pin: "1357".into(),
+    };
+    let not_owner = kiosk
+        .set_pin(set_pin("440513199001011230"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        not_owner.code(),
+        tonic::Code::PermissionDenied,
+        "{not_owner:?}"
+    );
+    kiosk.set_pin(set_pin("11010519491231002X")).await.unwrap();
+    assert!(kiosk.set_armed(arm).await.unwrap().into_inner().armed);
+
+    // Both are in the audit log: the import's rows by line (the second run added none),
+    // the PIN by the kiosk.
+    let audit = svc
+        .admin()
+        .await
+        .list_audit(ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let importer = format!("admin:import:{}", csv.display());
+    let imported: Vec<&str> = audit
+        .iter()
+        .filter(|e| e.actor == importer && e.action == "register_bike")
+        .map(|e| e.subject.as_str())
+        .collect();
+    assert_eq!(imported.len(), 2, "{audit:?}");
+    assert!(imported[0].ends_with("plate 潮阳A00101 tag E28011600000000000000101 (import line 2)"));
+    assert!(imported[1].ends_with("plate 潮阳A00102 tag E28011600000000000000102 (import line 3)"));
+    let kiosk_changes: Vec<(&str, &str)> = audit
+        .iter()
+        .filter(|e| e.actor == "kiosk:k-pin")
+        .map(|e| (e.action.as_str(), e.subject.as_str()))
+        .collect();
+    let pin_subject = format!("bike {}", bike.bike_id);
+    assert!(
+        kiosk_changes.contains(&("set_pin", pin_subject.as_str())),
+        "{kiosk_changes:?}"
+    );
+    assert!(
+        audit.iter().all(|e| !e.subject.contains("1357")),
+        "no PIN in the audit log"
+    );
     svc.stop().await;
 }
 
@@ -100,8 +163,8 @@ E28011600000000000000103,潮阳A00103,张强,440513199001011231,13800000003,Aima
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patrol_client_prints_alerts_and_closes_incidents() {
     use greenplate_proto::v1::{
-        AddKioskRequest, AddPatrolUnitRequest, AddReaderRequest, AddZoneRequest, BikeDetails,
-        Owner, RegisterBikeRequest, ReportStolenRequest,
+        AddKioskRequest, AddReaderRequest, AddZoneRequest, BikeDetails, Owner, RegisterBikeRequest,
+        ReportStolenRequest,
     };
     use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -246,6 +309,151 @@ async fn patrol_client_prints_alerts_and_closes_incidents() {
     svc.stop().await;
 }
 
+/// A TCP proxy to `target` whose connections the test can cut, and refuse until reopened.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    /// (open, epoch): closing bumps the epoch, which ends every connection of the one before.
+    state: std::sync::Arc<tokio::sync::watch::Sender<(bool, u64)>>,
+    /// Connections forwarded so far.
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = std::sync::Arc::new(tokio::sync::watch::channel((true, 0)).0);
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (st, sv) = (state.clone(), served.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let (open, epoch) = *st.borrow();
+                if !open {
+                    continue; // dropped: the client sees the connection closed
+                }
+                sv.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut cut = st.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.wait_for(|s| s.1 != epoch) => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            state,
+            served,
+        }
+    }
+
+    /// Cuts every connection and refuses new ones.
+    fn close(&self) {
+        self.state.send_modify(|s| *s = (false, s.1 + 1));
+    }
+
+    fn open(&self) {
+        self.state.send_modify(|s| s.0 = true);
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// `greenplate patrol` resumes after a dropped connection: what was alerted while it was
+/// cut off is printed once it is back, each alert once, none again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patrol_client_resumes_after_a_dropped_connection() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let svc = TestService::start().await;
+    svc.admin()
+        .await
+        .add_zone(greenplate_proto::v1::AddZoneRequest {
+            zone_id: "all".into(),
+            name: "All".into(),
+            geojson: r#"{"type":"Polygon","coordinates":[[[116,23],[117,23],[117,24],[116,24],[116,23]]]}"#.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let token = new_unit_token(svc.channel().await, "u-1", &["all"], false).await;
+    // The server's own view of the unit's alerts, not through the proxy.
+    let mut direct = stream(&clients::patrol(svc.channel().await, &token).unwrap(), 0).await;
+    let secret = svc.add_reader("rd-1", 23.3, 116.6).await;
+    support::register_stolen(&svc, "E28011606000000000000C74", "粤D7C074").await;
+    let proxy = Proxy::start(svc.service.grpc_addr).await;
+
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_greenplate"))
+        .args(["patrol", "--server", &format!("http://{}", proxy.addr)])
+        .args(["--token", &token])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut next_seq = async || {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("an alert line within 20 s")
+            .unwrap()
+            .expect("the patrol client is still running");
+        let seq = line
+            .strip_prefix('#')
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("not an alert line: {line}"));
+        (seq, line)
+    };
+    let mut reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-1", &secret)
+        .await
+        .unwrap();
+    let mut pass = 0;
+    let mut alert = async |reader: &mut ReaderClient| {
+        reader
+            .publish(vec![support::later(
+                sighting("E28011606000000000000C74", 1, -50),
+                pass,
+            )])
+            .await
+            .unwrap();
+        pass += 1;
+        next_alert(&mut direct).await.seq
+    };
+
+    let first = alert(&mut reader).await;
+    let (seq, line) = next_seq().await;
+    assert_eq!(seq, first, "{line}");
+    assert!(line.contains("STOLEN BIKE SEEN  粤D7C074"), "{line}");
+    let connections = proxy.served();
+
+    // Cut off: two alerts are committed meanwhile.
+    proxy.close();
+    let missed = [alert(&mut reader).await, alert(&mut reader).await];
+    proxy.open();
+    assert_eq!(
+        (next_seq().await.0, next_seq().await.0),
+        (missed[0], missed[1])
+    );
+    assert!(
+        proxy.served() > connections,
+        "the client should have reconnected"
+    );
+    // And it goes on live, nothing printed twice.
+    let live = alert(&mut reader).await;
+    assert_eq!(next_seq().await.0, live);
+
+    follow.kill().await.unwrap();
+    reader.disconnect().await;
+    svc.stop().await;
+}
+
 /// `greenplate zones import` adds a FeatureCollection's zones through Admin, reports bad
 /// features, and a re-run changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,6 +535,94 @@ async fn zones_import_adds_reports_and_is_idempotent() {
         );
         r.disconnect().await;
     }
+    svc.stop().await;
+}
+
+/// `greenplate zones import` refuses a file that is not JSON or not a FeatureCollection
+/// (one line naming the file, exit code 1, nothing added), and a feature whose `kind` is
+/// neither `patrol` nor `watch` (reported, not added; the others are).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zones_import_reports_bad_files_and_bad_kinds() {
+    let svc = TestService::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let square = r#"{"type":"Polygon","coordinates":[[[116.50,23.20],[116.58,23.20],[116.58,23.32],[116.50,23.32],[116.50,23.20]]]}"#;
+    let run = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let out = greenplate()
+            .args(["zones", "import"])
+            .arg(&file)
+            .args(["--server", &svc.grpc_url, "--admin-token", ADMIN_TOKEN])
+            .output()
+            .unwrap();
+        (
+            file,
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let feature =
+        format!(r#"{{"type":"Feature","properties":{{"id":"lone"}},"geometry":{square}}}"#);
+    for (name, text, says) in [
+        (
+            "broken.geojson",
+            "{\"type\": \"FeatureCollection\", ".to_owned(),
+            "not JSON: ",
+        ),
+        (
+            "feature.geojson",
+            feature,
+            "expected a GeoJSON FeatureCollection",
+        ),
+        (
+            "no-features.geojson",
+            r#"{"type":"FeatureCollection","features":{}}"#.to_owned(),
+            "expected a GeoJSON FeatureCollection",
+        ),
+    ] {
+        let (file, code, stdout, stderr) = run(name, &text);
+        assert_eq!(code, Some(1), "{name}: {stderr}");
+        assert!(stdout.is_empty(), "{name}: {stdout}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{name}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("greenplate: {}: {says}", file.display())),
+            "{name}: {stderr}"
+        );
+    }
+
+    let (_, code, stdout, _) = run(
+        "kinds.geojson",
+        &format!(
+            r#"{{"type":"FeatureCollection","features":[
+              {{"type":"Feature","properties":{{"id":"odd","kind":"exit"}},"geometry":{square}}},
+              {{"type":"Feature","properties":{{"id":"fine","kind":"patrol"}},"geometry":{square}}}
+            ]}}"#
+        ),
+    );
+    assert_eq!(code, Some(1), "a rejected feature makes a non-zero exit");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            r#"feature 0 rejected: properties.kind "exit" is not patrol or watch"#,
+            "added fine",
+        ]
+    );
+    // Nothing of the refused files or the rejected feature became a zone.
+    let mut admin = svc.admin().await;
+    for zone in ["lone", "odd"] {
+        let refused = admin
+            .add_patrol_unit(AddPatrolUnitRequest {
+                unit_id: format!("u-{zone}"),
+                name: zone.into(),
+                zone_ids: vec![zone.into()],
+                command_center: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::NotFound, "{zone}: {refused:?}");
+    }
+    svc.add_unit("u-fine", &["fine"], false).await;
     svc.stop().await;
 }
 

@@ -8,8 +8,8 @@ use greenplate_proto::v1::{
     AddZoneRequest, GetTrackRequest, Outcome, ResolveIncidentRequest, ZoneKind,
     get_track_request::Subject,
 };
-use greenplate_simulator::reader::{ReaderClient, sighting};
-use support::{TestService, later, next_alert, register_stolen, stream};
+use greenplate_simulator::reader::{ReaderClient, now_ms, sighting};
+use support::{TestService, bike, later, next_alert, register_stolen, stream};
 use tonic::Code;
 
 const TAG: &str = "E28011606000000000000B01";
@@ -255,5 +255,72 @@ async fn a_stalled_history_store_buffers_then_pushes_back_and_loses_nothing() {
     assert_eq!(track.points.len(), 30);
     db.close().await;
     reader.disconnect().await;
+    svc.stop().await;
+}
+
+/// Passes are kept `ingest.history_retention_days`: the retention job (run at start, then
+/// hourly) deletes those that ended before the cutoff, counts them in
+/// `greenplate_history_passes_purged_total`, and GetTrack no longer shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_past_the_retention_are_purged_and_counted() {
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+    const HOUR_MS: i64 = 3600 * 1000;
+    // Readers' clocks may be days behind here, so old passes can be recorded at all.
+    let skew = |c: &mut greenplate_ingest::Config| c.ingest.max_clock_skew_ms = 4 * DAY_MS;
+    let svc = TestService::start_configured(skew).await;
+    let secret = svc.add_reader("rd-old", 23.30, 116.60).await;
+    let mut kiosk = svc.add_kiosk("k-old").await;
+    kiosk.register_bike(bike(TAG, PLATE)).await.unwrap();
+    let mut r = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-old", &secret)
+        .await
+        .unwrap();
+    let now = now_ms();
+    let at = |ago_ms: i64| {
+        let mut s = sighting(TAG, 1, -50);
+        s.first_seen_ms = now - ago_ms - 200;
+        s.last_seen_ms = now - ago_ms;
+        s
+    };
+    // An hour either side of a 2-day cutoff, and a minute ago: three passes.
+    for ago in [2 * DAY_MS + HOUR_MS, 2 * DAY_MS - HOUR_MS, 60_000] {
+        r.publish(vec![at(ago)]).await.unwrap();
+    }
+    svc.wait_metric("greenplate_ingest_passes_opened_total", 3.0)
+        .await;
+    r.disconnect().await;
+    // Stopping closes the open passes and stores them; at 90 days (the default) the job
+    // deleted nothing.
+    assert_eq!(
+        svc.metric("greenplate_history_passes_purged_total").await,
+        0.0
+    );
+    let dir = svc.stop().await;
+
+    // Restarted keeping 2 days: the job runs at start and deletes the pass that ended
+    // before the cutoff, only that one.
+    let svc = TestService::start_in_configured(dir, |c| {
+        skew(c);
+        c.ingest.history_retention_days = 2;
+    })
+    .await;
+    svc.wait_metric("greenplate_history_passes_purged_total", 1.0)
+        .await;
+    let track = svc
+        .add_unit("hq", &[], true)
+        .await
+        .get_track(GetTrackRequest {
+            subject: Some(Subject::Plate(PLATE.into())),
+            from_ms: now - 10 * DAY_MS,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ended: Vec<i64> = track.points.iter().map(|p| p.last_seen_ms).collect();
+    assert_eq!(ended, [now - (2 * DAY_MS - HOUR_MS), now - 60_000]);
+    assert_eq!(
+        svc.metric("greenplate_history_passes_purged_total").await,
+        1.0
+    );
     svc.stop().await;
 }

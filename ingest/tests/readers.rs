@@ -534,6 +534,179 @@ async fn secrets_rotate_with_a_grace_period_and_disabled_readers_are_refused() {
     svc.stop().await;
 }
 
+/// A rotation's grace is kept in memory only: a restart ends it, however long it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_ends_the_grace_period() {
+    let svc = TestService::start().await;
+    let old = svc.add_reader("rd-g", 23.30, 116.60).await;
+    let new = svc
+        .admin()
+        .await
+        .rotate_reader_secret(RotateReaderSecretRequest {
+            reader_id: "rd-g".into(),
+            grace_s: 24 * 3600,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-g", &old)
+        .await
+        .expect("the old secret logs in during its day of grace")
+        .disconnect()
+        .await;
+    let dir = svc.stop().await;
+
+    let svc = TestService::start_in(dir).await;
+    let port = svc.mqtt_port();
+    assert!(
+        ReaderClient::connect("127.0.0.1", port, "rd-g", &old)
+            .await
+            .is_err(),
+        "the old secret still logs in after a restart"
+    );
+    let mut r = ReaderClient::connect("127.0.0.1", port, "rd-g", &new)
+        .await
+        .unwrap();
+    r.publish(vec![]).await.unwrap();
+    svc.wait_metric("greenplate_ingest_batches_accepted_total", 1.0)
+        .await;
+    r.disconnect().await;
+    svc.stop().await;
+}
+
+/// Statuses taken or refused for their clock. (`status_time` is written once first
+/// counted: absent is 0. The test below refuses one first, so a misspelt name fails there.)
+async fn statuses_handled(svc: &TestService) -> f64 {
+    svc.metric("greenplate_ingest_reader_statuses_accepted_total")
+        .await
+        + svc
+            .metric_or_zero("greenplate_ingest_batches_rejected_total{reason=\"status_time\"}")
+            .await
+}
+
+/// Publishes a sealed ONLINE status of `reader` (secret `secret`) stamped `at_ms`, through
+/// `via`'s connection (the embedded broker does not check whose topic it is; the seal says
+/// who wrote it). Returns once the pipeline has taken or refused it.
+async fn publish_status(
+    svc: &TestService,
+    via: &ReaderClient,
+    reader: &str,
+    secret: &str,
+    at_ms: i64,
+    firmware: &str,
+) {
+    let before = statuses_handled(svc).await;
+    let status = ReaderStatus {
+        reader_id: reader.into(),
+        state: ReaderState::Online as i32,
+        session: "clock-skew-session-0001".into(),
+        at_ms,
+        firmware: firmware.into(),
+    };
+    via.publish_raw(
+        &topics::status(reader),
+        ReaderKey::derive(secret)
+            .seal_status(&status)
+            .encode_to_vec(),
+    )
+    .await
+    .unwrap();
+    eventually("the status handled", Duration::from_secs(10), || async {
+        let now = statuses_handled(svc).await;
+        if now > before { Ok(()) } else { Err(now) }
+    })
+    .await;
+}
+
+/// A reader's ONLINE status is taken only if its clock is within `ingest.max_clock_skew_ms`
+/// of the server's, past or future: configured to a minute, 55 s either way is taken and
+/// 65 s is refused (`status_time`); at the default (24 hours) 65 s is fine and a day and a
+/// minute is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_are_taken_within_the_clock_skew_window() {
+    const S: i64 = 1000;
+    for (skew_ms, cases) in [
+        (
+            Some(60 * S),
+            // (offset from now, taken), in an order where each taken one is the newest yet.
+            vec![
+                (-65 * S, false),
+                (-55 * S, true),
+                (65 * S, false),
+                (55 * S, true),
+            ],
+        ),
+        (
+            None,
+            vec![
+                (-(24 * 3600 + 60) * S, false),
+                (-65 * S, true),
+                ((24 * 3600 + 60) * S, false),
+                (65 * S, true),
+            ],
+        ),
+    ] {
+        let svc = TestService::start_configured(|c| {
+            if let Some(ms) = skew_ms {
+                c.ingest.max_clock_skew_ms = ms;
+            }
+        })
+        .await;
+        let via_secret = svc.add_reader("rd-via", 23.30, 116.60).await;
+        let secret = svc.add_reader("rd-clock", 23.31, 116.61).await;
+        let via = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-via", &via_secret)
+            .await
+            .unwrap();
+        svc.wait_metric("greenplate_ingest_reader_statuses_accepted_total", 1.0)
+            .await;
+        let mut taken = 0.0;
+        let mut refused = 0.0;
+        for (i, (offset, ok)) in cases.iter().enumerate() {
+            let firmware = format!("fw-{i}");
+            publish_status(
+                &svc,
+                &via,
+                "rd-clock",
+                &secret,
+                now_ms() + offset,
+                &firmware,
+            )
+            .await;
+            let info = reader_info(&svc, "rd-clock").await;
+            if *ok {
+                taken += 1.0;
+                assert_eq!(
+                    info.firmware, firmware,
+                    "skew {skew_ms:?}, offset {offset} ms"
+                );
+            } else {
+                refused += 1.0;
+                assert_ne!(
+                    info.firmware, firmware,
+                    "skew {skew_ms:?}, offset {offset} ms"
+                );
+            }
+            assert_eq!(
+                svc.metric("greenplate_ingest_reader_statuses_accepted_total")
+                    .await,
+                1.0 + taken,
+                "skew {skew_ms:?}, offset {offset} ms"
+            );
+            assert_eq!(
+                svc.metric_or_zero(
+                    "greenplate_ingest_batches_rejected_total{reason=\"status_time\"}"
+                )
+                .await,
+                refused,
+                "skew {skew_ms:?}, offset {offset} ms"
+            );
+        }
+        via.disconnect().await;
+        svc.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_reader_is_held_to_its_budget_without_disturbing_others() {
     let svc = TestService::start_configured(|c| {

@@ -5,9 +5,10 @@ mod support;
 
 use greenplate_proto::v1::registry_client::RegistryClient;
 use greenplate_proto::v1::{
-    AddKioskRequest, BikeDetails, DeregisterBikeRequest, GetBikeRequest, ListAuditRequest,
-    ListOwnerBikesRequest, Owner, RegisterBikeRequest, ReplaceTagRequest, ReportRecoveredRequest,
-    ReportStolenRequest, SetArmedRequest, TransferOwnershipRequest, get_bike_request,
+    AddKioskRequest, AddZoneRequest, BikeDetails, DeregisterBikeRequest, GetBikeRequest,
+    ListAuditRequest, ListOwnerBikesRequest, Owner, RegisterBikeRequest, ReplaceTagRequest,
+    ReportRecoveredRequest, ReportStolenRequest, SetArmedRequest, SetPinRequest,
+    TransferOwnershipRequest, ZoneKind, get_bike_request,
 };
 use greenplate_simulator::clients::{self, Authed};
 use support::{ADMIN_TOKEN, TestService, new_kiosk_token, new_unit_token};
@@ -105,6 +106,19 @@ async fn every_operation(svc: TestService) {
             .iter()
             .all(|b| b.owner.as_ref().unwrap().phone == "138****5678")
     );
+
+    // SetPin is for bikes with no PIN yet (imported ones: cli.rs sets one); this one has
+    // its registration's.
+    let set_pin = |pin: &str| SetPinRequest {
+        plate: "潮阳A00001".into(),
+        owner_id_number: ID_A.into(),
+        new_pin: pin.into(),
+    };
+    let bad_pin = k.set_pin(set_pin("12")).await.unwrap_err();
+    assert_eq!(bad_pin.code(), Code::InvalidArgument, "{bad_pin:?}");
+    assert!(bad_pin.message().contains("new_pin"), "{bad_pin:?}");
+    let has_one = k.set_pin(set_pin("1357")).await.unwrap_err();
+    assert_eq!(has_one.code(), Code::FailedPrecondition, "{has_one:?}");
 
     // Theft report with details; a second report returns the open one.
     let stolen = ReportStolenRequest {
@@ -236,8 +250,24 @@ async fn every_operation(svc: TestService) {
         .await
         .unwrap();
 
-    // The audit log, through Admin.
+    // Admin's provisioning, and a kiosk's and a command center's tokens for below.
     let mut admin = clients::admin(svc.channel().await, ADMIN_TOKEN).unwrap();
+    clients::add_reader(&mut admin, "rd-audit", "Gate".into(), 23.3, 116.6)
+        .await
+        .unwrap();
+    admin
+        .add_zone(AddZoneRequest {
+            zone_id: "z-audit".into(),
+            name: "Audit".into(),
+            geojson: r#"{"type":"Polygon","coordinates":[[[116,23],[117,23],[117,24],[116,24],[116,23]]]}"#.into(),
+            kind: ZoneKind::Patrol as i32,
+        })
+        .await
+        .unwrap();
+    let kiosk_token = new_kiosk_token(svc.channel().await, "k-audit").await;
+    let unit_token = new_unit_token(svc.channel().await, "u-audit", &["z-audit"], true).await;
+
+    // The audit log, through Admin.
     let entries = admin
         .list_audit(ListAuditRequest {
             after_id: 0,
@@ -265,11 +295,23 @@ async fn every_operation(svc: TestService) {
     ] {
         assert!(kiosk_actions.contains(&a), "audit lacks {a}");
     }
-    assert!(
-        entries
-            .iter()
-            .any(|e| e.actor == "admin:admin" && e.action == "add_kiosk")
-    );
+    let admin_changes: Vec<(&str, &str)> = entries
+        .iter()
+        .filter(|e| e.actor == "admin:admin")
+        .map(|e| (e.action.as_str(), e.subject.as_str()))
+        .collect();
+    for change in [
+        ("add_kiosk", "k-1"),
+        ("add_reader", "rd-audit (sealed)"),
+        ("add_zone", "z-audit"),
+        ("add_kiosk", "k-audit"),
+        ("add_patrol_unit", "u-audit"),
+    ] {
+        assert!(
+            admin_changes.contains(&change),
+            "audit lacks {change:?}: {admin_changes:?}"
+        );
+    }
     // No personal data in the audit log.
     assert!(
         entries
@@ -278,8 +320,6 @@ async fn every_operation(svc: TestService) {
     );
     // Kiosks and patrol units cannot read it (a token that is no one's is not even
     // authenticated).
-    let kiosk_token = new_kiosk_token(svc.channel().await, "k-audit").await;
-    let unit_token = new_unit_token(svc.channel().await, "u-audit", &[], true).await;
     for (who, token, code) in [
         ("a kiosk", kiosk_token.as_str(), Code::PermissionDenied),
         (

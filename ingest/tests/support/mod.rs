@@ -74,6 +74,11 @@ impl TestService {
         Self::start_with(dir, None, |_| {}).await
     }
 
+    /// Starts on an existing data directory with some configuration changed.
+    pub async fn start_in_configured(dir: tempfile::TempDir, tweak: impl Fn(&mut Config)) -> Self {
+        Self::start_with(dir, None, tweak).await
+    }
+
     /// Starts with some configuration changed.
     pub async fn start_configured(tweak: impl Fn(&mut Config)) -> Self {
         Self::start_with(tempfile::tempdir().unwrap(), None, tweak).await
@@ -371,8 +376,8 @@ pub async fn metric(addr: SocketAddr, sample: &str) -> f64 {
 /// incremented, where absence is the expected case: prometheus-client writes a label set
 /// only once it has been used, and a family with none not at all, not even its `# TYPE`
 /// line. So this cannot tell "never counted" from "misspelt": each use must name a sample
-/// that some other check waits for with [`TestService::wait_metric`] (which fails if it
-/// never appears), and say which.
+/// that some check requires to appear (a [`TestService::wait_metric`], or an equality with
+/// a count above 0), and say which.
 pub async fn metric_or_zero(addr: SocketAddr, sample: &str) -> f64 {
     let body = http_get(addr, "/metrics").await;
     sample_value(&body, sample).unwrap_or(0.0)
