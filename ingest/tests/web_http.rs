@@ -750,3 +750,74 @@ async fn every_post_needs_the_sessions_csrf_token() {
     }
     svc.stop().await;
 }
+
+/// "Every change is in the audit log": the web kiosk's too, under the kiosk's name, as gRPC's
+/// Admin/ListAudit shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_kiosks_changes_are_in_the_audit_log() {
+    let svc = TestService::start().await;
+    let addr = svc.service.http_addr;
+    let kiosk = new_kiosk_token(svc.channel().await, "k-web-audit").await;
+    let cookie = sign_in(addr, "kiosk", &kiosk).await;
+    let csrf = csrf_of(
+        &request(addr, "GET", "/kiosk", Some(&cookie), &[])
+            .await
+            .body,
+    );
+    let r = request(
+        addr,
+        "POST",
+        "/kiosk/register",
+        Some(&cookie),
+        &registration(&csrf, "11010519491231002X", "Yadea"),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let plate = [("csrf", csrf.as_str()), ("plate", "潮阳A20001")];
+    for (action, extra) in [
+        ("stolen", None),
+        ("recovered", None),
+        ("arm", Some(("pin", "2468"))),
+        ("disarm", Some(("pin", "2468"))),
+    ] {
+        let mut form = plate.to_vec();
+        form.extend(extra);
+        let r = request(
+            addr,
+            "POST",
+            &format!("/kiosk/bike/{action}"),
+            Some(&cookie),
+            &form,
+        )
+        .await;
+        assert_eq!(r.status, 303, "{action}: {}", r.body);
+    }
+    let entries = svc
+        .admin()
+        .await
+        .list_audit(greenplate_proto::v1::ListAuditRequest {
+            after_id: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let by_kiosk: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.actor == "kiosk:k-web-audit")
+        .map(|e| e.action.as_str())
+        .collect();
+    assert_eq!(
+        by_kiosk,
+        [
+            "register_bike",
+            "report_stolen",
+            "report_recovered",
+            "arm",
+            "disarm"
+        ],
+        "{entries:#?}"
+    );
+    svc.stop().await;
+}
