@@ -658,13 +658,11 @@ async fn an_idle_session_expires_and_its_live_stream_ends() {
     svc.stop().await;
 }
 
-/// Every POST of both apps needs the session's CSRF token, the bike actions and sign-out too,
-/// not only registration and incidents; a refused post changes nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_post_needs_the_sessions_csrf_token() {
-    let svc = TestService::start().await;
+/// A kiosk signed in on the web, with one bike (潮阳A20001) registered through its form;
+/// returns its session cookie and the session's CSRF token.
+async fn kiosk_with_a_bike(svc: &TestService, kiosk_id: &str) -> (String, String) {
     let addr = svc.service.http_addr;
-    let kiosk = new_kiosk_token(svc.channel().await, "k-csrf").await;
+    let kiosk = new_kiosk_token(svc.channel().await, kiosk_id).await;
     let cookie = sign_in(addr, "kiosk", &kiosk).await;
     let csrf = csrf_of(
         &request(addr, "GET", "/kiosk", Some(&cookie), &[])
@@ -680,6 +678,16 @@ async fn every_post_needs_the_sessions_csrf_token() {
     )
     .await;
     assert_eq!(r.status, 303, "{}", r.body);
+    (cookie, csrf)
+}
+
+/// Every POST of both apps needs the session's CSRF token, the bike actions and sign-out too,
+/// not only registration and incidents; a refused post changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_post_needs_the_sessions_csrf_token() {
+    let svc = TestService::start().await;
+    let addr = svc.service.http_addr;
+    let (cookie, csrf) = kiosk_with_a_bike(&svc, "k-csrf").await;
 
     let plate = "潮阳A20001";
     for action in [
@@ -757,22 +765,7 @@ async fn every_post_needs_the_sessions_csrf_token() {
 async fn the_web_kiosks_changes_are_in_the_audit_log() {
     let svc = TestService::start().await;
     let addr = svc.service.http_addr;
-    let kiosk = new_kiosk_token(svc.channel().await, "k-web-audit").await;
-    let cookie = sign_in(addr, "kiosk", &kiosk).await;
-    let csrf = csrf_of(
-        &request(addr, "GET", "/kiosk", Some(&cookie), &[])
-            .await
-            .body,
-    );
-    let r = request(
-        addr,
-        "POST",
-        "/kiosk/register",
-        Some(&cookie),
-        &registration(&csrf, "11010519491231002X", "Yadea"),
-    )
-    .await;
-    assert_eq!(r.status, 303, "{}", r.body);
+    let (cookie, csrf) = kiosk_with_a_bike(&svc, "k-web-audit").await;
     let plate = [("csrf", csrf.as_str()), ("plate", "潮阳A20001")];
     for (action, extra) in [
         ("stolen", None),
