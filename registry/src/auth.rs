@@ -7,6 +7,7 @@
 //! says which roles it accepts with [`require`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rand::RngCore;
@@ -71,22 +72,71 @@ fn hash(token: &str) -> TokenHash {
 pub struct Authenticator {
     admin: TokenHash,
     tokens: RwLock<HashMap<TokenHash, Caller>>,
+    /// Bumped by every change made in memory ([`Authenticator::activate`]). A reload whose
+    /// database read began before such a change may miss it, so it reads again.
+    epoch: AtomicU64,
 }
+
+/// How often [`Authenticator::reload`] reads again when tokens are activated meanwhile,
+/// before it keeps the activated tokens on top of what it read.
+const RELOAD_TRIES: usize = 4;
 
 impl Authenticator {
     /// Loads the issued tokens from the database.
     pub async fn load(db: &Db, admin_token: &str) -> Result<Arc<Self>, RegistryError> {
-        Ok(Arc::new(Self {
+        Ok(Arc::new(Self::with_tokens(
+            admin_token,
+            Self::load_tokens(db).await?,
+        )))
+    }
+
+    fn with_tokens(admin_token: &str, tokens: HashMap<TokenHash, Caller>) -> Self {
+        Self {
             admin: hash(admin_token),
-            tokens: RwLock::new(Self::load_tokens(db).await?),
-        }))
+            tokens: RwLock::new(tokens),
+            epoch: AtomicU64::new(0),
+        }
     }
 
     /// Replaces the tokens in memory with the database's (another node issued one).
+    ///
+    /// A token this node issues is activated right after its commit, which may fall between
+    /// this read and the replacement: the read is then stale and would drop the new token
+    /// (a kiosk's first call refused as UNAUTHENTICATED). So the replacement happens only
+    /// if nothing was activated meanwhile; otherwise it reads again, since what was activated
+    /// had committed before. After [`RELOAD_TRIES`] it keeps this node's tokens on top.
     pub async fn reload(&self, db: &Db) -> Result<(), RegistryError> {
+        for _ in 0..RELOAD_TRIES {
+            let epoch = self.epoch.load(Ordering::Acquire);
+            let tokens = Self::load_tokens(db).await?;
+            if self.install(tokens, Some(epoch)) {
+                return Ok(());
+            }
+        }
         let tokens = Self::load_tokens(db).await?;
-        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
+        self.install(tokens, None);
         Ok(())
+    }
+
+    /// Installs `tokens` read from the database, if no token was activated since `epoch`
+    /// was taken; with `None`, merges them with the tokens in memory instead. Returns whether
+    /// the tokens were installed.
+    fn install(&self, mut tokens: HashMap<TokenHash, Caller>, epoch: Option<u64>) -> bool {
+        let mut current = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        match epoch {
+            Some(e) if self.epoch.load(Ordering::Acquire) != e => false,
+            Some(_) => {
+                *current = tokens;
+                true
+            }
+            None => {
+                for (h, caller) in current.drain() {
+                    tokens.entry(h).or_insert(caller);
+                }
+                *current = tokens;
+                true
+            }
+        }
     }
 
     async fn load_tokens(db: &Db) -> Result<HashMap<TokenHash, Caller>, RegistryError> {
@@ -165,10 +215,9 @@ impl Authenticator {
 
     /// Makes a committed token usable.
     pub fn activate(&self, issued: &IssuedToken) {
-        self.tokens
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(issued.hash, issued.caller.clone());
+        let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        tokens.insert(issued.hash, issued.caller.clone());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A tonic interceptor that authenticates every call or refuses it with UNAUTHENTICATED.
@@ -222,5 +271,65 @@ pub fn require<T>(req: &Request<T>, roles: &[Role]) -> Result<Caller, Status> {
             "a {} token cannot make this call",
             caller.role.as_str()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issued(id: &str) -> IssuedToken {
+        let token = format!("gpk_{id}");
+        IssuedToken {
+            hash: hash(&token),
+            token,
+            caller: Caller {
+                role: Role::Kiosk,
+                id: id.into(),
+            },
+        }
+    }
+
+    /// The race CI met on PostgreSQL: the reload after LISTEN connects read the tokens just
+    /// before AddKiosk committed, and replaced the map just after the token was activated.
+    #[test]
+    fn a_stale_reload_does_not_drop_a_token_activated_meanwhile() {
+        let auth = Authenticator::with_tokens("admin", HashMap::new());
+        let before = auth.epoch.load(Ordering::Acquire);
+        let stale = HashMap::new(); // read before the commit
+        let k = issued("k-1");
+        auth.activate(&k);
+        assert!(
+            !auth.install(stale.clone(), Some(before)),
+            "a stale read was installed"
+        );
+        assert_eq!(
+            auth.authenticate(&k.token).map(|c| c.id),
+            Some("k-1".into())
+        );
+        // After the retries, the merge keeps it too.
+        assert!(auth.install(stale, None));
+        assert_eq!(
+            auth.authenticate(&k.token).map(|c| c.id),
+            Some("k-1".into())
+        );
+    }
+
+    #[test]
+    fn a_fresh_reload_replaces_the_tokens() {
+        let auth = Authenticator::with_tokens("admin", HashMap::new());
+        let k = issued("k-1");
+        auth.activate(&k);
+        let epoch = auth.epoch.load(Ordering::Acquire);
+        let mut read = HashMap::new();
+        let other = issued("k-2");
+        read.insert(other.hash, other.caller.clone());
+        assert!(auth.install(read, Some(epoch)));
+        assert!(
+            auth.authenticate(&k.token).is_none(),
+            "not in the database any more"
+        );
+        assert!(auth.authenticate(&other.token).is_some());
+        assert!(auth.authenticate("admin").is_some());
     }
 }
