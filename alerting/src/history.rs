@@ -227,4 +227,54 @@ mod tests {
         assert!(left.iter().all(|p| p.last_seen_ms >= 20_000));
         assert_eq!(left.len(), 1500);
     }
+
+    /// The retention job goes on by itself: a pass that falls past the cutoff after the
+    /// first round is deleted by a later round, without a restart, and each round's count
+    /// reaches `on_purged`.
+    #[tokio::test]
+    async fn the_retention_job_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&Db::sqlite_url(&dir.path().join("h.db")))
+            .await
+            .unwrap();
+        db.migrate(crate::schema::migrations()).await.unwrap();
+        let h = History::new(db);
+        let day = 24 * 3600 * 1000;
+        let now = now_ms();
+        h.append(&[pass(1, "r1", now - 3 * day, now - 3 * day + 5)])
+            .await
+            .unwrap();
+        let (tx, mut rounds) = tokio::sync::mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let job = tokio::spawn(run_retention(
+            h.clone(),
+            Duration::from_millis(2 * day as u64),
+            Duration::from_millis(50),
+            shutdown.clone(),
+            move |n| tx.send(n).unwrap(),
+        ));
+        let within = Duration::from_secs(10);
+        assert_eq!(
+            tokio::time::timeout(within, rounds.recv()).await,
+            Ok(Some(1))
+        );
+        // Written after the first round, and already past the retention (a node that was
+        // down, a late drain): only a later round can delete it. A recent pass stays.
+        h.append(&[
+            pass(2, "r1", now - 5 * day, now - 5 * day + 5),
+            pass(3, "r1", now - 1000, now),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            tokio::time::timeout(within, rounds.recv()).await,
+            Ok(Some(1))
+        );
+        let tags = [pass(2, "", 0, 0).tag, pass(3, "", 0, 0).tag];
+        let left = h.track(&tags, 0, i64::MAX, 10).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].tag, tags[1]);
+        shutdown.cancel();
+        tokio::time::timeout(within, job).await.unwrap().unwrap();
+    }
 }

@@ -17,9 +17,6 @@ use crate::config::{Config, ConfigError, parse_key};
 use crate::metrics::Metrics;
 use crate::{broker, data_dir, http, pipeline};
 
-/// Messages queued between the broker link and the pipeline's sharding.
-const BROKER_QUEUE: usize = 4096;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -171,14 +168,13 @@ impl Service {
             workers,
             &tracker,
         );
-        let (inbound_tx, mut inbound_rx) = tokio::sync::mpsc::channel(BROKER_QUEUE);
         let mqtt_addr = match &config.mqtt.url {
             Some(url) => {
                 broker::external::start(
                     &config.mqtt,
                     url,
                     metrics.clone(),
-                    inbound_tx,
+                    input,
                     shutdown.clone(),
                     &tracker,
                 )
@@ -189,7 +185,7 @@ impl Service {
                     &config.mqtt,
                     registry.readers().clone(),
                     metrics.clone(),
-                    inbound_tx,
+                    input,
                     shutdown.clone(),
                     &tracker,
                 )
@@ -197,16 +193,6 @@ impl Service {
                 config.mqtt.listen
             }
         };
-        // Broker link -> pipeline shards; ends when the link stops, which lets workers drain.
-        let queue_gauge = metrics.clone();
-        tracker.spawn(async move {
-            while let Some(msg) = inbound_rx.recv().await {
-                queue_gauge.pipeline_queue.set(inbound_rx.len() as i64);
-                if input.send(msg).await.is_err() {
-                    break;
-                }
-            }
-        });
 
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(greenplate_proto::FILE_DESCRIPTOR_SET)

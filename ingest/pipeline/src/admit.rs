@@ -92,14 +92,15 @@ pub fn enabled_reader(readers: &Readers, id: &str) -> Result<Arc<Reader>, Reject
 }
 
 /// Takes an opened batch's seq, once. Vendor formats have no batch counter (seq 0): their
-/// re-sent reads fold into the tag's open pass instead, so they skip the window.
+/// re-sent reads fold into the tag's open pass instead, so they skip the window. Returns
+/// how many of the reader's seqs were found missing ([`SeqWindow::take`]).
 pub fn take_seq(
     admission: &Admission,
     reader: &Reader,
     batch: &SightingBatch,
-) -> Result<(), Rejection> {
+) -> Result<u64, Rejection> {
     if batch.seq == 0 && reader.format != Format::Sealed {
-        return Ok(());
+        return Ok(0);
     }
     // Each seq once, late ones too while inside the window.
     let mut seqs = admission.seqs.lock().unwrap_or_else(|p| p.into_inner());
@@ -145,6 +146,8 @@ impl TokenBucket {
 #[derive(Debug, Default, Clone)]
 pub struct SeqWindow {
     highest: u64,
+    /// The first seq taken: where counting missing seqs starts.
+    first: u64,
     /// A ring: bit `seq % RING` set means `seq` was taken, for seqs in the window.
     taken: [u64; 17],
 }
@@ -170,25 +173,40 @@ impl SeqWindow {
         ((i / 64) as usize, 1u64 << (i % 64))
     }
 
-    /// Takes `seq` if it was not taken before.
-    pub fn take(&mut self, seq: u64) -> Result<(), SeqRefusal> {
+    /// Takes `seq` if it was not taken before. Returns how many seqs left the window with
+    /// this take without ever having been taken: batches the reader numbered that never
+    /// reached the pipeline (or were refused before their seq was read). Seqs below the
+    /// first one this window saw are not counted: the window cannot know about them.
+    pub fn take(&mut self, seq: u64) -> Result<u64, SeqRefusal> {
         if seq == 0 {
             return Err(SeqRefusal::TooOld);
         }
         if seq > self.highest {
+            if self.highest == 0 {
+                self.first = seq;
+            }
+            let mut missing = 0;
             if seq - self.highest >= Self::RING {
+                // The whole window leaves: its seqs not taken, and those jumped over.
+                let low = self.highest.saturating_sub(Self::WIDTH).max(self.first);
+                missing += (low..=self.highest).filter(|&s| !self.is_taken(s)).count() as u64;
+                let skipped_from = (self.highest + 1).max(self.first);
+                missing += (seq - Self::WIDTH).saturating_sub(skipped_from);
                 self.taken = Default::default();
             } else {
-                // The slots of the seqs the window moves over held seqs now out of it.
-                for s in self.highest + 1..seq {
+                // The slot of each seq the window moves over held the seq now leaving it.
+                for s in self.highest + 1..=seq {
                     let (w, b) = Self::slot(s);
+                    if s >= Self::RING && s - Self::RING >= self.first && self.taken[w] & b == 0 {
+                        missing += 1;
+                    }
                     self.taken[w] &= !b;
                 }
             }
             let (w, b) = Self::slot(seq);
             self.taken[w] |= b;
             self.highest = seq;
-            return Ok(());
+            return Ok(missing);
         }
         if self.highest - seq > Self::WIDTH {
             return Err(SeqRefusal::TooOld);
@@ -198,7 +216,12 @@ impl SeqWindow {
             return Err(SeqRefusal::Duplicate);
         }
         self.taken[w] |= b;
-        Ok(())
+        Ok(0)
+    }
+
+    fn is_taken(&self, seq: u64) -> bool {
+        let (w, b) = Self::slot(seq);
+        self.taken[w] & b != 0
     }
 
     /// The highest seq taken.
@@ -233,18 +256,18 @@ mod tests {
     fn seq_window_takes_each_seq_once_even_late() {
         let mut w = SeqWindow::default();
         assert_eq!(w.take(0), Err(SeqRefusal::TooOld));
-        assert_eq!(w.take(10), Ok(()));
+        assert_eq!(w.take(10), Ok(0));
         assert_eq!(w.take(10), Err(SeqRefusal::Duplicate));
-        assert_eq!(w.take(12), Ok(()));
+        assert_eq!(w.take(12), Ok(0));
         // 11 arrives late: taken once.
-        assert_eq!(w.take(11), Ok(()));
+        assert_eq!(w.take(11), Ok(0));
         assert_eq!(w.take(11), Err(SeqRefusal::Duplicate));
         assert_eq!(w.take(10), Err(SeqRefusal::Duplicate));
-        assert_eq!(w.take(9), Ok(()));
+        assert_eq!(w.take(9), Ok(0));
         // A jump keeps what is still inside the window.
-        assert_eq!(w.take(12 + 100), Ok(()));
+        assert_eq!(w.take(12 + 100), Ok(0));
         assert_eq!(w.take(12), Err(SeqRefusal::Duplicate));
-        assert_eq!(w.take(13), Ok(()));
+        assert_eq!(w.take(13), Ok(0));
         assert_eq!(w.take(112 - 100), Err(SeqRefusal::Duplicate));
         // One step at a time past a whole ring: old slots are reused, each seq taken once.
         let mut w = SeqWindow::default();
@@ -263,5 +286,44 @@ mod tests {
         w.take(2 + 2 * SeqWindow::WIDTH).unwrap();
         assert_eq!(w.take(1 + SeqWindow::WIDTH), Err(SeqRefusal::TooOld));
         assert_eq!(w.highest(), 2 + 2 * SeqWindow::WIDTH);
+    }
+
+    #[test]
+    fn seq_window_counts_seqs_that_leave_it_never_taken() {
+        let w_ = SeqWindow::WIDTH;
+        // 1..=10 with 4 and 7 missing: nothing counted while they may still come late.
+        let mut w = SeqWindow::default();
+        let mut missing = 0;
+        for s in (1..=10).filter(|s| ![4, 7].contains(s)) {
+            missing += w.take(s).unwrap();
+        }
+        assert_eq!(missing, 0);
+        // 7 comes late; 4 never does. Once the window moved past them, 4 alone is counted.
+        assert_eq!(w.take(7), Ok(0));
+        for s in 11..=w_ + 4 {
+            missing += w.take(s).unwrap();
+        }
+        assert_eq!(missing, 0, "4 is still inside the window");
+        missing += w.take(w_ + 5).unwrap(); // highest - 4 > WIDTH now
+        assert_eq!(missing, 1);
+        // Nothing more is counted as it goes on.
+        for s in w_ + 6..=3 * w_ {
+            missing += w.take(s).unwrap();
+        }
+        assert_eq!(missing, 1);
+        // A jump past the whole window: the 99 seqs jumped over below the new window are
+        // missing at once; the ones still inside it are not yet.
+        let high = w.highest();
+        missing += w.take(high + w_ + 100).unwrap();
+        assert_eq!(missing, 1 + 99);
+        // A jump also counts the old window's seqs that were never taken.
+        let mut w = SeqWindow::default();
+        w.take(5).unwrap();
+        w.take(8).unwrap(); // 6 and 7 pending
+        assert_eq!(w.take(8 + w_ + 1), Ok(2));
+        // The first seq seen starts the count: a reader that starts at 1,000 owes nothing.
+        let mut w = SeqWindow::default();
+        assert_eq!(w.take(1_000), Ok(0));
+        assert_eq!(w.take(1_000 + 2 * w_), Ok(2 * w_ - w_ - 1));
     }
 }

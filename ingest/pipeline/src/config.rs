@@ -19,8 +19,10 @@ pub struct MqttConfig {
     /// Most simultaneous MQTT connections.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Memory for reader messages waiting for ingest, in MiB (a ring of 4 MiB segments whose
-    /// oldest is dropped when full, read or not: how far ingest may fall behind). It stays
+    /// Memory for reader messages waiting for ingest, in MiB: a ring of segments (at most
+    /// 4 MiB each, at least 8 of them) whose oldest is dropped when full, read or not: how
+    /// far ingest may fall behind. What is dropped unread is counted in
+    /// `greenplate_ingest_messages_lost_total{reason="broker_ring_overwritten"}`. It stays
     /// resident once filled, so it is sized for a second or so at 1 M reads/s, not more.
     #[serde(default = "default_buffer_mib")]
     pub buffer_mib: usize,
@@ -162,6 +164,13 @@ fn default_reader_messages_burst() -> f64 {
 
 fn default_reader_offline_after_s() -> u64 {
     300
+}
+
+impl MqttConfig {
+    /// The embedded broker's ring, in bytes (`buffer_mib`, at least 1 MiB).
+    pub fn ring_bytes(&self) -> usize {
+        self.buffer_mib.max(1) << 20
+    }
 }
 
 impl Default for MqttConfig {

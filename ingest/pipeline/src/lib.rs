@@ -80,23 +80,39 @@ pub struct Context {
     pub store: StoreInput,
 }
 
-/// The pipeline's entrance. Dropping every clone lets the workers drain and stop.
+/// The pipeline's entrance, where the broker puts each message (one hop: no relay task in
+/// between). Dropping every clone lets the workers drain and stop.
 #[derive(Debug, Clone)]
 pub struct Input {
     shards: Vec<mpsc::Sender<Inbound>>,
     hasher: RandomState,
+    metrics: Arc<Metrics>,
 }
 
 impl Input {
-    /// Queues a message on its topic's worker; waits while that worker is behind.
+    /// Queues a message on its topic's worker; waits while that worker is behind (and the
+    /// broker's buffer takes the rest).
     pub async fn send(&self, msg: Inbound) -> Result<(), Inbound> {
         let i = (self.hasher.hash_one(&msg.topic) % self.shards.len() as u64) as usize;
-        self.shards[i].send(msg).await.map_err(|e| e.0)
+        self.shards[i].send(msg).await.map_err(|e| e.0)?;
+        self.metrics.pipeline_queue.set(self.queued() as i64);
+        Ok(())
+    }
+
+    /// Messages queued on the workers now.
+    pub fn queued(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.max_capacity() - s.capacity())
+            .sum()
     }
 }
 
 /// Starts `workers` workers on `tracker`.
 pub fn spawn(ctx: Context, workers: usize, tracker: &TaskTracker) -> Input {
+    ctx.metrics
+        .pipeline_queue_capacity
+        .set((workers.max(1) * WORKER_QUEUE) as i64);
     let shards = (0..workers.max(1))
         .map(|_| {
             let (tx, rx) = mpsc::channel(WORKER_QUEUE);
@@ -107,6 +123,7 @@ pub fn spawn(ctx: Context, workers: usize, tracker: &TaskTracker) -> Input {
     Input {
         shards,
         hasher: RandomState::new(),
+        metrics: ctx.metrics.clone(),
     }
 }
 
@@ -178,9 +195,14 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
     }
     let log = &mut w.log;
     let batch = match open::open_batch(&reader, &msg.payload, ctx.unsealed_allowed)
-        .and_then(|batch| admit::take_seq(&admission, &reader, &batch).map(|()| batch))
+        .and_then(|batch| admit::take_seq(&admission, &reader, &batch).map(|gone| (batch, gone)))
     {
-        Ok(batch) => batch,
+        Ok((batch, missing)) => {
+            if missing > 0 {
+                ctx.metrics.batches_missing(&reader.id, missing);
+            }
+            batch
+        }
         Err(rejection) => return dropped(ctx, log, msg, &rejection),
     };
     ctx.metrics.batches_accepted.inc();
@@ -238,6 +260,7 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
                     .map(|a| a as Arc<dyn std::any::Any + Send + Sync>),
             };
             if ctx.engine.submit(sighted).await.is_err() {
+                ctx.metrics.flagged_lost(metrics::LOST_ENGINE_STOPPED);
                 tracing::error!(reader = %reader.id, "Alerting engine has stopped; sighting not alerted.");
             }
         }

@@ -16,6 +16,30 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+/// A `reader` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReaderLabel {
+    pub reader: String,
+}
+
+/// `messages_lost` reason: the embedded broker overwrote messages in its ring before ingest
+/// read them (they had been acknowledged to the reader).
+pub const LOST_RING_OVERWRITTEN: &str = "broker_ring_overwritten";
+/// `messages_lost` / `flagged_sightings_lost` reason: the service stopped before it got to
+/// them.
+pub const LOST_SHUTDOWN: &str = "shutdown";
+/// `flagged_sightings_lost` reason: the alerting engine had stopped.
+pub const LOST_ENGINE_STOPPED: &str = "engine_stopped";
+/// `mqtt_acks_failed` reason: the connection to the external broker was gone when the
+/// PUBACK was due (the broker delivers the message again).
+pub const ACK_DISCONNECTED: &str = "disconnected";
+
+/// Every `messages_lost` reason, exported at 0 from the start so that a rate and an alert
+/// rule see the series before the first loss.
+const LOST_REASONS: [&str; 2] = [LOST_RING_OVERWRITTEN, LOST_SHUTDOWN];
+const FLAGGED_LOST_REASONS: [&str; 2] = [LOST_ENGINE_STOPPED, LOST_SHUTDOWN];
+const ACK_FAILED_REASONS: [&str; 1] = [ACK_DISCONNECTED];
+
 /// Counters and gauges, registered in their own registry (one per service instance).
 #[derive(Debug)]
 pub struct Metrics {
@@ -42,6 +66,8 @@ pub struct Metrics {
     pub history_lag_seconds: Gauge<f64, AtomicU64>,
     pub passes_purged: Counter,
     pub pipeline_queue: Gauge,
+    /// How many messages the workers' queues hold at most.
+    pub pipeline_queue_capacity: Gauge,
     pub statuses_accepted: Counter,
     pub reader_wills: Counter,
     pub mqtt_disconnects: Counter,
@@ -53,6 +79,14 @@ pub struct Metrics {
     /// Rejected batches of every reason, for the command-center page's rate (not exported:
     /// `batches_rejected` has them by reason).
     pub batches_rejected_all: Counter,
+    /// Reader messages that reached greenplate and were then lost, by reason.
+    pub messages_lost: Family<Reason, Counter>,
+    /// Sightings of flagged bikes that were decoded but never reached alerting, by reason.
+    pub flagged_sightings_lost: Family<Reason, Counter>,
+    /// Seqs of a reader's batches that left its seq window never processed, by reader.
+    pub reader_batches_missing: Family<ReaderLabel, Counter>,
+    /// PUBACKs to the external broker that could not be sent, by reason.
+    pub mqtt_acks_failed: Family<Reason, Counter>,
 }
 
 impl Metrics {
@@ -83,6 +117,7 @@ impl Metrics {
             history_lag_seconds: Gauge::default(),
             passes_purged: Counter::default(),
             pipeline_queue: Gauge::default(),
+            pipeline_queue_capacity: Gauge::default(),
             statuses_accepted: Counter::default(),
             reader_wills: Counter::default(),
             mqtt_disconnects: Counter::default(),
@@ -91,6 +126,10 @@ impl Metrics {
             mqtt_ack_seconds: Histogram::new([
                 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
             ]),
+            messages_lost: zeroed(&LOST_REASONS),
+            flagged_sightings_lost: zeroed(&FLAGGED_LOST_REASONS),
+            reader_batches_missing: Family::default(),
+            mqtt_acks_failed: zeroed(&ACK_FAILED_REASONS),
         }
     }
 
@@ -161,13 +200,34 @@ impl Metrics {
         sub.register("open_passes", "Passes open now", self.open_passes.clone());
         sub.register(
             "queue",
-            "Reader messages waiting between the broker and the pipeline workers",
+            "Reader messages queued on the pipeline workers (set as messages arrive)",
             self.pipeline_queue.clone(),
+        );
+        sub.register(
+            "queue_capacity",
+            "Reader messages the pipeline workers' queues hold at most; behind them, the broker",
+            self.pipeline_queue_capacity.clone(),
         );
         sub.register(
             "reader_statuses_accepted",
             "Reader status messages taken",
             self.statuses_accepted.clone(),
+        );
+        sub.register(
+            "messages_lost",
+            "Reader messages that reached greenplate and were lost before the pipeline, by reason",
+            self.messages_lost.clone(),
+        );
+        sub.register(
+            "flagged_sightings_lost",
+            "Sightings of flagged bikes that never reached alerting, by reason",
+            self.flagged_sightings_lost.clone(),
+        );
+        sub.register(
+            "reader_batches_missing",
+            "Batch seqs a reader numbered that left its seq window never processed (lost before \
+             greenplate, lost in it, or refused before the seq was read), by reader",
+            self.reader_batches_missing.clone(),
         );
         sub.register(
             "reader_wills",
@@ -194,6 +254,11 @@ impl Metrics {
             "ack_seconds",
             "External broker: seconds from a message's arrival to its acknowledgement",
             self.mqtt_ack_seconds.clone(),
+        );
+        sub.register(
+            "acks_failed",
+            "External broker: PUBACKs that could not be sent, by reason (the broker redelivers)",
+            self.mqtt_acks_failed.clone(),
         );
         sub.register(
             "takeover_messages",
@@ -251,12 +316,51 @@ impl Metrics {
         self.batches_rejected_all.inc();
     }
 
+    /// Counts reader messages lost for `reason`.
+    pub fn lost(&self, reason: &'static str, n: u64) {
+        self.messages_lost
+            .get_or_create(&Reason { reason })
+            .inc_by(n);
+    }
+
+    /// Counts a flagged sighting that did not reach alerting.
+    pub fn flagged_lost(&self, reason: &'static str) {
+        self.flagged_sightings_lost
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    /// Counts seqs of `reader`'s batches found missing.
+    pub fn batches_missing(&self, reader: &str, n: u64) {
+        self.reader_batches_missing
+            .get_or_create(&ReaderLabel {
+                reader: reader.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts a PUBACK that could not be sent.
+    pub fn ack_failed(&self, reason: &'static str) {
+        self.mqtt_acks_failed
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
     /// Counts a rejected sighting.
     pub fn reject_sighting(&self, reason: &'static str) {
         self.sightings_rejected
             .get_or_create(&Reason { reason })
             .inc();
     }
+}
+
+/// A family with a zero series for each of `reasons`.
+fn zeroed(reasons: &[&'static str]) -> Family<Reason, Counter> {
+    let family = Family::default();
+    for &reason in reasons {
+        drop(family.get_or_create(&Reason { reason }));
+    }
+    family
 }
 
 impl Default for Metrics {

@@ -3,15 +3,23 @@
 //! connection options, the CONNACK, and [`Ack`], the manual acknowledgement each message
 //! carries.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use prometheus_client::metrics::histogram::Histogram;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, Publish};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use crate::config::MqttConfig;
+use crate::metrics::{ACK_DISCONNECTED, Metrics};
+
+/// Requests (PUBACKs, mostly) queued for rumqttc's event loop: at least a broker's
+/// in-flight window plus its queue (Mosquitto: `max_inflight_messages` and
+/// `max_queued_messages`, 1,000 each in deploy/), so acknowledgements rarely wait.
+const REQUEST_CAPACITY: usize = 4096;
 
 /// Largest packet taken from the external broker (bigger ones break the connection).
 const INCOMING_MAX: usize = 16 * 1024 * 1024;
@@ -19,51 +27,140 @@ const INCOMING_MAX: usize = 16 * 1024 * 1024;
 /// How long a connection may take to be accepted.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends a message's PUBACK when dropped (the last clone of the `Arc` that holds it).
-pub struct Ack {
-    client: AsyncClient,
-    publish: Publish,
-    /// Messages of this connection not yet acknowledged.
+/// The PUBACKs of one connection. Each message gets an [`Ack`] when it arrives; when the
+/// last holder drops it, the ack goes to this connection's release task, which sends the
+/// PUBACKs in the order the PUBLISHes arrived (MQTT 3.1.1, MQTT-4.6.0-2), waiting on
+/// rumqttc's request channel rather than dropping a PUBACK when it is full (a PUBACK that
+/// never leaves holds one of the broker's in-flight slots for good). A PUBACK that cannot be
+/// sent is counted (`greenplate_mqtt_acks_failed_total`); the broker then delivers the
+/// message again, and the seq window drops the copy where it was processed.
+///
+/// After the connection drops, what arrived on it is not acknowledged on the next one (the
+/// packet ids belong to the old session): call [`AckQueue::disconnected`].
+pub struct AckQueue {
+    tx: mpsc::UnboundedSender<Finished>,
+    next: AtomicU64,
+    epoch: Arc<AtomicU64>,
     pending: Arc<AtomicUsize>,
-    /// When the message arrived, and where the time it held is recorded.
-    arrived: std::time::Instant,
-    held: Histogram,
+    metrics: Arc<Metrics>,
 }
 
-impl Ack {
-    pub(super) fn new(
+/// A message the pipeline is done with, waiting for its turn to be acknowledged.
+struct Finished {
+    index: u64,
+    epoch: u64,
+    publish: Publish,
+    arrived: std::time::Instant,
+}
+
+impl AckQueue {
+    /// A queue for `client`'s connection, with its release task on `tracker`.
+    pub(super) fn start(
         client: AsyncClient,
-        publish: Publish,
-        pending: Arc<AtomicUsize>,
-        held: &Histogram,
+        metrics: Arc<Metrics>,
+        tracker: &TaskTracker,
     ) -> Arc<Self> {
-        pending.fetch_add(1, Ordering::AcqRel);
-        Arc::new(Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Self {
+            tx,
+            next: AtomicU64::new(0),
+            epoch: Arc::new(AtomicU64::new(0)),
+            pending: Arc::new(AtomicUsize::new(0)),
+            metrics: metrics.clone(),
+        });
+        tracker.spawn(release(
             client,
-            publish,
-            pending,
-            arrived: std::time::Instant::now(),
-            held: held.clone(),
+            rx,
+            queue.epoch.clone(),
+            queue.pending.clone(),
+            metrics,
+        ));
+        queue
+    }
+
+    /// The acknowledgement of a message that just arrived. Call in arrival order.
+    pub(super) fn track(&self, publish: Publish) -> Arc<Ack> {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        Arc::new(Ack {
+            tx: self.tx.clone(),
+            metrics: self.metrics.clone(),
+            finished: Some(Finished {
+                index: self.next.fetch_add(1, Ordering::AcqRel),
+                epoch: self.epoch.load(Ordering::Acquire),
+                publish,
+                arrived: std::time::Instant::now(),
+            }),
         })
     }
+
+    /// The connection dropped: what arrived before is not acknowledged on the next one.
+    pub(super) fn disconnected(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Messages tracked and not yet acknowledged (or given up).
+    pub(super) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
+/// Sends the PUBACKs in arrival order as messages finish.
+async fn release(
+    client: AsyncClient,
+    mut rx: mpsc::UnboundedReceiver<Finished>,
+    epoch: Arc<AtomicU64>,
+    pending: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+) {
+    let mut next = 0u64;
+    let mut finished: BTreeMap<u64, Finished> = BTreeMap::new();
+    while let Some(f) = rx.recv().await {
+        finished.insert(f.index, f);
+        while let Some(f) = finished.remove(&next) {
+            next += 1;
+            let sent =
+                f.epoch == epoch.load(Ordering::Acquire) && client.ack(&f.publish).await.is_ok();
+            if sent {
+                metrics
+                    .mqtt_ack_seconds
+                    .observe(f.arrived.elapsed().as_secs_f64());
+            } else {
+                metrics.ack_failed(ACK_DISCONNECTED);
+                tracing::debug!(
+                    pkid = f.publish.pkid,
+                    "Could not acknowledge a message; the broker delivers it again."
+                );
+            }
+            pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A message's acknowledgement: hands it to its [`AckQueue`] when dropped (the last clone of
+/// the `Arc` that holds it).
+pub struct Ack {
+    tx: mpsc::UnboundedSender<Finished>,
+    metrics: Arc<Metrics>,
+    finished: Option<Finished>,
 }
 
 impl std::fmt::Debug for Ack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Ack(pkid {})", self.publish.pkid)
+        match &self.finished {
+            Some(m) => write!(f, "Ack(pkid {})", m.publish.pkid),
+            None => write!(f, "Ack(done)"),
+        }
     }
 }
 
 impl Drop for Ack {
     fn drop(&mut self) {
-        if let Err(e) = self.client.try_ack(&self.publish) {
-            // The connection is gone (a stop or a lost broker; counted where that is
-            // logged): the broker delivers it again, and the seq window drops the copy where
-            // it was processed.
-            tracing::debug!(pkid = self.publish.pkid, error = %e, "Could not acknowledge a message.");
+        if let Some(f) = self.finished.take()
+            && self.tx.send(f).is_err()
+        {
+            // The release task ended: the service is stopping.
+            self.metrics.ack_failed(ACK_DISCONNECTED);
         }
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        self.held.observe(self.arrived.elapsed().as_secs_f64());
     }
 }
 
@@ -135,7 +232,7 @@ pub(super) fn options(config: &MqttConfig, broker: &BrokerUrl, client_id: &str) 
 /// Nagle's algorithm, which may hold a small write back until the previous one is
 /// acknowledged, is off.
 pub(super) fn connection(opts: MqttOptions) -> (AsyncClient, EventLoop) {
-    let (client, mut events) = AsyncClient::new(opts, 64);
+    let (client, mut events) = AsyncClient::new(opts, REQUEST_CAPACITY);
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
     events.set_network_options(network);
@@ -163,7 +260,158 @@ pub(super) async fn wait_connack(events: &mut EventLoop) -> Result<bool, String>
 
 #[cfg(test)]
 mod tests {
+    use bytes::BytesMut;
+    use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode};
+    use rumqttc::{QoS, mqttbytes};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use greenplate_registry::testing::eventually;
+
     use super::*;
+    use crate::metrics::Reason;
+
+    async fn read_packet(sock: &mut tokio::net::TcpStream, buf: &mut BytesMut) -> Option<Packet> {
+        loop {
+            match Packet::read(buf, 1 << 20) {
+                Ok(p) => return Some(p),
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {
+                    if sock.read_buf(buf).await.ok()? == 0 {
+                        return None;
+                    }
+                }
+                Err(e) => panic!("the client sent a bad packet: {e:?}"),
+            }
+        }
+    }
+
+    /// A broker of the test's own: accepts one client, sends it `n` QoS 1 publishes (pkids
+    /// 1..=n), and reports the pkid of each PUBACK in the order it came off the wire.
+    async fn broker_sending(n: u16) -> (SocketAddr, mpsc::UnboundedReceiver<u16>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = BytesMut::new();
+            assert!(matches!(
+                read_packet(&mut sock, &mut buf).await,
+                Some(Packet::Connect(_))
+            ));
+            let mut out = BytesMut::new();
+            ConnAck::new(ConnectReturnCode::Success, false)
+                .write(&mut out)
+                .unwrap();
+            for pkid in 1..=n {
+                let mut p = Publish::new("greenplate/readers/r1/sightings", QoS::AtLeastOnce, [1]);
+                p.pkid = pkid;
+                p.write(&mut out).unwrap();
+            }
+            sock.write_all(&out).await.unwrap();
+            while let Some(p) = read_packet(&mut sock, &mut buf).await {
+                match p {
+                    Packet::PubAck(a) => {
+                        let _ = tx.send(a.pkid);
+                    }
+                    Packet::PingReq => {
+                        let mut out = BytesMut::new();
+                        rumqttc::mqttbytes::v4::PingResp.write(&mut out).unwrap();
+                        sock.write_all(&out).await.unwrap();
+                    }
+                    Packet::Disconnect => return,
+                    _ => {}
+                }
+            }
+        });
+        (addr, rx)
+    }
+
+    /// Connects to `addr` with manual acks and tracks the first `n` publishes in arrival
+    /// order; the event loop goes on being polled so that PUBACKs leave.
+    async fn client_of(
+        addr: SocketAddr,
+        n: usize,
+        metrics: &Arc<Metrics>,
+        tracker: &TaskTracker,
+    ) -> (Arc<AckQueue>, Vec<Arc<Ack>>) {
+        let mut opts = MqttOptions::new("node-1", "127.0.0.1", addr.port());
+        opts.set_manual_acks(true);
+        let (client, mut events) = connection(opts);
+        let acks = AckQueue::start(client, metrics.clone(), tracker);
+        let mut held = Vec::new();
+        while held.len() < n {
+            if let Event::Incoming(Packet::Publish(p)) = events.poll().await.unwrap() {
+                held.push(acks.track(p));
+            }
+        }
+        tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        (acks, held)
+    }
+
+    #[tokio::test]
+    async fn pubacks_leave_in_arrival_order_whatever_order_messages_finish_in() {
+        let (addr, mut wire) = broker_sending(5).await;
+        let metrics = Arc::new(Metrics::new());
+        let tracker = TaskTracker::new();
+        let (acks, mut held) = client_of(addr, 5, &metrics, &tracker).await;
+        assert_eq!(acks.pending(), 5);
+        // The pipeline finishes the fifth, third and first first...
+        for i in [4, 2, 0] {
+            drop(held[i].clone());
+            held[i] = Arc::new(Ack {
+                tx: acks.tx.clone(),
+                metrics: metrics.clone(),
+                finished: None,
+            });
+        }
+        // ...so only pkid 1 may leave: 2 holds the others back.
+        assert_eq!(wire.recv().await, Some(1));
+        drop(held);
+        let mut order = vec![1];
+        while order.len() < 5 {
+            order.push(wire.recv().await.unwrap());
+        }
+        assert_eq!(order, [1, 2, 3, 4, 5], "PUBACKs out of arrival order");
+        eventually("every ack released", Duration::from_secs(5), || async {
+            match acks.pending() {
+                0 => Ok(()),
+                n => Err(n),
+            }
+        })
+        .await;
+        let failed = metrics
+            .mqtt_acks_failed
+            .get_or_create(&Reason {
+                reason: ACK_DISCONNECTED,
+            })
+            .get();
+        assert_eq!(failed, 0);
+    }
+
+    #[tokio::test]
+    async fn what_arrived_before_a_disconnect_is_counted_not_acknowledged_on_the_next_connection() {
+        let (addr, mut wire) = broker_sending(3).await;
+        let metrics = Arc::new(Metrics::new());
+        let tracker = TaskTracker::new();
+        let (acks, held) = client_of(addr, 3, &metrics, &tracker).await;
+        acks.disconnected();
+        drop(held);
+        eventually("every ack released", Duration::from_secs(5), || async {
+            match acks.pending() {
+                0 => Ok(()),
+                n => Err(n),
+            }
+        })
+        .await;
+        let failed = metrics
+            .mqtt_acks_failed
+            .get_or_create(&Reason {
+                reason: ACK_DISCONNECTED,
+            })
+            .get();
+        assert_eq!(failed, 3);
+        // Nothing went on the wire for them.
+        assert!(wire.try_recv().is_err());
+    }
 
     #[test]
     fn broker_urls() {

@@ -22,20 +22,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use greenplate_proto::topics;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::client::{Ack, BrokerUrl, CONNECT_TIMEOUT, connection, options, wait_connack};
+use super::client::{AckQueue, BrokerUrl, CONNECT_TIMEOUT, connection, options, wait_connack};
 use super::peers::{self, Peers};
 use super::{BrokerError, Inbound};
+use crate::Input;
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
 
@@ -46,7 +45,7 @@ pub async fn start(
     config: &MqttConfig,
     url: &str,
     metrics: Arc<Metrics>,
-    out: mpsc::Sender<Inbound>,
+    out: Input,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<SocketAddr, BrokerError> {
@@ -91,8 +90,10 @@ pub async fn start(
         )
     });
     tracing::info!(broker = %url, client_id = %client_id, group = %config.share_group, persistent = config.persistent_session, "Ingest joined the external broker.");
+    let acks = AckQueue::start(client.clone(), metrics.clone(), tracker);
     tracker.spawn(forward(Link {
         client,
+        acks,
         events,
         filters,
         presence,
@@ -133,11 +134,12 @@ async fn join(
 /// The main connection and what its messages feed.
 struct Link {
     client: AsyncClient,
+    acks: Arc<AckQueue>,
     events: EventLoop,
     filters: [String; 2],
     presence: Option<String>,
     peers: Option<Arc<Peers>>,
-    out: mpsc::Sender<Inbound>,
+    out: Input,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
@@ -147,6 +149,7 @@ struct Link {
 async fn forward(link: Link) {
     let Link {
         client,
+        acks,
         mut events,
         filters,
         presence,
@@ -155,7 +158,6 @@ async fn forward(link: Link) {
         metrics,
         shutdown,
     } = link;
-    let pending = Arc::new(AtomicUsize::new(0));
     let mut connected = true;
     loop {
         let event = tokio::select! {
@@ -168,19 +170,14 @@ async fn forward(link: Link) {
                     if let Some(peers) = &peers {
                         peers.observe(&publish.topic, &publish.payload);
                     }
-                    let _ = client.try_ack(&publish);
+                    drop(acks.track(publish));
                     continue;
                 }
                 let msg = Inbound {
                     topic: publish.topic.clone().into(),
                     payload: publish.payload.clone(),
                     received_at: std::time::Instant::now(),
-                    ack: Some(Ack::new(
-                        client.clone(),
-                        publish,
-                        pending.clone(),
-                        &metrics.mqtt_ack_seconds,
-                    )),
+                    ack: Some(acks.track(publish)),
                 };
                 // A full pipeline stops this loop, so the broker holds the rest (its
                 // in-flight window) instead of ingest buffering without bound.
@@ -202,6 +199,7 @@ async fn forward(link: Link) {
             }
             Ok(_) => {}
             Err(e) => {
+                acks.disconnected();
                 if connected {
                     metrics.mqtt_disconnects.inc();
                     tracing::error!(error = %e, "Lost the external broker; reconnecting.");
@@ -216,14 +214,7 @@ async fn forward(link: Link) {
     }
     drop(out);
     if connected {
-        leave(
-            &client,
-            &mut events,
-            &filters,
-            presence.as_deref(),
-            &pending,
-        )
-        .await;
+        leave(&client, &mut events, &filters, presence.as_deref(), &acks).await;
     }
 }
 
@@ -235,7 +226,7 @@ async fn leave(
     events: &mut EventLoop,
     filters: &[String],
     presence: Option<&str>,
-    pending: &AtomicUsize,
+    acks: &AckQueue,
 ) {
     if presence.is_some() {
         for f in filters {
@@ -243,7 +234,7 @@ async fn leave(
         }
     }
     let deadline = tokio::time::Instant::now() + LEAVE_GRACE;
-    while pending.load(Ordering::Acquire) > 0 {
+    while acks.pending() > 0 {
         // Short slices, so the count is seen soon after the last acknowledgement went out.
         let slice = tokio::time::Instant::now() + Duration::from_millis(100);
         match tokio::time::timeout_at(slice.min(deadline), events.poll()).await {
@@ -251,7 +242,7 @@ async fn leave(
             Err(_) if tokio::time::Instant::now() < deadline => {}
             _ => {
                 tracing::warn!(
-                    unacknowledged = pending.load(Ordering::Acquire),
+                    unacknowledged = acks.pending(),
                     "Left the broker with messages unacknowledged; it delivers them again."
                 );
                 return;

@@ -23,7 +23,6 @@
 //! taker: delivery is at least once, and the alert log keeps one incident per bike.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Inbound;
-use super::client::{Ack, BrokerUrl, CONNECT_TIMEOUT, connection, options, wait_connack};
+use super::client::{AckQueue, BrokerUrl, CONNECT_TIMEOUT, connection, options, wait_connack};
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
 
@@ -143,7 +142,7 @@ pub struct Context {
     pub config: MqttConfig,
     pub broker: BrokerUrl,
     pub filters: [String; 2],
-    pub out: mpsc::Sender<Inbound>,
+    pub out: crate::Input,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
@@ -272,11 +271,11 @@ async fn drain_session(
             unsubscribing += 1;
         }
     }
-    let pending = Arc::new(AtomicUsize::new(0));
+    let acks = AckQueue::start(client.clone(), cx.metrics.clone(), &cx.tracker);
     let mut messages = 0u64;
     let mut last = Instant::now();
     loop {
-        if unsubscribing == 0 && pending.load(Ordering::Acquire) == 0 && last.elapsed() >= QUIET {
+        if unsubscribing == 0 && acks.pending() == 0 && last.elapsed() >= QUIET {
             break;
         }
         let event = tokio::select! {
@@ -289,7 +288,7 @@ async fn drain_session(
                 if topics::node_of_state_topic(&publish.topic).is_some() =>
             {
                 // The dead node's copy of a presence message: this node has its own.
-                let _ = client.try_ack(&publish);
+                drop(acks.track(publish));
             }
             Some(Ok(Event::Incoming(Packet::Publish(publish)))) => {
                 messages += 1;
@@ -299,12 +298,7 @@ async fn drain_session(
                     topic: publish.topic.clone().into(),
                     payload: publish.payload.clone(),
                     received_at: Instant::now(),
-                    ack: Some(Ack::new(
-                        client.clone(),
-                        publish,
-                        pending.clone(),
-                        &cx.metrics.mqtt_ack_seconds,
-                    )),
+                    ack: Some(acks.track(publish)),
                 };
                 if cx.out.send(msg).await.is_err() {
                     return Ok(Drained::Stopped);
