@@ -92,9 +92,10 @@ async fn run(alerting: Arc<Alerting>, mut rx: mpsc::Receiver<Work>, shutdown: Ca
 }
 
 async fn process(alerting: &Alerting, batch: &[Work]) -> Result<(), AlertingError> {
+    let facts = rules::facts_for(alerting, batch).await?;
     let mut pending = Vec::with_capacity(batch.len());
     for work in batch {
-        rules::evaluate(alerting, work, &mut pending).await?;
+        rules::evaluate(alerting, &facts, work, &mut pending);
     }
     if pending.is_empty() {
         return Ok(());

@@ -142,7 +142,10 @@ fn sighted(bike_id: i64, state: TagState, reader: Arc<Reader>) -> Sighted {
 /// What the rules make of one piece of work: (kind, dedup key, recipients, watch zone).
 async fn evaluate(a: &Alerting, work: Work) -> Vec<(AlertKind, String, Vec<String>, bool)> {
     let mut out: Vec<Pending<'_>> = Vec::new();
-    rules::evaluate(a, &work, &mut out).await.unwrap();
+    let facts = rules::facts_for(a, std::slice::from_ref(&work))
+        .await
+        .unwrap();
+    rules::evaluate(a, &facts, &work, &mut out);
     out.into_iter()
         .map(|p| {
             let watch = p.watch_zone.is_some();

@@ -99,8 +99,14 @@ impl Db {
                     .max_connections(4)
                     .after_connect(|conn, _meta| {
                         Box::pin(async move {
+                            // synchronous = FULL: a commit is on disk (the WAL synced)
+                            // before it returns, so what a kiosk was told is registered or
+                            // reported stolen, and an alert streamed to a patrol, survives
+                            // a power loss. NORMAL syncs only at checkpoints, which survives
+                            // a crash of the process but not of the machine. Commits here
+                            // are grouped (alerts, history), so the fsync is shared.
                             conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                                  PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
                             )
                             .await?;

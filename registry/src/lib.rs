@@ -52,7 +52,7 @@ pub use readers::{Liveness, Reader, Readers};
 pub use secrets::SecretBox;
 pub use service::RegistryService;
 pub use store::{AuditEntry, Registry};
-pub use thefts::{TheftDetails, TheftReport, TrackSubject};
+pub use thefts::{AlertFacts, TheftDetails, TheftReport, TrackSubject};
 pub use validate::TagId;
 
 /// Errors opening the registry.

@@ -84,6 +84,36 @@ fn bike(tag: &str, plate: &str) -> NewBike {
     }
 }
 
+/// What a commit acknowledges survives a power loss: every pooled SQLite connection syncs
+/// the WAL at each commit (`synchronous = FULL`, 2), not only at checkpoints (NORMAL, 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_commits_are_synced_before_they_return() {
+    use sqlx::Row;
+    let t = TestDb::sqlite().await;
+    // More connections than the pool keeps idle: each one ran the setup.
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        let mut c = t.db.pool().acquire().await.unwrap();
+        let row = sqlx::query("PRAGMA synchronous")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        assert_eq!(
+            row.try_get::<i64, _>(0).unwrap(),
+            2,
+            "synchronous is not FULL"
+        );
+        let row = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        assert_eq!(row.try_get::<String, _>(0).unwrap(), "wal");
+        conns.push(c);
+    }
+    drop(conns);
+    t.cleanup().await;
+}
+
 async fn open(db: Db) -> Arc<Registry> {
     Registry::open(db, SecretBox::new(&[9; 32]), "admin-token")
         .await

@@ -18,6 +18,13 @@ pub struct TheftDetails {
     pub notes: String,
 }
 
+/// What the alerting engine reads of a bike once per batch ([`Registry::alert_facts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertFacts {
+    pub plate: String,
+    pub open_theft_report: Option<i64>,
+}
+
 /// Result of [`Registry::report_stolen`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TheftReport {
@@ -142,6 +149,43 @@ impl Registry {
             row.try_get::<Option<String>, _>("tag_id")?
                 .unwrap_or_default(),
         ))
+    }
+
+    /// What the alerting engine needs of each of `bike_ids` in one query: its plate and its
+    /// open theft report, if any (a bike recovered since ingest looked has none). Bikes
+    /// not found are left out.
+    pub async fn alert_facts(
+        &self,
+        bike_ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, AlertFacts>, RegistryError> {
+        let mut facts = std::collections::HashMap::with_capacity(bike_ids.len());
+        // Chunks keep the statement's parameters well under every backend's limit.
+        for chunk in bike_ids.chunks(500) {
+            let params = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT b.bike_id, b.plate, t.report_id FROM bikes b \
+                 LEFT JOIN theft_reports t ON t.bike_id = b.bike_id AND t.recovered_at_ms IS NULL \
+                 WHERE b.bike_id IN ({params})"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(self.db.pool()).await? {
+                let bike_id: i64 = row.try_get("bike_id")?;
+                facts.insert(
+                    bike_id,
+                    AlertFacts {
+                        plate: row.try_get("plate")?,
+                        open_theft_report: row.try_get("report_id")?,
+                    },
+                );
+            }
+        }
+        Ok(facts)
     }
 
     /// The open theft report of a bike, if any.

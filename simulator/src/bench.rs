@@ -342,6 +342,25 @@ impl BenchReport {
                 b.map(|b| format!("{:.2} cores", b.cpu_cores)).unwrap_or_else(|| "-".into()),
             ));
         }
+        m.push_str(
+            "\nWhere every message went (by the end of the settle time; the server's own counters):\n\n\
+             | setup | offered | processed | rejected | counted as lost | unaccounted for |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        for r in &self.results {
+            let offered = r.report.offered.messages;
+            let Some(p) = r.report.processed.as_ref() else {
+                continue;
+            };
+            let rejected: u64 = p.rejected_by_reason.values().sum();
+            let lost: u64 = p.lost_by_reason.values().sum();
+            m.push_str(&format!(
+                "| {} | {offered} | {} | {rejected} | {lost} | {} |\n",
+                r.label,
+                p.batches_total,
+                offered.saturating_sub(p.batches_total + rejected + lost),
+            ));
+        }
         m.push('\n');
         for r in &self.results {
             m.push_str(&r.report.markdown());

@@ -43,6 +43,11 @@ pub struct Processed {
     /// Messages dropped by the server, by reason (every reason the server counts).
     pub rejected_by_reason: BTreeMap<String, u64>,
     pub sightings_rejected_by_reason: BTreeMap<String, u64>,
+    /// Messages the server says it lost, by reason (`greenplate_ingest_messages_lost_total`).
+    pub lost_by_reason: BTreeMap<String, u64>,
+    /// Batch seqs the server says never arrived (`greenplate_ingest_reader_batches_missing_total`,
+    /// all readers; counted once they leave the 1,024-wide window, so a short run shows few).
+    pub batches_missing: u64,
     /// The server's own alert latency histogram: count and mean, ms (ingest to live feed).
     pub server_alerts: u64,
     pub server_alert_latency_mean_ms: f64,
@@ -219,6 +224,19 @@ impl Report {
                     format!("Messages rejected, by reason: {:?}.", pr.rejected_by_reason),
                 );
             }
+            let rejected: u64 = pr.rejected_by_reason.values().sum();
+            let lost: u64 = pr.lost_by_reason.values().sum();
+            p(
+                &mut m,
+                format!(
+                    "Counted as lost by the server: {lost} messages {:?}; batch seqs missing: {}. \
+                     Offered and neither processed, rejected nor counted: {}.",
+                    pr.lost_by_reason,
+                    pr.batches_missing,
+                    o.messages
+                        .saturating_sub(pr.batches_total + rejected + lost)
+                ),
+            );
             if !pr.sightings_rejected_by_reason.is_empty() {
                 p(
                     &mut m,

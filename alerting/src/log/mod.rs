@@ -11,6 +11,8 @@
 
 pub mod follow;
 
+use std::collections::HashMap;
+
 use greenplate_proto::v1::Alert;
 use greenplate_registry::now_ms;
 use sqlx::Row;
@@ -32,13 +34,25 @@ pub(crate) async fn commit(
     let now = now_ms();
     let mut tx = alerting.db().begin_write().await?;
     let mut committed = Vec::with_capacity(pending.len());
+    // Many alerts of a batch share a matter (one stolen bike past many readers): each
+    // incident is found or opened once per batch, and touched once.
+    let mut incident_of: HashMap<String, String> = HashMap::new();
     for p in pending {
-        let incident_id =
-            incidents::open_or_join(&mut tx, p.base, p.bike_id, &p.dedup_key, now).await?;
+        let incident_id = match incident_of.get(&p.dedup_key) {
+            Some(id) => id.clone(),
+            None => {
+                let id =
+                    incidents::open_or_join(&mut tx, p.base, p.bike_id, &p.dedup_key, now).await?;
+                incident_of.insert(p.dedup_key.clone(), id.clone());
+                id
+            }
+        };
         let (mut alert, recipients) = p.into_alert(incident_id);
         append(&mut tx, &mut alert, &recipients, now).await?;
-        incidents::touch(&mut tx, &alert.incident_id, now).await?;
         committed.push(LoggedAlert { alert, recipients });
+    }
+    for incident_id in incident_of.values() {
+        incidents::touch(&mut tx, incident_id, now).await?;
     }
     if !alerting.engine_publishes && !committed.is_empty() {
         // Delivered on commit to every node's log follower (this one's too).
@@ -76,12 +90,19 @@ async fn append(
     .await?
     .try_get("seq")?;
     alert.seq = seq as u64;
-    for unit in recipients {
-        sqlx::query("INSERT INTO alert_recipients (unit_id, seq) VALUES ($1, $2)")
-            .bind(unit)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
+    // One statement for the recipients (in chunks well under the parameter limits).
+    for chunk in recipients.chunks(400) {
+        let values = (0..chunk.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO alert_recipients (unit_id, seq) VALUES {values}"
+        )));
+        for unit in chunk {
+            q = q.bind(unit).bind(seq);
+        }
+        q.execute(&mut *tx).await?;
     }
     Ok(())
 }

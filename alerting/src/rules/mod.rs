@@ -11,10 +11,11 @@
 
 pub mod clone;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use greenplate_proto::v1::{Alert, AlertKind};
-use greenplate_registry::{Reader, TagId, TagState, now_ms};
+use greenplate_registry::{AlertFacts, Reader, TagId, TagState, now_ms};
 
 use crate::error::AlertingError;
 use crate::rules::clone::CloneEvidence;
@@ -106,14 +107,35 @@ impl Pending<'_> {
     }
 }
 
-/// Runs the rules on one piece of work and adds what fired to `out`, routed: each alert with
-/// its units and watch zone.
-pub(crate) async fn evaluate<'a>(
+/// What the rules need of the bikes of a batch, read in one query: plates and open theft
+/// reports (read fresh for each batch: a bike may have been recovered since ingest looked).
+pub(crate) async fn facts_for(
     alerting: &Alerting,
+    batch: &[Work],
+) -> Result<HashMap<i64, AlertFacts>, AlertingError> {
+    let mut ids: Vec<i64> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Work::Sighted(s) => Some(s.bike_id),
+            Work::ReaderOffline(_) => None,
+        })
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(alerting.registry().alert_facts(&ids).await?)
+}
+
+/// Runs the rules on one piece of work and adds what fired to `out`, routed: each alert with
+/// its units and watch zone. `facts` holds what [`facts_for`] read for the batch.
+pub(crate) fn evaluate<'a>(
+    alerting: &Alerting,
+    facts: &HashMap<i64, AlertFacts>,
     work: &'a Work,
     out: &mut Vec<Pending<'a>>,
-) -> Result<(), AlertingError> {
-    let registry = alerting.registry();
+) {
     let s = match work {
         Work::Sighted(s) => s,
         Work::ReaderOffline(o) => {
@@ -134,14 +156,15 @@ pub(crate) async fn evaluate<'a>(
                 watch_zone: None,
                 recipients: alerting.router().command_units(),
             });
-            return Ok(());
+            return;
         }
     };
-    let fired = fire(alerting, s).await?;
+    let bike = facts.get(&s.bike_id);
+    let fired = fire(bike, s);
     if fired.is_empty() {
-        return Ok(());
+        return;
     }
-    let (plate, _) = registry.bike_plate_and_tag(s.bike_id).await?;
+    let plate = bike.map(|b| b.plate.clone()).unwrap_or_default();
     let recipients = alerting.router().units_for(&s.reader);
     let watch_zone = alerting.router().route(&s.reader).watch_zone.clone();
     for (base, dedup_key) in fired {
@@ -158,16 +181,15 @@ pub(crate) async fn evaluate<'a>(
             recipients: recipients.clone(),
         });
     }
-    Ok(())
 }
 
 /// The rules that fire for one sighting, each with its matter's dedup key (successive
-/// sightings of one matter share an incident).
-async fn fire(alerting: &Alerting, s: &Sighted) -> Result<Vec<(AlertKind, String)>, AlertingError> {
+/// sightings of one matter share an incident). `bike` is what the batch read of its bike.
+fn fire(bike: Option<&AlertFacts>, s: &Sighted) -> Vec<(AlertKind, String)> {
     let mut fired = Vec::new();
     if s.state.stolen() {
         // The bike may have been recovered since ingest looked.
-        if let Some(report) = alerting.registry().open_theft_report(s.bike_id).await? {
+        if let Some(report) = bike.and_then(|b| b.open_theft_report) {
             fired.push((AlertKind::StolenSighted, format!("theft:{report}")));
         }
     }
@@ -188,5 +210,5 @@ async fn fire(alerting: &Alerting, s: &Sighted) -> Result<Vec<(AlertKind, String
         );
         fired.push((AlertKind::CloneSuspected, format!("clone:{}", s.tag)));
     }
-    Ok(fired)
+    fired
 }

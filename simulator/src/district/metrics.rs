@@ -37,6 +37,8 @@ pub(super) fn processed(
         reads_total: d(end, "greenplate_ingest_reads_total"),
         rejected_by_reason: reasons("greenplate_ingest_batches_rejected_total"),
         sightings_rejected_by_reason: reasons("greenplate_ingest_sightings_rejected_total"),
+        lost_by_reason: reasons("greenplate_ingest_messages_lost_total"),
+        batches_missing: d(end, "greenplate_ingest_reader_batches_missing_total"),
         server_alerts: alerts,
         server_alert_latency_mean_ms: if alerts > 0 {
             (end.get(lat_sum) - before.get(lat_sum)) / alerts as f64 * 1000.0

@@ -83,8 +83,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let json = args.out.with_extension("json");
-    let mdp = args.out.with_extension("md");
+    // Appended, not replaced: `--out e2e-1.28M` writes e2e-1.28M.json.
+    let with = |ext: &str| {
+        let mut p = args.out.clone().into_os_string();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    let json = with(".json");
+    let mdp = with(".md");
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", json.display()))?;
     std::fs::write(&mdp, md).with_context(|| format!("writing {}", mdp.display()))?;
