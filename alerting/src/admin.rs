@@ -5,12 +5,13 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::{Alerting, ZoneKind};
+use crate::{Alerting, UnitRole, ZoneKind};
 use greenplate_proto::v1::admin_server::{self, AdminServer};
 use greenplate_proto::v1::{
-    AddKioskRequest, AddKioskResponse, AddPatrolUnitRequest, AddPatrolUnitResponse,
-    AddReaderRequest, AddReaderResponse, AddZoneRequest, AddZoneResponse, AuditEntry,
-    ListAuditRequest, ListAuditResponse, ListReadersRequest, ListReadersResponse, ReaderInfo,
+    AddCanaryRequest, AddCanaryResponse, AddKioskRequest, AddKioskResponse, AddPatrolUnitRequest,
+    AddPatrolUnitResponse, AddReaderRequest, AddReaderResponse, AddZoneRequest, AddZoneResponse,
+    AuditEntry, Canary, ListAuditRequest, ListAuditResponse, ListCanariesRequest,
+    ListCanariesResponse, ListReadersRequest, ListReadersResponse, ReaderInfo,
     RotateReaderSecretRequest, RotateReaderSecretResponse, SetReaderEnabledRequest,
     SetReaderEnabledResponse,
 };
@@ -73,9 +74,19 @@ impl admin_server::Admin for AdminService {
     ) -> Result<Response<AddPatrolUnitResponse>, Status> {
         let caller = require(&req, &[Role::Admin])?;
         let r = req.into_inner();
+        let role = match (r.command_center, r.canary) {
+            (false, false) => UnitRole::Patrol,
+            (true, false) => UnitRole::CommandCenter,
+            (false, true) => UnitRole::Canary,
+            (true, true) => {
+                return Err(Status::invalid_argument(
+                    "canary: a unit is a command center or a canary unit, not both",
+                ));
+            }
+        };
         let token = self
             .alerting
-            .add_patrol_unit(&caller, &r.unit_id, &r.name, &r.zone_ids, r.command_center)
+            .add_patrol_unit(&caller, &r.unit_id, &r.name, &r.zone_ids, role)
             .await?;
         tracing::info!(unit = %r.unit_id, zones = r.zone_ids.len(), "Added a patrol unit.");
         Ok(Response::new(AddPatrolUnitResponse { token }))
@@ -187,5 +198,40 @@ impl admin_server::Admin for AdminService {
             })
             .collect();
         Ok(Response::new(ListAuditResponse { entries }))
+    }
+
+    async fn add_canary(
+        &self,
+        req: Request<AddCanaryRequest>,
+    ) -> Result<Response<AddCanaryResponse>, Status> {
+        let caller = require(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        self.alerting
+            .add_canary(&caller, &r.tag_id, r.expected_every_s, &r.note)
+            .await?;
+        tracing::info!(tag = %r.tag_id, every_s = r.expected_every_s, "Added a canary.");
+        Ok(Response::new(AddCanaryResponse {}))
+    }
+
+    async fn list_canaries(
+        &self,
+        req: Request<ListCanariesRequest>,
+    ) -> Result<Response<ListCanariesResponse>, Status> {
+        require(&req, &[Role::Admin])?;
+        let canaries = self
+            .alerting
+            .canaries()
+            .list()
+            .into_iter()
+            .map(|c| Canary {
+                tag_id: c.tag.to_string(),
+                expected_every_s: (c.every_ms / 1000) as u32,
+                note: c.note,
+                last_seen_ms: c.last_seen_ms,
+                last_reader_id: c.last_reader,
+                overdue: c.overdue,
+            })
+            .collect();
+        Ok(Response::new(ListCanariesResponse { canaries }))
     }
 }

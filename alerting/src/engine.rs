@@ -17,8 +17,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::AlertingError;
 use crate::log;
-use crate::rules::{self, ReaderOffline, Sighted, Work};
+use crate::rules::{self, CanaryMissed, ReaderOffline, Sighted, Work};
 use crate::state::Alerting;
+use greenplate_registry::{Reader, TagId};
 
 /// Sightings waiting for the engine. Only sightings of flagged bikes are sent, so this is
 /// generous; a full queue makes ingest wait (backpressure), never drop.
@@ -37,7 +38,7 @@ impl EngineHandle {
     pub async fn submit(&self, s: Sighted) -> Result<(), Sighted> {
         self.tx.send(Work::Sighted(s)).await.map_err(|e| match e.0 {
             Work::Sighted(s) => s,
-            Work::ReaderOffline(_) => unreachable!("sent a sighting"),
+            _ => unreachable!("sent a sighting"),
         })
     }
 
@@ -48,8 +49,29 @@ impl EngineHandle {
             .await
             .map_err(|e| match e.0 {
                 Work::ReaderOffline(o) => o,
-                Work::Sighted(_) => unreachable!("sent a reader-offline"),
+                _ => unreachable!("sent a reader-offline"),
             })
+    }
+
+    /// Queues a canary-missed alert (to command centers). `reader` is the canary's last
+    /// reader, if it was ever seen. Fails only after shutdown.
+    pub(crate) async fn canary_missed(
+        &self,
+        tag: TagId,
+        reader: Option<Arc<Reader>>,
+        last_seen_ms: i64,
+    ) -> Result<(), ()> {
+        let reader = reader
+            .unwrap_or_else(|| Arc::new(Reader::new(String::new(), String::new(), 0.0, 0.0, "")));
+        self.tx
+            .send(Work::CanaryMissed(CanaryMissed {
+                tag,
+                reader,
+                last_seen_ms,
+                detected_at: std::time::Instant::now(),
+            }))
+            .await
+            .map_err(|_| ())
     }
 }
 

@@ -15,6 +15,9 @@
 //! - [`hub`]: the live fan-out of committed alerts to open streams.
 //! - [`service`]: the `greenplate.v1.Patrol` gRPC service (replay, then live).
 //!
+//! - [`canary`]: canary tags, whose sightings prove the whole path works in production, and
+//!   the watch that raises a command-center alert when one is not seen on schedule.
+//!
 //! Beside the alert path:
 //! - [`admin`]: the `greenplate.v1.Admin` gRPC service (readers and kiosks in the registry;
 //!   zones and units here).
@@ -25,6 +28,7 @@
 //!   [`track`]: `Patrol.GetTrack` over it, and who may see a track.
 
 pub mod admin;
+pub mod canary;
 pub mod engine;
 mod error;
 pub mod history;
@@ -46,6 +50,7 @@ pub use error::AlertingError;
 pub use history::{History, Pass};
 pub use hub::LoggedAlert;
 pub use incidents::OpenIncident;
+pub use provision::UnitRole;
 pub use route::RoutingConfig;
 pub use rules::clone::{CloneConfig, CloneEvidence, CloneWatch};
 pub use rules::{ReaderOffline, Sighted};

@@ -53,10 +53,17 @@ impl Alerting {
         unit_id: &str,
         name: &str,
         zone_ids: &[String],
-        command_center: bool,
+        role: UnitRole,
     ) -> Result<String, AlertingError> {
         let unit_id = greenplate_registry::validate::ident("unit_id", unit_id)?;
         let name = greenplate_registry::validate::text("name", name, 200)?;
+        if role == UnitRole::Canary && !zone_ids.is_empty() {
+            return Err(RegistryError::invalid(
+                "zone_ids",
+                "must be empty for a canary unit (it gets canary alerts only)",
+            )
+            .into());
+        }
         if let Some(missing) = {
             let zones = self.router.zones_read();
             zone_ids.iter().find(|z| !zones.has_zone(z)).cloned()
@@ -65,12 +72,13 @@ impl Alerting {
         }
         let mut tx = self.db().begin_write().await?;
         sqlx::query(
-            "INSERT INTO patrol_units (unit_id, name, command_center, created_at_ms) \
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO patrol_units (unit_id, name, command_center, canary, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&unit_id)
         .bind(&name)
-        .bind(i64::from(command_center))
+        .bind(i64::from(role == UnitRole::CommandCenter))
+        .bind(i64::from(role == UnitRole::Canary))
         .bind(now_ms())
         .execute(&mut *tx)
         .await
@@ -94,9 +102,23 @@ impl Alerting {
         for zone in zone_ids {
             zones.assign(&unit_id, zone);
         }
-        if command_center {
-            zones.add_command_unit(&unit_id);
+        match role {
+            UnitRole::CommandCenter => zones.add_command_unit(&unit_id),
+            UnitRole::Canary => zones.add_canary_unit(&unit_id),
+            UnitRole::Patrol => {}
         }
         Ok(issued.token)
     }
+}
+
+/// What a unit receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitRole {
+    /// The alerts of its zones (and of readers near its reported position).
+    Patrol,
+    /// Every alert, wherever it happens, and operators' alerts (readers offline, canaries
+    /// missed).
+    CommandCenter,
+    /// Canary alerts only.
+    Canary,
 }

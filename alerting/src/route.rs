@@ -178,6 +178,11 @@ impl Router {
         self.zones_read().command_units().to_vec()
     }
 
+    /// Every canary unit (they receive canary alerts only).
+    pub fn canary_units(&self) -> Vec<String> {
+        self.zones_read().canary_units().to_vec()
+    }
+
     /// True if the unit is a command center (it receives every alert and may act on, and
     /// track, anything).
     pub fn is_command_unit(&self, unit_id: &str) -> bool {

@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use sqlx::Row;
 use tokio::sync::broadcast;
 
+use crate::canary::Canaries;
 use crate::history::History;
 use crate::hub::{Hub, LoggedAlert};
 use crate::route::{Router, RoutingConfig};
@@ -56,6 +57,14 @@ async fn load_zone_map(db: &Db) -> Result<ZoneMap, greenplate_registry::Error> {
         let unit: String = row.try_get("unit_id").map_err(RegistryError::from)?;
         map.add_command_unit(&unit);
     }
+    let canaries = sqlx::query("SELECT unit_id FROM patrol_units WHERE canary = 1")
+        .fetch_all(db.pool())
+        .await
+        .map_err(RegistryError::from)?;
+    for row in canaries {
+        let unit: String = row.try_get("unit_id").map_err(RegistryError::from)?;
+        map.add_canary_unit(&unit);
+    }
     Ok(map)
 }
 
@@ -67,6 +76,8 @@ pub struct Alerting {
     pub(crate) router: Router,
     pub(crate) hub: Hub,
     pub(crate) history: History,
+    /// Canary tags and what this node saw of them.
+    pub(crate) canaries: Canaries,
     /// Times a stream fell behind the live hub and caught up from the log.
     pub stream_catchups: Counter,
     /// Seconds from ingest receiving a sighting to its alert reaching the live hub
@@ -88,23 +99,27 @@ impl Alerting {
         let map = load_zone_map(db).await?;
         let history = History::new(db.clone());
         let engine_publishes = db.backend() == greenplate_registry::Backend::Sqlite;
-        Ok(Arc::new(Self {
+        let alerting = Arc::new(Self {
             registry,
             router: Router::new(routing, map),
             hub: Hub::new(),
             history,
+            canaries: Canaries::default(),
             stream_catchups: Counter::default(),
             engine_publishes,
             alert_latency: Histogram::new([
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
-        }))
+        });
+        alerting.load_canaries().await?;
+        Ok(alerting)
     }
 
     /// Reloads zones, units and command centers from the database (another node changed
     /// them), and forgets the routes computed from the old ones.
     pub async fn reload_zones(&self) -> Result<(), greenplate_registry::Error> {
         self.router.replace(load_zone_map(self.db()).await?);
+        self.load_canaries().await?;
         Ok(())
     }
 
@@ -120,6 +135,16 @@ impl Alerting {
             "stream_catchups",
             "Times a patrol stream fell behind the live feed and caught up from the alert log",
             self.stream_catchups.clone(),
+        );
+        metrics.register(
+            "canary_misses",
+            "Times a canary tag was not seen on the live feed within its schedule, by tag",
+            self.canaries.misses.clone(),
+        );
+        metrics.register(
+            "canaries_overdue",
+            "Canary tags not seen within their schedule now",
+            self.canaries.overdue.clone(),
         );
     }
 

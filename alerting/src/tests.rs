@@ -76,9 +76,19 @@ impl Fixture {
             ("unit-s", vec!["south".to_owned()], false),
             ("cc", vec![], true),
         ] {
-            a.add_patrol_unit(&admin(), id, id, &zones, cc)
-                .await
-                .unwrap();
+            a.add_patrol_unit(
+                &admin(),
+                id,
+                id,
+                &zones,
+                if cc {
+                    crate::UnitRole::CommandCenter
+                } else {
+                    crate::UnitRole::Patrol
+                },
+            )
+            .await
+            .unwrap();
         }
         Self {
             alerting,
@@ -295,9 +305,15 @@ async fn routing_zones_command_centers_watch_zones_and_nearest_units() {
     )
     .await
     .unwrap();
-    a.add_patrol_unit(&admin(), "unit-w", "West", &["west".into()], false)
-        .await
-        .unwrap();
+    a.add_patrol_unit(
+        &admin(),
+        "unit-w",
+        "West",
+        &["west".into()],
+        crate::UnitRole::Patrol,
+    )
+    .await
+    .unwrap();
     assert_eq!(router.units_for(&nowhere), ["cc", "unit-w"]);
 }
 

@@ -150,6 +150,8 @@ pub struct ZoneMap {
     units_by_zone: HashMap<String, Vec<String>>,
     /// Command-center units: they receive every alert.
     command_units: Vec<String>,
+    /// Canary units: they receive canary alerts only.
+    canary_units: Vec<String>,
 }
 
 impl ZoneMap {
@@ -158,6 +160,17 @@ impl ZoneMap {
         if !self.command_units.iter().any(|u| u == unit_id) {
             self.command_units.push(unit_id.to_owned());
         }
+    }
+
+    /// Marks a unit as a canary unit.
+    pub fn add_canary_unit(&mut self, unit_id: &str) {
+        if !self.canary_units.iter().any(|u| u == unit_id) {
+            self.canary_units.push(unit_id.to_owned());
+        }
+    }
+
+    pub fn canary_units(&self) -> &[String] {
+        &self.canary_units
     }
 
     pub fn command_units(&self) -> &[String] {

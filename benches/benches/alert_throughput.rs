@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use greenplate_alerting::{Alerting, RoutingConfig, Sighted, ZoneKind, engine};
+use greenplate_alerting::{Alerting, RoutingConfig, Sighted, UnitRole, ZoneKind, engine};
 use greenplate_registry::{
     Caller, Db, NewBike, NewOwner, Reader, Registry, Role, SecretBox, TagId, TheftDetails,
 };
@@ -63,12 +63,18 @@ async fn run(db: Db, follow_url: Option<String>) -> Outcome {
         .unwrap();
     for u in 0..units {
         alerting
-            .add_patrol_unit(&admin(), &format!("u{u}"), "U", &["z".to_owned()], false)
+            .add_patrol_unit(
+                &admin(),
+                &format!("u{u}"),
+                "U",
+                &["z".to_owned()],
+                UnitRole::Patrol,
+            )
             .await
             .unwrap();
     }
     alerting
-        .add_patrol_unit(&admin(), "cc", "CC", &[], true)
+        .add_patrol_unit(&admin(), "cc", "CC", &[], UnitRole::CommandCenter)
         .await
         .unwrap();
     let kiosk = Caller {

@@ -139,6 +139,11 @@ impl Service {
                 }
             },
         ));
+        tracker.spawn(greenplate_alerting::canary::watch(
+            alerting.clone(),
+            engine.clone(),
+            shutdown.clone(),
+        ));
         tracker.spawn(pipeline::status::watch(
             registry.readers().clone(),
             engine.clone(),

@@ -97,6 +97,8 @@ pub fn format_alert(a: &Alert) -> String {
         AlertKind::CloneSuspected => "CLONED TAG SUSPECTED",
         AlertKind::WatchZone => "WATCH ZONE",
         AlertKind::ReaderOffline => "READER OFFLINE",
+        AlertKind::CanarySeen => "CANARY SEEN",
+        AlertKind::CanaryMissed => "CANARY MISSED",
         AlertKind::Unspecified => "ALERT",
     };
     let urgent = if a.priority >= 2 { "URGENT " } else { "" };

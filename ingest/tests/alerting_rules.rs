@@ -458,6 +458,7 @@ async fn svc_unit_token(svc: &TestService, id: &str) -> String {
             name: id.into(),
             zone_ids: vec![],
             command_center: true,
+            canary: false,
         })
         .await
         .unwrap()

@@ -617,6 +617,7 @@ async fn zones_import_reports_bad_files_and_bad_kinds() {
                 name: zone.into(),
                 zone_ids: vec![zone.into()],
                 command_center: false,
+                canary: false,
             })
             .await
             .unwrap_err();

@@ -37,9 +37,20 @@ impl TagState {
     const STOLEN: u8 = 1;
     const ARMED: u8 = 2;
     const REVOKED: u8 = 4;
+    const CANARY: u8 = 8;
 
     pub fn new(bike_id: i64) -> Self {
         Self { bike_id, flags: 0 }
+    }
+
+    /// A canary tag's state: no bike, the canary flag (alerting's canaries).
+    pub fn canary_tag() -> Self {
+        Self::new(0).with(Self::CANARY, true)
+    }
+
+    /// A canary tag: its sightings go to alerting as canary sightings, not as passes.
+    pub fn canary(self) -> bool {
+        self.flags & Self::CANARY != 0
     }
 
     pub fn stolen(self) -> bool {

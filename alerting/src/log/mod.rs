@@ -40,6 +40,7 @@ pub(crate) async fn commit(
     for p in pending {
         let incident_id = match incident_of.get(&p.dedup_key) {
             Some(id) => id.clone(),
+            None if p.dedup_key.is_empty() => String::new(),
             None => {
                 let id =
                     incidents::open_or_join(&mut tx, p.base, p.bike_id, &p.dedup_key, now).await?;

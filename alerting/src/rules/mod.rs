@@ -40,9 +40,9 @@ pub struct Sighted {
 }
 
 impl Sighted {
-    /// True if a rule on the tag's state may care about this tag.
+    /// True if a rule on the tag's state may care about this tag (a canary's too).
     pub fn flagged(state: TagState) -> bool {
-        state.stolen() || state.armed() || state.revoked()
+        state.stolen() || state.armed() || state.revoked() || state.canary()
     }
 }
 
@@ -62,6 +62,17 @@ pub struct ReaderOffline {
 pub(crate) enum Work {
     Sighted(Sighted),
     ReaderOffline(ReaderOffline),
+    CanaryMissed(CanaryMissed),
+}
+
+/// A canary not seen on schedule (from [`crate::canary::watch`]).
+#[derive(Debug)]
+pub(crate) struct CanaryMissed {
+    pub(crate) tag: TagId,
+    /// Its last reader; a placeholder with an empty id when it was never seen.
+    pub(crate) reader: Arc<Reader>,
+    pub(crate) last_seen_ms: i64,
+    pub(crate) detected_at: std::time::Instant,
 }
 
 /// One alert to write: which rule, which matter (incident), where.
@@ -74,7 +85,8 @@ pub(crate) struct Pending<'a> {
     pub(crate) received_at: std::time::Instant,
     /// The rule that fired.
     pub(crate) base: AlertKind,
-    /// Names the matter, so successive sightings share one incident.
+    /// Names the matter, so successive sightings share one incident; empty: no incident
+    /// (a canary sighting).
     pub(crate) dedup_key: String,
     pub(crate) plate: String,
     pub(crate) watch_zone: Option<String>,
@@ -87,6 +99,8 @@ impl Pending<'_> {
     pub(crate) fn into_alert(self, incident_id: String) -> (Alert, Vec<String>) {
         let (kind, priority) = match &self.watch_zone {
             Some(_) => (AlertKind::WatchZone, 2u32),
+            // A probe, not a matter for anyone to act on.
+            None if self.base == AlertKind::CanarySeen => (self.base, 0u32),
             None => (self.base, 1u32),
         };
         let alert = Alert {
@@ -116,8 +130,8 @@ pub(crate) async fn facts_for(
     let mut ids: Vec<i64> = batch
         .iter()
         .filter_map(|w| match w {
-            Work::Sighted(s) => Some(s.bike_id),
-            Work::ReaderOffline(_) => None,
+            Work::Sighted(s) if !s.state.canary() => Some(s.bike_id),
+            _ => None,
         })
         .collect();
     if ids.is_empty() {
@@ -158,7 +172,41 @@ pub(crate) fn evaluate<'a>(
             });
             return;
         }
+        Work::CanaryMissed(m) => {
+            out.push(Pending {
+                bike_id: 0,
+                tag: m.tag.to_string(),
+                reader: &m.reader,
+                seen_at_ms: m.last_seen_ms,
+                received_at: m.detected_at,
+                base: AlertKind::CanaryMissed,
+                dedup_key: format!("canary-missed:{}", m.tag),
+                plate: String::new(),
+                watch_zone: None,
+                recipients: alerting.router().command_units(),
+            });
+            return;
+        }
     };
+    if s.state.canary() {
+        // A probe: to canary units only, never a watch-zone alert, no incident; one per
+        // quarter of its schedule.
+        if alerting.canaries().admit(s.tag, now_ms()) {
+            out.push(Pending {
+                bike_id: 0,
+                tag: s.tag.to_string(),
+                reader: &s.reader,
+                seen_at_ms: s.seen_at_ms,
+                received_at: s.received_at,
+                base: AlertKind::CanarySeen,
+                dedup_key: String::new(),
+                plate: String::new(),
+                watch_zone: None,
+                recipients: alerting.router().canary_units(),
+            });
+        }
+        return;
+    }
     let bike = facts.get(&s.bike_id);
     let fired = fire(bike, s);
     if fired.is_empty() {

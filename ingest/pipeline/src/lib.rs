@@ -226,6 +226,27 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
             ctx.metrics.sightings_unregistered.inc();
             continue;
         };
+        if state.canary() {
+            // A probe of the whole path: every read goes to alerting (which lets one per
+            // quarter of its schedule through), none to passes or the clone rule.
+            let sighted = Sighted {
+                bike_id: 0,
+                tag: read.tag,
+                state,
+                reader: reader.clone(),
+                seen_at_ms: read.first_seen_ms,
+                clone: None,
+                received_at: msg.received_at,
+                hold: msg
+                    .ack
+                    .clone()
+                    .map(|a| a as Arc<dyn std::any::Any + Send + Sync>),
+            };
+            if ctx.engine.submit(sighted).await.is_err() {
+                ctx.metrics.flagged_lost(metrics::LOST_ENGINE_STOPPED);
+            }
+            continue;
+        }
         let before = w.smoother.len();
         let folded = w.smoother.observe(&reader, &read, now, &mut w.closed);
         ctx.metrics

@@ -25,9 +25,6 @@ pub struct ReaderLabel {
 /// `messages_lost` reason: the embedded broker overwrote messages in its ring before ingest
 /// read them (they had been acknowledged to the reader).
 pub const LOST_RING_OVERWRITTEN: &str = "broker_ring_overwritten";
-/// `messages_lost` / `flagged_sightings_lost` reason: the service stopped before it got to
-/// them.
-pub const LOST_SHUTDOWN: &str = "shutdown";
 /// `flagged_sightings_lost` reason: the alerting engine had stopped.
 pub const LOST_ENGINE_STOPPED: &str = "engine_stopped";
 /// `mqtt_acks_failed` reason: the connection to the external broker was gone when the
@@ -36,8 +33,8 @@ pub const ACK_DISCONNECTED: &str = "disconnected";
 
 /// Every `messages_lost` reason, exported at 0 from the start so that a rate and an alert
 /// rule see the series before the first loss.
-const LOST_REASONS: [&str; 2] = [LOST_RING_OVERWRITTEN, LOST_SHUTDOWN];
-const FLAGGED_LOST_REASONS: [&str; 2] = [LOST_ENGINE_STOPPED, LOST_SHUTDOWN];
+const LOST_REASONS: [&str; 1] = [LOST_RING_OVERWRITTEN];
+const FLAGGED_LOST_REASONS: [&str; 1] = [LOST_ENGINE_STOPPED];
 const ACK_FAILED_REASONS: [&str; 1] = [ACK_DISCONNECTED];
 
 /// Counters and gauges, registered in their own registry (one per service instance).

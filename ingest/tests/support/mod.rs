@@ -337,6 +337,7 @@ pub async fn new_unit_token(
             name: id.into(),
             zone_ids: zones.iter().map(|z| z.to_string()).collect(),
             command_center,
+            canary: false,
         })
         .await
         .unwrap()

@@ -83,6 +83,7 @@ pub(super) async fn provision(
                         name: format!("Patrol {zx}-{zy}"),
                         zone_ids: vec![zone_id],
                         command_center: false,
+                        canary: false,
                     })
                     .await
                     .with_context(|| format!("AddPatrolUnit {unit_id}"))?
@@ -98,6 +99,7 @@ pub(super) async fn provision(
                 name: "Command center".into(),
                 zone_ids: vec![],
                 command_center: true,
+                canary: false,
             })
             .await
             .context("AddPatrolUnit (command center)")?

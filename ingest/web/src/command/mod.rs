@@ -62,6 +62,8 @@ pub fn kind_name(kind: i32) -> (&'static str, &'static str) {
         4 => ("疑似克隆电子标签", "Suspected cloned tag"),
         5 => ("布控区域告警", "Watch zone"),
         6 => ("读写器离线", "Reader offline"),
+        7 => ("探针标签出现", "Canary seen"),
+        8 => ("探针标签未按时出现", "Canary missed"),
         _ => ("告警", "Alert"),
     }
 }
