@@ -297,7 +297,7 @@ impl Registry {
     }
 }
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+type Tx = crate::db::WriteTx;
 
 /// The columns of a registered bike that changes need.
 #[derive(Debug)]

@@ -94,6 +94,13 @@ pub(super) async fn drive(d: Drive<'_>) -> Driven {
     let hour0 = traffic.hour(started_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(spec.batch_ms.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let phase = |k: usize| {
+        if spec.spread_readers {
+            Duration::from_millis(spec.batch_ms.max(10)) * k as u32 / spec.readers.max(1) as u32
+        } else {
+            Duration::ZERO
+        }
+    };
     let mut last_progress = Instant::now();
     let heartbeat_ms = 30_000;
     loop {
@@ -214,14 +221,16 @@ pub(super) async fn drive(d: Drive<'_>) -> Driven {
             };
             let first = chunks.remove(0);
             if to_readers[k]
-                .send(ToReader::Batch(first, owed))
+                .send(ToReader::Batch(first, owed, phase(k)))
                 .await
                 .is_err()
             {
                 continue;
             }
             for c in chunks {
-                let _ = to_readers[k].send(ToReader::Batch(c, Vec::new())).await;
+                let _ = to_readers[k]
+                    .send(ToReader::Batch(c, Vec::new(), Duration::ZERO))
+                    .await;
             }
         }
         if let Some(bar) = &progress

@@ -18,7 +18,9 @@ use super::{DistrictSpec, Target};
 use crate::reader::ReaderClient;
 
 pub(super) enum ToReader {
-    Batch(Vec<Sighting>, Vec<Owed>),
+    /// Sightings to publish after waiting the delay (the reader's phase), and the alerts
+    /// they owe.
+    Batch(Vec<Sighting>, Vec<Owed>, Duration),
     /// Lose power: drop the connection without DISCONNECT (the broker sends the last will).
     Kill(Vec<Owed>),
     Garbage(u32, Duration),
@@ -131,7 +133,10 @@ async fn reader_task(
 ) {
     while let Some(m) = rx.recv().await {
         match m {
-            ToReader::Batch(sightings, owed) => {
+            ToReader::Batch(sightings, owed, phase) => {
+                if !phase.is_zero() {
+                    tokio::time::sleep(phase).await;
+                }
                 let n = sightings.len() as u64;
                 let reads: u64 = sightings.iter().map(|s| u64::from(s.read_count)).sum();
                 if !owed.is_empty() {

@@ -80,6 +80,10 @@ pub struct DistrictSpec {
     pub garbage: Option<(u32, Duration)>,
     pub seed: u64,
     pub progress: bool,
+    /// Readers publish at their own phase of the batch interval (reader k waits
+    /// k * batch_ms / readers), as real readers do, instead of all at once on the tick.
+    /// Latency is measured from each publish either way.
+    pub spread_readers: bool,
 }
 
 impl DistrictSpec {
@@ -110,6 +114,7 @@ impl DistrictSpec {
             garbage: Some((2000, Duration::from_secs(3))),
             seed: 1,
             progress: true,
+            spread_readers: false,
         }
     }
 }

@@ -95,6 +95,10 @@ pub struct DistrictArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Each reader publishes at its own phase of the batch interval, as real readers do,
+    /// instead of all readers at once on the tick (latency is measured from each publish).
+    #[arg(long)]
+    spread_readers: bool,
 }
 
 pub async fn run(args: DistrictArgs) -> anyhow::Result<()> {
@@ -129,6 +133,7 @@ pub async fn run(args: DistrictArgs) -> anyhow::Result<()> {
             .then(|| (args.garbage_rate, Duration::from_secs(args.garbage_seconds))),
         seed: args.seed,
         progress: !args.quiet,
+        spread_readers: args.spread_readers,
         ..DistrictSpec::chaoyang(format!("d{}-", now_ms() / 1000 % 1_000_000), args.run)
     };
     let mut server = None;
