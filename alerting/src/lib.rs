@@ -16,7 +16,8 @@
 //! - [`service`]: the `greenplate.v1.Patrol` gRPC service (replay, then live).
 //!
 //! - [`canary`]: canary tags, whose sightings prove the whole path works in production, and
-//!   the watch that raises a command-center alert when one is not seen on schedule.
+//!   the watch that raises a command-center alert when one is not seen on schedule;
+//!   [`canaries`], what the node knows of them.
 //!
 //! Beside the alert path:
 //! - [`admin`]: the `greenplate.v1.Admin` gRPC service (readers and kiosks in the registry;
@@ -28,6 +29,7 @@
 //!   [`track`]: `Patrol.GetTrack` over it, and who may see a track.
 
 pub mod admin;
+pub mod canaries;
 pub mod canary;
 pub mod engine;
 mod error;

@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use sqlx::Row;
 use tokio::sync::broadcast;
 
-use crate::canary::Canaries;
+use crate::canaries::Canaries;
 use crate::history::History;
 use crate::hub::{Hub, LoggedAlert};
 use crate::route::{Router, RoutingConfig};
