@@ -194,14 +194,19 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn append_track_and_purge() {
+    /// A pass history on a SQLite file in a temporary directory (kept while it lives).
+    async fn history() -> (History, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::connect(&Db::sqlite_url(&dir.path().join("h.db")))
             .await
             .unwrap();
         db.migrate(crate::schema::migrations()).await.unwrap();
-        let h = History::new(db);
+        (History::new(db), dir)
+    }
+
+    #[tokio::test]
+    async fn append_track_and_purge() {
+        let (h, _dir) = history().await;
         let mut passes: Vec<Pass> = (0..2500)
             .map(|i| pass(1, "r1", 10_000 + i * 10, 10_005 + i * 10))
             .collect();
@@ -233,12 +238,7 @@ mod tests {
     /// reaches `on_purged`.
     #[tokio::test]
     async fn the_retention_job_repeats() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&Db::sqlite_url(&dir.path().join("h.db")))
-            .await
-            .unwrap();
-        db.migrate(crate::schema::migrations()).await.unwrap();
-        let h = History::new(db);
+        let (h, _dir) = history().await;
         let day = 24 * 3600 * 1000;
         let now = now_ms();
         h.append(&[pass(1, "r1", now - 3 * day, now - 3 * day + 5)])

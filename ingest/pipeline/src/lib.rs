@@ -43,8 +43,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use greenplate_alerting::{CloneWatch, EngineHandle, Pass, Sighted};
-use greenplate_registry::{HotIndex, Reader, Readers, now_ms};
+use greenplate_alerting::{CloneEvidence, CloneWatch, EngineHandle, Pass, Sighted};
+use greenplate_registry::{HotIndex, Reader, Readers, TagState, now_ms};
 use history::StoreInput;
 use smooth::{Folded, SmoothConfig, Smoother};
 use tokio::sync::mpsc;
@@ -229,22 +229,7 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
         if state.canary() {
             // A probe of the whole path: every read goes to alerting (which lets one per
             // quarter of its schedule through), none to passes or the clone rule.
-            let sighted = Sighted {
-                bike_id: 0,
-                tag: read.tag,
-                state,
-                reader: reader.clone(),
-                seen_at_ms: read.first_seen_ms,
-                clone: None,
-                received_at: msg.received_at,
-                hold: msg
-                    .ack
-                    .clone()
-                    .map(|a| a as Arc<dyn std::any::Any + Send + Sync>),
-            };
-            if ctx.engine.submit(sighted).await.is_err() {
-                ctx.metrics.flagged_lost(metrics::LOST_ENGINE_STOPPED);
-            }
+            to_alerting(ctx, msg, &reader, &read, state, None).await;
             continue;
         }
         let before = w.smoother.len();
@@ -267,23 +252,7 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
                 ctx.metrics.stolen_sightings.inc();
             }
             ctx.metrics.flagged_sightings.inc();
-            let sighted = Sighted {
-                bike_id: state.bike_id,
-                tag: read.tag,
-                state,
-                reader: reader.clone(),
-                seen_at_ms: read.first_seen_ms,
-                clone,
-                received_at: msg.received_at,
-                hold: msg
-                    .ack
-                    .clone()
-                    .map(|a| a as Arc<dyn std::any::Any + Send + Sync>),
-            };
-            if ctx.engine.submit(sighted).await.is_err() {
-                ctx.metrics.flagged_lost(metrics::LOST_ENGINE_STOPPED);
-                tracing::error!(reader = %reader.id, "Alerting engine has stopped; sighting not alerted.");
-            }
+            to_alerting(ctx, msg, &reader, &read, state, clone).await;
         }
     }
     ctx.metrics.sightings_accepted.inc_by(accepted);
@@ -294,6 +263,35 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
         w.smoother.evictions = 0;
     }
     flush_closed(ctx, w).await;
+}
+
+/// Hands a read of a flagged (or canary) tag to the alerting engine, holding the message's
+/// acknowledgement until its alerts are committed; counts it if the engine has stopped.
+async fn to_alerting(
+    ctx: &Context,
+    msg: &Inbound,
+    reader: &Arc<Reader>,
+    read: &decode::Read,
+    state: TagState,
+    clone: Option<CloneEvidence>,
+) {
+    let sighted = Sighted {
+        bike_id: state.bike_id,
+        tag: read.tag,
+        state,
+        reader: reader.clone(),
+        seen_at_ms: read.first_seen_ms,
+        clone,
+        received_at: msg.received_at,
+        hold: msg
+            .ack
+            .clone()
+            .map(|a| a as Arc<dyn std::any::Any + Send + Sync>),
+    };
+    if ctx.engine.submit(sighted).await.is_err() {
+        ctx.metrics.flagged_lost(metrics::LOST_ENGINE_STOPPED);
+        tracing::error!(reader = %reader.id, "Alerting engine has stopped; sighting not alerted.");
+    }
 }
 
 /// Handles a reader's status message (or its last will).

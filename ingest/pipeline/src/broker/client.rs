@@ -284,6 +284,15 @@ mod tests {
         }
     }
 
+    fn failed(metrics: &Metrics) -> u64 {
+        metrics
+            .mqtt_acks_failed
+            .get_or_create(&Reason {
+                reason: ACK_DISCONNECTED,
+            })
+            .get()
+    }
+
     /// A broker of the test's own: accepts one client, sends it `n` QoS 1 publishes (pkids
     /// 1..=n), and reports the pkid of each PUBACK in the order it came off the wire.
     async fn broker_sending(n: u16) -> (SocketAddr, mpsc::UnboundedReceiver<u16>) {
@@ -378,13 +387,7 @@ mod tests {
             }
         })
         .await;
-        let failed = metrics
-            .mqtt_acks_failed
-            .get_or_create(&Reason {
-                reason: ACK_DISCONNECTED,
-            })
-            .get();
-        assert_eq!(failed, 0);
+        assert_eq!(failed(&metrics), 0);
     }
 
     #[tokio::test]
@@ -402,13 +405,7 @@ mod tests {
             }
         })
         .await;
-        let failed = metrics
-            .mqtt_acks_failed
-            .get_or_create(&Reason {
-                reason: ACK_DISCONNECTED,
-            })
-            .get();
-        assert_eq!(failed, 3);
+        assert_eq!(failed(&metrics), 3);
         // Nothing went on the wire for them.
         assert!(wire.try_recv().is_err());
     }
