@@ -166,6 +166,8 @@ impl Service {
                     || config.ingest.unsealed_on_embedded_broker,
                 reader_messages_per_s: config.ingest.reader_messages_per_s,
                 reader_messages_burst: config.ingest.reader_messages_burst,
+                unauthentic_messages_per_s: config.ingest.unauthentic_messages_per_s,
+                unauthentic_messages_burst: config.ingest.unauthentic_messages_burst,
                 max_payload_bytes: config.mqtt.max_payload_bytes,
                 smooth: config.ingest.smooth(),
                 store,

@@ -203,3 +203,117 @@ async fn a_reader_subscribed_to_everything_sees_only_ciphertext() {
     let _ = spy.disconnect().await;
     svc.stop().await;
 }
+
+/// Issue #15, point 1: a stolen credential publishing junk on another reader's topic cannot
+/// spend that reader's budget. rd-evil sends 1,000+ junk messages a second on rd-exit's
+/// topic (the embedded broker cannot stop it: rumqttd has no topic ACLs) while rd-exit
+/// reports a stolen bike every 200 ms; every alert arrives, and the junk is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_on_a_readers_topic_does_not_spend_its_budget() {
+    // A small budget, so that the junk alone would exhaust it many times over if it counted.
+    let svc = TestService::start_configured(|c| {
+        c.ingest.reader_messages_per_s = 10.0;
+        c.ingest.reader_messages_burst = 20.0;
+    })
+    .await;
+    let exit_secret = svc.add_reader("rd-exit", 23.30, 116.60).await;
+    let evil_secret = svc.add_reader("rd-evil", 23.40, 116.70).await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let mut alerts = stream(&hq, 0).await;
+    let tags: Vec<String> = (0..10)
+        .map(|i| format!("E28011606000000000000E{i:02X}"))
+        .collect();
+    for (i, tag) in tags.iter().enumerate() {
+        register_stolen(&svc, tag, &format!("粤D7E{i:03}")).await;
+    }
+    let port = svc.mqtt_port();
+    let evil = ReaderClient::connect("127.0.0.1", port, "rd-evil", &evil_secret)
+        .await
+        .unwrap();
+    let mut exit = ReaderClient::connect("127.0.0.1", port, "rd-exit", &exit_secret)
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let spoofer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let topic = topics::sightings("rd-exit");
+            let mut sent = 0u64;
+            // Bursts of 100 every 50 ms: 2,000 a second while it lasts.
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                for k in 0..100u64 {
+                    // Half random bytes, half well-formed envelopes that do not open.
+                    let junk = if k % 2 == 0 {
+                        (0..200).map(|_| rand::random::<u8>()).collect()
+                    } else {
+                        sealed("not-rd-exits-secret", "rd-exit", sent + 1, vec![])
+                    };
+                    evil.publish_raw(&topic, junk).await.unwrap();
+                    sent += 1;
+                }
+            }
+            // What was queued goes out before the DISCONNECT.
+            evil.disconnect().await;
+            sent
+        })
+    };
+    let junk_rejected = || async {
+        let mut n = 0.0;
+        for r in [
+            "malformed",
+            "malformed_batch",
+            "unsealed",
+            "reader_mismatch",
+            "unauthentic_flood",
+        ] {
+            n += svc
+                .metric_or_zero(&format!(
+                    "greenplate_ingest_batches_rejected_total{{reason=\"{r}\"}}"
+                ))
+                .await;
+        }
+        n
+    };
+    // The spoofing is under way before rd-exit speaks.
+    greenplate_registry::testing::eventually("junk arriving", Duration::from_secs(10), || async {
+        match junk_rejected().await {
+            n if n >= 1000.0 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+    let mut interval = tokio::time::interval(Duration::from_millis(200));
+    let mut seen = std::collections::BTreeSet::new();
+    for tag in &tags {
+        interval.tick().await;
+        exit.publish(vec![sighting(tag, 2, -50)]).await.unwrap();
+    }
+    while seen.len() < tags.len() {
+        let a = next_alert(&mut alerts).await;
+        assert_eq!(a.reader_id, "rd-exit");
+        seen.insert(a.tag_id);
+    }
+    stop.cancel();
+    let sent = spoofer.await.unwrap();
+    assert!(sent >= 2000, "the spoofer sent only {sent}");
+    // Every junk message is counted, none as rd-exit's flood.
+    greenplate_registry::testing::eventually(
+        "every junk message counted",
+        Duration::from_secs(10),
+        || async {
+            match junk_rejected().await {
+                n if n >= sent as f64 => Ok(()),
+                n => Err((n, sent)),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        svc.metric_or_zero("greenplate_ingest_batches_rejected_total{reason=\"flood\"}")
+            .await,
+        0.0
+    );
+    svc.stop().await;
+}

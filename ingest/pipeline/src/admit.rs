@@ -1,9 +1,14 @@
 //! Stage 0, admit: whether a reader message may be looked at at all, and, once it opens,
 //! whether its batch is new. Everything about admitting a reader's traffic is here:
 //! - before anything is decoded: the payload's size, the topic, a provisioned and enabled
-//!   reader, and its message budget (a reader flooding its topic costs a lookup per message,
-//!   not a decryption, and its messages are dropped before they hold up the other readers of
-//!   its worker);
+//!   reader;
+//! - the reader's message budget ([`charge`]), spent only by messages that open under the
+//!   named reader's key (the embedded broker cannot stop one reader publishing on another's
+//!   topic, so junk on a reader's topic must not spend that reader's budget and blind it).
+//!   Messages that fail to open spend a separate, global budget of unauthentic traffic
+//!   ([`unauthentic`]); past it they are counted as `unauthentic_flood`. Unsealed formats
+//!   prove nothing about their sender (an external broker's ACL binds them to their topic),
+//!   so they spend their reader's budget before they are parsed, as before;
 //! - after [`crate::open`] (the reader's format and its seal): the seq window, each batch seq
 //!   taken once ([`take_seq`]).
 //!
@@ -34,6 +39,8 @@ pub struct Admission {
 #[derive(Debug, Default)]
 pub struct Admissions {
     by_reader: papaya::HashMap<String, Arc<Admission>>,
+    /// The global budget of messages that do not open under their reader's key.
+    unauthentic: Mutex<TokenBucket>,
 }
 
 impl Admissions {
@@ -56,6 +63,9 @@ pub struct Limits {
     /// Each reader's message budget: this many a second, this many saved up at most.
     pub messages_per_s: f64,
     pub messages_burst: f64,
+    /// The global budget of unauthentic messages, the same way.
+    pub unauthentic_per_s: f64,
+    pub unauthentic_burst: f64,
 }
 
 /// The checks before anything is decoded. Returns the reader and its admission state.
@@ -74,12 +84,36 @@ pub fn admit(
         .ok_or(Rejection::Topic)?;
     let reader = enabled_reader(readers, id)?;
     let admission = admissions.of(&reader);
-    let mut budget = admission.budget.lock().unwrap_or_else(|p| p.into_inner());
-    if !budget.take(now_ms(), limits.messages_per_s, limits.messages_burst) {
-        return Err(Rejection::Flood);
+    if reader.format != Format::Sealed {
+        // Nothing to authenticate: the topic (an external broker's ACL) names the sender.
+        charge(&admission, limits)?;
     }
-    drop(budget);
     Ok((reader, admission))
+}
+
+/// Spends one message of the reader's budget: for a sealed reader once its message opened
+/// under its key, for an unsealed one before parsing ([`admit`]).
+pub fn charge(admission: &Admission, limits: Limits) -> Result<(), Rejection> {
+    let mut budget = admission.budget.lock().unwrap_or_else(|p| p.into_inner());
+    if budget.take(now_ms(), limits.messages_per_s, limits.messages_burst) {
+        Ok(())
+    } else {
+        Err(Rejection::Flood)
+    }
+}
+
+/// A sealed reader's message did not open: it spends the global unauthentic budget, never
+/// the reader's. Past that budget the rejection becomes [`Rejection::UnauthenticFlood`].
+pub fn unauthentic(admissions: &Admissions, limits: Limits, rejection: Rejection) -> Rejection {
+    let mut budget = admissions
+        .unauthentic
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if budget.take(now_ms(), limits.unauthentic_per_s, limits.unauthentic_burst) {
+        rejection
+    } else {
+        Rejection::UnauthenticFlood
+    }
 }
 
 /// The provisioned, enabled reader `id`.

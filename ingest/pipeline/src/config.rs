@@ -82,12 +82,21 @@ pub struct IngestConfig {
     #[serde(default)]
     pub unsealed_on_embedded_broker: bool,
     /// Messages (batches and statuses) a reader may send a second on average; more are
-    /// dropped as `flood`.
+    /// dropped as `flood`. Only messages that open under the reader's key count (for an
+    /// unsealed format, every message on its topic).
     #[serde(default = "default_reader_messages_per_s")]
     pub reader_messages_per_s: f64,
     /// Messages a reader may send at once after a quiet spell.
     #[serde(default = "default_reader_messages_burst")]
     pub reader_messages_burst: f64,
+    /// Messages that do not open under their reader's key (junk, forgeries, replays), all
+    /// readers together, a second on average; more are counted as `unauthentic_flood`
+    /// instead of by their own reason. They never spend a reader's budget.
+    #[serde(default = "default_unauthentic_messages_per_s")]
+    pub unauthentic_messages_per_s: f64,
+    /// Unauthentic messages counted by their own reason at once after a quiet spell.
+    #[serde(default = "default_unauthentic_messages_burst")]
+    pub unauthentic_messages_burst: f64,
     /// A reader with no accepted batch and no status for this long is offline, seconds.
     #[serde(default = "default_reader_offline_after_s")]
     pub reader_offline_after_s: u64,
@@ -162,6 +171,14 @@ fn default_reader_messages_burst() -> f64 {
     500.0
 }
 
+fn default_unauthentic_messages_per_s() -> f64 {
+    1000.0
+}
+
+fn default_unauthentic_messages_burst() -> f64 {
+    5000.0
+}
+
 fn default_reader_offline_after_s() -> u64 {
     300
 }
@@ -202,6 +219,8 @@ impl Default for IngestConfig {
             unsealed_on_embedded_broker: false,
             reader_messages_per_s: default_reader_messages_per_s(),
             reader_messages_burst: default_reader_messages_burst(),
+            unauthentic_messages_per_s: default_unauthentic_messages_per_s(),
+            unauthentic_messages_burst: default_unauthentic_messages_burst(),
         }
     }
 }

@@ -44,6 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use greenplate_alerting::{CloneEvidence, CloneWatch, EngineHandle, Pass, Sighted};
+use greenplate_registry::readers::Format;
 use greenplate_registry::{HotIndex, Reader, Readers, TagState, now_ms};
 use history::StoreInput;
 use smooth::{Folded, SmoothConfig, Smoother};
@@ -73,11 +74,27 @@ pub struct Context {
     /// Each reader's message budget: this many a second, this many saved up at most.
     pub reader_messages_per_s: f64,
     pub reader_messages_burst: f64,
+    /// The global budget of messages that do not open under their reader's key.
+    pub unauthentic_messages_per_s: f64,
+    pub unauthentic_messages_burst: f64,
     /// Larger payloads are dropped unread (the embedded broker already closes a reader's
     /// connection for them; an external broker may not).
     pub max_payload_bytes: usize,
     pub smooth: SmoothConfig,
     pub store: StoreInput,
+}
+
+impl Context {
+    /// What admission checks messages against.
+    fn limits(&self) -> admit::Limits {
+        admit::Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            messages_per_s: self.reader_messages_per_s,
+            messages_burst: self.reader_messages_burst,
+            unauthentic_per_s: self.unauthentic_messages_per_s,
+            unauthentic_burst: self.unauthentic_messages_burst,
+        }
+    }
 }
 
 /// The pipeline's entrance, where the broker puts each message (one hop: no relay task in
@@ -181,19 +198,16 @@ async fn flush_closed(ctx: &Context, w: &mut Worker) {
 
 /// Handles one reader message end to end.
 pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
-    let limits = admit::Limits {
-        max_payload_bytes: ctx.max_payload_bytes,
-        messages_per_s: ctx.reader_messages_per_s,
-        messages_burst: ctx.reader_messages_burst,
-    };
+    let limits = ctx.limits();
     let (reader, admission) = match admit::admit(&ctx.readers, &ctx.admissions, limits, msg) {
         Ok(admitted) => admitted,
         Err(rejection) => return dropped(ctx, &mut w.log, msg, &rejection),
     };
     if msg.topic.ends_with(b"/status") {
-        return handle_status(ctx, w, msg, reader).await;
+        return handle_status(ctx, w, msg, reader, &admission).await;
     }
     let log = &mut w.log;
+    let sealed = reader.format == Format::Sealed;
     let batch = match open::open_batch(&reader, &msg.payload, ctx.unsealed_allowed)
         .and_then(|batch| admit::take_seq(&admission, &reader, &batch).map(|gone| (batch, gone)))
     {
@@ -203,8 +217,17 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
             }
             batch
         }
+        // Did not open under the reader's key, or a replay: not the reader's own traffic,
+        // so it spends the global unauthentic budget, never the reader's.
+        Err(rejection) if sealed => {
+            let rejection = admit::unauthentic(&ctx.admissions, limits, rejection);
+            return dropped(ctx, log, msg, &rejection);
+        }
         Err(rejection) => return dropped(ctx, log, msg, &rejection),
     };
+    if sealed && let Err(rejection) = admit::charge(&admission, limits) {
+        return dropped(ctx, log, msg, &rejection);
+    }
     ctx.metrics.batches_accepted.inc();
     let now = now_ms();
     let mut accepted = 0;
@@ -295,9 +318,19 @@ async fn to_alerting(
 }
 
 /// Handles a reader's status message (or its last will).
-async fn handle_status(ctx: &Context, w: &mut Worker, msg: &Inbound, reader: Arc<Reader>) {
+async fn handle_status(
+    ctx: &Context,
+    w: &mut Worker,
+    msg: &Inbound,
+    reader: Arc<Reader>,
+    admission: &admit::Admission,
+) {
+    // Statuses are always sealed: one that does not open, or a replay, spends the global
+    // unauthentic budget; a genuine one its reader's.
     let outcome = status::open_status(&reader, &msg.payload)
-        .and_then(|s| status::apply(&reader, &s, now_ms(), ctx.max_clock_skew_ms));
+        .and_then(|s| status::apply(&reader, &s, now_ms(), ctx.max_clock_skew_ms))
+        .map_err(|r| admit::unauthentic(&ctx.admissions, ctx.limits(), r))
+        .and_then(|change| admit::charge(admission, ctx.limits()).map(|()| change));
     match outcome {
         Ok(change) => {
             ctx.metrics.statuses_accepted.inc();

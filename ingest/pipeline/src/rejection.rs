@@ -38,6 +38,11 @@ pub enum Rejection {
     Oversized(usize),
     #[error("reader is over its message budget (ingest.reader_messages_per_s)")]
     Flood,
+    #[error(
+        "message does not open under its reader's key, and such messages are over their \
+         global budget (ingest.unauthentic_messages_per_s)"
+    )]
+    UnauthenticFlood,
 }
 
 impl Rejection {
@@ -59,6 +64,7 @@ impl Rejection {
             Rejection::UnsealedNotAllowed => "unsealed_not_allowed",
             Rejection::Oversized(_) => "oversized",
             Rejection::Flood => "flood",
+            Rejection::UnauthenticFlood => "unauthentic_flood",
         }
     }
 }
