@@ -51,13 +51,16 @@ impl Alerting {
     }
 
     /// Unresolved incidents, most recently updated first, at most `limit`, each with its
-    /// latest alert (where the bike or reader was last seen).
+    /// latest alert: the one seen last (where the bike or reader was last seen), not the one
+    /// logged last, so a late sighting (a reader's buffer after an outage, a redelivery)
+    /// never moves an incident's position back in time.
     pub async fn open_incidents(&self, limit: i64) -> Result<Vec<OpenIncident>, AlertingError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ALERT_COLUMNS}, i.kind AS incident_kind, i.state AS incident_state, \
                     i.opened_at_ms, i.updated_at_ms, i.acknowledged_by \
              FROM incidents i JOIN alerts a ON a.seq = \
-                 (SELECT MAX(l.seq) FROM alerts l WHERE l.incident_id = i.incident_id) \
+                 (SELECT l.seq FROM alerts l WHERE l.incident_id = i.incident_id \
+                  ORDER BY l.seen_at_ms DESC, l.seq DESC LIMIT 1) \
              WHERE i.state <> 'resolved' ORDER BY i.updated_at_ms DESC, a.seq DESC LIMIT $1"
         )))
         .bind(limit)

@@ -406,6 +406,20 @@ async fn the_engine_commits_to_the_log_then_publishes_one_incident_per_matter() 
     assert_eq!(open[0].kind, AlertKind::StolenSighted as i32);
     assert_eq!(open[0].last.seq, 2, "the incident shows its latest alert");
 
+    // A late sighting (seen an hour ago, logged now) joins the incident but does not move
+    // its position back in time.
+    let mut late = sighted(bike, stolen, reader("rd-n", 23.25, 116.55));
+    late.seen_at_ms -= 3_600_000;
+    engine.handle.submit(late).await.unwrap();
+    let late = engine.next().await;
+    assert_eq!(late.alert.seq, 3);
+    assert_eq!(late.alert.incident_id, first.alert.incident_id);
+    let open = a.open_incidents(10).await.unwrap();
+    assert_eq!(
+        open[0].last.seq, 2,
+        "the late sighting moved the incident back"
+    );
+
     // A reader gone offline: to command centers only, its own incident.
     engine
         .handle

@@ -161,7 +161,7 @@ impl Service {
                     config.alerting.clone_rule(),
                 )),
                 metrics: metrics.clone(),
-                max_clock_skew_ms: config.ingest.max_clock_skew_ms,
+                skew: config.ingest.skew(),
                 unsealed_allowed: config.mqtt.url.is_some()
                     || config.ingest.unsealed_on_embedded_broker,
                 reader_messages_per_s: config.ingest.reader_messages_per_s,

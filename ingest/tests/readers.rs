@@ -643,6 +643,8 @@ async fn statuses_are_taken_within_the_clock_skew_window() {
                 (-(24 * 3600 + 60) * S, false),
                 (-65 * S, true),
                 ((24 * 3600 + 60) * S, false),
+                // The future bound is 2 minutes by default (ingest.max_future_skew_ms).
+                (125 * S, false),
                 (65 * S, true),
             ],
         ),

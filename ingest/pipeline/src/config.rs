@@ -58,10 +58,16 @@ pub struct MqttConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
-    /// A sighting stamped further than this from the server clock (past or future) is
-    /// rejected, milliseconds.
+    /// A sighting (or status) stamped further than this from the server clock is rejected,
+    /// milliseconds: the bound into the past (a reader's buffer after an outage), and an
+    /// upper limit of the bound into the future.
     #[serde(default = "default_max_clock_skew_ms")]
     pub max_clock_skew_ms: i64,
+    /// A sighting (or status) stamped further than this into the future is rejected,
+    /// milliseconds (at most `max_clock_skew_ms`). Short: a batch stamped ahead of time
+    /// would alert as if seen then.
+    #[serde(default = "default_max_future_skew_ms")]
+    pub max_future_skew_ms: i64,
     /// Reads of a tag by a reader no further apart than this are one pass; a pass this long
     /// without a read closes, milliseconds.
     #[serde(default = "default_pass_gap_ms")]
@@ -103,6 +109,11 @@ pub struct IngestConfig {
 }
 
 impl IngestConfig {
+    /// How far from the server's clock reader timestamps may be.
+    pub fn skew(&self) -> crate::decode::Skew {
+        crate::decode::Skew::new(self.max_clock_skew_ms, self.max_future_skew_ms)
+    }
+
     pub fn smooth(&self) -> crate::smooth::SmoothConfig {
         crate::smooth::SmoothConfig {
             gap_ms: self.pass_gap_ms,
@@ -137,6 +148,10 @@ fn default_max_connections() -> usize {
 
 fn default_buffer_mib() -> usize {
     16
+}
+
+fn default_max_future_skew_ms() -> i64 {
+    2 * 60 * 1000
 }
 
 fn default_max_clock_skew_ms() -> i64 {
@@ -211,6 +226,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             max_clock_skew_ms: default_max_clock_skew_ms(),
+            max_future_skew_ms: default_max_future_skew_ms(),
             pass_gap_ms: default_pass_gap_ms(),
             max_open_passes: default_max_open_passes(),
             history_queue: default_history_queue(),

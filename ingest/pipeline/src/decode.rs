@@ -32,12 +32,42 @@ impl SightingRejection {
     }
 }
 
+/// How far from the server's clock a reader's timestamps may be: long into the past (a
+/// reader's buffer after an outage), short into the future (a clock ahead of time would make
+/// a captured batch alert "today"; `ingest.max_future_skew_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skew {
+    pub past_ms: i64,
+    pub future_ms: i64,
+}
+
+impl Skew {
+    /// `past_ms` back, and `future_ms` ahead but never further than `past_ms`.
+    pub fn new(past_ms: i64, future_ms: i64) -> Self {
+        Self {
+            past_ms,
+            future_ms: future_ms.min(past_ms),
+        }
+    }
+
+    /// Whether `t` is inside the window around `now_ms`.
+    pub fn contains(self, now_ms: i64, t: i64) -> bool {
+        (now_ms.saturating_sub(self.past_ms)..=now_ms.saturating_add(self.future_ms)).contains(&t)
+    }
+}
+
+/// The same bound both ways.
+impl From<i64> for Skew {
+    fn from(ms: i64) -> Self {
+        Self::new(ms, ms)
+    }
+}
+
 /// Checks one sighting against the server clock `now_ms`.
-pub fn decode(s: &Sighting, now_ms: i64, max_skew_ms: i64) -> Result<Read, SightingRejection> {
+pub fn decode(s: &Sighting, now_ms: i64, skew: impl Into<Skew>) -> Result<Read, SightingRejection> {
+    let skew = skew.into();
     let tag = TagId::parse(&s.tag_id).ok_or(SightingRejection::BadTagId)?;
-    let in_window = |t: i64| {
-        (now_ms.saturating_sub(max_skew_ms)..=now_ms.saturating_add(max_skew_ms)).contains(&t)
-    };
+    let in_window = |t: i64| skew.contains(now_ms, t);
     if s.last_seen_ms < s.first_seen_ms || !in_window(s.first_seen_ms) || !in_window(s.last_seen_ms)
     {
         return Err(SightingRejection::BadTimestamp);

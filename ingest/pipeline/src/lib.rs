@@ -68,7 +68,8 @@ pub struct Context {
     pub engine: EngineHandle,
     pub clones: Arc<CloneWatch>,
     pub metrics: Arc<Metrics>,
-    pub max_clock_skew_ms: i64,
+    /// How far from the server's clock reader timestamps may be.
+    pub skew: decode::Skew,
     /// Whether readers provisioned with an unsealed format are taken (see `open`).
     pub unsealed_allowed: bool,
     /// Each reader's message budget: this many a second, this many saved up at most.
@@ -233,7 +234,7 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
     let mut accepted = 0;
     let mut reads = 0;
     for sighting in &batch.sightings {
-        let read = match decode::decode(sighting, now, ctx.max_clock_skew_ms) {
+        let read = match decode::decode(sighting, now, ctx.skew) {
             Ok(r) => r,
             Err(rejection) => {
                 ctx.metrics.reject_sighting(rejection.reason());
@@ -328,7 +329,7 @@ async fn handle_status(
     // Statuses are always sealed: one that does not open, or a replay, spends the global
     // unauthentic budget; a genuine one its reader's.
     let outcome = status::open_status(&reader, &msg.payload)
-        .and_then(|s| status::apply(&reader, &s, now_ms(), ctx.max_clock_skew_ms))
+        .and_then(|s| status::apply(&reader, &s, now_ms(), ctx.skew))
         .map_err(|r| admit::unauthentic(&ctx.admissions, ctx.limits(), r))
         .and_then(|change| admit::charge(admission, ctx.limits()).map(|()| change));
     match outcome {

@@ -67,8 +67,9 @@ pub fn apply(
     reader: &Reader,
     status: &ReaderStatus,
     now_ms: i64,
-    max_skew_ms: i64,
+    skew: impl Into<crate::decode::Skew>,
 ) -> Result<StatusChange, Rejection> {
+    let skew = skew.into();
     if !SESSION_LEN.contains(&status.session.len()) {
         return Err(Rejection::Malformed(
             "status session must be 16 to 128 characters".into(),
@@ -77,7 +78,7 @@ pub fn apply(
     let mut l = reader.liveness.lock().unwrap_or_else(|p| p.into_inner());
     match status.state() {
         ReaderState::Online => {
-            if status.at_ms.abs_diff(now_ms) > max_skew_ms.unsigned_abs() {
+            if !skew.contains(now_ms, status.at_ms) {
                 return Err(Rejection::StatusTime);
             }
             if status.at_ms <= l.status_at_ms {

@@ -153,4 +153,19 @@ fn decodes_and_checks_sightings() {
         decode(&backwards, now, 1000),
         Err(SightingRejection::BadTimestamp)
     );
+    // Long into the past, short into the future (and never further than the past bound).
+    let at = |offset: i64| Sighting {
+        tag_id: "e2801160600002070000abcd".into(),
+        first_seen_ms: now + offset,
+        last_seen_ms: now + offset,
+        read_count: 1,
+        peak_rssi_dbm: -40,
+        antenna: 1,
+    };
+    let skew = crate::decode::Skew::new(3_600_000, 120_000);
+    assert!(decode(&at(-3_600_000), now, skew).is_ok());
+    assert!(decode(&at(-3_600_001), now, skew).is_err());
+    assert!(decode(&at(120_000), now, skew).is_ok());
+    assert!(decode(&at(120_001), now, skew).is_err());
+    assert_eq!(crate::decode::Skew::new(60_000, 120_000).future_ms, 60_000);
 }

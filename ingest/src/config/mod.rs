@@ -235,6 +235,11 @@ impl Config {
                 "ingest.max_clock_skew_ms must be between 1 and 2592000000 (30 days)".into(),
             ));
         }
+        if !(0..=30 * 86_400_000).contains(&self.ingest.max_future_skew_ms) {
+            return Err(ConfigError::Invalid(
+                "ingest.max_future_skew_ms must be between 0 and 2592000000 (30 days)".into(),
+            ));
+        }
         if self.mqtt.persistent_session && self.mqtt.client_id.is_none() {
             return Err(ConfigError::Invalid(
                 "mqtt.persistent_session needs a fixed mqtt.client_id (the broker keeps the \
