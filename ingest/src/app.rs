@@ -69,6 +69,8 @@ pub struct Service {
     http_stop: CancellationToken,
     http_task: tokio::task::JoinHandle<()>,
     db: Db,
+    /// Readers' seq windows and where their highs are stored (flushed after the drain).
+    seqs: (Arc<pipeline::admit::Admissions>, Arc<Registry>),
 }
 
 impl Service {
@@ -150,11 +152,26 @@ impl Service {
             Duration::from_secs(config.ingest.reader_offline_after_s),
             shutdown.clone(),
         ));
+        // Each reader's seq window starts above its stored high (no replay across a restart),
+        // and the highs are stored every second and at the end of the drain.
+        let admissions = Arc::new(pipeline::admit::Admissions::default());
+        admissions.restore(
+            registry
+                .reader_seqs()
+                .await
+                .map_err(greenplate_registry::Error::from)?,
+        );
+        tracker.spawn(pipeline::admit::persist_seqs(
+            admissions.clone(),
+            registry.clone(),
+            Duration::from_secs(1),
+            shutdown.clone(),
+        ));
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let input = pipeline::spawn(
             pipeline::Context {
                 readers: registry.readers().clone(),
-                admissions: Default::default(),
+                admissions: admissions.clone(),
                 index: registry.index().clone(),
                 engine,
                 clones: Arc::new(greenplate_alerting::CloneWatch::new(
@@ -286,6 +303,7 @@ impl Service {
             http_stop,
             http_task,
             db,
+            seqs: (admissions, registry.clone()),
         })
     }
 
@@ -304,6 +322,11 @@ impl Service {
             .is_ok();
         if !drained {
             tracing::warn!(?grace, "Tasks still running after the grace period.");
+        }
+        // The workers are done: store the last seqs they took.
+        let (admissions, registry) = &self.seqs;
+        if let Err(e) = pipeline::admit::flush_seqs(admissions, registry).await {
+            tracing::warn!(error = %e, "Could not store readers' highest seqs at the stop.");
         }
         self.http_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.http_task).await;

@@ -317,3 +317,68 @@ async fn junk_on_a_readers_topic_does_not_spend_its_budget() {
     );
     svc.stop().await;
 }
+
+/// Issue #15, point 6: a batch captured off the wire does not replay as new after a
+/// restart. Each reader's highest processed seq is stored (every second and at the stop)
+/// and its seq window starts above it when the service starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_batch_does_not_replay_after_a_restart() {
+    let svc = TestService::start().await;
+    let secret = svc.add_reader("rd-r", 23.30, 116.60).await;
+    let token = support::new_unit_token(svc.channel().await, "hq", &[], true).await;
+    register_stolen(&svc, TAG, "粤D7F009").await;
+    let mut alerts = stream(
+        &greenplate_simulator::clients::patrol(svc.channel().await, &token).unwrap(),
+        0,
+    )
+    .await;
+    let r = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-r", &secret)
+        .await
+        .unwrap();
+    let topic = topics::sightings("rd-r");
+    let batch = |seq: u64| {
+        let mut s = sighting(TAG, 1, -50);
+        // Each a pass of its own (10 s apart), so each alerts.
+        s.first_seen_ms -= 600_000 - seq as i64 * 10_000;
+        s.last_seen_ms = s.first_seen_ms;
+        sealed(&secret, "rd-r", seq, vec![s])
+    };
+    let captured = batch(2);
+    for seq in 1..=3 {
+        let payload = if seq == 2 {
+            captured.clone()
+        } else {
+            batch(seq)
+        };
+        r.publish_raw(&topic, payload).await.unwrap();
+        next_alert(&mut alerts).await;
+    }
+    r.disconnect().await;
+    let last_seq_before = 3;
+    let svc = TestService::start_in(svc.stop().await).await;
+    let mut alerts = stream(
+        &greenplate_simulator::clients::patrol(svc.channel().await, &token).unwrap(),
+        last_seq_before,
+    )
+    .await;
+    let r = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-r", &secret)
+        .await
+        .unwrap();
+    // The captured batch, replayed after the restart: refused, no alert.
+    r.publish_raw(&topic, captured).await.unwrap();
+    svc.wait_metric(
+        "greenplate_ingest_batches_rejected_total{reason=\"replay\"}",
+        1.0,
+    )
+    .await;
+    // The reader's next batch goes through, and its alert is the next one.
+    r.publish_raw(&topic, batch(4)).await.unwrap();
+    let next = next_alert(&mut alerts).await;
+    assert_eq!(next.seq, last_seq_before + 1, "{next:?}");
+    assert_eq!(
+        svc.metric("greenplate_ingest_batches_accepted_total").await,
+        1.0,
+        "only the new batch was taken after the restart"
+    );
+    svc.stop().await;
+}

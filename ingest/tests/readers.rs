@@ -650,6 +650,9 @@ async fn statuses_are_taken_within_the_clock_skew_window() {
         ),
     ] {
         let svc = TestService::start_configured(|c| {
+            // The service's own future bound (tests otherwise allow a day ahead).
+            c.ingest.max_future_skew_ms =
+                greenplate_ingest::pipeline::config::IngestConfig::default().max_future_skew_ms;
             if let Some(ms) = skew_ms {
                 c.ingest.max_clock_skew_ms = ms;
             }

@@ -18,6 +18,7 @@
 //! - [`auth`]: bearer tokens and roles; the tonic interceptor.
 //! - [`secrets`]: sealing and keyed hashing of data at rest.
 //! - [`rekey`]: rotating the at-rest key (re-sealing everything in one transaction).
+//! - [`seqs`]: each reader's highest processed batch seq, stored across restarts.
 //! - [`changes`]: what a node announces when it commits a change (NOTIFY on commit);
 //!   [`sync`]: the other nodes' side (listen, reload).
 //! - [`validate`]: tag ids, plates, resident ID numbers, phones; masking.
@@ -35,6 +36,7 @@ pub mod pin;
 pub mod readers;
 pub mod rekey;
 pub mod secrets;
+pub mod seqs;
 pub mod service;
 pub mod store;
 pub mod sync;

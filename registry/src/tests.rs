@@ -539,6 +539,21 @@ async fn rekey_behaviour(t: &TestDb) {
     );
 }
 
+/// Readers' highest seqs are stored and read back, and a stored high is never lowered.
+async fn seqs_behaviour(t: &TestDb) {
+    let r = open(t.db.clone()).await;
+    assert!(r.reader_seqs().await.unwrap().is_empty());
+    r.store_reader_seqs(&[("rd-1".into(), 10), ("rd-2".into(), 5)])
+        .await
+        .unwrap();
+    r.store_reader_seqs(&[("rd-1".into(), 7), ("rd-2".into(), 9)])
+        .await
+        .unwrap();
+    let mut got = r.reader_seqs().await.unwrap();
+    got.sort();
+    assert_eq!(got, [("rd-1".to_owned(), 10), ("rd-2".to_owned(), 9)]);
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),*) => {
         mod sqlite {
@@ -569,5 +584,6 @@ on_both_backends!(
     registry_behaviour,
     concurrent_registration,
     import_behaviour,
-    rekey_behaviour
+    rekey_behaviour,
+    seqs_behaviour
 );

@@ -16,11 +16,14 @@
 //! every provisioned reader that sent something; the registry's reader directory holds who a
 //! reader is, not what it sent.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use greenplate_proto::v1::SightingBatch;
 use greenplate_registry::readers::Format;
-use greenplate_registry::{Reader, Readers, now_ms};
+use greenplate_registry::{Reader, Readers, Registry, RegistryError, now_ms};
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::Inbound;
 use crate::rejection::Rejection;
@@ -32,6 +35,8 @@ pub struct Admission {
     pub budget: Mutex<TokenBucket>,
     /// Batch seqs already processed (replay protection).
     pub seqs: Mutex<SeqWindow>,
+    /// The highest seq stored in the database ([`persist_seqs`]).
+    persisted: AtomicU64,
 }
 
 /// Every reader's [`Admission`], by reader id; an entry is made on a provisioned reader's
@@ -44,6 +49,43 @@ pub struct Admissions {
 }
 
 impl Admissions {
+    /// Starts each reader's seq window above its stored highest seq (at start, before any
+    /// message), so a batch processed before a restart is refused as a replay after it.
+    pub fn restore(&self, highs: impl IntoIterator<Item = (String, u64)>) {
+        let map = self.by_reader.pin();
+        for (reader, high) in highs {
+            map.insert(
+                reader,
+                Arc::new(Admission {
+                    seqs: Mutex::new(SeqWindow::resume(high)),
+                    persisted: AtomicU64::new(high),
+                    ..Default::default()
+                }),
+            );
+        }
+    }
+
+    /// The readers whose highest seq grew since it was last stored, with that seq.
+    fn unpersisted(&self) -> Vec<(String, u64)> {
+        self.by_reader
+            .pin()
+            .iter()
+            .filter_map(|(id, a)| {
+                let high = a.seqs.lock().unwrap_or_else(|p| p.into_inner()).highest();
+                (high > a.persisted.load(Ordering::Acquire)).then(|| (id.clone(), high))
+            })
+            .collect()
+    }
+
+    fn mark_persisted(&self, stored: &[(String, u64)]) {
+        let map = self.by_reader.pin();
+        for (id, high) in stored {
+            if let Some(a) = map.get(id.as_str()) {
+                a.persisted.fetch_max(*high, Ordering::AcqRel);
+            }
+        }
+    }
+
     /// The admission state of `reader` (made on first use).
     pub fn of(&self, reader: &Reader) -> Arc<Admission> {
         let map = self.by_reader.pin();
@@ -143,6 +185,39 @@ pub fn take_seq(
         last: seqs.highest(),
         too_old: why == SeqRefusal::TooOld,
     })
+}
+
+/// Stores the readers' highest seqs that grew, every `every` until `shutdown` (the last
+/// ones are stored by [`flush_seqs`] once the workers have drained). A failed write is
+/// logged and retried at the next round.
+pub async fn persist_seqs(
+    admissions: Arc<Admissions>,
+    registry: Arc<Registry>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = flush_seqs(&admissions, &registry).await {
+            tracing::warn!(error = %e, "Storing readers' highest seqs failed; will retry.");
+        }
+    }
+}
+
+/// Stores the readers' highest seqs that grew since they were last stored.
+pub async fn flush_seqs(admissions: &Admissions, registry: &Registry) -> Result<(), RegistryError> {
+    let highs = admissions.unpersisted();
+    if highs.is_empty() {
+        return Ok(());
+    }
+    registry.store_reader_seqs(&highs).await?;
+    admissions.mark_persisted(&highs);
+    Ok(())
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
@@ -253,6 +328,19 @@ impl SeqWindow {
         Ok(0)
     }
 
+    /// A window that has taken every seq up to `high` (a reader's stored high, at start):
+    /// those are refused as replays (or as too old), and counting missing seqs starts above.
+    pub fn resume(high: u64) -> Self {
+        if high == 0 {
+            return Self::default();
+        }
+        Self {
+            highest: high,
+            first: high + 1,
+            taken: [u64::MAX; 17],
+        }
+    }
+
     fn is_taken(&self, seq: u64) -> bool {
         let (w, b) = Self::slot(seq);
         self.taken[w] & b != 0
@@ -359,5 +447,18 @@ mod tests {
         let mut w = SeqWindow::default();
         assert_eq!(w.take(1_000), Ok(0));
         assert_eq!(w.take(1_000 + 2 * w_), Ok(2 * w_ - w_ - 1));
+    }
+
+    #[test]
+    fn a_resumed_window_refuses_what_was_taken_before_the_restart() {
+        let mut w = SeqWindow::resume(5_000);
+        assert_eq!(w.take(5_000), Err(SeqRefusal::Duplicate));
+        assert_eq!(w.take(4_500), Err(SeqRefusal::Duplicate));
+        assert_eq!(w.take(1), Err(SeqRefusal::TooOld));
+        // New seqs are taken, and a gap above the stored high is counted as usual.
+        assert_eq!(w.take(5_001), Ok(0));
+        assert_eq!(w.take(5_003), Ok(0));
+        assert_eq!(w.take(5_003 + SeqWindow::WIDTH + 1), Ok(1));
+        assert_eq!(SeqWindow::resume(0).highest(), 0);
     }
 }

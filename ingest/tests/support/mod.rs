@@ -125,6 +125,9 @@ impl TestService {
             config.mqtt.listen = free_port();
             config.grpc.listen = "127.0.0.1:0".parse().unwrap();
             config.http.listen = "127.0.0.1:0".parse().unwrap();
+            // Tests stamp sightings into the future to make separate passes (`later`): allow
+            // the whole skew window ahead (the service's default is 2 minutes).
+            config.ingest.max_future_skew_ms = config.ingest.max_clock_skew_ms;
             tweak(&mut config);
             match Service::start(config).await {
                 Ok(service) => {
@@ -308,7 +311,9 @@ pub async fn register_stolen(svc: &TestService, tag: &str, plate: &str) {
 
 /// `s` moved `passes` × 10 s into the future (the reader's clock), so that repeated
 /// sightings at one reader are separate passes (the default gap is 5 s) without waiting:
-/// each runs the rules again. Within the default clock-skew limit for up to 8,000 passes.
+/// each runs the rules again. Within the clock-skew limit the tests' services allow ahead
+/// (`TestService`, `Node`: a day, where the service's default is 2 minutes) for up to 8,000
+/// passes.
 pub fn later(mut s: Sighting, passes: i64) -> Sighting {
     s.first_seen_ms += passes * 10_000;
     s.last_seen_ms += passes * 10_000;

@@ -49,6 +49,8 @@ impl Node {
             .args(["--grpc-listen", &grpc.to_string()])
             .args(["--http-listen", &http.to_string()])
             .env("GREENPLATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            // Tests stamp sightings into the future to make separate passes (`later`).
+            .env("GREENPLATE_INGEST__MAX_FUTURE_SKEW_MS", "86400000")
             .env("RUST_LOG", "warn")
             .spawn()
             .unwrap();
