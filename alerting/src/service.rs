@@ -132,7 +132,7 @@ impl patrol_server::Patrol for PatrolService {
         };
         let (subject, passes, truncated) = self
             .alerting
-            .track(&caller, &key, from_ms, to_ms, limit)
+            .track(&caller, &key, from_ms, to_ms, limit, &r.reason)
             .await?;
         let readers = self.alerting.registry().readers();
         let points = passes

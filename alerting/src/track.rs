@@ -12,8 +12,32 @@ use crate::state::Alerting;
 impl Alerting {
     /// Where a bike or tag was seen in `[from_ms, to_ms]`, oldest first, at most `limit`
     /// passes; the bool says more matched. Admins and command centers may track any bike;
-    /// another unit only a bike with an unresolved incident it was alerted about.
+    /// another unit only a bike with an unresolved incident it was alerted about. Every
+    /// request, answered or refused, is in the audit log under `caller`, with `reason` if
+    /// one is given.
     pub async fn track(
+        &self,
+        caller: &Caller,
+        key: &BikeKey,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+        reason: &str,
+    ) -> Result<(TrackSubject, Vec<Pass>, bool), AlertingError> {
+        let tracked = self
+            .track_unaudited(caller, key, from_ms, to_ms, limit)
+            .await;
+        let subject = match key {
+            BikeKey::Plate(p) => format!("track of plate {p}"),
+            BikeKey::Tag(t) => format!("track of tag {t}"),
+        };
+        self.registry
+            .audit_lookup(caller, "get_track", &subject, tracked.is_ok(), reason)
+            .await?;
+        tracked
+    }
+
+    async fn track_unaudited(
         &self,
         caller: &Caller,
         key: &BikeKey,

@@ -338,7 +338,7 @@ impl Service {
 /// Opens the data directory (creating the admin token and at-rest key on first use), the
 /// database, and the registry. Returns the registry and the admin token in force.
 pub async fn open_registry(config: &Config) -> Result<(Arc<Registry>, String), StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+    data_dir::create_dir(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
@@ -359,6 +359,11 @@ pub async fn open_registry(config: &Config) -> Result<(Arc<Registry>, String), S
             )?)?
         }
     };
+    if config.database_url.is_none() {
+        let file = config.data_dir.join(data_dir::DATABASE_FILE);
+        data_dir::restrict_database(&file)
+            .map_err(|source| StartError::DataDir { path: file, source })?;
+    }
     let db = Db::connect(&config.database_url()).await?;
     let registry = Registry::open(db, SecretBox::new(&key), &admin_token).await?;
     // Readers' secrets are opened above; with no reader yet, an owner's data tells whether

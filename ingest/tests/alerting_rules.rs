@@ -237,6 +237,7 @@ async fn rules_routing_and_incident_lifecycle() {
     let shown = kiosk
         .get_bike(GetBikeRequest {
             key: Some(get_bike_request::Key::Plate("潮阳R00001".into())),
+            ..Default::default()
         })
         .await
         .unwrap()

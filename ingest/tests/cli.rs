@@ -90,6 +90,7 @@ E28011600000000000000103,潮阳A00103,张强,440513199001011231,13800000003,Aima
         .unwrap()
         .get_bike(GetBikeRequest {
             key: Some(get_bike_request::Key::Plate("潮阳A00102".into())),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -699,6 +700,7 @@ async fn rotate_key_reseals_the_registry_and_the_node_starts_on_the_new_key() {
         .unwrap()
         .get_bike(GetBikeRequest {
             key: Some(get_bike_request::Key::Plate("粤D7C071".into())),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -145,6 +145,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
     let err = no_header
         .get_bike(GetBikeRequest {
             key: Some(get_bike_request::Key::Plate(PLATE_STOLEN.into())),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -169,6 +170,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
     let shown = registry
         .get_bike(GetBikeRequest {
             key: Some(get_bike_request::Key::TagId(TAG_STOLEN.into())),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -155,6 +155,7 @@ async fn after_sigkill_a_restart_recovers_what_was_acknowledged() {
         .unwrap()
         .get_bike(GetBikeRequest {
             key: Some(get_bike_request::Key::Plate(PLATE.into())),
+            ..Default::default()
         })
         .await
         .unwrap()

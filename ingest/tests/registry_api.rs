@@ -10,6 +10,7 @@ use greenplate_proto::v1::{
     ReportRecoveredRequest, ReportStolenRequest, SetArmedRequest, SetPinRequest,
     TransferOwnershipRequest, ZoneKind, get_bike_request,
 };
+use greenplate_proto::v1::{GetTrackRequest, get_track_request};
 use greenplate_simulator::clients::{self, Authed};
 use support::{ADMIN_TOKEN, TestService, new_kiosk_token, new_unit_token};
 use tonic::Code;
@@ -40,6 +41,7 @@ fn request(tag: &str, plate: &str) -> RegisterBikeRequest {
 fn by_plate(p: &str) -> GetBikeRequest {
     GetBikeRequest {
         key: Some(get_bike_request::Key::Plate(p.into())),
+        ..Default::default()
     }
 }
 
@@ -95,6 +97,7 @@ async fn every_operation(svc: TestService) {
     let owned = k
         .list_owner_bikes(ListOwnerBikesRequest {
             id_number: ID_A.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -203,6 +206,7 @@ async fn every_operation(svc: TestService) {
             key: Some(get_bike_request::Key::TagId(
                 "E28011606000000000000001".into(),
             )),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -444,4 +448,93 @@ async fn every_operation_postgres() {
 #[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG)"]
 async fn concurrent_kiosks_postgres() {
     concurrent_kiosks(TestService::start_postgres().await).await;
+}
+
+/// Issue #15, point 8: every lookup of personal data is in the audit log (who, what, and a
+/// reason when given; the ID number masked), lookups that find nothing too; and the SQLite
+/// database and its WAL are the service user's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_are_audited_and_the_database_is_private() {
+    let svc = TestService::start().await;
+    let mut k = kiosk(&svc).await;
+    k.register_bike(request("E28011606000000000000A77", "潮阳A07777"))
+        .await
+        .unwrap();
+    k.get_bike(GetBikeRequest {
+        key: Some(get_bike_request::Key::Plate("潮阳A07777".into())),
+        reason: "case 2026-118".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        k.get_bike(by_plate("潮阳A09999")).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    k.list_owner_bikes(ListOwnerBikesRequest {
+        id_number: ID_A.into(),
+        reason: String::new(),
+    })
+    .await
+    .unwrap();
+    let cc = new_unit_token(svc.channel().await, "cc", &[], true).await;
+    clients::patrol(svc.channel().await, &cc)
+        .unwrap()
+        .get_track(GetTrackRequest {
+            subject: Some(get_track_request::Subject::Plate("潮阳A07777".into())),
+            reason: "case 2026-118".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let entries = clients::admin(svc.channel().await, ADMIN_TOKEN)
+        .unwrap()
+        .list_audit(ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let lookups: Vec<(String, String, String)> = entries
+        .into_iter()
+        .filter(|e| ["get_bike", "list_owner_bikes", "get_track"].contains(&e.action.as_str()))
+        .map(|e| (e.actor, e.action, e.subject))
+        .collect();
+    assert_eq!(lookups.len(), 4, "{lookups:?}");
+    assert_eq!(
+        lookups[3],
+        (
+            "patrol:cc".into(),
+            "get_track".into(),
+            "track of plate 潮阳A07777; reason: case 2026-118".into()
+        )
+    );
+    assert_eq!(
+        lookups[0],
+        (
+            "kiosk:k-1".into(),
+            "get_bike".into(),
+            "plate 潮阳A07777; reason: case 2026-118".into()
+        )
+    );
+    assert_eq!(lookups[1].2, "plate 潮阳A09999 (not found)");
+    assert_eq!(lookups[2].1, "list_owner_bikes");
+    assert!(lookups[2].2.starts_with("owner "), "{:?}", lookups[2]);
+    assert!(lookups[2].2.ends_with("(1 bikes)"), "{:?}", lookups[2]);
+    assert!(
+        !lookups[2].2.contains(ID_A),
+        "the audit log holds the full ID number: {:?}",
+        lookups[2]
+    );
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = svc.dir.path();
+        let db = dir.join("greenplate.db");
+        assert_eq!(mode(&db), 0o600, "the database");
+        let wal = dir.join("greenplate.db-wal");
+        assert!(wal.exists(), "WAL mode makes a -wal file");
+        assert_eq!(mode(&wal), 0o600, "the WAL");
+    }
+    svc.stop().await;
 }

@@ -84,13 +84,16 @@ impl registry_server::Registry for RegistryService {
     }
 
     async fn get_bike(&self, req: Request<GetBikeRequest>) -> Result<Response<Bike>, Status> {
-        require(&req, ROLES)?;
-        let key = match req.into_inner().key {
+        let caller = require(&req, ROLES)?;
+        let r = req.into_inner();
+        let key = match r.key {
             Some(get_bike_request::Key::Plate(p)) => BikeKey::Plate(p),
             Some(get_bike_request::Key::TagId(t)) => BikeKey::Tag(t),
             None => return Err(Status::invalid_argument("key: give a plate or a tag_id")),
         };
-        Ok(Response::new(to_proto(self.registry.get_bike(&key).await?)))
+        Ok(Response::new(to_proto(
+            self.registry.get_bike(&caller, &key, &r.reason).await?,
+        )))
     }
 
     async fn report_stolen(
@@ -139,10 +142,11 @@ impl registry_server::Registry for RegistryService {
         &self,
         req: Request<ListOwnerBikesRequest>,
     ) -> Result<Response<ListOwnerBikesResponse>, Status> {
-        require(&req, ROLES)?;
+        let caller = require(&req, ROLES)?;
+        let r = req.get_ref();
         let bikes = self
             .registry
-            .list_owner_bikes(&req.get_ref().id_number)
+            .list_owner_bikes(&caller, &r.id_number, &r.reason)
             .await?;
         Ok(Response::new(ListOwnerBikesResponse {
             bikes: bikes.into_iter().map(to_proto).collect(),

@@ -296,7 +296,7 @@ impl Config {
     /// The database URL in force.
     pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| {
-            greenplate_registry::Db::sqlite_url(&self.data_dir.join("greenplate.db"))
+            greenplate_registry::Db::sqlite_url(&self.data_dir.join(crate::data_dir::DATABASE_FILE))
         })
     }
 }

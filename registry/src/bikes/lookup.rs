@@ -3,8 +3,25 @@
 use super::*;
 
 impl Registry {
-    /// Finds a bike; the owner's personal data comes back masked.
-    pub async fn get_bike(&self, key: &BikeKey) -> Result<BikeRecord, RegistryError> {
+    /// Finds a bike; the owner's personal data comes back masked. The lookup, found or not,
+    /// is in the audit log under `caller`, with `reason` if one is given.
+    pub async fn get_bike(
+        &self,
+        caller: &Caller,
+        key: &BikeKey,
+        reason: &str,
+    ) -> Result<BikeRecord, RegistryError> {
+        let found = self.find_bike(key).await;
+        let subject = match key {
+            BikeKey::Plate(p) => format!("plate {p}"),
+            BikeKey::Tag(t) => format!("tag {t}"),
+        };
+        self.audit_lookup(caller, "get_bike", &subject, found.is_ok(), reason)
+            .await?;
+        found
+    }
+
+    async fn find_bike(&self, key: &BikeKey) -> Result<BikeRecord, RegistryError> {
         let row = match key {
             BikeKey::Plate(p) => {
                 let plate = validate::plate("plate", p)?;
@@ -32,10 +49,13 @@ impl Registry {
         self.bike_record(&row)
     }
 
-    /// Every registered bike of the owner with this resident ID number.
+    /// Every registered bike of the owner with this resident ID number. The lookup is in the
+    /// audit log under `caller` (the ID number masked), with `reason` if one is given.
     pub async fn list_owner_bikes(
         &self,
+        caller: &Caller,
         id_number: &str,
+        reason: &str,
     ) -> Result<Vec<BikeRecord>, RegistryError> {
         let id = validate::resident_id("id_number", id_number)?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -45,7 +65,37 @@ impl Registry {
         .bind(self.secrets.keyed_hash(id.as_bytes()))
         .fetch_all(self.db.pool())
         .await?;
+        let subject = format!(
+            "owner {} ({} bikes)",
+            validate::mask_resident_id(&id),
+            rows.len()
+        );
+        self.audit_lookup(caller, "list_owner_bikes", &subject, true, reason)
+            .await?;
         rows.iter().map(|r| self.bike_record(r)).collect()
+    }
+
+    /// Records a lookup of personal data in the audit log, in its own transaction.
+    pub async fn audit_lookup(
+        &self,
+        caller: &Caller,
+        action: &str,
+        subject: &str,
+        found: bool,
+        reason: &str,
+    ) -> Result<(), RegistryError> {
+        let reason = validate::optional_text("reason", reason, 200)?;
+        let mut subject = subject.to_owned();
+        if !found {
+            subject.push_str(" (not found)");
+        }
+        if !reason.is_empty() {
+            subject.push_str(&format!("; reason: {reason}"));
+        }
+        let mut tx = self.db.begin_write().await?;
+        crate::store::audit(&mut tx, caller, action, &subject).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     fn bike_record(&self, row: &AnyRow) -> Result<BikeRecord, RegistryError> {

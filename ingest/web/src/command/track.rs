@@ -32,7 +32,7 @@ pub(super) async fn load_track(
     let from = to - greenplate_alerting::service::DEFAULT_TRACK_WINDOW_MS;
     let (subject, passes, truncated) = web
         .alerting
-        .track(&session.caller, &key, from, to, MAX_TRACK_POINTS)
+        .track(&session.caller, &key, from, to, MAX_TRACK_POINTS, "")
         .await?;
     let readers = web.alerting.registry().readers();
     let points = passes

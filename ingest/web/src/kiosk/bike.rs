@@ -75,7 +75,11 @@ pub(super) async fn bike_page(
     failed_action: Option<&str>,
     problem: &Problem,
 ) -> Response {
-    let found = web.alerting.registry().get_bike(&key_of(q)).await;
+    let found = web
+        .alerting
+        .registry()
+        .get_bike(&session.caller, &key_of(q), "")
+        .await;
     let (status, body) = match found {
         Ok(b) => {
             let status = if problem.message.is_some() {
