@@ -172,7 +172,7 @@ async fn registry_behaviour(t: &TestDb) {
     assert_eq!(rec.owner_phone_masked, "138****5678");
     assert_eq!(rec.frame_number, "LYD1234567");
     assert!(!rec.stolen && !rec.armed && rec.registered);
-    let owned = reg.list_owner_bikes(&admin(), ID_A, "").await.unwrap();
+    let owned = reg.list_owner_bikes(&kiosk(), ID_A, "").await.unwrap();
     assert_eq!(owned.len(), 2);
 
     // Theft and recovery, idempotent theft report, hot index follows.
@@ -193,7 +193,7 @@ async fn registry_behaviour(t: &TestDb) {
     assert_eq!(r1.report_id, r2.report_id);
     assert!(reg.index().lookup(tag(tag_a)).unwrap().stolen());
     assert!(
-        reg.get_bike(&admin(), &BikeKey::Plate("潮阳A12345".into()), "")
+        reg.get_bike(&kiosk(), &BikeKey::Plate("潮阳A12345".into()), "")
             .await
             .unwrap()
             .stolen
@@ -247,7 +247,7 @@ async fn registry_behaviour(t: &TestDb) {
     let new_state = reg.index().lookup(tag(tag_new)).unwrap();
     assert!(!new_state.revoked() && new_state.bike_id == id);
     assert_eq!(
-        reg.get_bike(&admin(), &BikeKey::Tag(tag_a.into()), "")
+        reg.get_bike(&kiosk(), &BikeKey::Tag(tag_a.into()), "")
             .await
             .unwrap()
             .tag_id,
@@ -275,14 +275,14 @@ async fn registry_behaviour(t: &TestDb) {
         .await
         .unwrap();
     assert_eq!(
-        reg.list_owner_bikes(&admin(), ID_B, "")
+        reg.list_owner_bikes(&kiosk(), ID_B, "")
             .await
             .unwrap()
             .len(),
         1
     );
     assert_eq!(
-        reg.list_owner_bikes(&admin(), ID_A, "")
+        reg.list_owner_bikes(&kiosk(), ID_A, "")
             .await
             .unwrap()
             .len(),
@@ -306,12 +306,12 @@ async fn registry_behaviour(t: &TestDb) {
     assert!(reg.index().lookup(tag(tag_new)).unwrap().revoked());
     assert!(!reg.index().lookup(tag(tag_new)).unwrap().armed());
     assert!(matches!(
-        reg.get_bike(&admin(), &BikeKey::Plate("潮阳A12345".into()), "")
+        reg.get_bike(&kiosk(), &BikeKey::Plate("潮阳A12345".into()), "")
             .await,
         Err(RegistryError::NotFound(_))
     ));
     assert!(
-        !reg.get_bike(&admin(), &BikeKey::Tag(tag_new.into()), "")
+        !reg.get_bike(&kiosk(), &BikeKey::Tag(tag_new.into()), "")
             .await
             .unwrap()
             .registered
@@ -542,7 +542,7 @@ async fn rekey_behaviour(t: &TestDb) {
         .await
         .unwrap();
     assert!(reg.readers().get("rd-k").unwrap().check_secret(&secret));
-    let owned = reg.list_owner_bikes(&admin(), ID_A, "").await.unwrap();
+    let owned = reg.list_owner_bikes(&kiosk(), ID_A, "").await.unwrap();
     assert_eq!(owned.len(), 1);
     let audit = reg.list_audit(0, 100).await.unwrap();
     assert!(audit.iter().any(|e| e.action == "rotate_key"), "{audit:?}");
