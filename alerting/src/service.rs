@@ -6,7 +6,8 @@
 //! hub receiver lags (a slow client) goes back to the log from its last seq. The stream has a
 //! bounded queue, so a stalled client holds only its own task.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use greenplate_proto::v1::patrol_server::{self, PatrolServer};
 use greenplate_proto::v1::{
@@ -55,22 +56,97 @@ fn track_window(from_ms: i64, to_ms: i64, now_ms: i64) -> Result<(i64, i64), Sta
 pub struct PatrolService {
     alerting: Arc<Alerting>,
     shutdown: CancellationToken,
+    slots: Arc<StreamSlots>,
 }
 
 impl PatrolService {
-    /// The service behind its authentication interceptor; streams end when `shutdown` fires.
+    /// The service behind its authentication interceptor; streams end when `shutdown` fires;
+    /// each unit may hold `max_streams_per_unit` live streams.
     pub fn server(
         alerting: Arc<Alerting>,
         shutdown: CancellationToken,
+        max_streams_per_unit: usize,
     ) -> InterceptedService<PatrolServer<Self>, AuthInterceptor> {
         let auth = alerting.registry().auth().interceptor();
-        PatrolServer::with_interceptor(Self { alerting, shutdown }, auth)
+        let slots = Arc::new(StreamSlots {
+            max: max_streams_per_unit,
+            open: Mutex::new(HashMap::new()),
+        });
+        PatrolServer::with_interceptor(
+            Self {
+                alerting,
+                shutdown,
+                slots,
+            },
+            auth,
+        )
+    }
+}
+
+/// Live streams per unit, capped.
+#[derive(Debug)]
+struct StreamSlots {
+    max: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+impl StreamSlots {
+    /// A slot for one more stream of `unit`, or `None` when it holds `max` already.
+    fn acquire(self: &Arc<Self>, unit: &str) -> Option<StreamSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(unit.to_owned()).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            slots: self.clone(),
+            unit: unit.to_owned(),
+        })
+    }
+}
+
+/// One open stream's slot, given back when the stream is dropped (the client went away,
+/// or the server stopped).
+#[derive(Debug)]
+struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    unit: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.unit) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.unit);
+            }
+        }
+    }
+}
+
+/// A unit's alert stream, holding its slot for as long as tonic holds the stream.
+#[derive(Debug)]
+pub struct AlertStream {
+    inner: ReceiverStream<Result<Alert, Status>>,
+    _slot: StreamSlot,
+}
+
+impl tokio_stream::Stream for AlertStream {
+    type Item = Result<Alert, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.inner).poll_next(cx)
     }
 }
 
 #[tonic::async_trait]
 impl patrol_server::Patrol for PatrolService {
-    type StreamAlertsStream = ReceiverStream<Result<Alert, Status>>;
+    type StreamAlertsStream = AlertStream;
 
     async fn stream_alerts(
         &self,
@@ -78,6 +154,15 @@ impl patrol_server::Patrol for PatrolService {
     ) -> Result<Response<Self::StreamAlertsStream>, Status> {
         let caller = require(&req, &[Role::Patrol])?;
         let resume_after = req.get_ref().resume_after;
+        let Some(slot) = self.slots.acquire(&caller.id) else {
+            self.alerting.streams_refused.inc();
+            tracing::warn!(unit = %caller.id, max = self.slots.max, "Refused a patrol stream: the unit holds the most live streams allowed.");
+            return Err(Status::resource_exhausted(format!(
+                "unit {} already holds {} live alert streams (grpc.max_streams_per_unit); \
+                 close one first",
+                caller.id, self.slots.max
+            )));
+        };
         tracing::info!(unit = %caller.id, resume_after, "Patrol stream opened.");
         let rx = alert_feed(
             self.alerting.clone(),
@@ -85,7 +170,10 @@ impl patrol_server::Patrol for PatrolService {
             resume_after,
             self.shutdown.clone(),
         );
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(AlertStream {
+            inner: ReceiverStream::new(rx),
+            _slot: slot,
+        }))
     }
 
     async fn acknowledge_incident(

@@ -78,6 +78,8 @@ pub struct Alerting {
     pub(crate) history: History,
     /// Canary tags and what this node saw of them.
     pub(crate) canaries: Canaries,
+    /// `Patrol/StreamAlerts` calls refused because the unit held the most allowed.
+    pub streams_refused: Counter,
     /// Times a stream fell behind the live hub and caught up from the log.
     pub stream_catchups: Counter,
     /// Seconds from ingest receiving a sighting to its alert reaching the live hub
@@ -106,6 +108,7 @@ impl Alerting {
             history,
             canaries: Canaries::default(),
             stream_catchups: Counter::default(),
+            streams_refused: Counter::default(),
             engine_publishes,
             alert_latency: Histogram::new([
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -135,6 +138,11 @@ impl Alerting {
             "stream_catchups",
             "Times a patrol stream fell behind the live feed and caught up from the alert log",
             self.stream_catchups.clone(),
+        );
+        metrics.sub_registry_with_prefix("alerting").register(
+            "streams_refused",
+            "Patrol/StreamAlerts calls refused: the unit held grpc.max_streams_per_unit live streams",
+            self.streams_refused.clone(),
         );
         metrics.register(
             "canary_misses",

@@ -237,7 +237,11 @@ impl Service {
             .add_service(health_service)
             .add_service(AdminService::server(alerting.clone()))
             .add_service(RegistryService::server(registry.clone()))
-            .add_service(PatrolService::server(alerting.clone(), shutdown.clone()))
+            .add_service(PatrolService::server(
+                alerting.clone(),
+                shutdown.clone(),
+                config.grpc.max_streams_per_unit,
+            ))
             .add_service(reflection)
             .serve_with_incoming_shutdown(
                 // TCP_NODELAY on every accepted socket: tonic sets it only on listeners it

@@ -382,3 +382,50 @@ async fn a_captured_batch_does_not_replay_after_a_restart() {
     );
     svc.stop().await;
 }
+
+/// Issue #15, point 7 (in part): one unit's token holds at most `grpc.max_streams_per_unit`
+/// live alert streams; the next is refused with RESOURCE_EXHAUSTED and counted, and closing
+/// one frees its slot. Other units are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_holds_a_bounded_number_of_alert_streams() {
+    use greenplate_proto::v1::StreamAlertsRequest;
+    let svc = TestService::start_configured(|c| c.grpc.max_streams_per_unit = 2).await;
+    let unit = svc.add_unit("u-1", &[], true).await;
+    let other = svc.add_unit("u-2", &[], true).await;
+    let open = |u: &greenplate_proto::v1::patrol_client::PatrolClient<_>| {
+        let mut u = u.clone();
+        async move {
+            u.stream_alerts(StreamAlertsRequest { resume_after: 0 })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let first = open(&unit).await.unwrap();
+    let _second = open(&unit).await.unwrap();
+    let refused = open(&unit).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("max_streams_per_unit"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        svc.metric("greenplate_alerting_streams_refused_total")
+            .await,
+        1.0
+    );
+    // Another unit is not affected.
+    let _other = open(&other).await.unwrap();
+    // Closing a stream gives its slot back.
+    drop(first);
+    greenplate_registry::testing::eventually(
+        "a slot freed by closing a stream",
+        Duration::from_secs(10),
+        || async { open(&unit).await.map(drop).map_err(|s| s.code()) },
+    )
+    .await;
+    svc.stop().await;
+}

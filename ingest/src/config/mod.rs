@@ -150,6 +150,10 @@ impl AlertingConfig {
 pub struct GrpcConfig {
     #[serde(default = "default_grpc_listen")]
     pub listen: SocketAddr,
+    /// Live `Patrol/StreamAlerts` calls one unit's token may hold open at once; more are
+    /// refused with RESOURCE_EXHAUSTED (and counted), so one token cannot exhaust the node.
+    #[serde(default = "default_max_streams_per_unit")]
+    pub max_streams_per_unit: usize,
 }
 
 /// The HTTP port (`/healthz`, `/readyz`, `/metrics`, and the kiosk and command-center web
@@ -179,6 +183,9 @@ fn default_data_dir() -> PathBuf {
 fn default_grpc_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 50051))
 }
+fn default_max_streams_per_unit() -> usize {
+    16
+}
 fn default_http_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
@@ -203,6 +210,7 @@ impl Default for GrpcConfig {
     fn default() -> Self {
         Self {
             listen: default_grpc_listen(),
+            max_streams_per_unit: default_max_streams_per_unit(),
         }
     }
 }
