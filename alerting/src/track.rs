@@ -27,12 +27,8 @@ impl Alerting {
         let tracked = self
             .track_unaudited(caller, key, from_ms, to_ms, limit)
             .await;
-        let subject = match key {
-            BikeKey::Plate(p) => format!("track of plate {p}"),
-            BikeKey::Tag(t) => format!("track of tag {t}"),
-        };
         self.registry
-            .audit_lookup(caller, "get_track", &subject, tracked.is_ok(), reason)
+            .audit_lookup(caller, "get_track", &track_of(key), tracked.is_ok(), reason)
             .await?;
         tracked
     }
@@ -65,11 +61,7 @@ impl Alerting {
             };
             if !entitled {
                 // The same answer as for a bike that does not exist: no probing.
-                return Err(RegistryError::NotFound(match key {
-                    BikeKey::Plate(p) => format!("track of plate {p}"),
-                    BikeKey::Tag(t) => format!("track of tag {t}"),
-                })
-                .into());
+                return Err(RegistryError::NotFound(track_of(key)).into());
             }
         }
         let mut passes = self
@@ -79,5 +71,13 @@ impl Alerting {
         let truncated = passes.len() > limit;
         passes.truncate(limit);
         Ok((subject, passes, truncated))
+    }
+}
+
+/// What a track request names, for errors and the audit log.
+fn track_of(key: &BikeKey) -> String {
+    match key {
+        BikeKey::Plate(p) => format!("track of plate {p}"),
+        BikeKey::Tag(t) => format!("track of tag {t}"),
     }
 }
