@@ -196,7 +196,7 @@ async fn kiosk_sessions_csrf_field_errors_and_masking() {
     assert!(to.starts_with("/kiosk/bike?q="), "{to}");
     let bike = request(addr, "GET", &to, Some(&cookie), &[]).await;
     assert_eq!(bike.status, 200, "{}", bike.body);
-    assert!(bike.body.contains("110***********002X"), "{}", bike.body);
+    assert!(bike.body.contains("110***************"), "{}", bike.body);
     assert!(bike.body.contains("137****5678"), "{}", bike.body);
     assert!(bike.body.contains("黄*"), "{}", bike.body);
     assert!(!bike.body.contains("11010519491231002X"));
@@ -301,7 +301,7 @@ async fn kiosk_sessions_csrf_field_errors_and_masking() {
         &[],
     )
     .await;
-    assert!(r.body.contains("440***********1230"), "{}", r.body);
+    assert!(r.body.contains("440***************"), "{}", r.body);
     assert!(r.body.contains("陈**"), "{}", r.body);
     assert!(r.body.contains("Ownership transferred"), "{}", r.body);
 

@@ -168,7 +168,7 @@ async fn registry_behaviour(t: &TestDb) {
         .await
         .unwrap();
     assert_eq!(rec.plate, "潮阳A12345");
-    assert_eq!(rec.owner_id_number_masked, "110***********002X");
+    assert_eq!(rec.owner_id_number_masked, "110***************");
     assert_eq!(rec.owner_phone_masked, "138****5678");
     assert_eq!(rec.frame_number, "LYD1234567");
     assert!(!rec.stolen && !rec.armed && rec.registered);

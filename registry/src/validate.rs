@@ -209,9 +209,21 @@ pub fn ident(field: &'static str, raw: &str) -> Result<String, RegistryError> {
     }
 }
 
-/// `440***********1234`: the first 3 and last 4 characters of a resident ID number.
+/// `440***************`: the first 3 characters of a resident ID number (the province)
+/// only. The last 4 would give away the check digit and the sequence, leaving a local
+/// owner's birth date as the only unknown: few enough guesses to enumerate the full number
+/// through ListOwnerBikes.
 pub fn mask_resident_id(id: &str) -> String {
-    mask(id, 3, 4)
+    mask(id, 3, 0)
+}
+
+/// `陈*`: a name's first character (the family name) and a `*` for each other character.
+pub fn mask_name(name: &str) -> String {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(first) => std::iter::once(first).chain(chars.map(|_| '*')).collect(),
+        None => String::new(),
+    }
 }
 
 /// `138****5678`: the first 3 and last 4 digits of a phone number.
@@ -270,7 +282,10 @@ mod tests {
         assert!(phone("p", "12812345678").is_err());
         assert!(phone("p", "1381234567").is_err());
         assert_eq!(mask_phone("13812345678"), "138****5678");
-        assert_eq!(mask_resident_id("440513199001011234"), "440***********1234");
+        assert_eq!(mask_resident_id("440513199001011234"), "440***************");
+        assert_eq!(mask_name("黄敏"), "黄*");
+        assert_eq!(mask_name("欧阳小明"), "欧***");
+        assert_eq!(mask_name(""), "");
     }
 
     #[test]

@@ -155,15 +155,6 @@ pub fn short_datetime(ms: i64) -> String {
     full.get(5..).map_or(full.clone(), str::to_owned)
 }
 
-/// Masks a name: the family name (first character) stays, the rest become `*`.
-pub fn mask_name(name: &str) -> String {
-    let mut chars = name.chars();
-    match chars.next() {
-        Some(first) => std::iter::once(first).chain(chars.map(|_| '*')).collect(),
-        None => String::new(),
-    }
-}
-
 /// Percent-encodes a value for a URL's query (`application/x-www-form-urlencoded`).
 pub fn query_value(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
@@ -195,12 +186,5 @@ mod tests {
     fn query_values_are_percent_encoded() {
         assert_eq!(query_value("潮阳A1"), "%E6%BD%AE%E9%98%B3A1");
         assert_eq!(query_value("a&b=c"), "a%26b%3Dc");
-    }
-
-    #[test]
-    fn names_are_masked() {
-        assert_eq!(mask_name("黄敏"), "黄*");
-        assert_eq!(mask_name("欧阳小明"), "欧***");
-        assert_eq!(mask_name(""), "");
     }
 }

@@ -111,7 +111,7 @@ impl Registry {
                 .try_get::<Option<String>, _>("tag_id")?
                 .unwrap_or_default(),
             plate: row.try_get("plate")?,
-            owner_name: row.try_get("name")?,
+            owner_name: validate::mask_name(&row.try_get::<String, _>("name")?),
             owner_id_number_masked: validate::mask_resident_id(&id_number),
             owner_phone_masked: validate::mask_phone(&phone),
             make: row.try_get("make")?,

@@ -134,6 +134,7 @@ pub struct BikeRecord {
     /// The current tag; empty once deregistered.
     pub tag_id: String,
     pub plate: String,
+    /// Masked: the family name and a `*` for each other character.
     pub owner_name: String,
     pub owner_id_number_masked: String,
     pub owner_phone_masked: String,

@@ -13,7 +13,7 @@ use super::{AREA, HOME, header, lookup_form};
 use crate::error::{WebError, registry_status};
 use crate::extract::KioskSession;
 use crate::i18n::Bilingual;
-use crate::page::{both, datetime, html_response, layout, mask_name, query_value};
+use crate::page::{both, datetime, html_response, layout, query_value};
 use crate::session::Session;
 use crate::state::WebState;
 
@@ -173,7 +173,7 @@ fn bike_card(
             }
             dl {
                 dt { "电子标签 / Tag" } dd.mono { (if b.tag_id.is_empty() { "-" } else { &b.tag_id }) }
-                dt { "车主 / Owner" } dd { (mask_name(&b.owner_name)) }
+                dt { "车主 / Owner" } dd { (b.owner_name) }
                 dt { "身份证 / ID number" } dd.mono { (b.owner_id_number_masked) }
                 dt { "手机 / Phone" } dd.mono { (b.owner_phone_masked) }
                 dt { "车辆 / Bike" } dd { (b.make) " " (b.model) ", " (b.color) }
