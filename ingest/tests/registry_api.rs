@@ -545,3 +545,49 @@ async fn lookups_are_audited_and_the_database_is_private() {
     }
     svc.stop().await;
 }
+
+/// Issue #15, point 5 (in part): owner lookups by full ID number are rate-limited per kiosk
+/// (30 a minute), so guessing an ID number through ListOwnerBikes is slow; a refusal is
+/// RESOURCE_EXHAUSTED, counted and audited, and another kiosk is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_lookups_are_rate_limited_per_kiosk() {
+    let svc = TestService::start().await;
+    let mut k = kiosk(&svc).await;
+    let lookup = |id: &str| ListOwnerBikesRequest {
+        id_number: id.into(),
+        reason: String::new(),
+    };
+    for _ in 0..30 {
+        k.list_owner_bikes(lookup(ID_A)).await.unwrap();
+    }
+    let refused = k.list_owner_bikes(lookup(ID_B)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        svc.metric("greenplate_registry_owner_lookups_refused_total")
+            .await,
+        1.0
+    );
+    let token = new_kiosk_token(svc.channel().await, "k-2").await;
+    clients::registry(svc.channel().await, &token)
+        .unwrap()
+        .list_owner_bikes(lookup(ID_B))
+        .await
+        .unwrap();
+    let audit = clients::admin(svc.channel().await, ADMIN_TOKEN)
+        .unwrap()
+        .list_audit(ListAuditRequest {
+            after_id: 0,
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.actor == "kiosk:k-1" && e.action == "list_owner_bikes_refused"),
+        "the refusal is audited"
+    );
+    svc.stop().await;
+}

@@ -17,6 +17,8 @@ pub enum RegistryError {
     FailedPrecondition(String),
     #[error("{0}")]
     PermissionDenied(String),
+    #[error("{0}")]
+    RateLimited(String),
     #[error("stored data could not be decrypted with the configured key")]
     Crypto,
     #[error("stored data is corrupt: {0}")]
@@ -39,6 +41,7 @@ impl From<RegistryError> for Status {
             RegistryError::NotFound(_) => Status::not_found(e.to_string()),
             RegistryError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             RegistryError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
+            RegistryError::RateLimited(_) => Status::resource_exhausted(e.to_string()),
             RegistryError::Crypto | RegistryError::Corrupt(_) | RegistryError::Db(_) => {
                 tracing::error!(error = %e, "Registry request failed.");
                 Status::internal("internal error; see the server log")

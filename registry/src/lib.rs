@@ -19,6 +19,7 @@
 //! - [`secrets`]: sealing and keyed hashing of data at rest.
 //! - [`rekey`]: rotating the at-rest key (re-sealing everything in one transaction).
 //! - [`seqs`]: each reader's highest processed batch seq, stored across restarts.
+//! - [`limits`]: per-caller rate limits on lookups of personal data.
 //! - [`changes`]: what a node announces when it commits a change (NOTIFY on commit);
 //!   [`sync`]: the other nodes' side (listen, reload).
 //! - [`validate`]: tag ids, plates, resident ID numbers, phones; masking.
@@ -31,6 +32,7 @@ pub mod db;
 mod error;
 pub mod hot_index;
 pub mod import;
+pub mod limits;
 mod metrics;
 pub mod pin;
 pub mod readers;

@@ -41,5 +41,10 @@ impl crate::Registry {
             index: self.index.clone(),
             readers: self.readers.clone(),
         }));
+        metrics.register(
+            "registry_owner_lookups_refused",
+            "ListOwnerBikes calls refused: the kiosk was over its rate of owner lookups",
+            self.owner_lookups.refused.clone(),
+        );
     }
 }

@@ -33,6 +33,8 @@ pub struct Registry {
     pub(crate) index: Arc<HotIndex>,
     pub(crate) readers: Arc<Readers>,
     pub(crate) auth: Arc<Authenticator>,
+    /// Each kiosk's budget of owner lookups (ListOwnerBikes by ID number).
+    pub(crate) owner_lookups: crate::limits::OwnerLookups,
 }
 
 impl Registry {
@@ -57,6 +59,7 @@ impl Registry {
             index,
             readers,
             auth,
+            owner_lookups: Default::default(),
         }))
     }
 

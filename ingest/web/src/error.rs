@@ -104,6 +104,7 @@ pub fn registry_status(e: &RegistryError) -> StatusCode {
             StatusCode::CONFLICT
         }
         RegistryError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+        RegistryError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }

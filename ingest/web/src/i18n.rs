@@ -104,6 +104,10 @@ pub fn explain(e: &RegistryError) -> (Option<&'static str>, Bilingual) {
             (field, Bilingual::new(zh, format!("{e}")))
         }
         RegistryError::NotFound(_) => (None, Bilingual::new("未找到", format!("{e}"))),
+        RegistryError::RateLimited(_) => (
+            None,
+            Bilingual::new("查询过于频繁，请一分钟后再试", format!("{e}")),
+        ),
         RegistryError::PermissionDenied(why) => {
             let zh = if why.contains("locked") {
                 "密码输错次数过多，已暂时锁定"

@@ -1,6 +1,9 @@
 //! Lookups: a bike by plate or tag, an owner's bikes; personal data comes back masked.
+//! Every lookup is audited, and owner lookups (by full ID number) are rate-limited per kiosk,
+//! so that guessing ID numbers through ListOwnerBikes is slow and shows in the audit log.
 
 use super::*;
+use crate::limits::OWNER_LOOKUPS_PER_MINUTE;
 
 impl Registry {
     /// Finds a bike; the owner's personal data comes back masked. The lookup, found or not,
@@ -58,6 +61,22 @@ impl Registry {
         reason: &str,
     ) -> Result<Vec<BikeRecord>, RegistryError> {
         let id = validate::resident_id("id_number", id_number)?;
+        if caller.role != crate::auth::Role::Admin && !self.owner_lookups.take(&caller.id, now_ms())
+        {
+            self.owner_lookups.refused.inc();
+            self.audit_lookup(
+                caller,
+                "list_owner_bikes_refused",
+                &format!("owner {} (over the rate)", validate::mask_resident_id(&id)),
+                true,
+                reason,
+            )
+            .await?;
+            return Err(RegistryError::RateLimited(format!(
+                "owner lookups: at most {OWNER_LOOKUPS_PER_MINUTE} a minute per kiosk; try again \
+                 in a minute"
+            )));
+        }
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {BIKE_COLUMNS} FROM bikes b JOIN owners o ON o.owner_id = b.owner_id \
              WHERE o.id_number_hash = $1 AND b.state = 'registered' ORDER BY b.bike_id"
