@@ -55,6 +55,11 @@ pub struct Canaries {
 }
 
 impl Canaries {
+    fn count_overdue(&self, entries: &BTreeMap<TagId, Entry>) {
+        self.overdue
+            .set(entries.values().filter(|e| e.overdue).count() as i64);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TagId, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -84,8 +89,7 @@ impl Canaries {
             next.insert(tag, entry);
         }
         *entries = next;
-        self.overdue
-            .set(entries.values().filter(|e| e.overdue).count() as i64);
+        self.count_overdue(&entries);
     }
 
     /// Whether a sighting of canary `tag` at `now` goes on to the log: one per quarter of
@@ -117,8 +121,7 @@ impl Canaries {
                 tracing::info!(tag = %tag, "Canary seen again.");
             }
         }
-        self.overdue
-            .set(entries.values().filter(|e| e.overdue).count() as i64);
+        self.count_overdue(&entries);
     }
 
     /// The canaries that went overdue by `now` (each once until it is seen again), with
@@ -138,8 +141,7 @@ impl Canaries {
                 out.push((*tag, e.last_reader.clone(), e.last_seen_ms));
             }
         }
-        self.overdue
-            .set(entries.values().filter(|e| e.overdue).count() as i64);
+        self.count_overdue(&entries);
         out
     }
 

@@ -49,21 +49,30 @@ async fn load_zone_map(db: &Db) -> Result<ZoneMap, greenplate_registry::Error> {
         let zone: String = row.try_get("zone_id").map_err(RegistryError::from)?;
         map.assign(&unit, &zone);
     }
-    let commands = sqlx::query("SELECT unit_id FROM patrol_units WHERE command_center = 1")
-        .fetch_all(db.pool())
-        .await
-        .map_err(RegistryError::from)?;
-    for row in commands {
+    // Command centers and canary units, in one read.
+    let special = sqlx::query(
+        "SELECT unit_id, command_center, canary FROM patrol_units \
+         WHERE command_center = 1 OR canary = 1",
+    )
+    .fetch_all(db.pool())
+    .await
+    .map_err(RegistryError::from)?;
+    for row in special {
         let unit: String = row.try_get("unit_id").map_err(RegistryError::from)?;
-        map.add_command_unit(&unit);
-    }
-    let canaries = sqlx::query("SELECT unit_id FROM patrol_units WHERE canary = 1")
-        .fetch_all(db.pool())
-        .await
-        .map_err(RegistryError::from)?;
-    for row in canaries {
-        let unit: String = row.try_get("unit_id").map_err(RegistryError::from)?;
-        map.add_canary_unit(&unit);
+        if row
+            .try_get::<i64, _>("command_center")
+            .map_err(RegistryError::from)?
+            == 1
+        {
+            map.add_command_unit(&unit);
+        }
+        if row
+            .try_get::<i64, _>("canary")
+            .map_err(RegistryError::from)?
+            == 1
+        {
+            map.add_canary_unit(&unit);
+        }
     }
     Ok(map)
 }

@@ -134,23 +134,6 @@ impl Registry {
         .await
     }
 
-    /// Plate and current tag of a bike, for alerts.
-    pub async fn bike_plate_and_tag(
-        &self,
-        bike_id: i64,
-    ) -> Result<(String, String), RegistryError> {
-        let row = sqlx::query("SELECT plate, tag_id FROM bikes WHERE bike_id = $1")
-            .bind(bike_id)
-            .fetch_optional(self.db.pool())
-            .await?
-            .ok_or_else(|| RegistryError::NotFound(format!("bike {bike_id}")))?;
-        Ok((
-            row.try_get("plate")?,
-            row.try_get::<Option<String>, _>("tag_id")?
-                .unwrap_or_default(),
-        ))
-    }
-
     /// What the alerting engine needs of each of `bike_ids` in one query: its plate and its
     /// open theft report, if any (a bike recovered since ingest looked has none). Bikes
     /// not found are left out.
