@@ -31,6 +31,27 @@ pub const LOST_ENGINE_STOPPED: &str = "engine_stopped";
 /// PUBACK was due (the broker delivers the message again).
 pub const ACK_DISCONNECTED: &str = "disconnected";
 
+/// `mqtt_refused` reason (the embedded broker's reader ACL): a PUBLISH to a topic other than
+/// the reader's own two.
+pub const REFUSED_TOPIC: &str = "publish_topic";
+/// `mqtt_refused` reason: a PUBLISH with the retain flag.
+pub const REFUSED_RETAIN: &str = "retain";
+/// `mqtt_refused` reason: a SUBSCRIBE or UNSUBSCRIBE.
+pub const REFUSED_SUBSCRIBE: &str = "subscribe";
+/// `mqtt_refused` reason: a last will on another topic than the reader's own status topic.
+pub const REFUSED_WILL: &str = "will_topic";
+/// `mqtt_refused` reason: a second CONNECT on one connection.
+pub const REFUSED_RECONNECT: &str = "second_connect";
+
+/// Every `mqtt_refused` reason, exported at 0 from the start.
+const REFUSED_REASONS: [&str; 5] = [
+    REFUSED_TOPIC,
+    REFUSED_RETAIN,
+    REFUSED_SUBSCRIBE,
+    REFUSED_WILL,
+    REFUSED_RECONNECT,
+];
+
 /// Every `messages_lost` reason, exported at 0 from the start so that a rate and an alert
 /// rule see the series before the first loss.
 const LOST_REASONS: [&str; 1] = [LOST_RING_OVERWRITTEN];
@@ -84,6 +105,8 @@ pub struct Metrics {
     pub reader_batches_missing: Family<ReaderLabel, Counter>,
     /// PUBACKs to the external broker that could not be sent, by reason.
     pub mqtt_acks_failed: Family<Reason, Counter>,
+    /// Embedded broker: connections closed for doing what a reader may not, by reason.
+    pub mqtt_refused: Family<Reason, Counter>,
 }
 
 impl Metrics {
@@ -127,6 +150,7 @@ impl Metrics {
             flagged_sightings_lost: zeroed(&FLAGGED_LOST_REASONS),
             reader_batches_missing: Family::default(),
             mqtt_acks_failed: zeroed(&ACK_FAILED_REASONS),
+            mqtt_refused: zeroed(&REFUSED_REASONS),
         }
     }
 
@@ -253,6 +277,12 @@ impl Metrics {
             self.mqtt_ack_seconds.clone(),
         );
         sub.register(
+            "refused",
+            "Embedded broker: reader connections closed for a publish outside their own topics, \
+             a retained publish, a subscribe or a will elsewhere, by reason",
+            self.mqtt_refused.clone(),
+        );
+        sub.register(
             "acks_failed",
             "External broker: PUBACKs that could not be sent, by reason (the broker redelivers)",
             self.mqtt_acks_failed.clone(),
@@ -341,6 +371,11 @@ impl Metrics {
         self.mqtt_acks_failed
             .get_or_create(&Reason { reason })
             .inc();
+    }
+
+    /// Counts a reader connection the embedded broker closed.
+    pub fn refused(&self, reason: &'static str) {
+        self.mqtt_refused.get_or_create(&Reason { reason }).inc();
     }
 
     /// Counts a rejected sighting.

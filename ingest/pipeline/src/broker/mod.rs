@@ -6,8 +6,9 @@
 //!   reserve a free port first) and a port in use is found before starting.
 //! - authentication asks the registry's reader directory (client id = username = reader id,
 //!   password = the reader's secret); a refused client gets its socket closed.
-//! - readers get no dynamic filters: a publish to a topic nobody subscribed is refused and
-//!   the reader disconnected, so a reader cannot make the broker allocate logs at will.
+//! - readers get no dynamic filters, and [`acl`] holds each connection to the contract:
+//!   it publishes on its own two topics only, retains nothing but its will, subscribes to
+//!   nothing; anything else closes the connection and is counted.
 //! - the in-process link must be woken after `Unschedule`, or it stalls after ~200 messages.
 //! - its listener binds asynchronously, so `start` returns only once a probe client has
 //!   completed an MQTT CONNECT (with a one-time credential).
@@ -24,6 +25,7 @@
 //! [`peers`] lets a live node drain the broker session of a dead one; [`client`] is the MQTT
 //! client plumbing both use (URL, options, CONNACK, the manual [`client::Ack`]).
 
+pub mod acl;
 pub mod client;
 pub mod external;
 pub mod peers;
@@ -185,7 +187,11 @@ pub async fn start(
         next_connection_delay_ms: 0,
         connections,
     };
-    let mut server = Server::new(settings, router_tx, V4);
+    let mut server = Server::new(
+        settings,
+        router_tx,
+        acl::ReaderAcl::new(V4, metrics.clone()),
+    );
     let stop = shutdown.clone();
     tracker.spawn(async move {
         tokio::select! {
