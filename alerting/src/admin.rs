@@ -11,9 +11,9 @@ use greenplate_proto::v1::{
     AddCanaryRequest, AddCanaryResponse, AddKioskRequest, AddKioskResponse, AddPatrolUnitRequest,
     AddPatrolUnitResponse, AddReaderRequest, AddReaderResponse, AddZoneRequest, AddZoneResponse,
     AuditEntry, Canary, ListAuditRequest, ListAuditResponse, ListCanariesRequest,
-    ListCanariesResponse, ListReadersRequest, ListReadersResponse, ReaderInfo,
-    RotateReaderSecretRequest, RotateReaderSecretResponse, SetReaderEnabledRequest,
-    SetReaderEnabledResponse,
+    ListCanariesResponse, ListReadersRequest, ListReadersResponse, ReaderInfo, RevokeTokenRequest,
+    RevokeTokenResponse, RotateReaderSecretRequest, RotateReaderSecretResponse, RotateTokenRequest,
+    RotateTokenResponse, SetReaderEnabledRequest, SetReaderEnabledResponse, TokenHolder,
 };
 use greenplate_registry::auth::{AuthInterceptor, Role, require};
 use tonic::service::interceptor::InterceptedService;
@@ -84,12 +84,22 @@ impl admin_server::Admin for AdminService {
                 ));
             }
         };
-        let token = self
+        let issued = self
             .alerting
-            .add_patrol_unit(&caller, &r.unit_id, &r.name, &r.zone_ids, role)
+            .add_patrol_unit(
+                &caller,
+                &r.unit_id,
+                &r.name,
+                &r.zone_ids,
+                role,
+                ttl(r.token_ttl_s),
+            )
             .await?;
         tracing::info!(unit = %r.unit_id, zones = r.zone_ids.len(), "Added a patrol unit.");
-        Ok(Response::new(AddPatrolUnitResponse { token }))
+        Ok(Response::new(AddPatrolUnitResponse {
+            expires_at_ms: issued.expires_at_ms().unwrap_or(0),
+            token: issued.token,
+        }))
     }
 
     async fn add_kiosk(
@@ -98,13 +108,51 @@ impl admin_server::Admin for AdminService {
     ) -> Result<Response<AddKioskResponse>, Status> {
         let caller = require(&req, &[Role::Admin])?;
         let r = req.into_inner();
-        let token = self
+        let issued = self
             .alerting
             .registry()
-            .add_kiosk(&caller, &r.kiosk_id, &r.name)
+            .add_kiosk(&caller, &r.kiosk_id, &r.name, ttl(r.token_ttl_s))
             .await?;
         tracing::info!(kiosk = %r.kiosk_id, "Added a kiosk.");
-        Ok(Response::new(AddKioskResponse { token }))
+        Ok(Response::new(AddKioskResponse {
+            expires_at_ms: issued.expires_at_ms().unwrap_or(0),
+            token: issued.token,
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let caller = require(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        let role = holder_role(r.holder())?;
+        let revoked = self
+            .alerting
+            .revoke_tokens(&caller, role, &r.holder_id, &r.reason)
+            .await?;
+        tracing::info!(holder = %r.holder_id, revoked, "Revoked tokens.");
+        Ok(Response::new(RevokeTokenResponse {
+            revoked: u32::try_from(revoked).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn rotate_token(
+        &self,
+        req: Request<RotateTokenRequest>,
+    ) -> Result<Response<RotateTokenResponse>, Status> {
+        let caller = require(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        let role = holder_role(r.holder())?;
+        let issued = self
+            .alerting
+            .rotate_token(&caller, role, &r.holder_id, &r.reason, ttl(r.ttl_s))
+            .await?;
+        tracing::info!(holder = %r.holder_id, "Rotated a token.");
+        Ok(Response::new(RotateTokenResponse {
+            expires_at_ms: issued.expires_at_ms().unwrap_or(0),
+            token: issued.token,
+        }))
     }
 
     async fn list_readers(
@@ -233,5 +281,21 @@ impl admin_server::Admin for AdminService {
             })
             .collect();
         Ok(Response::new(ListCanariesResponse { canaries }))
+    }
+}
+
+/// A token's time to live from a request's seconds (0: it does not expire).
+fn ttl(seconds: u64) -> Option<std::time::Duration> {
+    (seconds > 0).then(|| std::time::Duration::from_secs(seconds))
+}
+
+/// Whose tokens a RevokeToken or RotateToken names.
+fn holder_role(holder: TokenHolder) -> Result<Role, Status> {
+    match holder {
+        TokenHolder::Kiosk => Ok(Role::Kiosk),
+        TokenHolder::PatrolUnit => Ok(Role::Patrol),
+        TokenHolder::Unspecified => Err(Status::invalid_argument(
+            "holder: TOKEN_HOLDER_KIOSK or TOKEN_HOLDER_PATROL_UNIT is required",
+        )),
     }
 }

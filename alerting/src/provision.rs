@@ -1,8 +1,13 @@
 //! Provisioning through Admin: patrol zones (GeoJSON) and patrol units with their zones and
-//! tokens. Each change is one audited transaction, announced to the other nodes.
+//! tokens, and the lifecycle of kiosk and unit tokens (revoke, rotate). Each change is one
+//! audited transaction, announced to the other nodes.
 
+use std::time::Duration;
+
+use greenplate_registry::auth::IssuedToken;
 use greenplate_registry::store::{already_exists, audit};
 use greenplate_registry::{Authenticator, Caller, RegistryError, Role, now_ms};
+use sqlx::Row;
 
 use crate::error::AlertingError;
 use crate::state::Alerting;
@@ -54,7 +59,8 @@ impl Alerting {
         name: &str,
         zone_ids: &[String],
         role: UnitRole,
-    ) -> Result<String, AlertingError> {
+        ttl: Option<Duration>,
+    ) -> Result<IssuedToken, AlertingError> {
         let unit_id = greenplate_registry::validate::ident("unit_id", unit_id)?;
         let name = greenplate_registry::validate::text("name", name, 200)?;
         if role == UnitRole::Canary && !zone_ids.is_empty() {
@@ -92,7 +98,7 @@ impl Alerting {
             .execute(&mut *tx)
             .await?;
         }
-        let issued = Authenticator::issue(&mut tx, Role::Patrol, &unit_id).await?;
+        let issued = Authenticator::issue(&mut tx, Role::Patrol, &unit_id, ttl).await?;
         audit(&mut tx, caller, "add_patrol_unit", &unit_id).await?;
         greenplate_registry::sync::announce(&mut tx, &greenplate_registry::sync::Change::Zones)
             .await?;
@@ -107,7 +113,89 @@ impl Alerting {
             UnitRole::Canary => zones.add_canary_unit(&unit_id),
             UnitRole::Patrol => {}
         }
-        Ok(issued.token)
+        Ok(issued)
+    }
+
+    /// Revokes every live token of a kiosk or a patrol unit; returns how many. Calls with
+    /// them fail at once here, and on the other nodes as soon as they read the change.
+    pub async fn revoke_tokens(
+        &self,
+        caller: &Caller,
+        role: Role,
+        holder_id: &str,
+        reason: &str,
+    ) -> Result<usize, AlertingError> {
+        let holder_id = greenplate_registry::validate::ident("holder_id", holder_id)?;
+        let reason = greenplate_registry::validate::optional_text("reason", reason, 200)?;
+        let mut tx = self.db().begin_write().await?;
+        let revoked = Authenticator::revoke(&mut tx, role, &holder_id).await?;
+        let subject = audit_subject(role, &holder_id, &reason);
+        audit(&mut tx, caller, "revoke_token", &subject).await?;
+        tx.commit().await?;
+        self.registry.auth().forget(&revoked);
+        Ok(revoked.len())
+    }
+
+    /// Issues a new token for an existing kiosk or patrol unit and revokes its live ones,
+    /// in one transaction.
+    pub async fn rotate_token(
+        &self,
+        caller: &Caller,
+        role: Role,
+        holder_id: &str,
+        reason: &str,
+        ttl: Option<Duration>,
+    ) -> Result<IssuedToken, AlertingError> {
+        let holder_id = greenplate_registry::validate::ident("holder_id", holder_id)?;
+        let reason = greenplate_registry::validate::optional_text("reason", reason, 200)?;
+        let mut tx = self.db().begin_write().await?;
+        let (exists, what) = match role {
+            Role::Kiosk => (
+                "SELECT COUNT(*) AS n FROM kiosks WHERE kiosk_id = $1",
+                "kiosk",
+            ),
+            Role::Patrol => (
+                "SELECT COUNT(*) AS n FROM patrol_units WHERE unit_id = $1",
+                "patrol unit",
+            ),
+            Role::Admin => {
+                return Err(RegistryError::invalid(
+                    "holder",
+                    "the admin token is set in the configuration",
+                )
+                .into());
+            }
+        };
+        let n: i64 = sqlx::query(exists)
+            .bind(&holder_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if n == 0 {
+            return Err(RegistryError::NotFound(format!("{what} {holder_id}")).into());
+        }
+        let revoked = Authenticator::revoke(&mut tx, role, &holder_id).await?;
+        let issued = Authenticator::issue(&mut tx, role, &holder_id, ttl).await?;
+        let subject = audit_subject(role, &holder_id, &reason);
+        audit(&mut tx, caller, "rotate_token", &subject).await?;
+        tx.commit().await?;
+        self.registry.auth().forget(&revoked);
+        self.registry.auth().activate(&issued);
+        Ok(issued)
+    }
+}
+
+/// A token holder as the audit log names it, with the reason when one was given.
+fn audit_subject(role: Role, holder_id: &str, reason: &str) -> String {
+    let holder = match role {
+        Role::Kiosk => "kiosk",
+        Role::Patrol => "unit",
+        Role::Admin => "admin",
+    };
+    if reason.is_empty() {
+        format!("{holder}:{holder_id}")
+    } else {
+        format!("{holder}:{holder_id} ({reason})")
     }
 }
 

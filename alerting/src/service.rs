@@ -5,8 +5,13 @@
 //! seq it sent: an alert that is both in the log and in the hub is sent once; a stream whose
 //! hub receiver lags (a slow client) goes back to the log from its last seq. The stream has a
 //! bounded queue, so a stalled client holds only its own task.
+//!
+//! A stream lives as long as the token it was opened with: when that token is revoked (on
+//! any node) or expires, the stream ends with UNAUTHENTICATED.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use greenplate_proto::v1::patrol_server::{self, PatrolServer};
@@ -15,7 +20,7 @@ use greenplate_proto::v1::{
     ResolveIncidentRequest, StreamAlertsRequest, TrackPoint, UpdatePositionRequest,
     UpdatePositionResponse, get_track_request,
 };
-use greenplate_registry::auth::{AuthInterceptor, Role, require};
+use greenplate_registry::auth::{AuthInterceptor, Role, credential, require};
 use greenplate_registry::{BikeKey, now_ms};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -126,21 +131,41 @@ impl Drop for StreamSlot {
     }
 }
 
-/// A unit's alert stream, holding its slot for as long as tonic holds the stream.
-#[derive(Debug)]
+/// A unit's alert stream, holding its slot for as long as tonic holds the stream, and
+/// ending when the token it was opened with ends.
 pub struct AlertStream {
     inner: ReceiverStream<Result<Alert, Status>>,
+    /// Completes when the stream's token was revoked or expired; `None` once it did.
+    token_ended: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     _slot: StreamSlot,
+}
+
+impl std::fmt::Debug for AlertStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertStream")
+            .field("slot", &self._slot)
+            .finish_non_exhaustive()
+    }
 }
 
 impl tokio_stream::Stream for AlertStream {
     type Item = Result<Alert, Status>;
 
     fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+        use std::task::Poll;
+        let Some(ended) = self.token_ended.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if ended.as_mut().poll(cx).is_ready() {
+            self.token_ended = None;
+            return Poll::Ready(Some(Err(Status::unauthenticated(
+                "the token of this stream was revoked or expired",
+            ))));
+        }
+        Pin::new(&mut self.inner).poll_next(cx)
     }
 }
 
@@ -153,6 +178,7 @@ impl patrol_server::Patrol for PatrolService {
         req: Request<StreamAlertsRequest>,
     ) -> Result<Response<Self::StreamAlertsStream>, Status> {
         let caller = require(&req, &[Role::Patrol])?;
+        let credential = credential(&req)?;
         let resume_after = req.get_ref().resume_after;
         let Some(slot) = self.slots.acquire(&caller.id) else {
             self.alerting.streams_refused.inc();
@@ -164,14 +190,21 @@ impl patrol_server::Patrol for PatrolService {
             )));
         };
         tracing::info!(unit = %caller.id, resume_after, "Patrol stream opened.");
+        let unit = caller.id.clone();
         let rx = alert_feed(
             self.alerting.clone(),
             caller.id,
             resume_after,
             self.shutdown.clone(),
         );
+        let auth = self.alerting.registry().auth().clone();
+        let token_ended = Box::pin(async move {
+            auth.ended(&credential).await;
+            tracing::info!(unit = %unit, "Ended a patrol stream: its token was revoked or expired.");
+        });
         Ok(Response::new(AlertStream {
             inner: ReceiverStream::new(rx),
+            token_ended: Some(token_ended),
             _slot: slot,
         }))
     }

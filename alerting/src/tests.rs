@@ -86,6 +86,7 @@ impl Fixture {
                 } else {
                     crate::UnitRole::Patrol
                 },
+                None,
             )
             .await
             .unwrap();
@@ -311,6 +312,7 @@ async fn routing_zones_command_centers_watch_zones_and_nearest_units() {
         "West",
         &["west".into()],
         crate::UnitRole::Patrol,
+        None,
     )
     .await
     .unwrap();

@@ -69,12 +69,13 @@ async fn run(db: Db, follow_url: Option<String>) -> Outcome {
                 "U",
                 &["z".to_owned()],
                 UnitRole::Patrol,
+                None,
             )
             .await
             .unwrap();
     }
     alerting
-        .add_patrol_unit(&admin(), "cc", "CC", &[], UnitRole::CommandCenter)
+        .add_patrol_unit(&admin(), "cc", "CC", &[], UnitRole::CommandCenter, None)
         .await
         .unwrap();
     let kiosk = Caller {

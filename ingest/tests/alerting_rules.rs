@@ -460,6 +460,7 @@ async fn svc_unit_token(svc: &TestService, id: &str) -> String {
             zone_ids: vec![],
             command_center: true,
             canary: false,
+            ..Default::default()
         })
         .await
         .unwrap()

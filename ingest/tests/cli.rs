@@ -208,6 +208,7 @@ async fn patrol_client_prints_alerts_and_closes_incidents() {
         .add_kiosk(AddKioskRequest {
             kiosk_id: "k".into(),
             name: "k".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -619,6 +620,7 @@ async fn zones_import_reports_bad_files_and_bad_kinds() {
                 zone_ids: vec![zone.into()],
                 command_center: false,
                 canary: false,
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -131,6 +131,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
         .add_kiosk(AddKioskRequest {
             kiosk_id: "k-1".into(),
             name: "Town hall".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

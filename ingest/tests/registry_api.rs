@@ -52,6 +52,7 @@ async fn kiosk(svc: &TestService) -> RegistryClient<Authed> {
         .add_kiosk(AddKioskRequest {
             kiosk_id: "k-1".into(),
             name: "Kiosk".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -47,7 +47,7 @@ pub mod testing;
 pub mod thefts;
 pub mod validate;
 
-pub use auth::{Authenticator, Caller, Role};
+pub use auth::{Authenticator, Caller, Credential, Role};
 pub use bikes::{BikeKey, BikeRecord, NewBike, NewOwner, Registered};
 pub use db::{Backend, Db, DbError, now_ms};
 pub use error::RegistryError;

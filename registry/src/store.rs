@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rand::RngCore;
 use sqlx::{AnyConnection, Row};
 
-use crate::auth::{Authenticator, Caller, Role};
+use crate::auth::{Authenticator, Caller, IssuedToken, Role};
 use crate::changes::Change;
 use crate::db::{Db, Migrations, now_ms};
 use crate::error::{RegistryError, is_unique_violation};
@@ -225,13 +225,14 @@ impl Registry {
         Ok(secret)
     }
 
-    /// Adds a kiosk and returns its token.
+    /// Adds a kiosk and returns its token (expiring after `ttl`; `None`: never).
     pub async fn add_kiosk(
         &self,
         caller: &Caller,
         kiosk_id: &str,
         name: &str,
-    ) -> Result<String, RegistryError> {
+        ttl: Option<std::time::Duration>,
+    ) -> Result<IssuedToken, RegistryError> {
         let kiosk_id = validate::ident("kiosk_id", kiosk_id)?;
         let name = validate::text("name", name, 200)?;
         let mut tx = self.db.begin_write().await?;
@@ -242,11 +243,11 @@ impl Registry {
             .execute(&mut *tx)
             .await
             .map_err(|e| already_exists(e, || format!("kiosk {kiosk_id}")))?;
-        let issued = Authenticator::issue(&mut tx, Role::Kiosk, &kiosk_id).await?;
+        let issued = Authenticator::issue(&mut tx, Role::Kiosk, &kiosk_id, ttl).await?;
         audit(&mut tx, caller, "add_kiosk", &kiosk_id).await?;
         tx.commit().await?;
         self.auth.activate(&issued);
-        Ok(issued.token)
+        Ok(issued)
     }
 
     /// Entries of the audit log after `after_id`, oldest first.

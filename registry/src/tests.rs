@@ -380,7 +380,11 @@ async fn registry_behaviour(t: &TestDb) {
             .await,
         Err(RegistryError::AlreadyExists(_))
     ));
-    let token = reg.add_kiosk(&admin(), "k-1", "Kiosk 1").await.unwrap();
+    let token = reg
+        .add_kiosk(&admin(), "k-1", "Kiosk 1", None)
+        .await
+        .unwrap()
+        .token;
     assert_eq!(reg.auth().authenticate(&token).unwrap().id, "k-1");
     let reopened = open(db).await;
     assert!(reopened.readers().authenticate("rd-1", "rd-1", &secret));

@@ -137,6 +137,7 @@ pub async fn provision(
         .add_kiosk(AddKioskRequest {
             kiosk_id: format!("{p}kiosk-1"),
             name: "Town hall kiosk".into(),
+            ..Default::default()
         })
         .await
         .context("AddKiosk")?

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod node;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -343,6 +344,7 @@ pub async fn new_unit_token(
             zone_ids: zones.iter().map(|z| z.to_string()).collect(),
             command_center,
             canary: false,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -357,6 +359,7 @@ pub async fn new_kiosk_token(channel: Channel, id: &str) -> String {
         .add_kiosk(AddKioskRequest {
             kiosk_id: id.into(),
             name: id.into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -32,10 +32,19 @@ pub struct KioskSession(pub Session);
 #[derive(Debug, Clone)]
 pub struct CommandSession(pub Session);
 
-/// The live session the request's cookie for `area` names, marked used now.
+/// The live session the request's cookie for `area` names, marked used now. A session whose
+/// token was revoked or expired ends here.
 fn signed_in(parts: &Parts, web: &WebState, area: Area) -> Option<Session> {
-    web.sessions
-        .from_headers(area, &parts.headers, Instant::now())
+    let session = web
+        .sessions
+        .from_headers(area, &parts.headers, Instant::now())?;
+    if web.auth().is_live(&session.credential) {
+        Some(session)
+    } else {
+        web.sessions.remove(&session.id);
+        tracing::info!(caller = %session.caller.audit_name(), "Ended a web session: its token was revoked or expired.");
+        None
+    }
 }
 
 impl FromRequestParts<WebState> for KioskSession {

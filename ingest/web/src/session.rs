@@ -3,7 +3,12 @@
 //! carries back. A session unused for the idle time is gone; signing out removes it at once.
 //!
 //! The token a user signs in with is checked once (by the registry's [`Authenticator`]) and
-//! never stored or logged: the session keeps only the [`Caller`] it proved.
+//! never stored or logged: the session keeps only the [`Caller`] it proved and the
+//! [`Credential`] to follow the token by, so a session ends when its token is revoked or
+//! expires (the extractor checks it on every request; live feeds wait on it).
+//!
+//! One token holds at most [`MAX_PER_TOKEN`] sessions: signing in again with it ends its
+//! own oldest session, never another token's.
 //!
 //! [`Authenticator`]: greenplate_registry::Authenticator
 
@@ -13,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use axum::http::header::COOKIE;
-use greenplate_registry::Caller;
+use greenplate_registry::{Caller, Credential};
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 
@@ -42,11 +47,16 @@ impl Area {
     }
 }
 
+/// Sessions one token may hold at once.
+pub const MAX_PER_TOKEN: usize = 8;
+
 /// What a handler learns about a signed-in user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub id: String,
     pub caller: Caller,
+    /// The token it was opened with (its hash).
+    pub credential: Credential,
     /// The token every form of this session must carry.
     pub csrf: String,
 }
@@ -55,6 +65,7 @@ pub struct Session {
 struct Entry {
     area: Area,
     caller: Caller,
+    credential: Credential,
     csrf: String,
     last_used: Instant,
 }
@@ -94,11 +105,36 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts a session for a caller whose token was just checked.
-    pub fn create(&self, area: Area, caller: Caller, now: Instant) -> Session {
+    /// Starts a session for a caller whose token was just checked. A token that holds
+    /// [`MAX_PER_TOKEN`] sessions loses its own least recently used one.
+    pub fn create(
+        &self,
+        area: Area,
+        caller: Caller,
+        credential: Credential,
+        now: Instant,
+    ) -> Session {
         let mut map = self.map();
         let idle = self.idle;
         map.retain(|_, e| now.saturating_duration_since(e.last_used) < idle);
+        loop {
+            let own: Vec<(&String, Instant)> = map
+                .iter()
+                .filter(|(_, e)| e.credential == credential)
+                .map(|(k, e)| (k, e.last_used))
+                .collect();
+            if own.len() < MAX_PER_TOKEN {
+                break;
+            }
+            let Some(oldest) = own
+                .iter()
+                .min_by_key(|(_, t)| *t)
+                .map(|(k, _)| (*k).clone())
+            else {
+                break;
+            };
+            map.remove(&oldest);
+        }
         while map.len() >= self.max {
             let Some(oldest) = map
                 .iter()
@@ -112,6 +148,7 @@ impl Sessions {
         let session = Session {
             id: random_token(),
             caller,
+            credential,
             csrf: random_token(),
         };
         map.insert(
@@ -119,6 +156,7 @@ impl Sessions {
             Entry {
                 area,
                 caller: session.caller.clone(),
+                credential: session.credential.clone(),
                 csrf: session.csrf.clone(),
                 last_used: now,
             },
@@ -142,6 +180,7 @@ impl Sessions {
         Some(Session {
             id: id.to_owned(),
             caller: entry.caller.clone(),
+            credential: entry.credential.clone(),
             csrf: entry.csrf.clone(),
         })
     }
@@ -218,11 +257,15 @@ mod tests {
         }
     }
 
+    fn credential(token: &str) -> Credential {
+        Credential::of(token)
+    }
+
     #[test]
     fn a_session_lives_while_used_and_expires_when_idle() {
         let sessions = Sessions::new(Duration::from_secs(60), 100);
         let t0 = Instant::now();
-        let s = sessions.create(Area::Kiosk, kiosk(), t0);
+        let s = sessions.create(Area::Kiosk, kiosk(), credential("t"), t0);
         assert_eq!(s.id.len(), 32);
         assert_ne!(s.id, s.csrf);
         // Used at 50 s: the idle clock restarts.
@@ -250,7 +293,7 @@ mod tests {
     fn alive_does_not_extend_a_session() {
         let sessions = Sessions::new(Duration::from_secs(60), 100);
         let t0 = Instant::now();
-        let s = sessions.create(Area::Command, kiosk(), t0);
+        let s = sessions.create(Area::Command, kiosk(), credential("t"), t0);
         assert!(sessions.alive(&s.id, t0 + Duration::from_secs(59)));
         assert!(!sessions.alive(&s.id, t0 + Duration::from_secs(60)));
     }
@@ -259,7 +302,7 @@ mod tests {
     fn sessions_are_per_area_and_sign_out_ends_them() {
         let sessions = Sessions::new(Duration::from_secs(60), 100);
         let now = Instant::now();
-        let s = sessions.create(Area::Kiosk, kiosk(), now);
+        let s = sessions.create(Area::Kiosk, kiosk(), credential("t"), now);
         assert!(sessions.get(Area::Command, &s.id, now).is_none());
         assert!(sessions.get(Area::Kiosk, "not-a-session", now).is_none());
         sessions.remove(&s.id);
@@ -270,9 +313,19 @@ mod tests {
     fn the_number_of_sessions_is_bounded() {
         let sessions = Sessions::new(Duration::from_secs(60), 2);
         let t0 = Instant::now();
-        let a = sessions.create(Area::Kiosk, kiosk(), t0);
-        let b = sessions.create(Area::Kiosk, kiosk(), t0 + Duration::from_secs(1));
-        let c = sessions.create(Area::Kiosk, kiosk(), t0 + Duration::from_secs(2));
+        let a = sessions.create(Area::Kiosk, kiosk(), credential("t"), t0);
+        let b = sessions.create(
+            Area::Kiosk,
+            kiosk(),
+            credential("t"),
+            t0 + Duration::from_secs(1),
+        );
+        let c = sessions.create(
+            Area::Kiosk,
+            kiosk(),
+            credential("t"),
+            t0 + Duration::from_secs(2),
+        );
         let now = t0 + Duration::from_secs(3);
         assert!(
             sessions.get(Area::Kiosk, &a.id, now).is_none(),
@@ -283,10 +336,29 @@ mod tests {
     }
 
     #[test]
+    fn one_tokens_sign_ins_end_only_its_own_sessions() {
+        let sessions = Sessions::new(Duration::from_secs(60), 100);
+        let t0 = Instant::now();
+        let other = sessions.create(Area::Kiosk, kiosk(), credential("other"), t0);
+        let mut mine = Vec::new();
+        for k in 0..(MAX_PER_TOKEN as u64 + 3) {
+            let at = t0 + Duration::from_millis(10 * (k + 1));
+            mine.push(sessions.create(Area::Kiosk, kiosk(), credential("mine"), at));
+        }
+        let now = t0 + Duration::from_secs(1);
+        assert!(sessions.get(Area::Kiosk, &other.id, now).is_some());
+        let live = mine.iter().filter(|s| sessions.alive(&s.id, now)).count();
+        assert_eq!(live, MAX_PER_TOKEN);
+        // The newest ones are the ones kept.
+        assert!(sessions.alive(&mine.last().unwrap().id, now));
+        assert!(!sessions.alive(&mine[0].id, now));
+    }
+
+    #[test]
     fn csrf_tokens_must_match_exactly() {
         let sessions = Sessions::new(Duration::from_secs(60), 10);
-        let s = sessions.create(Area::Kiosk, kiosk(), Instant::now());
-        let other = sessions.create(Area::Kiosk, kiosk(), Instant::now());
+        let s = sessions.create(Area::Kiosk, kiosk(), credential("t"), Instant::now());
+        let other = sessions.create(Area::Kiosk, kiosk(), credential("t"), Instant::now());
         assert!(s.csrf_ok(&s.csrf));
         assert!(!s.csrf_ok(""));
         assert!(!s.csrf_ok(&other.csrf));

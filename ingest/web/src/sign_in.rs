@@ -79,10 +79,12 @@ pub fn sign_in(
             )),
         );
     }
-    match web.auth().authenticate(form.token.trim()) {
-        Some(c) if allowed(&c) => {
+    match web.auth().authenticate_held(form.token.trim()) {
+        Some((c, credential)) if allowed(&c) => {
             tracing::info!(caller = %c.audit_name(), "{}", door.signed_in);
-            let s = web.sessions.create(door.area, c, Instant::now());
+            let s = web
+                .sessions
+                .create(door.area, c, credential, Instant::now());
             redirect(door.home, Some(set_cookie(door.area, &s.id)))
         }
         Some(_) => page(
@@ -93,7 +95,10 @@ pub fn sign_in(
         None => page(
             door,
             StatusCode::UNAUTHORIZED,
-            Some(&Bilingual::new("令牌无效", "Unknown or revoked token")),
+            Some(&Bilingual::new(
+                "令牌无效",
+                "Unknown, revoked or expired token",
+            )),
         ),
     }
 }

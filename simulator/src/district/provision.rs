@@ -84,6 +84,7 @@ pub(super) async fn provision(
                         zone_ids: vec![zone_id],
                         command_center: false,
                         canary: false,
+                        ..Default::default()
                     })
                     .await
                     .with_context(|| format!("AddPatrolUnit {unit_id}"))?
@@ -100,6 +101,7 @@ pub(super) async fn provision(
                 zone_ids: vec![],
                 command_center: true,
                 canary: false,
+                ..Default::default()
             })
             .await
             .context("AddPatrolUnit (command center)")?
@@ -146,6 +148,7 @@ pub(super) async fn provision(
             .add_kiosk(AddKioskRequest {
                 kiosk_id: format!("{p}kiosk"),
                 name: "District kiosk".into(),
+                ..Default::default()
             })
             .await
             .context("AddKiosk")?

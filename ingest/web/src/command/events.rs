@@ -188,10 +188,17 @@ pub async fn events(
         let shutdown = web.shutdown.clone();
         let sessions = web.sessions.clone();
         let id = session.id.clone();
+        let auth = web.auth().clone();
+        let credential = session.credential.clone();
         async move {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
+                    // The token was revoked or expired: the session ends with the feed.
+                    _ = auth.ended(&credential) => {
+                        sessions.remove(&id);
+                        break;
+                    }
                     _ = tokio::time::sleep(STATUS_EVERY) => {
                         if !sessions.alive(&id, Instant::now()) {
                             break;

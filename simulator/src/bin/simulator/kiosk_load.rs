@@ -42,6 +42,7 @@ pub async fn run(args: KioskLoadArgs) -> anyhow::Result<()> {
             .add_kiosk(AddKioskRequest {
                 kiosk_id: format!("load{run}-k{k}"),
                 name: format!("Load kiosk {k}"),
+                ..Default::default()
             })
             .await?
             .into_inner()
