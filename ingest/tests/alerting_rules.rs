@@ -103,6 +103,7 @@ async fn rules_routing_and_incident_lifecycle() {
         .replace_tag(ReplaceTagRequest {
             plate: "潮阳R00003".into(),
             new_tag_id: TAG_NEW.into(),
+            pin: "2468".into(),
         })
         .await
         .unwrap();

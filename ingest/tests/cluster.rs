@@ -122,6 +122,7 @@ async fn what_one_node_commits_is_in_force_on_the_other() {
     kiosk
         .report_recovered(ReportRecoveredRequest {
             plate: PLATE.into(),
+            pin: "2468".into(),
         })
         .await
         .unwrap();

@@ -307,6 +307,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
     registry
         .report_recovered(ReportRecoveredRequest {
             plate: PLATE_STOLEN.into(),
+            pin: "1357".into(),
         })
         .await
         .unwrap();

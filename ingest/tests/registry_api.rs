@@ -159,6 +159,7 @@ async fn every_operation(svc: TestService) {
     assert_eq!(err.code(), Code::FailedPrecondition);
     k.report_recovered(ReportRecoveredRequest {
         plate: "潮阳A00001".into(),
+        pin: "2468".into(),
     })
     .await
     .unwrap();
@@ -206,6 +207,7 @@ async fn every_operation(svc: TestService) {
     k.replace_tag(ReplaceTagRequest {
         plate: "潮阳A00001".into(),
         new_tag_id: "E28011606000000000000003".into(),
+        pin: "2468".into(),
     })
     .await
     .unwrap();

@@ -177,12 +177,25 @@ async fn kiosk_sessions_csrf_field_errors_and_masking() {
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(r.body.contains("data-field=\"new_tag_id\""), "{}", r.body);
     assert!(r.body.contains("电子标签号无效"), "{}", r.body);
+    // The owner's PIN is asked for (#15, point 5): a wrong one is refused at its field,
+    // and the old tag stays.
     let r = request(
         addr,
         "POST",
         "/kiosk/bike/replace-tag",
         Some(&cookie),
-        &with(&[("new_tag_id", "E28011606000020700000022")]),
+        &with(&[("new_tag_id", "E28011606000020700000022"), ("pin", "1111")]),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("data-field=\"pin\""), "{}", r.body);
+    assert!(r.body.contains("id=\"replace-tag-pin\""), "{}", r.body);
+    let r = request(
+        addr,
+        "POST",
+        "/kiosk/bike/replace-tag",
+        Some(&cookie),
+        &with(&[("new_tag_id", "E28011606000020700000022"), ("pin", "2468")]),
     )
     .await;
     assert_eq!(r.status, 303, "{}", r.body);
@@ -225,7 +238,39 @@ async fn kiosk_sessions_csrf_field_errors_and_masking() {
     assert!(r.body.contains("陈**"), "{}", r.body);
     assert!(r.body.contains("Ownership transferred"), "{}", r.body);
 
-    // Stolen, then recovered.
+    // Stolen, then recovered: a recovery needs the (new) owner's PIN; the form asks for it,
+    // and without it or with a wrong one the bike stays stolen.
+    let r = request(
+        addr,
+        "POST",
+        "/kiosk/bike/stolen",
+        Some(&cookie),
+        &with(&[]),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let page = request(
+        addr,
+        "GET",
+        r.header("location").unwrap(),
+        Some(&cookie),
+        &[],
+    )
+    .await;
+    assert!(page.body.contains("id=\"recovered-pin\""), "{}", page.body);
+    for (pin, status) in [("", 422), ("2468", 403)] {
+        let r = request(
+            addr,
+            "POST",
+            "/kiosk/bike/recovered",
+            Some(&cookie),
+            &with(&[("pin", pin)]),
+        )
+        .await;
+        assert_eq!(r.status, status, "recovered with PIN {pin:?}: {}", r.body);
+        assert!(r.body.contains("data-field=\"pin\""), "{}", r.body);
+        assert!(r.body.contains("badge stolen"), "still stolen: {}", r.body);
+    }
     for (action, shown) in [
         ("stolen", "Reported stolen"),
         ("recovered", "Recorded as recovered"),
@@ -235,7 +280,7 @@ async fn kiosk_sessions_csrf_field_errors_and_masking() {
             "POST",
             &format!("/kiosk/bike/{action}"),
             Some(&cookie),
-            &with(&[]),
+            &with(&[("pin", "97531")]),
         )
         .await;
         assert_eq!(r.status, 303, "{action}: {}", r.body);
@@ -254,7 +299,7 @@ async fn kiosk_sessions_csrf_field_errors_and_masking() {
         "POST",
         "/kiosk/bike/recovered",
         Some(&cookie),
-        &with(&[]),
+        &with(&[("pin", "97531")]),
     )
     .await;
     assert_eq!(r.status, 409, "recovering a bike not stolen: {}", r.body);
@@ -636,7 +681,7 @@ async fn every_post_needs_the_sessions_csrf_token() {
         "POST",
         "/kiosk/bike/recovered",
         Some(&cookie),
-        &[("csrf", &csrf), ("plate", plate)],
+        &[("csrf", &csrf), ("plate", plate), ("pin", "2468")],
     )
     .await;
     assert_eq!(r.status, 409, "{}", r.body);
@@ -689,7 +734,7 @@ async fn the_web_kiosks_changes_are_in_the_audit_log() {
     let plate = [("csrf", csrf.as_str()), ("plate", "潮阳A20001")];
     for (action, extra) in [
         ("stolen", None),
-        ("recovered", None),
+        ("recovered", Some(("pin", "2468"))),
         ("arm", Some(("pin", "2468"))),
         ("disarm", Some(("pin", "2468"))),
     ] {

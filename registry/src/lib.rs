@@ -10,10 +10,11 @@
 //!   deregistration, arming — one transaction each, audited.
 //! - [`thefts`]: theft and recovery reports (the hotlist).
 //! - [`import`]: bulk import of existing registrations from CSV.
-//! - [`pin`]: owners' PINs (Argon2id, lockout).
+//! - [`pin`]: owners' PINs (Argon2id, lockout), and the counters of refused owner proofs.
 //! - [`service`]: the `greenplate.v1.Registry` gRPC service.
 //! - [`hot_index`]: tag -> (bike, stolen, armed, revoked), lock-free reads.
-//! - `metrics`: `registry_tags` and `registry_readers`, read at each scrape.
+//! - `metrics`: `registry_tags` and `registry_readers`, read at each scrape; the refusal
+//!   counters (owner lookups over the rate, owner proofs by action and reason).
 //! - [`readers`]: the reader directory (positions, sealing keys, counters) for the broker.
 //! - [`auth`]: bearer tokens and roles; the tonic interceptor.
 //! - [`secrets`]: sealing and keyed hashing of data at rest.

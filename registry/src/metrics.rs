@@ -1,5 +1,6 @@
-//! The registry's metrics, read at each scrape from what it holds in memory:
-//! `registry_tags` (the hot index) and `registry_readers` (the reader directory).
+//! The registry's metrics: `registry_tags` (the hot index) and `registry_readers` (the
+//! reader directory), read at each scrape from what it holds in memory; and its counters of
+//! refusals: `registry_owner_lookups_refused`, `registry_pin_failures` (by action and reason).
 
 use std::sync::Arc;
 
@@ -45,6 +46,12 @@ impl crate::Registry {
             "registry_owner_lookups_refused",
             "ListOwnerBikes calls refused: the kiosk was over its rate of owner lookups",
             self.owner_lookups.refused.clone(),
+        );
+        metrics.register(
+            "registry_pin_failures",
+            "Owner proofs refused, by action and reason: a wrong PIN, a wrong ID number \
+             (SetPin), or refused unchecked while the bike's PIN was locked",
+            self.pin_failures.family.clone(),
         );
     }
 }

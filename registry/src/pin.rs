@@ -1,8 +1,13 @@
 //! Owners' PINs: Argon2id (OWASP parameters: 19 MiB, 2 passes), hashed and checked on a
-//! dedicated thread pool so a slow hash never stalls the runtime. Wrong PINs are counted per bike
-//! and lock it for a while after [`MAX_FAILURES`].
+//! dedicated thread pool so a slow hash never stalls the runtime. Wrong PINs (and wrong ID
+//! numbers at SetPin) are counted per bike and lock it for a while after [`MAX_FAILURES`];
+//! [`Failures`] counts every refusal for /metrics, by action and reason.
 
 use std::sync::{Arc, LazyLock, Mutex, mpsc};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use argon2::password_hash::{self, Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -11,10 +16,120 @@ use tokio::sync::oneshot;
 
 use crate::error::RegistryError;
 
-/// Wrong PINs in a row before the bike's PIN is locked.
+/// Wrong PINs (or wrong ID numbers at SetPin) in a row before the bike's PIN is locked.
 pub const MAX_FAILURES: i64 = 5;
 /// How long a locked PIN stays locked.
 pub const LOCKOUT_MS: i64 = 15 * 60 * 1000;
+
+/// The owner action a proof was asked for: the `action` label of
+/// `registry_pin_failures_total`, and named in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    SetArmed,
+    Transfer,
+    SetPin,
+    ReportRecovered,
+    ReplaceTag,
+}
+
+impl Action {
+    pub const ALL: [Action; 5] = [
+        Action::SetArmed,
+        Action::Transfer,
+        Action::SetPin,
+        Action::ReportRecovered,
+        Action::ReplaceTag,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::SetArmed => "set_armed",
+            Action::Transfer => "transfer",
+            Action::SetPin => "set_pin",
+            Action::ReportRecovered => "report_recovered",
+            Action::ReplaceTag => "replace_tag",
+        }
+    }
+
+    /// What proves the owner for this action: the ID number for SetPin (the bike has no
+    /// PIN yet), the PIN for the rest.
+    fn wrong_proof(self) -> Refusal {
+        match self {
+            Action::SetPin => Refusal::WrongIdNumber,
+            _ => Refusal::WrongPin,
+        }
+    }
+}
+
+/// Why an owner proof was refused: the `reason` label of `registry_pin_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    WrongPin,
+    WrongIdNumber,
+    /// The bike's PIN was locked: nothing was checked.
+    Locked,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::WrongPin => "wrong_pin",
+            Refusal::WrongIdNumber => "wrong_id_number",
+            Refusal::Locked => "locked",
+        }
+    }
+}
+
+/// The labels of `registry_pin_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub action: &'static str,
+    pub reason: &'static str,
+}
+
+/// Owner proofs refused (wrong PIN, wrong ID number, or refused unchecked while locked), by
+/// action and reason. Every series that can occur is there at 0 from the start, so a rate
+/// and an alert rule see it before the first failure.
+#[derive(Debug)]
+pub struct Failures {
+    pub family: Family<FailureLabels, Counter>,
+}
+
+impl Default for Failures {
+    fn default() -> Self {
+        let family = Family::<FailureLabels, Counter>::default();
+        for action in Action::ALL {
+            for reason in [action.wrong_proof(), Refusal::Locked] {
+                let _ = family.get_or_create(&labels(action, reason));
+            }
+        }
+        Self { family }
+    }
+}
+
+fn labels(action: Action, reason: Refusal) -> FailureLabels {
+    FailureLabels {
+        action: action.as_str(),
+        reason: reason.as_str(),
+    }
+}
+
+impl Failures {
+    /// Counts one refusal: a wrong proof (`locked` false) or a refusal while locked.
+    pub(crate) fn count(&self, action: Action, locked: bool) {
+        let reason = if locked {
+            Refusal::Locked
+        } else {
+            action.wrong_proof()
+        };
+        self.family.get_or_create(&labels(action, reason)).inc();
+    }
+
+    /// The count of one series (for tests).
+    pub fn get(&self, action: Action, reason: Refusal) -> u64 {
+        self.family.get_or_create(&labels(action, reason)).get()
+    }
+}
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -72,6 +187,18 @@ pub fn validate(field: &'static str, pin: &str) -> Result<(), RegistryError> {
     } else {
         Err(RegistryError::invalid(field, "must be 4 to 8 digits"))
     }
+}
+
+/// Checks a PIN given to prove the owner: present, and of a PIN's shape (a PIN of another
+/// shape can never match, so it is refused before anything is counted).
+pub fn validate_given(field: &'static str, pin: &str) -> Result<(), RegistryError> {
+    if pin.is_empty() {
+        return Err(RegistryError::invalid(
+            field,
+            "is required: the owner's PIN (a bike with none gets one with SetPin first)",
+        ));
+    }
+    validate(field, pin)
 }
 
 thread_local! {

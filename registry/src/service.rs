@@ -131,8 +131,9 @@ impl registry_server::Registry for RegistryService {
         req: Request<ReportRecoveredRequest>,
     ) -> Result<Response<ReportRecoveredResponse>, Status> {
         let caller = require(&req, ROLES)?;
+        let r = req.get_ref();
         self.registry
-            .report_recovered(&caller, &req.get_ref().plate)
+            .report_recovered(&caller, &r.plate, &r.pin)
             .await?;
         tracing::info!(caller = %caller.audit_name(), "Recorded a recovery.");
         Ok(Response::new(ReportRecoveredResponse {}))
@@ -190,7 +191,7 @@ impl registry_server::Registry for RegistryService {
         let caller = require(&req, ROLES)?;
         let r = req.into_inner();
         self.registry
-            .replace_tag(&caller, &r.plate, &r.new_tag_id)
+            .replace_tag(&caller, &r.plate, &r.new_tag_id, &r.pin)
             .await?;
         Ok(Response::new(ReplaceTagResponse {}))
     }

@@ -35,6 +35,8 @@ pub struct Registry {
     pub(crate) auth: Arc<Authenticator>,
     /// Each kiosk's budget of owner lookups (ListOwnerBikes by ID number).
     pub(crate) owner_lookups: crate::limits::OwnerLookups,
+    /// Owner proofs refused (wrong PINs, wrong ID numbers, refusals while locked).
+    pub(crate) pin_failures: crate::pin::Failures,
 }
 
 impl Registry {
@@ -60,6 +62,7 @@ impl Registry {
             readers,
             auth,
             owner_lookups: Default::default(),
+            pin_failures: Default::default(),
         }))
     }
 
@@ -82,6 +85,11 @@ impl Registry {
 
     pub fn auth(&self) -> &Arc<Authenticator> {
         &self.auth
+    }
+
+    /// Owner proofs refused so far, by action and reason (also in /metrics).
+    pub fn pin_failures(&self) -> &crate::pin::Failures {
+        &self.pin_failures
     }
 
     /// Adds a reader and returns its new MQTT secret.

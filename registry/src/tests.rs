@@ -209,10 +209,12 @@ async fn registry_behaviour(t: &TestDb) {
     let reopened = open(db.clone()).await;
     assert!(reopened.index().lookup(tag(tag_a)).unwrap().stolen());
 
-    reg.report_recovered(&kiosk(), "潮阳A12345").await.unwrap();
+    reg.report_recovered(&kiosk(), "潮阳A12345", "2468")
+        .await
+        .unwrap();
     assert!(!reg.index().lookup(tag(tag_a)).unwrap().stolen());
     assert!(matches!(
-        reg.report_recovered(&kiosk(), "潮阳A12345").await,
+        reg.report_recovered(&kiosk(), "潮阳A12345", "2468").await,
         Err(RegistryError::FailedPrecondition(_))
     ));
     assert!(matches!(
@@ -240,7 +242,7 @@ async fn registry_behaviour(t: &TestDb) {
 
     // Replace the tag: the old one is revoked and can never be bound again.
     let tag_new = "E2801160600002070000BBBB";
-    reg.replace_tag(&kiosk(), "潮阳A12345", tag_new)
+    reg.replace_tag(&kiosk(), "潮阳A12345", tag_new, "2468")
         .await
         .unwrap();
     assert!(reg.index().lookup(tag(tag_a)).unwrap().revoked());
@@ -256,7 +258,8 @@ async fn registry_behaviour(t: &TestDb) {
     let rebind = reg.register_bike(&kiosk(), bike(tag_a, "潮阳E12345")).await;
     assert!(matches!(rebind, Err(RegistryError::AlreadyExists(w)) if w.contains("revoked")));
     assert!(matches!(
-        reg.replace_tag(&kiosk(), "潮阳D12345", tag_new).await,
+        reg.replace_tag(&kiosk(), "潮阳D12345", tag_new, "2468")
+            .await,
         Err(RegistryError::AlreadyExists(_))
     ));
 
@@ -509,6 +512,293 @@ E28011600000000000000007,潮阳A00008,王芳,11010519491231002X,13800000001,Yade
     ));
 }
 
+fn patrol() -> Caller {
+    Caller {
+        role: Role::Patrol,
+        id: "u1".into(),
+    }
+}
+
+/// How an owner proof came out, by the message (a test's view of PERMISSION_DENIED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Done,
+    /// Checked, and wrong.
+    Wrong,
+    /// Refused unchecked: the PIN was locked.
+    Locked,
+}
+
+fn outcome<T>(r: Result<T, RegistryError>) -> Outcome {
+    match r {
+        Ok(_) => Outcome::Done,
+        Err(RegistryError::PermissionDenied(m)) if m.starts_with("PIN locked") => Outcome::Locked,
+        Err(RegistryError::PermissionDenied(m))
+            if m.starts_with("PIN does not match") || m.starts_with("owner_id_number is not") =>
+        {
+            Outcome::Wrong
+        }
+        Err(e) => panic!("unexpected: {e:?}"),
+    }
+}
+
+fn counts(outcomes: &[Outcome]) -> (usize, usize, usize) {
+    let n = |o| outcomes.iter().filter(|x| **x == o).count();
+    (n(Outcome::Done), n(Outcome::Wrong), n(Outcome::Locked))
+}
+
+/// Issue #15, point 5: kiosks prove the owner (PIN) for recovery, tag replacement and
+/// transfer, the admin and the police act without it; wrong ID numbers at SetPin count
+/// against the same lockout as wrong PINs; every refusal is counted and audited.
+async fn owner_proof_behaviour(t: &TestDb) {
+    use crate::pin::{Action, Refusal};
+    let reg = open(t.db.clone()).await;
+    let first = reg
+        .register_bike(&kiosk(), bike("E28011606000020700000101", "潮阳P00001"))
+        .await
+        .unwrap()
+        .bike_id;
+    let stolen = TheftDetails::default();
+
+    // ReportRecovered: a kiosk needs the PIN (missing or malformed: INVALID_ARGUMENT, not
+    // counted; wrong: refused and counted, the bike still stolen).
+    reg.report_stolen(&kiosk(), "潮阳P00001", &stolen)
+        .await
+        .unwrap();
+    for missing in ["", "12"] {
+        assert!(matches!(
+            reg.report_recovered(&kiosk(), "潮阳P00001", missing).await,
+            Err(RegistryError::Invalid { field: "pin", .. })
+        ));
+    }
+    assert_eq!(
+        outcome(reg.report_recovered(&kiosk(), "潮阳P00001", "1111").await),
+        Outcome::Wrong
+    );
+    assert!(reg.open_theft_report(first).await.unwrap().is_some());
+    assert_eq!(
+        reg.pin_failures()
+            .get(Action::ReportRecovered, Refusal::WrongPin),
+        1
+    );
+    reg.report_recovered(&kiosk(), "潮阳P00001", "2468")
+        .await
+        .unwrap();
+    // The admin, and an officer resolving the incident (a patrol caller), need no PIN.
+    for official in [admin(), patrol()] {
+        reg.report_stolen(&kiosk(), "潮阳P00001", &stolen)
+            .await
+            .unwrap();
+        reg.report_recovered(&official, "潮阳P00001", "")
+            .await
+            .unwrap();
+    }
+
+    // ReplaceTag: the same; a wrong PIN leaves the old tag bound.
+    let old_tag = tag("E28011606000020700000101");
+    assert_eq!(
+        outcome(
+            reg.replace_tag(&kiosk(), "潮阳P00001", "E28011606000020700000102", "1111")
+                .await
+        ),
+        Outcome::Wrong
+    );
+    assert!(!reg.index().lookup(old_tag).unwrap().revoked());
+    assert!(
+        reg.index()
+            .lookup(tag("E28011606000020700000102"))
+            .is_none()
+    );
+    assert!(matches!(
+        reg.replace_tag(&kiosk(), "潮阳P00001", "E28011606000020700000102", "")
+            .await,
+        Err(RegistryError::Invalid { field: "pin", .. })
+    ));
+    reg.replace_tag(&admin(), "潮阳P00001", "E28011606000020700000102", "")
+        .await
+        .unwrap();
+    assert!(reg.index().lookup(old_tag).unwrap().revoked());
+
+    // TransferOwnership: the admin needs no PIN either; SetArmed needs it from everyone.
+    let new_owner = NewOwner {
+        name: "李娜".into(),
+        id_number: ID_B.into(),
+        phone: "13900001111".into(),
+    };
+    reg.transfer_ownership(&admin(), "潮阳P00001", &new_owner, "", "1357")
+        .await
+        .unwrap();
+    assert!(matches!(
+        reg.set_armed(&admin(), "潮阳P00001", "", true).await,
+        Err(RegistryError::Invalid { field: "pin", .. })
+    ));
+    // The new owner's PIN: four wrong ones, then the right one resets the count, so four
+    // more still do not lock (nine would, without the reset).
+    for armed in [true, false] {
+        for _ in 0..4 {
+            assert_eq!(
+                outcome(reg.set_armed(&kiosk(), "潮阳P00001", "2468", armed).await),
+                Outcome::Wrong
+            );
+        }
+        assert_eq!(
+            reg.set_armed(&kiosk(), "潮阳P00001", "1357", armed)
+                .await
+                .unwrap(),
+            armed
+        );
+    }
+
+    // SetPin on a bike without a PIN: wrong ID numbers count and lock like wrong PINs; the
+    // 5th says so; then even the right ID number is refused unchecked.
+    let mut imported = bike("E28011606000020700000201", "潮阳P00002");
+    imported.pin = None;
+    let second = reg.register_bike(&admin(), imported).await.unwrap().bike_id;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(reg.set_pin(&kiosk(), "潮阳P00002", ID_B, "9753").await);
+    }
+    assert!(seen.iter().all(|r| matches!(r,
+        Err(RegistryError::PermissionDenied(m)) if m.starts_with("owner_id_number is not"))));
+    assert!(
+        matches!(&seen[4], Err(RegistryError::PermissionDenied(m)) if m.contains("locked")),
+        "the 5th says the PIN is now locked: {:?}",
+        seen[4]
+    );
+    assert_eq!(
+        outcome(reg.set_pin(&kiosk(), "潮阳P00002", ID_A, "9753").await),
+        Outcome::Locked
+    );
+    assert_eq!(
+        reg.pin_failures()
+            .get(Action::SetPin, Refusal::WrongIdNumber),
+        5
+    );
+    assert_eq!(reg.pin_failures().get(Action::SetPin, Refusal::Locked), 1);
+    assert_eq!(
+        reg.pin_failures().get(Action::SetArmed, Refusal::WrongPin),
+        8
+    );
+    assert_eq!(
+        reg.pin_failures()
+            .get(Action::ReplaceTag, Refusal::WrongPin),
+        1
+    );
+    assert_eq!(
+        reg.pin_failures().get(Action::Transfer, Refusal::WrongPin),
+        0
+    );
+    // The lock expires: then the right ID number sets the PIN.
+    sqlx::query("UPDATE bikes SET pin_locked_until_ms = 1 WHERE plate = '潮阳P00002'")
+        .execute(t.db.pool())
+        .await
+        .unwrap();
+    reg.set_pin(&kiosk(), "潮阳P00002", ID_A, "9753")
+        .await
+        .unwrap();
+
+    // The audit log has each failure, named by action, and no PIN or ID number.
+    let log = reg.list_audit(0, 1000).await.unwrap();
+    let failures: Vec<(&str, &str)> = log
+        .iter()
+        .filter(|e| e.action.contains("failed") || e.action == "pin_locked")
+        .map(|e| (e.action.as_str(), e.subject.as_str()))
+        .collect();
+    assert_eq!(failures.len(), 2 + 8 + 5 + 1, "{failures:?}");
+    let on = |bike: i64, what: &str| format!("bike {bike} ({what})");
+    for (action, subject) in [
+        ("pin_failed", on(first, "report_recovered")),
+        ("pin_failed", on(first, "replace_tag")),
+        ("pin_failed", on(first, "set_armed")),
+        ("owner_id_failed", on(second, "set_pin")),
+        ("owner_id_failed", on(second, "set_pin") + ": PIN locked"),
+        ("pin_locked", on(second, "set_pin")),
+    ] {
+        assert!(
+            failures.contains(&(action, subject.as_str())),
+            "{action} {subject}: {failures:?}"
+        );
+    }
+    assert!(
+        log.iter()
+            .all(|e| !e.subject.contains("2468") && !e.subject.contains("440513")),
+        "no PIN or ID number in the audit log"
+    );
+}
+
+/// Sixteen wrong PINs at once lock after exactly five: the rest are refused unchecked. Then a
+/// right PIN is refused too. And a right PIN racing fifteen wrong ones: the attempts go one
+/// at a time, so either it came before the lock (and succeeded) or after (and was refused);
+/// never more than 5 wrong ones checked in a row.
+async fn concurrent_wrong_pins(t: &TestDb) {
+    let reg = open(t.db.clone()).await;
+    for (tag_id, plate) in [
+        ("E28011606000020700000301", "潮阳Q00001"),
+        ("E28011606000020700000302", "潮阳Q00002"),
+    ] {
+        reg.register_bike(&kiosk(), bike(tag_id, plate))
+            .await
+            .unwrap();
+    }
+    let race = |plate: &'static str, right_at: Option<usize>| {
+        let reg = reg.clone();
+        async move {
+            let tasks: Vec<_> = (0..16)
+                .map(|i| {
+                    let reg = reg.clone();
+                    let pin = if Some(i) == right_at { "2468" } else { "0000" };
+                    tokio::spawn(async move { reg.set_armed(&kiosk(), plate, pin, true).await })
+                })
+                .collect();
+            let mut seen = Vec::new();
+            for t in tasks {
+                seen.push(outcome(t.await.unwrap()));
+            }
+            seen
+        }
+    };
+    let seen = race("潮阳Q00001", None).await;
+    assert_eq!(counts(&seen), (0, 5, 11), "{seen:?}");
+    // Locked for every owner action of the bike, the right PIN too: one lockout per bike.
+    assert_eq!(
+        outcome(reg.set_armed(&kiosk(), "潮阳Q00001", "2468", true).await),
+        Outcome::Locked
+    );
+    assert_eq!(
+        outcome(
+            reg.replace_tag(&kiosk(), "潮阳Q00001", "E28011606000020700000309", "2468")
+                .await
+        ),
+        Outcome::Locked
+    );
+    use crate::pin::{Action, Refusal};
+    assert_eq!(
+        reg.pin_failures().get(Action::SetArmed, Refusal::WrongPin),
+        5
+    );
+    assert_eq!(
+        reg.pin_failures().get(Action::SetArmed, Refusal::Locked),
+        12
+    );
+
+    let seen = race("潮阳Q00002", Some(7)).await;
+    let (done, wrong, locked) = counts(&seen);
+    if seen[7] == Outcome::Done {
+        // Before the lock: up to 4 wrong ones before it, and 5 after it lock again.
+        assert!(
+            (5..=9).contains(&wrong) && done + wrong + locked == 16,
+            "{seen:?}"
+        );
+    } else {
+        assert_eq!((done, wrong, locked), (0, 5, 11), "{seen:?}");
+    }
+    assert_eq!(
+        outcome(reg.set_armed(&kiosk(), "潮阳Q00002", "2468", true).await),
+        Outcome::Locked,
+        "locked at the end either way: {seen:?}"
+    );
+}
+
 async fn rekey_behaviour(t: &TestDb) {
     use crate::rekey::{Rekeyed, opens_with, rekey};
     let (old, new) = (SecretBox::new(&[9; 32]), SecretBox::new(&[10; 32]));
@@ -602,6 +892,8 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     registry_behaviour,
+    owner_proof_behaviour,
+    concurrent_wrong_pins,
     concurrent_registration,
     import_behaviour,
     rekey_behaviour,

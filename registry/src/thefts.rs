@@ -3,9 +3,10 @@
 use sqlx::Row;
 
 use crate::auth::Caller;
-use crate::bikes::{BikeKey, registered_bike};
+use crate::bikes::{BikeKey, Proof, owner_pin, registered_bike};
 use crate::db::now_ms;
 use crate::error::RegistryError;
+use crate::pin;
 use crate::store::Registry;
 use crate::validate::{self, TagId};
 
@@ -100,16 +101,43 @@ impl Registry {
         })
     }
 
-    /// Takes a bike off the hotlist.
+    /// Takes a bike off the hotlist. The owner's PIN authorises it at a kiosk; the admin,
+    /// and a police officer resolving the theft's incident as recovered, act without it (see
+    /// `owner_pin` in `bikes/actions.rs`). A bike not reported stolen is refused before the
+    /// PIN is checked, so that costs the owner no PIN attempt.
     pub async fn report_recovered(
         &self,
         caller: &Caller,
         plate: &str,
+        pin_given: &str,
     ) -> Result<(), RegistryError> {
         let plate = validate::plate("plate", plate)?;
+        let pin_given = owner_pin(caller, pin_given)?;
         let mut tx = self.db.begin_write().await?;
-        let bike = registered_bike(&mut tx, &plate).await?;
-        let done = sqlx::query(
+        let bike = self.lock_registered_bike(&mut tx, &plate).await?;
+        let open = sqlx::query(
+            "SELECT report_id FROM theft_reports WHERE bike_id = $1 AND recovered_at_ms IS NULL",
+        )
+        .bind(bike.bike_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if open.is_none() {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "bike {plate} is not reported stolen"
+            )));
+        }
+        if let Some(given) = pin_given {
+            tx = self
+                .prove_owner(
+                    tx,
+                    caller,
+                    &bike,
+                    pin::Action::ReportRecovered,
+                    Proof::Pin(given),
+                )
+                .await?;
+        }
+        sqlx::query(
             "UPDATE theft_reports SET recovered_by = $1, recovered_at_ms = $2 \
              WHERE bike_id = $3 AND recovered_at_ms IS NULL",
         )
@@ -118,11 +146,6 @@ impl Registry {
         .bind(bike.bike_id)
         .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(RegistryError::FailedPrecondition(format!(
-                "bike {plate} is not reported stolen"
-            )));
-        }
         self.finish_change(
             tx,
             caller,

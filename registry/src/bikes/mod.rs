@@ -4,12 +4,13 @@
 //!
 //! Layout: this file (what a kiosk sends, validated; registration); [`lookup`] (a bike by
 //! plate or tag, an owner's bikes, masked); [`actions`] (the owner's actions: transfer, PIN,
-//! tag replacement, deregistration, arming).
+//! tag replacement, deregistration, arming; and the owner proof they need: PIN or ID number,
+//! one lockout per bike).
 
 mod actions;
 mod lookup;
 
-pub(crate) use actions::registered_bike;
+pub(crate) use actions::{Proof, owner_pin, registered_bike};
 
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};

@@ -1,5 +1,5 @@
 //! The changes to a bike, as the signed-in kiosk: report stolen or recovered, arm or disarm,
-//! replace the tag, transfer ownership.
+//! replace the tag, transfer ownership. All but a theft report need the owner's PIN.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -57,7 +57,7 @@ pub async fn action(
             .await
             .map(|_| "stolen"),
         "recovered" => registry
-            .report_recovered(caller, plate)
+            .report_recovered(caller, plate, &form.pin)
             .await
             .map(|()| "recovered"),
         "arm" | "disarm" => registry
@@ -65,7 +65,7 @@ pub async fn action(
             .await
             .map(|armed| if armed { "armed" } else { "disarmed" }),
         "replace-tag" => registry
-            .replace_tag(caller, plate, &form.new_tag_id)
+            .replace_tag(caller, plate, &form.new_tag_id, &form.pin)
             .await
             .map(|()| "retagged"),
         "transfer" => registry

@@ -185,7 +185,8 @@ fn bike_card(
             div.actions {
                 @if b.stolen {
                     (action_form(session, plate, "recovered", ("登记找回", "Report recovered"),
-                        html! {}, "已找回 / Recovered"))
+                        html! { (field("recovered", "pin", "", "password", p("recovered"), "车主密码 / owner's PIN")) },
+                        "已找回 / Recovered"))
                 } @else {
                     (action_form(session, plate, "stolen", ("被盗报案", "Report stolen"),
                         html! {
@@ -198,7 +199,10 @@ fn bike_card(
                     html! { (field(if b.armed { "disarm" } else { "arm" }, "pin", "", "password", p(if b.armed { "disarm" } else { "arm" }), "车主密码 / owner's PIN")) },
                     if b.armed { "撤防 / Disarm" } else { "布防 / Arm" }))
                 (action_form(session, plate, "replace-tag", ("更换电子标签", "Replace tag"),
-                    html! { (field("replace-tag", "new_tag_id", "", "text", p("replace-tag"), "输入或扫描 / type or scan")) },
+                    html! {
+                        (field("replace-tag", "new_tag_id", "", "text", p("replace-tag"), "输入或扫描 / type or scan"))
+                        (field("replace-tag", "pin", "", "password", p("replace-tag"), "车主密码 / owner's PIN"))
+                    },
                     "更换 / Replace"))
                 (action_form(session, plate, "transfer", ("过户", "Transfer ownership"),
                     html! {
