@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
 use greenplate_alerting::{AdminService, Alerting, PatrolService};
 use greenplate_registry::{Db, Registry, RegistryService, SecretBox};
 use tokio::net::TcpListener;
@@ -92,6 +91,10 @@ impl Service {
         metrics.register(&mut exported);
         alerting.register_metrics(&mut exported);
         registry.register_metrics(&mut exported);
+        let http_metrics = http::HttpMetrics::new();
+        http_metrics.register(&mut exported);
+        let web_metrics = crate::web::WebMetrics::new();
+        web_metrics.register(&mut exported);
         let exported = Arc::new(exported);
 
         let shutdown = CancellationToken::new();
@@ -230,6 +233,8 @@ impl Service {
         }
         tracker.spawn(crate::health::run(health, db.clone(), shutdown.clone()));
         let grpc_server = tonic::transport::Server::builder()
+            // Streams one HTTP/2 connection may hold open (h2 tells the client, which waits).
+            .max_concurrent_streams(Some(config.grpc.max_concurrent_streams))
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             // A span per call, named by its method (`/greenplate.v1.Patrol/StreamAlerts`).
@@ -271,22 +276,15 @@ impl Service {
             shutdown.clone(),
             Duration::from_secs(config.http.session_idle_s),
             config.http.map_tile_url.clone(),
+            web_metrics,
         );
-        let http_server = axum::serve(
-            // TCP_NODELAY here too: server-sent events to the command-center page.
-            http.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "Could not set TCP_NODELAY on an HTTP socket.");
-                }
-            }),
+        let http_task = tokio::spawn(http::serve(
+            http,
             http::router(exported, alerting.clone(), shutdown.clone(), web),
-        )
-        .with_graceful_shutdown(http_stop.clone().cancelled_owned());
-        let http_task = tokio::spawn(async move {
-            if let Err(e) = http_server.await {
-                tracing::error!(error = %e, "HTTP server failed.");
-            }
-        });
+            Duration::from_secs(config.http.header_timeout_s),
+            http_metrics,
+            http_stop.clone(),
+        ));
 
         tracing::info!(
             mqtt = %mqtt_addr,

@@ -80,3 +80,96 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
         out,
     )
 }
+
+/// HTTP connections closed by the server, by reason (`header_timeout`: a request's headers,
+/// or the next request on an idle keep-alive connection, did not come within the timeout).
+#[derive(Debug, Clone, Default)]
+pub struct HttpMetrics {
+    pub closed: prometheus_client::metrics::family::Family<
+        crate::metrics::Reason,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+/// `closed` reason: headers (or the next request) did not come in time.
+pub const CLOSED_HEADER_TIMEOUT: &str = "header_timeout";
+
+impl HttpMetrics {
+    pub fn new() -> Self {
+        let m = Self::default();
+        drop(m.closed.get_or_create(&crate::metrics::Reason {
+            reason: CLOSED_HEADER_TIMEOUT,
+        }));
+        m
+    }
+
+    /// Registers `greenplate_http_connections_closed_total{reason}`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.sub_registry_with_prefix("http").register(
+            "connections_closed",
+            "HTTP connections the server closed, by reason",
+            self.closed.clone(),
+        );
+    }
+}
+
+/// Serves `router` on `listener` until `stop`, then lets open requests finish (for at most
+/// the caller's grace). Unlike `axum::serve`, which has no timer, every connection must send
+/// a request's headers within `header_timeout`, and an idle keep-alive connection is closed
+/// after it too (hyper starts the same timer while it waits for the next request), so
+/// slow or silent clients cannot hold sockets for ever. Each accepted socket gets
+/// TCP_NODELAY (server-sent events) and the peer's address as `ConnectInfo`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    header_timeout: Duration,
+    metrics: HttpMetrics,
+    stop: CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, as axum does.
+                    tracing::warn!(error = %e, "Could not accept an HTTP connection.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "Could not set TCP_NODELAY on an HTTP socket.");
+        }
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                tower::ServiceExt::oneshot(router.clone(), req)
+            });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                if e.is_timeout() {
+                    metrics
+                        .closed
+                        .get_or_create(&crate::metrics::Reason {
+                            reason: CLOSED_HEADER_TIMEOUT,
+                        })
+                        .inc();
+                }
+                tracing::debug!(error = %e, peer = %peer, "HTTP connection ended with an error.");
+            }
+        });
+    }
+    graceful.shutdown().await;
+}

@@ -154,6 +154,10 @@ pub struct GrpcConfig {
     /// refused with RESOURCE_EXHAUSTED (and counted), so one token cannot exhaust the node.
     #[serde(default = "default_max_streams_per_unit")]
     pub max_streams_per_unit: usize,
+    /// Concurrent calls (HTTP/2 streams) one gRPC connection may have open; a client past
+    /// it waits for one to end (HTTP/2 flow control, not an error).
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
 }
 
 /// The HTTP port (`/healthz`, `/readyz`, `/metrics`, and the kiosk and command-center web
@@ -171,10 +175,23 @@ pub struct HttpConfig {
     /// one the map is drawn from the district's own data only (readers, zones, incidents).
     #[serde(default)]
     pub map_tile_url: Option<String>,
+    /// A connection must send a request's headers within this many seconds, and an idle
+    /// keep-alive connection is closed after it (counted in
+    /// `greenplate_http_connections_closed_total{reason="header_timeout"}`).
+    #[serde(default = "default_header_timeout_s")]
+    pub header_timeout_s: u64,
 }
 
 fn default_session_idle_s() -> u64 {
     1800
+}
+
+fn default_header_timeout_s() -> u64 {
+    15
+}
+
+fn default_max_concurrent_streams() -> u32 {
+    256
 }
 
 fn default_data_dir() -> PathBuf {
@@ -211,6 +228,7 @@ impl Default for GrpcConfig {
         Self {
             listen: default_grpc_listen(),
             max_streams_per_unit: default_max_streams_per_unit(),
+            max_concurrent_streams: default_max_concurrent_streams(),
         }
     }
 }
@@ -221,6 +239,7 @@ impl Default for HttpConfig {
             listen: default_http_listen(),
             session_idle_s: default_session_idle_s(),
             map_tile_url: None,
+            header_timeout_s: default_header_timeout_s(),
         }
     }
 }
@@ -278,6 +297,11 @@ impl Config {
                 i.reader_offline_after_s > 0,
             ),
             ("http.session_idle_s", self.http.session_idle_s > 0),
+            ("http.header_timeout_s", self.http.header_timeout_s > 0),
+            (
+                "grpc.max_concurrent_streams",
+                self.grpc.max_concurrent_streams > 0,
+            ),
         ] {
             if !ok {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));

@@ -30,6 +30,9 @@ pub enum WebError {
     /// `EventSource` shows no page).
     #[error("no live session for the event stream")]
     StreamSignedOut,
+    /// A live feed past the session's [`crate::limits::FEEDS_PER_SESSION`]: 429.
+    #[error("the session holds the most live feeds allowed")]
+    TooManyFeeds,
     /// A form without its session's CSRF token, or with another: 403, nothing done.
     #[error("the form's CSRF token is missing or wrong")]
     Csrf(Area),
@@ -74,6 +77,11 @@ impl IntoResponse for WebError {
             WebError::StreamSignedOut => {
                 (StatusCode::UNAUTHORIZED, "session expired\n").into_response()
             }
+            WebError::TooManyFeeds => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "this session holds the most live feeds allowed; close another tab\n",
+            )
+                .into_response(),
             WebError::Csrf(area) => csrf_refused(area.path()),
             WebError::Form(rejection) => rejection.into_response(),
             WebError::Alerting(area, e) => {

@@ -11,6 +11,8 @@
 //! Layout:
 //! - `state`: [`WebState`], what every handler shares (alerting, sessions, ingest's totals).
 //! - [`session`]: sign-in sessions (cookie, idle expiry, CSRF tokens).
+//! - [`limits`]: sign-in budgets per client and per token, live feeds per session, and the
+//!   counters of both.
 //! - `extract`: what a handler is handed, checked: the signed-in session of its app, a
 //!   posted form that carries that session's CSRF token.
 //! - `error`: the handlers' one error type, and what each error answers.
@@ -31,11 +33,13 @@ mod error;
 mod extract;
 mod i18n;
 mod kiosk;
+pub mod limits;
 mod page;
 pub mod session;
 mod sign_in;
 mod state;
 
+pub use limits::WebMetrics;
 pub use state::{IngestTotals, Totals, WebState};
 
 /// The web routes, to merge into the HTTP port's router.

@@ -76,6 +76,28 @@ pub struct Sessions {
     idle: Duration,
     max: usize,
     map: Mutex<HashMap<String, Entry>>,
+    /// Live feeds open per session id.
+    feeds: std::sync::Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One live feed's place among its session's [`crate::limits::FEEDS_PER_SESSION`], given
+/// back when the feed ends.
+#[derive(Debug)]
+pub struct FeedSlot {
+    feeds: std::sync::Arc<Mutex<HashMap<String, usize>>>,
+    session: String,
+}
+
+impl Drop for FeedSlot {
+    fn drop(&mut self) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = feeds.get_mut(&self.session) {
+            *n -= 1;
+            if *n == 0 {
+                feeds.remove(&self.session);
+            }
+        }
+    }
 }
 
 /// 128 random bits, hex.
@@ -93,7 +115,22 @@ impl Sessions {
             idle,
             max: max.max(1),
             map: Mutex::new(HashMap::new()),
+            feeds: Default::default(),
         }
+    }
+
+    /// A place for one more live feed of session `id`, unless it holds `max` already.
+    pub fn open_feed(&self, id: &str, max: usize) -> Option<FeedSlot> {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        let n = feeds.entry(id.to_owned()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(FeedSlot {
+            feeds: self.feeds.clone(),
+            session: id.to_owned(),
+        })
     }
 
     /// How long an unused session lives.
@@ -352,6 +389,17 @@ mod tests {
         // The newest ones are the ones kept.
         assert!(sessions.alive(&mine.last().unwrap().id, now));
         assert!(!sessions.alive(&mine[0].id, now));
+    }
+
+    #[test]
+    fn a_session_holds_a_bounded_number_of_feeds() {
+        let sessions = Sessions::new(Duration::from_secs(60), 10);
+        let a = sessions.open_feed("s", 2).unwrap();
+        let _b = sessions.open_feed("s", 2).unwrap();
+        assert!(sessions.open_feed("s", 2).is_none());
+        assert!(sessions.open_feed("other", 2).is_some());
+        drop(a);
+        assert!(sessions.open_feed("s", 2).is_some());
     }
 
     #[test]

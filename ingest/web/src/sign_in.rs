@@ -1,5 +1,6 @@
 //! Signing in and out, the same for both apps but for the words and who may enter.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use axum::http::{HeaderMap, StatusCode};
@@ -7,8 +8,10 @@ use axum::response::Response;
 use greenplate_registry::Caller;
 use maud::html;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::i18n::Bilingual;
+use crate::limits;
 use crate::page::{both, html_response, layout, redirect};
 use crate::session::{Area, Session, clear_cookie, set_cookie};
 use crate::state::WebState;
@@ -61,15 +64,35 @@ pub fn page(door: &Door, status: StatusCode, problem: Option<&Bilingual>) -> Res
 }
 
 /// Checks the token once (it is never kept) and opens a session for a caller `allowed`
-/// takes.
+/// takes. Attempts are limited per client address and per token (10 a minute each, 429
+/// past it), and counted by outcome.
 pub fn sign_in(
     door: &Door,
     web: &WebState,
+    client: Option<IpAddr>,
     headers: &HeaderMap,
     form: &LoginForm,
     allowed: impl Fn(&Caller) -> bool,
 ) -> Response {
+    let now = Instant::now();
+    let limits = &web.sign_in_limits;
+    let token = form.token.trim();
+    let token_key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let client_ok = client.is_none_or(|ip| limits.clients.take(&ip, now));
+    if !client_ok || !limits.tokens.take(&token_key, now) {
+        web.metrics.sign_in(limits::RATE_LIMITED);
+        tracing::warn!(client = ?client, "Refused a web sign-in: too many attempts.");
+        return page(
+            door,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(&Bilingual::new(
+                "登录尝试过多，请稍后再试",
+                "Too many sign-in attempts; try again in a minute",
+            )),
+        );
+    }
     if !same_origin(headers) {
+        web.metrics.sign_in(limits::OTHER_SITE);
         return page(
             door,
             StatusCode::FORBIDDEN,
@@ -79,27 +102,34 @@ pub fn sign_in(
             )),
         );
     }
-    match web.auth().authenticate_held(form.token.trim()) {
+    match web.auth().authenticate_held(token) {
         Some((c, credential)) if allowed(&c) => {
+            web.metrics.sign_in(limits::SIGNED_IN);
             tracing::info!(caller = %c.audit_name(), "{}", door.signed_in);
             let s = web
                 .sessions
                 .create(door.area, c, credential, Instant::now());
             redirect(door.home, Some(set_cookie(door.area, &s.id)))
         }
-        Some(_) => page(
-            door,
-            StatusCode::FORBIDDEN,
-            Some(&Bilingual::new(door.wrong_kind.0, door.wrong_kind.1)),
-        ),
-        None => page(
-            door,
-            StatusCode::UNAUTHORIZED,
-            Some(&Bilingual::new(
-                "令牌无效",
-                "Unknown, revoked or expired token",
-            )),
-        ),
+        Some(_) => {
+            web.metrics.sign_in(limits::WRONG_KIND);
+            page(
+                door,
+                StatusCode::FORBIDDEN,
+                Some(&Bilingual::new(door.wrong_kind.0, door.wrong_kind.1)),
+            )
+        }
+        None => {
+            web.metrics.sign_in(limits::UNKNOWN_TOKEN);
+            page(
+                door,
+                StatusCode::UNAUTHORIZED,
+                Some(&Bilingual::new(
+                    "令牌无效",
+                    "Unknown, revoked or expired token",
+                )),
+            )
+        }
     }
 }
 

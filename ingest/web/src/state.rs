@@ -8,6 +8,7 @@ use greenplate_alerting::Alerting;
 use greenplate_registry::Authenticator;
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::{SignInLimits, WebMetrics};
 use crate::session::Sessions;
 
 /// Sessions alive at once, at most (kiosks and command centers together).
@@ -37,6 +38,8 @@ pub struct WebState {
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tile_url: Option<Arc<str>>,
+    pub(crate) metrics: WebMetrics,
+    pub(crate) sign_in_limits: Arc<SignInLimits>,
 }
 
 impl WebState {
@@ -47,6 +50,7 @@ impl WebState {
         shutdown: CancellationToken,
         session_idle: Duration,
         tile_url: Option<String>,
+        metrics: WebMetrics,
     ) -> Self {
         Self {
             alerting,
@@ -54,6 +58,8 @@ impl WebState {
             sessions: Arc::new(Sessions::new(session_idle, MAX_SESSIONS)),
             shutdown,
             tile_url: tile_url.filter(|t| !t.trim().is_empty()).map(Into::into),
+            metrics,
+            sign_in_limits: Arc::new(SignInLimits::default()),
         }
     }
 

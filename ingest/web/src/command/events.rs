@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::{MAX_INCIDENTS, kind_name, online};
 use crate::error::WebError;
 use crate::extract::CommandSession;
+use crate::limits::FEEDS_PER_SESSION;
 use crate::page::short_datetime;
 use crate::state::WebState;
 
@@ -131,6 +132,11 @@ pub async fn events(
     session: Option<CommandSession>,
 ) -> Result<Response, WebError> {
     let CommandSession(session) = session.ok_or(WebError::StreamSignedOut)?;
+    let Some(slot) = web.sessions.open_feed(&session.id, FEEDS_PER_SESSION) else {
+        web.metrics.feeds_refused.inc();
+        tracing::warn!(caller = %session.caller.audit_name(), "Refused a live feed: the session holds the most allowed.");
+        return Err(WebError::TooManyFeeds);
+    };
     let resume_after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -208,7 +214,13 @@ pub async fn events(
             }
         }
     };
-    let stream = futures::stream::select(alerts, status).take_until(stop);
+    // The feed's slot goes with the stream, and back when the stream is dropped.
+    let stream = futures::stream::select(alerts, status)
+        .take_until(stop)
+        .map(move |e| {
+            let _held = &slot;
+            e
+        });
     let mut r = Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response();

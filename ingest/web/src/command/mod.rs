@@ -28,7 +28,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::error::WebError;
-use super::extract::{CommandSession, Csrf};
+use super::extract::{ClientIp, CommandSession, Csrf};
 use super::i18n::Bilingual;
 use super::page::{both, datetime, html_response, layout, short_datetime};
 use super::session::Area;
@@ -89,11 +89,12 @@ fn sign_in_page(status: StatusCode, problem: Option<&Bilingual>) -> Response {
 /// Signs a command-center unit in (a patrol unit provisioned with `command_center`).
 pub async fn login(
     State(web): State<WebState>,
+    ClientIp(client): ClientIp,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let alerting = web.alerting.clone();
-    sign_in::sign_in(&DOOR, &web, &headers, &form, |c| {
+    sign_in::sign_in(&DOOR, &web, client, &headers, &form, |c| {
         c.role == Role::Patrol && alerting.is_command_unit(&c.id)
     })
 }

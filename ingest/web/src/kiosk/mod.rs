@@ -24,7 +24,7 @@ use axum::response::Response;
 use greenplate_registry::Role;
 use maud::{Markup, html};
 
-use super::extract::{Csrf, KioskSession};
+use super::extract::{ClientIp, Csrf, KioskSession};
 use super::i18n::Bilingual;
 use super::session::{Area, Session};
 use super::sign_in::{self, Door, LoginForm};
@@ -88,10 +88,11 @@ fn sign_in_page(status: StatusCode, problem: Option<&Bilingual>) -> Response {
 /// Signs a kiosk in (or the admin, as in gRPC Registry).
 pub async fn login(
     State(web): State<WebState>,
+    ClientIp(client): ClientIp,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    sign_in::sign_in(&DOOR, &web, &headers, &form, |c| {
+    sign_in::sign_in(&DOOR, &web, client, &headers, &form, |c| {
         matches!(c.role, Role::Kiosk | Role::Admin)
     })
 }
