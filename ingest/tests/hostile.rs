@@ -132,13 +132,7 @@ async fn closed_after(
     will: Option<(String, bool)>,
     then: BytesMut,
 ) -> bool {
-    let mut connect = rumqttc::Connect::new(id);
-    connect.set_login(id, secret);
-    connect.last_will = will.map(|(topic, retain)| {
-        rumqttc::LastWill::new(topic, b"will".to_vec(), QoS::AtLeastOnce, retain)
-    });
-    let mut out = BytesMut::new();
-    connect.write(&mut out).unwrap();
+    let out = connect_packet(id, secret, will);
     let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -160,6 +154,18 @@ async fn closed_after(
         .await
         .expect("the broker kept the connection open");
     read.map_or(true, |_| rest.is_empty())
+}
+
+/// An encoded MQTT 3.1.1 CONNECT as `id`, with an optional will (topic, retain).
+fn connect_packet(id: &str, secret: &str, will: Option<(String, bool)>) -> BytesMut {
+    let mut connect = rumqttc::Connect::new(id);
+    connect.set_login(id, secret);
+    connect.last_will = will.map(|(topic, retain)| {
+        rumqttc::LastWill::new(topic, b"will".to_vec(), QoS::AtLeastOnce, retain)
+    });
+    let mut out = BytesMut::new();
+    connect.write(&mut out).unwrap();
+    out
 }
 
 fn publish_packet(topic: &str, payload: Vec<u8>, retain: bool) -> BytesMut {
@@ -268,13 +274,7 @@ async fn the_embedded_broker_holds_a_reader_to_its_own_topics() {
 /// What must be allowed: a CONNECT as `id` with `will` is accepted and the connection
 /// answers a PINGREQ (then it leaves with a DISCONNECT, so the will is not published).
 async fn answers_ping(port: u16, id: &str, secret: &str, will: Option<(String, bool)>) -> bool {
-    let mut connect = rumqttc::Connect::new(id);
-    connect.set_login(id, secret);
-    connect.last_will = will.map(|(topic, retain)| {
-        rumqttc::LastWill::new(topic, b"will".to_vec(), QoS::AtLeastOnce, retain)
-    });
-    let mut out = BytesMut::new();
-    connect.write(&mut out).unwrap();
+    let mut out = connect_packet(id, secret, will);
     out.extend_from_slice(&[0xC0, 0x00]);
     let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
