@@ -45,10 +45,21 @@ impl admin_server::Admin for AdminService {
         let secret = self
             .alerting
             .registry()
-            .add_reader(&caller, &r.reader_id, &r.name, r.lat, r.lon, &r.format)
+            .add_reader(
+                &caller,
+                &r.reader_id,
+                &r.name,
+                r.lat,
+                r.lon,
+                &r.format,
+                r.key_version,
+            )
             .await?;
         tracing::info!(reader = %r.reader_id, "Added a reader.");
-        Ok(Response::new(AddReaderResponse { secret }))
+        Ok(Response::new(AddReaderResponse {
+            mqtt_password: greenplate_proto::seal::login_password(&secret),
+            secret,
+        }))
     }
 
     async fn add_zone(
@@ -183,6 +194,7 @@ impl admin_server::Admin for AdminService {
                     firmware: liveness.firmware,
                     enabled: r.enabled(),
                     format: r.format.as_str().into(),
+                    key_version: r.key_version(),
                 }
             })
             .collect();
@@ -218,7 +230,10 @@ impl admin_server::Admin for AdminService {
             .rotate_reader_secret(&caller, &r.reader_id, i64::from(r.grace_s) * 1000)
             .await?;
         tracing::info!(reader = %r.reader_id, grace_s = r.grace_s, "Rotated a reader's secret.");
-        Ok(Response::new(RotateReaderSecretResponse { secret }))
+        Ok(Response::new(RotateReaderSecretResponse {
+            mqtt_password: greenplate_proto::seal::login_password(&secret),
+            secret,
+        }))
     }
 
     async fn list_audit(

@@ -199,6 +199,7 @@ async fn patrol_client_prints_alerts_and_closes_incidents() {
             lat: 23.3,
             lon: 116.6,
             format: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -302,7 +303,7 @@ async fn patrol_client_prints_alerts_and_closes_incidents() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("unknown or revoked token"),
+        String::from_utf8_lossy(&bad.stderr).contains("unknown, revoked or expired token"),
         "{bad:?}"
     );
 

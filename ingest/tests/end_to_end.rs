@@ -110,6 +110,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
             lat: 23.26,
             lon: 116.54,
             format: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -122,6 +123,7 @@ async fn stolen_bike_sighting_reaches_the_right_patrol_and_survives_reconnects()
             lat: 23.26,
             lon: 116.62,
             format: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -358,6 +360,7 @@ async fn health_metrics_and_restart_keep_state() {
             lat: 23.3,
             lon: 116.6,
             format: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

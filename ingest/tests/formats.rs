@@ -50,6 +50,7 @@ async fn add(svc: &TestService, id: &str, format: &str, lon: f64) -> String {
             lat: 23.30,
             lon,
             format: format.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -90,6 +91,7 @@ async fn each_unsealed_format_alerts_when_the_operator_allows_it() {
             lat: 23.3,
             lon: 116.6,
             format: "xml".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -159,7 +159,7 @@ async fn closed_after(
 /// An encoded MQTT 3.1.1 CONNECT as `id`, with an optional will (topic, retain).
 fn connect_packet(id: &str, secret: &str, will: Option<(String, bool)>) -> BytesMut {
     let mut connect = rumqttc::Connect::new(id);
-    connect.set_login(id, secret);
+    connect.set_login(id, greenplate_proto::seal::login_password(secret));
     connect.last_will = will.map(|(topic, retain)| {
         rumqttc::LastWill::new(topic, b"will".to_vec(), QoS::AtLeastOnce, retain)
     });
@@ -309,7 +309,10 @@ async fn a_client_subscribed_to_everything_sees_only_ciphertext() {
         .add_reader(&format!("rd-{run}-spy"), 23.31, 116.61)
         .await;
     let mut opts = MqttOptions::new(format!("rd-{run}-spy"), "127.0.0.1", svc.mqtt_port());
-    opts.set_credentials(format!("rd-{run}-spy"), secret_spy.as_str());
+    opts.set_credentials(
+        format!("rd-{run}-spy"),
+        greenplate_proto::seal::login_password(&secret_spy),
+    );
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (spy, mut events) = AsyncClient::new(opts, 16);
     spy.subscribe("greenplate/#", QoS::AtMostOnce)

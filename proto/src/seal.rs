@@ -1,6 +1,18 @@
 //! Sealing of reader batches, as the contract specifies.
 //!
-//! key = HKDF-SHA256(ikm = reader secret (UTF-8), no salt, info = [`HKDF_INFO`], 32 bytes);
+//! A reader's secret is versioned by its form (issue #15, point 3):
+//! - **v2** (`gp2_` + 64 hex digits, what AddReader issues): the MQTT login password is
+//!   hex(HKDF-SHA256(ikm = secret, info = [`HKDF_INFO_LOGIN_V2`], 32 bytes)) and the sealing
+//!   key HKDF-SHA256(secret, info = [`HKDF_INFO_SEAL_V2`]). The password travels to the
+//!   broker (and, without TLS, over the wire); it does not give away the sealing key.
+//! - **v1** (anything else, readers provisioned before v2): the password is the secret
+//!   itself and the key HKDF-SHA256(secret, info = [`HKDF_INFO`]), so whoever reads the
+//!   password can also seal and open. Rotate such a reader to a v2 secret once its
+//!   firmware supports it.
+//!
+//! [`login_password`] and [`ReaderKey::derive`] pick the version from the secret.
+//!
+//! key = HKDF-SHA256(ikm = reader secret (UTF-8), no salt, info = per version, 32 bytes);
 //! cipher = ChaCha20-Poly1305 with a 12-byte nonce; associated data = the reader id (UTF-8)
 //! for a batch, and [`STATUS_AD_PREFIX`] + the reader id for a reader status.
 //! A reader derives its [`ReaderKey`] once and seals every batch with a fresh random nonce.
@@ -14,8 +26,50 @@ use sha2::Sha256;
 
 use crate::v1::{ReaderStatus, SealedSightingBatch, SightingBatch};
 
-/// HKDF `info` for the reader sealing key.
+/// HKDF `info` for the sealing key of a v1 secret.
 pub const HKDF_INFO: &[u8] = b"greenplate reader seal v1";
+/// HKDF `info` for the sealing key of a v2 secret.
+pub const HKDF_INFO_SEAL_V2: &[u8] = b"greenplate reader seal v2";
+/// HKDF `info` for the MQTT login password of a v2 secret.
+pub const HKDF_INFO_LOGIN_V2: &[u8] = b"greenplate reader login v2";
+/// How a v2 secret begins.
+pub const SECRET_V2_PREFIX: &str = "gp2_";
+
+/// The version of a reader secret: 2 for `gp2_...`, 1 otherwise.
+pub fn key_version(secret: &str) -> u32 {
+    if secret.starts_with(SECRET_V2_PREFIX) {
+        2
+    } else {
+        1
+    }
+}
+
+fn hkdf32(secret: &str, info: &[u8]) -> [u8; 32] {
+    let hk = Hkdf::<Sha256>::new(None, secret.as_bytes());
+    let mut okm = [0u8; 32];
+    hk.expand(info, &mut okm)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    okm
+}
+
+/// The MQTT password a reader logs in with: for a v2 secret derived from it (64 hex
+/// digits), for a v1 secret the secret itself.
+pub fn login_password(secret: &str) -> String {
+    match key_version(secret) {
+        2 => hex_lower(&hkdf32(secret, HKDF_INFO_LOGIN_V2)),
+        _ => secret.to_owned(),
+    }
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
 
 /// Associated-data prefix of a sealed [`ReaderStatus`] (then the reader id), so a status
 /// and a batch can never be taken for each other.
@@ -48,12 +102,13 @@ impl std::fmt::Debug for ReaderKey {
 }
 
 impl ReaderKey {
-    /// Derives the key from a reader's secret.
+    /// Derives the key from a reader's secret (v1 or v2, by its form).
     pub fn derive(secret: &str) -> Self {
-        let hk = Hkdf::<Sha256>::new(None, secret.as_bytes());
-        let mut okm = [0u8; 32];
-        hk.expand(HKDF_INFO, &mut okm)
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let info = match key_version(secret) {
+            2 => HKDF_INFO_SEAL_V2,
+            _ => HKDF_INFO,
+        };
+        let okm = hkdf32(secret, info);
         Self {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&okm)),
         }
@@ -201,5 +256,35 @@ mod tests {
     fn nonces_are_fresh() {
         let key = ReaderKey::derive("s3cret");
         assert_ne!(key.seal(&batch()).nonce, key.seal(&batch()).nonce);
+    }
+
+    #[test]
+    fn a_v2_password_gives_away_neither_the_secret_nor_the_key() {
+        let v2 = "gp2_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        assert_eq!(key_version(v2), 2);
+        let password = login_password(v2);
+        assert_eq!(password.len(), 64);
+        assert_ne!(password, v2);
+        // The password, used as a secret, seals under another key than the secret's.
+        let batch = SightingBatch {
+            reader_id: "rd-1".into(),
+            seq: 1,
+            ..Default::default()
+        };
+        let sealed = ReaderKey::derive(v2).seal(&batch);
+        assert!(ReaderKey::derive(&password).open(&sealed).is_err());
+        assert!(ReaderKey::derive(v2).open(&sealed).is_ok());
+        // A v1 secret is its own password, and its key is the v1 derivation (readers
+        // provisioned before v2 keep working).
+        let v1 = "00112233445566778899aabbccddeeff0011223344556677";
+        assert_eq!((key_version(v1), login_password(v1).as_str()), (1, v1));
+        let old = ReaderKey::derive(v1).seal(&batch);
+        let hk = Hkdf::<Sha256>::new(None, v1.as_bytes());
+        let mut okm = [0u8; 32];
+        hk.expand(b"greenplate reader seal v1", &mut okm).unwrap();
+        let by_spec = ReaderKey {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&okm)),
+        };
+        assert!(by_spec.open(&old).is_ok());
     }
 }

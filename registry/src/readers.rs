@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
-use greenplate_proto::seal::{OpenError, ReaderKey};
+use greenplate_proto::seal::{self, OpenError, ReaderKey};
 use greenplate_proto::v1::{ReaderStatus, SealedSightingBatch, SightingBatch};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -109,11 +109,13 @@ pub struct Liveness {
     pub offline_since_ms: Option<i64>,
 }
 
-/// A reader's secret as the server uses it: the sealing key and a hash to check MQTT
-/// passwords against; after a rotation, the previous ones until the grace period ends.
+/// A reader's secret as the server uses it: the sealing key and a hash of the MQTT login
+/// password (both derived from the secret, by its version: see `greenplate_proto::seal`);
+/// after a rotation, the previous ones until the grace period ends.
 struct Credentials {
     key: ReaderKey,
     hash: [u8; 32],
+    version: u32,
     previous: Option<(ReaderKey, [u8; 32], i64)>,
 }
 
@@ -121,7 +123,8 @@ impl Credentials {
     fn new(secret: &str) -> Self {
         Self {
             key: ReaderKey::derive(secret),
-            hash: Sha256::digest(secret.as_bytes()).into(),
+            hash: Sha256::digest(seal::login_password(secret).as_bytes()).into(),
+            version: seal::key_version(secret),
             previous: None,
         }
     }
@@ -183,7 +186,7 @@ impl Reader {
 
     /// Constant-time check of an MQTT password against the reader's secret (or, during a
     /// rotation's grace period, its previous one).
-    pub fn check_secret(&self, password: &str) -> bool {
+    pub fn check_password(&self, password: &str) -> bool {
         let h: [u8; 32] = Sha256::digest(password.as_bytes()).into();
         let c = self.credentials.load();
         let current = bool::from(h.ct_eq(&c.hash));
@@ -195,7 +198,7 @@ impl Reader {
 
     /// Whether `secret` is the reader's current secret (not a previous one in its grace).
     pub fn check_secret_current(&self, secret: &str) -> bool {
-        let h: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        let h: [u8; 32] = Sha256::digest(seal::login_password(secret).as_bytes()).into();
         bool::from(h.ct_eq(&self.credentials.load().hash))
     }
 
@@ -222,6 +225,11 @@ impl Reader {
             },
             other => other,
         }
+    }
+
+    /// The version of the reader's current secret (1 or 2, see `greenplate_proto::seal`).
+    pub fn key_version(&self) -> u32 {
+        self.credentials.load().version
     }
 
     /// Takes a new secret in memory; the old one stays valid for `grace_ms` (so a reader
@@ -314,7 +322,7 @@ impl Readers {
         client_id == username
             && self
                 .get(username)
-                .is_some_and(|r| r.enabled() && r.check_secret(password))
+                .is_some_and(|r| r.enabled() && r.check_password(password))
     }
 
     pub fn all(&self) -> Vec<Arc<Reader>> {

@@ -101,6 +101,7 @@ impl Registry {
         lat: f64,
         lon: f64,
         format: &str,
+        key_version: u32,
     ) -> Result<String, RegistryError> {
         let reader_id = validate::ident("reader_id", reader_id)?;
         let format: Format = match format {
@@ -125,9 +126,16 @@ impl Registry {
                 "must be between -180 and 180",
             ));
         }
-        let mut raw = [0u8; 24];
-        rand::rng().fill_bytes(&mut raw);
-        let secret = hex::encode(raw);
+        let secret = new_reader_secret(match key_version {
+            0 | 2 => 2,
+            1 => 1,
+            _ => {
+                return Err(RegistryError::invalid(
+                    "key_version",
+                    "must be 1 or 2 (0: 2)",
+                ));
+            }
+        });
         let mut tx = self.db.begin_write().await?;
         sqlx::query(
             "INSERT INTO readers (reader_id, name, lat, lon, secret_sealed, enabled, created_at_ms, \
@@ -207,9 +215,8 @@ impl Registry {
             .readers
             .get(reader_id)
             .ok_or_else(|| RegistryError::NotFound(format!("reader {reader_id}")))?;
-        let mut raw = [0u8; 24];
-        rand::rng().fill_bytes(&mut raw);
-        let secret = hex::encode(raw);
+        // The new secret keeps the reader's version: its firmware speaks that one.
+        let secret = new_reader_secret(reader.key_version());
         let mut tx = self.db.begin_write().await?;
         sqlx::query("UPDATE readers SET secret_sealed = $1 WHERE reader_id = $2")
             .bind(self.secrets.seal(secret.as_bytes()))
@@ -311,6 +318,24 @@ pub async fn audit(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// A new random reader secret of `version` (see `greenplate_proto::seal`): v2 is
+/// `gp2_` + 64 hex digits, v1 48 hex digits.
+fn new_reader_secret(version: u32) -> String {
+    if version == 2 {
+        let mut raw = [0u8; 32];
+        rand::rng().fill_bytes(&mut raw);
+        format!(
+            "{}{}",
+            greenplate_proto::seal::SECRET_V2_PREFIX,
+            hex::encode(raw)
+        )
+    } else {
+        let mut raw = [0u8; 24];
+        rand::rng().fill_bytes(&mut raw);
+        hex::encode(raw)
+    }
 }
 
 /// Maps a unique violation to ALREADY_EXISTS with a description of what was taken.

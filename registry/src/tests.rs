@@ -374,12 +374,24 @@ async fn registry_behaviour(t: &TestDb) {
 
     // Readers and kiosk tokens.
     let secret = reg
-        .add_reader(&admin(), "rd-1", "Gate 1", 23.26, 116.6, "")
+        .add_reader(&admin(), "rd-1", "Gate 1", 23.26, 116.6, "", 0)
         .await
         .unwrap();
-    assert!(reg.readers().authenticate("rd-1", "rd-1", &secret));
+    // A v2 secret (the default): the broker login takes the password derived from it, not
+    // the secret itself; a legacy v1 secret is its own password.
+    let password = greenplate_proto::seal::login_password(&secret);
+    assert!(secret.starts_with("gp2_"));
+    assert!(reg.readers().authenticate("rd-1", "rd-1", &password));
+    assert!(!reg.readers().authenticate("rd-1", "rd-1", &secret));
+    let legacy = reg
+        .add_reader(&admin(), "rd-v1", "Old gate", 23.26, 116.6, "", 1)
+        .await
+        .unwrap();
+    assert_eq!(greenplate_proto::seal::key_version(&legacy), 1);
+    assert!(reg.readers().authenticate("rd-v1", "rd-v1", &legacy));
+    assert_eq!(reg.readers().get("rd-v1").unwrap().key_version(), 1);
     assert!(matches!(
-        reg.add_reader(&admin(), "rd-1", "again", 23.0, 116.0, "")
+        reg.add_reader(&admin(), "rd-1", "again", 23.0, 116.0, "", 0)
             .await,
         Err(RegistryError::AlreadyExists(_))
     ));
@@ -390,7 +402,9 @@ async fn registry_behaviour(t: &TestDb) {
         .token;
     assert_eq!(reg.auth().authenticate(&token).unwrap().id, "k-1");
     let reopened = open(db).await;
-    assert!(reopened.readers().authenticate("rd-1", "rd-1", &secret));
+    assert!(reopened.readers().authenticate("rd-1", "rd-1", &password));
+    assert!(reopened.readers().authenticate("rd-v1", "rd-v1", &legacy));
+    assert_eq!(reopened.readers().get("rd-1").unwrap().key_version(), 2);
     assert_eq!(
         reopened.auth().authenticate(&token).unwrap().role,
         Role::Kiosk
@@ -808,7 +822,7 @@ async fn rekey_behaviour(t: &TestDb) {
         .await
         .unwrap();
     let secret = reg
-        .add_reader(&admin(), "rd-k", "K", 23.3, 116.6, "")
+        .add_reader(&admin(), "rd-k", "K", 23.3, 116.6, "", 0)
         .await
         .unwrap();
     drop(reg);
@@ -835,7 +849,12 @@ async fn rekey_behaviour(t: &TestDb) {
     let reg = Registry::open(t.db.clone(), new, "admin-token")
         .await
         .unwrap();
-    assert!(reg.readers().get("rd-k").unwrap().check_secret(&secret));
+    assert!(
+        reg.readers()
+            .get("rd-k")
+            .unwrap()
+            .check_secret_current(&secret)
+    );
     let owned = reg.list_owner_bikes(&kiosk(), ID_A, "").await.unwrap();
     assert_eq!(owned.len(), 1);
     let audit = reg.list_audit(0, 100).await.unwrap();

@@ -43,6 +43,7 @@ pub async fn add_reader(
             lat,
             lon,
             format: String::new(),
+            ..Default::default()
         })
         .await
         .map_err(|e| anyhow::anyhow!("AddReader {id}: {e}"))?;

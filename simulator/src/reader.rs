@@ -73,7 +73,7 @@ impl ReaderClient {
             .seal_status(&status(ReaderState::Offline))
             .encode_to_vec();
         let mut opts = MqttOptions::new(reader_id, host, port);
-        opts.set_credentials(reader_id, secret);
+        opts.set_credentials(reader_id, greenplate_proto::seal::login_password(secret));
         opts.set_last_will(LastWill::new(
             topics::status(reader_id),
             will,
