@@ -47,12 +47,14 @@ impl admin_server::Admin for AdminService {
             .registry()
             .add_reader(
                 &caller,
-                &r.reader_id,
-                &r.name,
-                r.lat,
-                r.lon,
-                &r.format,
-                r.key_version,
+                greenplate_registry::store::NewReader {
+                    reader_id: &r.reader_id,
+                    name: &r.name,
+                    lat: r.lat,
+                    lon: r.lon,
+                    format: &r.format,
+                    key_version: r.key_version,
+                },
             )
             .await?;
         tracing::info!(reader = %r.reader_id, "Added a reader.");

@@ -92,17 +92,20 @@ impl Registry {
         &self.pin_failures
     }
 
-    /// Adds a reader and returns its new MQTT secret.
+    /// Adds a reader and returns its new secret.
     pub async fn add_reader(
         &self,
         caller: &Caller,
-        reader_id: &str,
-        name: &str,
-        lat: f64,
-        lon: f64,
-        format: &str,
-        key_version: u32,
+        new: NewReader<'_>,
     ) -> Result<String, RegistryError> {
+        let NewReader {
+            reader_id,
+            name,
+            lat,
+            lon,
+            format,
+            key_version,
+        } = new;
         let reader_id = validate::ident("reader_id", reader_id)?;
         let format: Format = match format {
             "" => Format::Sealed,
@@ -318,6 +321,18 @@ pub async fn audit(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// A reader to add: its id, name and position, its payload format (`""` for sealed) and
+/// the version of its secret (0 for the default, 2; see `greenplate_proto::seal`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NewReader<'a> {
+    pub reader_id: &'a str,
+    pub name: &'a str,
+    pub lat: f64,
+    pub lon: f64,
+    pub format: &'a str,
+    pub key_version: u32,
 }
 
 /// A new random reader secret of `version` (see `greenplate_proto::seal`): v2 is

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::store::NewReader;
 use crate::testing::PgTestDb;
 use crate::{
     BikeKey, Caller, Db, NewBike, NewOwner, Registry, RegistryError, Role, SecretBox, TagId,
@@ -374,7 +375,17 @@ async fn registry_behaviour(t: &TestDb) {
 
     // Readers and kiosk tokens.
     let secret = reg
-        .add_reader(&admin(), "rd-1", "Gate 1", 23.26, 116.6, "", 0)
+        .add_reader(
+            &admin(),
+            NewReader {
+                reader_id: "rd-1",
+                name: "Gate 1",
+                lat: 23.26,
+                lon: 116.6,
+                format: "",
+                key_version: 0,
+            },
+        )
         .await
         .unwrap();
     // A v2 secret (the default): the broker login takes the password derived from it, not
@@ -384,15 +395,35 @@ async fn registry_behaviour(t: &TestDb) {
     assert!(reg.readers().authenticate("rd-1", "rd-1", &password));
     assert!(!reg.readers().authenticate("rd-1", "rd-1", &secret));
     let legacy = reg
-        .add_reader(&admin(), "rd-v1", "Old gate", 23.26, 116.6, "", 1)
+        .add_reader(
+            &admin(),
+            NewReader {
+                reader_id: "rd-v1",
+                name: "Old gate",
+                lat: 23.26,
+                lon: 116.6,
+                format: "",
+                key_version: 1,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(greenplate_proto::seal::key_version(&legacy), 1);
     assert!(reg.readers().authenticate("rd-v1", "rd-v1", &legacy));
     assert_eq!(reg.readers().get("rd-v1").unwrap().key_version(), 1);
     assert!(matches!(
-        reg.add_reader(&admin(), "rd-1", "again", 23.0, 116.0, "", 0)
-            .await,
+        reg.add_reader(
+            &admin(),
+            NewReader {
+                reader_id: "rd-1",
+                name: "again",
+                lat: 23.0,
+                lon: 116.0,
+                format: "",
+                key_version: 0,
+            },
+        )
+        .await,
         Err(RegistryError::AlreadyExists(_))
     ));
     let token = reg
@@ -822,7 +853,17 @@ async fn rekey_behaviour(t: &TestDb) {
         .await
         .unwrap();
     let secret = reg
-        .add_reader(&admin(), "rd-k", "K", 23.3, 116.6, "", 0)
+        .add_reader(
+            &admin(),
+            NewReader {
+                reader_id: "rd-k",
+                name: "K",
+                lat: 23.3,
+                lon: 116.6,
+                format: "",
+                key_version: 0,
+            },
+        )
         .await
         .unwrap();
     drop(reg);
