@@ -39,6 +39,8 @@ pub enum StartError {
     Registry(#[from] greenplate_registry::Error),
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("gRPC reflection: {0}")]
     Reflection(String),
     #[error(
@@ -77,6 +79,11 @@ impl Service {
     /// address must be concrete (rumqttd cannot report a port it chose).
     pub async fn start(config: Config) -> Result<Self, StartError> {
         config.validate()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::tls::Identity::load)
+            .transpose()?;
         let grpc = bind("gRPC", config.grpc.listen).await?;
         let http = bind("HTTP", config.http.listen).await?;
         let grpc_addr = local_addr("gRPC", &grpc, config.grpc.listen)?;
@@ -232,7 +239,13 @@ impl Service {
                 .await;
         }
         tracker.spawn(crate::health::run(health, db.clone(), shutdown.clone()));
-        let grpc_server = tonic::transport::Server::builder()
+        let mut grpc_builder = tonic::transport::Server::builder();
+        if let Some(identity) = &tls {
+            grpc_builder = grpc_builder
+                .tls_config(identity.grpc())
+                .map_err(|e| StartError::Tls(crate::tls::TlsError::Config(e.to_string())))?;
+        }
+        let grpc_server = grpc_builder
             // Streams one HTTP/2 connection may hold open (h2 tells the client, which waits).
             .max_concurrent_streams(Some(config.grpc.max_concurrent_streams))
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -277,11 +290,13 @@ impl Service {
             Duration::from_secs(config.http.session_idle_s),
             config.http.map_tile_url.clone(),
             web_metrics,
+            tls.is_some(),
         );
         let http_task = tokio::spawn(http::serve(
             http,
             http::router(exported, alerting.clone(), shutdown.clone(), web),
             Duration::from_secs(config.http.header_timeout_s),
+            tls.as_ref().map(|t| t.http_acceptor()).transpose()?,
             http_metrics,
             http_stop.clone(),
         ));

@@ -93,13 +93,15 @@ pub struct HttpMetrics {
 
 /// `closed` reason: headers (or the next request) did not come in time.
 pub const CLOSED_HEADER_TIMEOUT: &str = "header_timeout";
+/// `closed` reason: the TLS handshake failed or did not finish in time.
+pub const CLOSED_TLS_HANDSHAKE: &str = "tls_handshake";
 
 impl HttpMetrics {
     pub fn new() -> Self {
         let m = Self::default();
-        drop(m.closed.get_or_create(&crate::metrics::Reason {
-            reason: CLOSED_HEADER_TIMEOUT,
-        }));
+        for reason in [CLOSED_HEADER_TIMEOUT, CLOSED_TLS_HANDSHAKE] {
+            drop(m.closed.get_or_create(&crate::metrics::Reason { reason }));
+        }
         m
     }
 
@@ -117,21 +119,22 @@ impl HttpMetrics {
 /// the caller's grace). Unlike `axum::serve`, which has no timer, every connection must send
 /// a request's headers within `header_timeout`, and an idle keep-alive connection is closed
 /// after it too (hyper starts the same timer while it waits for the next request), so
-/// slow or silent clients cannot hold sockets for ever. Each accepted socket gets
-/// TCP_NODELAY (server-sent events) and the peer's address as `ConnectInfo`.
+/// slow or silent clients cannot hold sockets for ever. With `tls`, each connection first
+/// completes a TLS handshake within the same time. Each accepted socket gets TCP_NODELAY
+/// (server-sent events) and the peer's address as `ConnectInfo`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     header_timeout: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: HttpMetrics,
     stop: CancellationToken,
 ) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
+        .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout);
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -148,28 +151,80 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "Could not set TCP_NODELAY on an HTTP socket.");
         }
-        let router = router.clone();
+        let conn = Conn {
+            builder: builder.clone(),
+            router: router.clone(),
+            peer,
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+        };
+        let tls = tls.clone();
+        connections.spawn(async move {
+            match tls {
+                None => conn.serve(tcp).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => conn.serve(tls).await,
+                        Ok(Err(e)) => {
+                            conn.closed(CLOSED_TLS_HANDSHAKE);
+                            tracing::debug!(error = %e, peer = %peer, "TLS handshake failed.");
+                        }
+                        Err(_) => conn.closed(CLOSED_TLS_HANDSHAKE),
+                    }
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// One accepted connection's share of the server.
+struct Conn {
+    builder: hyper::server::conn::http1::Builder,
+    router: Router,
+    peer: std::net::SocketAddr,
+    metrics: HttpMetrics,
+    stop: CancellationToken,
+}
+
+impl Conn {
+    fn closed(&self, reason: &'static str) {
+        self.metrics
+            .closed
+            .get_or_create(&crate::metrics::Reason { reason })
+            .inc();
+    }
+
+    /// Serves requests on `io` until the client leaves, a timeout closes it, or the server
+    /// stops (then the request under way finishes first).
+    async fn serve<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (router, peer) = (self.router.clone(), self.peer);
         let service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
                 tower::ServiceExt::oneshot(router.clone(), req)
             });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                if e.is_timeout() {
-                    metrics
-                        .closed
-                        .get_or_create(&crate::metrics::Reason {
-                            reason: CLOSED_HEADER_TIMEOUT,
-                        })
-                        .inc();
-                }
-                tracing::debug!(error = %e, peer = %peer, "HTTP connection ended with an error.");
+        let conn = self
+            .builder
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = self.stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
             }
-        });
+        };
+        if let Err(e) = result {
+            if e.is_timeout() {
+                self.closed(CLOSED_HEADER_TIMEOUT);
+            }
+            tracing::debug!(error = %e, peer = %peer, "HTTP connection ended with an error.");
+        }
     }
-    graceful.shutdown().await;
 }

@@ -34,6 +34,7 @@ pub mod http;
 pub mod logging;
 pub mod patrol_client;
 pub mod rotate_key;
+pub mod tls;
 pub mod zones_import;
 
 pub use greenplate_ingest_pipeline as pipeline;

@@ -58,6 +58,20 @@ pub struct Config {
     pub alerting: AlertingConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// TLS for the gRPC and HTTP ports (and, with `mqtt.tls`, the embedded MQTT listener).
+    /// None by default: plain text for a quick start on a network you control.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The server's certificate chain and private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first (PEM).
+    pub cert_file: PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// How the service logs.
@@ -219,6 +233,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             alerting: AlertingConfig::default(),
             log: LogConfig::default(),
+            tls: None,
         }
     }
 }

@@ -262,13 +262,14 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// A `Set-Cookie` value carrying a session id for `area`: a browser-session cookie (no
-/// Max-Age), since the server ends the session after the idle time anyway. Not `Secure`:
-/// the HTTP port speaks plain HTTP on the district network (put TLS in front to add it).
-pub fn set_cookie(area: Area, id: &str) -> String {
+/// Max-Age), since the server ends the session after the idle time anyway. `Secure` when
+/// the port speaks TLS (`secure`), so the browser never sends it in clear.
+pub fn set_cookie(area: Area, id: &str, secure: bool) -> String {
     format!(
-        "{}={id}; Path={}; HttpOnly; SameSite=Strict",
+        "{}={id}; Path={}; HttpOnly; SameSite=Strict{}",
         area.cookie_name(),
         area.path(),
+        if secure { "; Secure" } else { "" },
     )
 }
 
@@ -422,7 +423,9 @@ mod tests {
         assert_eq!(cookie(&h, "gp_kiosk"), Some("abc"));
         assert_eq!(cookie(&h, "gp_command"), Some("xyz"));
         assert_eq!(cookie(&h, "gp"), None);
-        let set = set_cookie(Area::Kiosk, "abc");
+        assert!(set_cookie(Area::Kiosk, "abc", true).ends_with("; Secure"));
+        let set = set_cookie(Area::Kiosk, "abc", false);
+        assert!(!set.contains("Secure"));
         for part in ["gp_kiosk=abc", "Path=/kiosk", "HttpOnly", "SameSite=Strict"] {
             assert!(set.contains(part), "{set}");
         }

@@ -109,7 +109,7 @@ pub fn sign_in(
             let s = web
                 .sessions
                 .create(door.area, c, credential, Instant::now());
-            redirect(door.home, Some(set_cookie(door.area, &s.id)))
+            redirect(door.home, Some(set_cookie(door.area, &s.id, web.secure)))
         }
         Some(_) => {
             web.metrics.sign_in(limits::WRONG_KIND);

@@ -40,6 +40,8 @@ pub struct WebState {
     pub(crate) tile_url: Option<Arc<str>>,
     pub(crate) metrics: WebMetrics,
     pub(crate) sign_in_limits: Arc<SignInLimits>,
+    /// The port speaks TLS: cookies are `Secure`.
+    pub(crate) secure: bool,
 }
 
 impl WebState {
@@ -51,6 +53,7 @@ impl WebState {
         session_idle: Duration,
         tile_url: Option<String>,
         metrics: WebMetrics,
+        secure: bool,
     ) -> Self {
         Self {
             alerting,
@@ -60,6 +63,7 @@ impl WebState {
             tile_url: tile_url.filter(|t| !t.trim().is_empty()).map(Into::into),
             metrics,
             sign_in_limits: Arc::new(SignInLimits::default()),
+            secure,
         }
     }
 
