@@ -215,8 +215,22 @@ impl Service {
                 .await?
             }
             None => {
+                let mqtt_tls = match (&config.tls, config.mqtt.tls) {
+                    (_, false) => None,
+                    (Some(t), true) => Some(broker::ListenerTls {
+                        cert_file: t.cert_file.clone(),
+                        key_file: t.key_file.clone(),
+                    }),
+                    (None, true) => {
+                        return Err(ConfigError::Invalid(
+                            "mqtt.tls needs the [tls] certificate and key files".into(),
+                        )
+                        .into());
+                    }
+                };
                 broker::start(
                     &config.mqtt,
+                    mqtt_tls.as_ref(),
                     registry.readers().clone(),
                     metrics.clone(),
                     input,

@@ -206,3 +206,53 @@ async fn postgres_connections_use_tls_with_sslmode_require() {
     svc.stop().await;
     pg.drop_db().await;
 }
+
+/// Readers connect to the embedded broker over TLS (`mqtt.tls` with `[tls]`): a stolen
+/// bike's sighting sealed and sent over MQTTS alerts; plain MQTT to that port gets nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_speak_mqtt_over_tls_to_the_embedded_broker() {
+    let certs = tempfile::tempdir().unwrap();
+    let (tls, ca) = certificate(certs.path());
+    let svc = TestService::start_configured(move |c| {
+        c.tls = Some(tls.clone());
+        c.mqtt.tls = true;
+    })
+    .await;
+    let tag = "E28011606000000000000B01";
+    let secret = svc.add_reader("rd-tls", 23.30, 116.60).await;
+    support::register_stolen(&svc, tag, "粤D7B001").await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let mut alerts = support::stream(&hq, 0).await;
+    let mut reader = greenplate_simulator::reader::ReaderClient::connect_tls(
+        "localhost",
+        svc.mqtt_port(),
+        "rd-tls",
+        &secret,
+        ca.as_bytes(),
+    )
+    .await
+    .unwrap();
+    reader
+        .publish(vec![greenplate_simulator::reader::sighting(tag, 2, -50)])
+        .await
+        .unwrap();
+    let alert = support::next_alert(&mut alerts).await;
+    assert_eq!(
+        (alert.reader_id.as_str(), alert.tag_id.as_str()),
+        ("rd-tls", tag)
+    );
+    // Plain MQTT to the TLS listener: no CONNACK.
+    let plain = greenplate_simulator::reader::ReaderClient::connect(
+        "127.0.0.1",
+        svc.mqtt_port(),
+        "rd-tls",
+        &secret,
+    )
+    .await;
+    assert!(
+        plain.is_err(),
+        "a plain-text reader connected to the TLS listener"
+    );
+    reader.disconnect().await;
+    svc.stop().await;
+}

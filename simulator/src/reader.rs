@@ -3,6 +3,7 @@
 //! On connecting it publishes a sealed ONLINE status for a fresh session and leaves a sealed
 //! OFFLINE status of that session as its MQTT last will.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -40,10 +41,33 @@ impl ReaderClient {
         reader_id: &str,
         secret: &str,
     ) -> anyhow::Result<Self> {
+        Self::connect_with(host, port, reader_id, secret, None).await
+    }
+
+    /// [`ReaderClient::connect`] over TLS, trusting the CA certificates in `ca_pem`, with
+    /// `host` as the server's name.
+    pub async fn connect_tls(
+        host: &str,
+        port: u16,
+        reader_id: &str,
+        secret: &str,
+        ca_pem: &[u8],
+    ) -> anyhow::Result<Self> {
+        let tls = tls_client_config(ca_pem)?;
+        Self::connect_with(host, port, reader_id, secret, Some(tls)).await
+    }
+
+    async fn connect_with(
+        host: &str,
+        port: u16,
+        reader_id: &str,
+        secret: &str,
+        tls: Option<Arc<rumqttc::tokio_rustls::rustls::ClientConfig>>,
+    ) -> anyhow::Result<Self> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::connect_once(host, port, reader_id, secret).await {
+            match Self::connect_once(host, port, reader_id, secret, tls.clone()).await {
                 Ok(c) => return Ok(c),
                 Err(e) if attempt >= 3 => return Err(e),
                 Err(e) => {
@@ -59,6 +83,7 @@ impl ReaderClient {
         port: u16,
         reader_id: &str,
         secret: &str,
+        tls: Option<Arc<rumqttc::tokio_rustls::rustls::ClientConfig>>,
     ) -> anyhow::Result<Self> {
         let key = ReaderKey::derive(secret);
         let session = hex::encode(rand::random::<[u8; 16]>());
@@ -73,6 +98,11 @@ impl ReaderClient {
             .seal_status(&status(ReaderState::Offline))
             .encode_to_vec();
         let mut opts = MqttOptions::new(reader_id, host, port);
+        if let Some(tls) = tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        }
         opts.set_credentials(reader_id, greenplate_proto::seal::login_password(secret));
         opts.set_last_will(LastWill::new(
             topics::status(reader_id),
@@ -224,4 +254,26 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A TLS client configuration (rustls with *ring*) trusting only the CA certificates in
+/// `ca_pem`.
+pub fn tls_client_config(
+    ca_pem: &[u8],
+) -> anyhow::Result<Arc<rumqttc::tokio_rustls::rustls::ClientConfig>> {
+    use rumqttc::tokio_rustls::rustls;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert?)?;
+    }
+    anyhow::ensure!(!roots.is_empty(), "no CA certificate in the PEM given");
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }

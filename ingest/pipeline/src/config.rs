@@ -52,6 +52,10 @@ pub struct MqttConfig {
     /// dropped by Mosquitto.
     #[serde(default)]
     pub persistent_session: bool,
+    /// The embedded listener speaks MQTT over TLS (readers connect with TLS, to the same
+    /// `listen` address), with the service's `[tls]` certificate. Off by default.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// Checks on what readers send.
@@ -218,6 +222,7 @@ impl Default for MqttConfig {
             client_id: None,
             share_group: default_share_group(),
             persistent_session: false,
+            tls: false,
         }
     }
 }

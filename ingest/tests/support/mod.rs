@@ -63,6 +63,8 @@ pub struct TestService {
     pg: Option<PgTestDb>,
     /// The PostgreSQL database it runs on, for a second node to join.
     pub database_url: Option<String>,
+    /// With `[tls]`: the (self-signed) certificate, trusted by [`TestService::channel`].
+    pub ca_pem: Option<String>,
 }
 
 impl TestService {
@@ -130,15 +132,23 @@ impl TestService {
             // the whole skew window ahead (the service's default is 2 minutes).
             config.ingest.max_future_skew_ms = config.ingest.max_clock_skew_ms;
             tweak(&mut config);
+            let ca_pem = config
+                .tls
+                .as_ref()
+                .map(|t| std::fs::read_to_string(&t.cert_file).unwrap());
             match Service::start(config).await {
                 Ok(service) => {
-                    let grpc_url = format!("http://{}", service.grpc_addr);
+                    let grpc_url = match ca_pem {
+                        None => format!("http://{}", service.grpc_addr),
+                        Some(_) => format!("https://localhost:{}", service.grpc_addr.port()),
+                    };
                     return Self {
                         service,
                         grpc_url,
                         dir,
                         pg: None,
                         database_url: None,
+                        ca_pem,
                     };
                 }
                 Err(StartError::Broker(e)) if attempt < 5 => {
@@ -155,9 +165,20 @@ impl TestService {
     }
 
     pub async fn channel(&self) -> tonic::transport::Channel {
-        greenplate_simulator::clients::channel(&self.grpc_url)
-            .await
-            .unwrap()
+        match &self.ca_pem {
+            None => greenplate_simulator::clients::channel(&self.grpc_url)
+                .await
+                .unwrap(),
+            Some(ca) => tonic::transport::Channel::from_shared(self.grpc_url.clone())
+                .unwrap()
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                        .domain_name("localhost"),
+                )
+                .unwrap()
+                .connect_lazy(),
+        }
     }
 
     /// GET a path on the HTTP port; returns the body.

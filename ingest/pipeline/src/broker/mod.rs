@@ -110,9 +110,18 @@ pub fn ring_segments(bytes: usize) -> (usize, usize) {
     (size, (bytes / size).max(1))
 }
 
-/// Starts the embedded broker on `config.listen` and feeds every reader publish to `out`.
+/// The certificate chain and key (PEM files) of the embedded listener, when it speaks TLS.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+}
+
+/// Starts the embedded broker on `config.listen` (over TLS with `tls`) and feeds every
+/// reader publish to `out`.
 pub async fn start(
     config: &MqttConfig,
+    tls: Option<&ListenerTls>,
     readers: Arc<Readers>,
     metrics: Arc<Metrics>,
     out: Input,
@@ -183,7 +192,13 @@ pub async fn start(
     let settings = ServerSettings {
         name: "greenplate-mqtt".into(),
         listen: addr,
-        tls: None,
+        // rumqttd's own rustls listener; no client certificates (readers log in with their
+        // password, and their batches are sealed).
+        tls: tls.map(|t| rumqttd::TlsConfig::Rustls {
+            capath: None,
+            certpath: t.cert_file.display().to_string(),
+            keypath: t.key_file.display().to_string(),
+        }),
         next_connection_delay_ms: 0,
         connections,
     };
@@ -204,6 +219,11 @@ pub async fn start(
         }
     });
     tracker.spawn(forward(link_tx, link_rx, out, metrics, shutdown.clone()));
+    if tls.is_some() {
+        // The probe speaks plain MQTT; over TLS, a listening socket is the readiness sign
+        // (the certificate files were checked at the service's start).
+        return wait_listening(addr).await;
+    }
     let (probe, mut probe_events) = wait_ready(addr, &probe_secret).await?;
     // Keep the probe connected until shutdown: rumqttd logs every client disconnect as an
     // error, and a connection that stays is harmless.
@@ -219,6 +239,27 @@ pub async fn start(
         }
     });
     Ok(())
+}
+
+/// rumqttd binds inside its accept loop; wait until it accepts a TCP connection.
+async fn wait_listening(addr: SocketAddr) -> Result<(), BrokerError> {
+    let target = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    };
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let mut last_error = String::from("no attempt");
+    while tokio::time::Instant::now() < deadline {
+        match tokio::net::TcpStream::connect(target).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last_error = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(BrokerError::NotReady { addr, last_error })
 }
 
 /// rumqttd binds inside its accept loop; wait until it answers a real MQTT CONNECT, so the
@@ -401,6 +442,7 @@ mod tests {
         let tracker = TaskTracker::new();
         start(
             &config,
+            None,
             readers,
             metrics.clone(),
             input,
