@@ -256,3 +256,113 @@ async fn readers_speak_mqtt_over_tls_to_the_embedded_broker() {
     reader.disconnect().await;
     svc.stop().await;
 }
+
+/// A private Mosquitto speaking MQTT over TLS only, on a free port; killed when dropped.
+struct TlsMosquitto {
+    _child: tokio::process::Child,
+    port: u16,
+}
+
+async fn tls_mosquitto(dir: &std::path::Path, tls: &TlsConfig) -> TlsMosquitto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true\n\
+             persistence false\nuser root\nlog_type error\n",
+            tls.cert_file.display(),
+            tls.key_file.display()
+        ),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(
+        std::env::var("MOSQUITTO").unwrap_or_else(|_| "mosquitto".into()),
+    )
+    .arg("-c")
+    .arg(&conf)
+    .kill_on_drop(true)
+    .spawn()
+    .expect("mosquitto (the broker's binary) is needed: set MOSQUITTO or install it");
+    greenplate_registry::testing::eventually(
+        "mosquitto listening",
+        Duration::from_secs(10),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    TlsMosquitto {
+        _child: child,
+        port,
+    }
+}
+
+/// Ingest's client of an external broker over TLS (`mqtts://` and `mqtt.ca_file`): readers
+/// publish to a Mosquitto that speaks TLS only, and their stolen-bike sightings alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Mosquitto (the mosquitto binary)"]
+async fn ingest_reads_an_external_broker_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let (tls, ca) = certificate(certs.path());
+    let broker = tls_mosquitto(certs.path(), &tls).await;
+    let run = hex::encode(rand::random::<[u8; 4]>());
+    let (url, group, ca_file) = (
+        format!("mqtts://localhost:{}", broker.port),
+        format!("gp-tls-{run}"),
+        tls.cert_file.clone(),
+    );
+    let svc = TestService::start_configured(move |c| {
+        c.mqtt.url = Some(url.clone());
+        c.mqtt.share_group = group.clone();
+        c.mqtt.ca_file = Some(ca_file.clone());
+    })
+    .await;
+    let tag = "E28011606000000000000B02";
+    let reader_id = format!("rd-{run}");
+    let secret = svc.add_reader(&reader_id, 23.30, 116.60).await;
+    support::register_stolen(&svc, tag, "粤D7B002").await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let mut alerts = support::stream(&hq, 0).await;
+    let mut reader = greenplate_simulator::reader::ReaderClient::connect_tls(
+        "localhost",
+        broker.port,
+        &reader_id,
+        &secret,
+        ca.as_bytes(),
+    )
+    .await
+    .unwrap();
+    reader
+        .publish(vec![greenplate_simulator::reader::sighting(tag, 2, -50)])
+        .await
+        .unwrap();
+    let alert = support::next_alert(&mut alerts).await;
+    assert_eq!(
+        (alert.reader_id.as_str(), alert.tag_id.as_str()),
+        (reader_id.as_str(), tag)
+    );
+    reader.disconnect().await;
+    svc.stop().await;
+
+    // Without the CA file, an mqtts:// broker is refused at the start, saying why.
+    let url = format!("mqtts://localhost:{}", broker.port);
+    let mut config = greenplate_ingest::Config {
+        data_dir: tempfile::tempdir().unwrap().keep(),
+        ..Default::default()
+    };
+    config.mqtt.url = Some(url);
+    config.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    let Err(err) = greenplate_ingest::Service::start(config).await else {
+        panic!("started against an mqtts:// broker with no CA to check it by");
+    };
+    assert!(err.to_string().contains("mqtt.ca_file"), "{err}");
+}

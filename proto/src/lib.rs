@@ -8,10 +8,13 @@
 //! - [`seal`]: sealing and opening `SealedSightingBatch` (ChaCha20-Poly1305, HKDF-SHA256).
 //! - [`auth`]: the client side of `authorization: Bearer <token>`.
 //! - [`topics`]: the MQTT topic names readers publish to.
+//! - [`tls`]: the TLS client settings a reader, a client or ingest uses to reach a server
+//!   whose CA it is given.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 
 pub mod auth;
 pub mod seal;
+pub mod tls;
 pub mod topics;
 
 /// Generated code for protobuf package `greenplate.v1`.

@@ -53,7 +53,7 @@ impl ReaderClient {
         secret: &str,
         ca_pem: &[u8],
     ) -> anyhow::Result<Self> {
-        let tls = tls_client_config(ca_pem)?;
+        let tls = greenplate_proto::tls::client_config(ca_pem)?;
         Self::connect_with(host, port, reader_id, secret, Some(tls)).await
     }
 
@@ -254,26 +254,4 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// A TLS client configuration (rustls with *ring*) trusting only the CA certificates in
-/// `ca_pem`.
-pub fn tls_client_config(
-    ca_pem: &[u8],
-) -> anyhow::Result<Arc<rumqttc::tokio_rustls::rustls::ClientConfig>> {
-    use rumqttc::tokio_rustls::rustls;
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(cert?)?;
-    }
-    anyhow::ensure!(!roots.is_empty(), "no CA certificate in the PEM given");
-    #[allow(deprecated)]
-    let provider = rustls::crypto::ring::default_provider();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }

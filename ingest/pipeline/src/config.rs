@@ -26,7 +26,8 @@ pub struct MqttConfig {
     /// resident once filled, so it is sized for a second or so at 1 M reads/s, not more.
     #[serde(default = "default_buffer_mib")]
     pub buffer_mib: usize,
-    /// An external broker instead of the embedded one: `mqtt://HOST[:PORT]`. Ingest then
+    /// An external broker instead of the embedded one: `mqtt://HOST[:PORT]`, or
+    /// `mqtts://HOST[:PORT]` for TLS (checked against `ca_file`). Ingest then
     /// subscribes to the reader topics with a shared subscription, QoS 1, and acknowledges
     /// each message only once it is handed on.
     #[serde(default)]
@@ -56,6 +57,9 @@ pub struct MqttConfig {
     /// `listen` address), with the service's `[tls]` certificate. Off by default.
     #[serde(default)]
     pub tls: bool,
+    /// With an `mqtts://` external broker: the CA certificate(s) (PEM) to check it by.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Checks on what readers send.
@@ -223,6 +227,7 @@ impl Default for MqttConfig {
             share_group: default_share_group(),
             persistent_session: false,
             tls: false,
+            ca_file: None,
         }
     }
 }

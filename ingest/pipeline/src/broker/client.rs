@@ -169,15 +169,27 @@ impl Drop for Ack {
 pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
+    /// `mqtts://`: TLS, checked against `mqtt.ca_file`.
+    pub tls: bool,
 }
 
 impl BrokerUrl {
-    /// Parses `mqtt://HOST[:PORT]` (or `tcp://`); the port defaults to 1883.
+    /// Parses `mqtt://HOST[:PORT]` (or `tcp://`; the port defaults to 1883) or
+    /// `mqtts://HOST[:PORT]` (or `ssl://`; TLS, the port defaults to 8883).
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("mqtt://")
-            .or_else(|| url.strip_prefix("tcp://"))
-            .ok_or_else(|| format!("{url:?}: use mqtt://HOST[:PORT]"))?;
+        let (rest, tls) = if let Some(r) = url
+            .strip_prefix("mqtts://")
+            .or_else(|| url.strip_prefix("ssl://"))
+        {
+            (r, true)
+        } else {
+            let r = url
+                .strip_prefix("mqtt://")
+                .or_else(|| url.strip_prefix("tcp://"))
+                .ok_or_else(|| format!("{url:?}: use mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"))?;
+            (r, false)
+        };
+        let default_port = if tls { 8883 } else { 1883 };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
@@ -185,7 +197,7 @@ impl BrokerUrl {
                 p.parse::<u16>()
                     .map_err(|_| format!("{url:?}: bad port {p:?}"))?,
             ),
-            _ => (rest, 1883),
+            _ => (rest, default_port),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains('/') {
@@ -194,6 +206,7 @@ impl BrokerUrl {
         Ok(Self {
             host: host.to_owned(),
             port,
+            tls,
         })
     }
 
@@ -208,9 +221,26 @@ impl BrokerUrl {
 }
 
 /// The MQTT options of a connection to the external broker as `client_id` (clean session,
-/// manual acknowledgements, this node's login and packet limits).
-pub(super) fn options(config: &MqttConfig, broker: &BrokerUrl, client_id: &str) -> MqttOptions {
+/// manual acknowledgements, this node's login and packet limits; TLS for `mqtts://`,
+/// trusting the CA certificates of `mqtt.ca_file`).
+pub(super) fn options(
+    config: &MqttConfig,
+    broker: &BrokerUrl,
+    client_id: &str,
+) -> Result<MqttOptions, String> {
     let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    if broker.tls {
+        let path = config
+            .ca_file
+            .as_ref()
+            .ok_or("mqtts:// needs mqtt.ca_file, the CA certificate(s) to check the broker by")?;
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let tls = greenplate_proto::tls::client_config(&pem)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_manual_acks(true);
     // A packet over rumqttc's limit breaks the whole connection, so accept up to
@@ -223,7 +253,7 @@ pub(super) fn options(config: &MqttConfig, broker: &BrokerUrl, client_id: &str) 
     if let Some(user) = &config.username {
         opts.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
     }
-    opts
+    Ok(opts)
 }
 
 /// A client and its event loop for `opts`. PUBACKs are small writes sent one by one as the
@@ -415,7 +445,18 @@ mod tests {
         let u = |h: &str, p| BrokerUrl {
             host: h.into(),
             port: p,
+            tls: false,
         };
+        let tls = |h: &str, p| BrokerUrl {
+            host: h.into(),
+            port: p,
+            tls: true,
+        };
+        assert_eq!(BrokerUrl::parse("mqtts://broker"), Ok(tls("broker", 8883)));
+        assert_eq!(
+            BrokerUrl::parse("ssl://broker:9883"),
+            Ok(tls("broker", 9883))
+        );
         assert_eq!(
             BrokerUrl::parse("mqtt://127.0.0.1:1883"),
             Ok(u("127.0.0.1", 1883))

@@ -55,7 +55,7 @@ pub async fn start(
         .client_id
         .clone()
         .unwrap_or_else(|| format!("greenplate-{}", hex::encode(rand::random::<[u8; 6]>())));
-    let mut opts = options(config, &broker, &client_id);
+    let mut opts = options(config, &broker, &client_id).map_err(BrokerError::External)?;
     opts.set_clean_session(!config.persistent_session);
     // With a persistent session the node's queue outlives it, so the others must know when
     // it dies: its presence, retained, with a last will.

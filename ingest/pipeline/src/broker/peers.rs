@@ -225,7 +225,7 @@ enum Drained {
 /// Resumes `dead`'s session, unsubscribes it from the shares, forwards what the broker
 /// delivers, and lets it go once it is quiet and all of it acknowledged.
 async fn drain(cx: &Context, dead: &str) -> Result<Drained, String> {
-    let mut opts = options(&cx.config, &cx.broker, dead);
+    let mut opts = options(&cx.config, &cx.broker, dead)?;
     opts.set_clean_session(false);
     let (client, mut events) = connection(opts);
     let present = tokio::time::timeout(CONNECT_TIMEOUT, wait_connack(&mut events))
