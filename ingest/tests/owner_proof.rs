@@ -8,9 +8,8 @@ mod support;
 
 use greenplate_proto::v1::registry_client::RegistryClient;
 use greenplate_proto::v1::{
-    GetBikeRequest, ListAuditRequest, Owner, ReplaceTagRequest, ReportRecoveredRequest,
-    ReportStolenRequest, SetArmedRequest, SetPinRequest, TransferOwnershipRequest,
-    get_bike_request,
+    GetBikeRequest, Owner, ReplaceTagRequest, ReportRecoveredRequest, ReportStolenRequest,
+    SetArmedRequest, SetPinRequest, TransferOwnershipRequest, get_bike_request,
 };
 use greenplate_simulator::clients::{self, Authed};
 use support::{ADMIN_TOKEN, TestService, bike};
@@ -225,17 +224,7 @@ async fn concurrent_wrong_proofs_lock_after_five(svc: TestService) {
     assert_eq!(svc.metric(&failures("set_pin", "locked")).await, 12.0);
 
     // The audit log has each failure, named by action; the 5th says it locked.
-    let audit = svc
-        .admin()
-        .await
-        .list_audit(ListAuditRequest {
-            after_id: 0,
-            limit: 1000,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entries;
+    let audit = svc.audit_log().await;
     let by_kiosk = |action: &str, subject_ends: &str| {
         audit
             .iter()

@@ -223,24 +223,7 @@ async fn readers_speak_mqtt_over_tls_to_the_embedded_broker() {
     support::register_stolen(&svc, tag, "粤D7B001").await;
     let hq = svc.add_unit("hq", &[], true).await;
     let mut alerts = support::stream(&hq, 0).await;
-    let mut reader = greenplate_simulator::reader::ReaderClient::connect_tls(
-        "localhost",
-        svc.mqtt_port(),
-        "rd-tls",
-        &secret,
-        ca.as_bytes(),
-    )
-    .await
-    .unwrap();
-    reader
-        .publish(vec![greenplate_simulator::reader::sighting(tag, 2, -50)])
-        .await
-        .unwrap();
-    let alert = support::next_alert(&mut alerts).await;
-    assert_eq!(
-        (alert.reader_id.as_str(), alert.tag_id.as_str()),
-        ("rd-tls", tag)
-    );
+    a_sighting_over_tls_alerts(svc.mqtt_port(), "rd-tls", &secret, &ca, tag, &mut alerts).await;
     // Plain MQTT to the TLS listener: no CONNACK.
     let plain = greenplate_simulator::reader::ReaderClient::connect(
         "127.0.0.1",
@@ -253,7 +236,6 @@ async fn readers_speak_mqtt_over_tls_to_the_embedded_broker() {
         plain.is_err(),
         "a plain-text reader connected to the TLS listener"
     );
-    reader.disconnect().await;
     svc.stop().await;
 }
 
@@ -331,25 +313,7 @@ async fn ingest_reads_an_external_broker_over_tls() {
     support::register_stolen(&svc, tag, "粤D7B002").await;
     let hq = svc.add_unit("hq", &[], true).await;
     let mut alerts = support::stream(&hq, 0).await;
-    let mut reader = greenplate_simulator::reader::ReaderClient::connect_tls(
-        "localhost",
-        broker.port,
-        &reader_id,
-        &secret,
-        ca.as_bytes(),
-    )
-    .await
-    .unwrap();
-    reader
-        .publish(vec![greenplate_simulator::reader::sighting(tag, 2, -50)])
-        .await
-        .unwrap();
-    let alert = support::next_alert(&mut alerts).await;
-    assert_eq!(
-        (alert.reader_id.as_str(), alert.tag_id.as_str()),
-        (reader_id.as_str(), tag)
-    );
-    reader.disconnect().await;
+    a_sighting_over_tls_alerts(broker.port, &reader_id, &secret, &ca, tag, &mut alerts).await;
     svc.stop().await;
 
     // Without the CA file, an mqtts:// broker is refused at the start, saying why.
@@ -365,4 +329,35 @@ async fn ingest_reads_an_external_broker_over_tls() {
         panic!("started against an mqtts:// broker with no CA to check it by");
     };
     assert!(err.to_string().contains("mqtt.ca_file"), "{err}");
+}
+
+/// A reader connects over TLS (trusting `ca`) to `port`, sends one sighting of `tag`, and
+/// the alert names that reader and tag.
+async fn a_sighting_over_tls_alerts(
+    port: u16,
+    reader_id: &str,
+    secret: &str,
+    ca: &str,
+    tag: &str,
+    alerts: &mut tonic::Streaming<greenplate_proto::v1::Alert>,
+) {
+    let mut reader = greenplate_simulator::reader::ReaderClient::connect_tls(
+        "localhost",
+        port,
+        reader_id,
+        secret,
+        ca.as_bytes(),
+    )
+    .await
+    .unwrap();
+    reader
+        .publish(vec![greenplate_simulator::reader::sighting(tag, 2, -50)])
+        .await
+        .unwrap();
+    let alert = support::next_alert(alerts).await;
+    assert_eq!(
+        (alert.reader_id.as_str(), alert.tag_id.as_str()),
+        (reader_id, tag)
+    );
+    reader.disconnect().await;
 }

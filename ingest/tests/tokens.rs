@@ -8,8 +8,8 @@ mod support;
 use std::time::Duration;
 
 use greenplate_proto::v1::{
-    AddKioskRequest, GetBikeRequest, ListAuditRequest, RevokeTokenRequest, RotateTokenRequest,
-    TokenHolder, get_bike_request,
+    AddKioskRequest, GetBikeRequest, RevokeTokenRequest, RotateTokenRequest, TokenHolder,
+    get_bike_request,
 };
 use greenplate_registry::testing::eventually;
 use greenplate_simulator::clients;
@@ -117,17 +117,7 @@ async fn a_revoked_unit_token_ends_its_calls_its_stream_and_its_web_session() {
         "the other unit's stream ended or failed"
     );
     // Audited, with the reason.
-    let audit = svc
-        .admin()
-        .await
-        .list_audit(ListAuditRequest {
-            after_id: 0,
-            limit: 1000,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entries;
+    let audit = svc.audit_log().await;
     assert!(
         audit.iter().any(|e| e.action == "revoke_token"
             && e.actor == "admin:admin"

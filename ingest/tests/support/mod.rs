@@ -208,6 +208,20 @@ impl TestService {
         clients::admin(self.channel().await, ADMIN_TOKEN).unwrap()
     }
 
+    /// The whole audit log (up to 1,000 entries), oldest first.
+    pub async fn audit_log(&self) -> Vec<greenplate_proto::v1::AuditEntry> {
+        self.admin()
+            .await
+            .list_audit(greenplate_proto::v1::ListAuditRequest {
+                after_id: 0,
+                limit: 1000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+    }
+
     /// Provisions a reader; returns its MQTT secret.
     pub async fn add_reader(&self, id: &str, lat: f64, lon: f64) -> String {
         new_reader(self.channel().await, id, lat, lon).await

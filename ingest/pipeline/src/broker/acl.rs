@@ -38,8 +38,8 @@ use crate::metrics::{
 #[derive(Clone)]
 pub struct ReaderAcl<P> {
     inner: P,
-    /// The client id of this connection, once its CONNECT was decoded.
-    client: Option<String>,
+    /// This connection's own two topics, once its CONNECT was decoded.
+    client: Option<Own>,
     metrics: Arc<Metrics>,
     log: Arc<Mutex<RateLimitedLog>>,
 }
@@ -69,7 +69,7 @@ impl<P: Protocol> Protocol for ReaderAcl<P> {
                 let first = self.log.lock().map(|mut l| l.allow(reason)).unwrap_or(true);
                 if first {
                     tracing::warn!(
-                        client_id = self.client.as_deref().unwrap_or(""),
+                        client_id = self.client.as_ref().map_or("", |c| c.id.as_str()),
                         reason,
                         "Closed an MQTT connection that did what a reader may not (counted in greenplate_mqtt_refused_total, logged once a minute per reason)."
                     );
@@ -86,29 +86,49 @@ impl<P: Protocol> Protocol for ReaderAcl<P> {
     }
 }
 
+/// A connection's client id and the two topics it may publish on (built once, at its
+/// CONNECT, not per publish).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Own {
+    id: String,
+    sightings: String,
+    status: String,
+}
+
+impl Own {
+    fn new(id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            sightings: topics::sightings(id),
+            status: topics::status(id),
+        }
+    }
+}
+
 /// Whether one decoded packet is allowed on a connection whose CONNECT named `client`
 /// (recorded here when the CONNECT passes), or the reason it is not.
-fn check(client: &mut Option<String>, packet: &Packet) -> Result<(), &'static str> {
+fn check(client: &mut Option<Own>, packet: &Packet) -> Result<(), &'static str> {
     match packet {
         Packet::Connect(connect, _, will, _, _) => {
             if client.is_some() {
                 return Err(REFUSED_RECONNECT);
             }
+            let own = Own::new(&connect.client_id);
             if let Some(will) = will
-                && will.topic != topics::status(&connect.client_id).as_bytes()
+                && will.topic != own.status.as_bytes()
             {
                 return Err(REFUSED_WILL);
             }
-            *client = Some(connect.client_id.clone());
+            *client = Some(own);
             Ok(())
         }
         Packet::Publish(publish, _) => {
             // rumqttd refuses any packet before a CONNECT; an empty id owns no topic.
-            let id = client.as_deref().unwrap_or("");
             let topic = publish.topic.as_ref();
-            let own = !id.is_empty()
-                && (topic == topics::sightings(id).as_bytes()
-                    || topic == topics::status(id).as_bytes());
+            let own = client.as_ref().is_some_and(|c| {
+                !c.id.is_empty()
+                    && (topic == c.sightings.as_bytes() || topic == c.status.as_bytes())
+            });
             if !own {
                 Err(REFUSED_TOPIC)
             } else if publish.retain {
@@ -154,7 +174,7 @@ mod tests {
         Packet::Publish(Publish::new(topic, Bytes::from_static(b"x"), retain), None)
     }
 
-    fn connected(id: &str) -> Option<String> {
+    fn connected(id: &str) -> Option<Own> {
         let mut client = None;
         check(&mut client, &connect(id, None)).unwrap();
         client
