@@ -286,7 +286,11 @@ async fn answers_ping(port: u16, id: &str, secret: &str, will: Option<(String, b
         .await
         .expect("no answer");
     let ok = read.is_ok() && answer == [0x20, 0x02, 0x00, 0x00, 0xD0, 0x00];
+    // DISCONNECT, then wait for the broker to close: it has discarded the will by then (a
+    // socket dropped at once could race the DISCONNECT and publish the will).
     let _ = socket.write_all(&[0xE0, 0x00]).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut rest)).await;
     ok
 }
 

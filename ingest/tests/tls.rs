@@ -1,6 +1,6 @@
 //! Issue #15, point 3: TLS on the gRPC and HTTP ports from certificate files (made here
-//! with rcgen), plain text refused there; the session cookie is `Secure`; and PostgreSQL
-//! with `sslmode=require`.
+//! with rcgen), plain text refused there; the session cookie is `Secure`; MQTT over TLS to
+//! the embedded broker and from ingest to an external one.
 
 mod support;
 
@@ -178,33 +178,6 @@ async fn a_bad_certificate_file_stops_the_start() {
         panic!("started with a key file that is no key");
     };
     assert!(err.to_string().contains("private key"), "{err}");
-}
-
-/// The service's PostgreSQL connections use TLS when the URL says `sslmode=require`
-/// (the machine's PostgreSQL has ssl on, with its own certificate).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG) with ssl on"]
-async fn postgres_connections_use_tls_with_sslmode_require() {
-    let pg = greenplate_registry::testing::PgTestDb::create().await;
-    let url = format!("{}?sslmode=require", pg.url);
-    let db_name = pg.url.rsplit('/').next().unwrap().to_owned();
-    let svc = TestService::start_configured(move |c| c.database_url = Some(url.clone())).await;
-    svc.add_reader("rd-ssl", 23.3, 116.6).await;
-    let probe = sqlx::PgPool::connect(&pg.url).await.unwrap();
-    let (with_tls, without): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
-         FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-         WHERE a.datname = $1 AND a.pid <> pg_backend_pid()",
-    )
-    .bind(&db_name)
-    .fetch_one(&probe)
-    .await
-    .unwrap();
-    assert!(with_tls > 0, "no TLS connection of the service");
-    assert_eq!(without, 0, "a plain connection of the service");
-    probe.close().await;
-    svc.stop().await;
-    pg.drop_db().await;
 }
 
 /// Readers connect to the embedded broker over TLS (`mqtt.tls` with `[tls]`): a stolen
