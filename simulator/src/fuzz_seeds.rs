@@ -1,6 +1,6 @@
 //! The binary seeds of the fuzz targets `open_sealed` and `decode_batch` (`ingest/fuzz`),
 //! made with the real sealing code: what `simulator fuzz-seeds` writes to
-//! `ingest/fuzz/corpus/`, after a change to the contract. `ingest/tests/fuzz_seeds.rs`
+//! `ingest/fuzz/corpus/`, after a change to the contract. `ingest/tests/e2e/fuzz_seeds.rs`
 //! checks that the committed files still do what their names say.
 
 use std::path::Path;

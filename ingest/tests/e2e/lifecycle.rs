@@ -3,7 +3,7 @@
 //! same data directory recovers everything that was acknowledged (registry, hotlist,
 //! incidents, the alert log).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

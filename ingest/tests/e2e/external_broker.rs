@@ -3,7 +3,7 @@
 //! split the traffic through a shared subscription, and every batch is processed exactly
 //! once.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

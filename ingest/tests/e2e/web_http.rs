@@ -2,7 +2,7 @@
 //! refusals, sign-out, field errors, masking and escaping. The browser tests are in
 //! `web.rs`.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 

@@ -3,7 +3,7 @@
 //! (alert streams, web sessions, the command center's live feed) ends within seconds, on
 //! every node.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The `greenplate` binary's own commands: generate-config, registry import, bad config.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! reader publishing sealed batches through the embedded MQTT broker with rumqttc, and
 //! patrol units receiving alerts over gRPC `Patrol.StreamAlerts`.
 
-mod support;
+use crate::support;
 
 use greenplate_proto::v1::{
     AddKioskRequest, AddPatrolUnitRequest, AddReaderRequest, AddZoneRequest, AlertKind,

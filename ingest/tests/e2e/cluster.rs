@@ -3,7 +3,7 @@
 //! with NOTIFY when it commits; and a patrol stream on either node gets the alerts of both,
 //! in seq order, and resumes on either.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! resumes on B without a gap. Every batch is processed at least once, the stolen bike's
 //! alerts stay one incident.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! the rules run once per pass, closed passes are stored, and `Patrol.GetTrack` shows them
 //! to the units entitled to see them.
 
-mod support;
+use crate::support;
 
 use greenplate_proto::v1::{
     AddZoneRequest, GetTrackRequest, Outcome, ResolveIncidentRequest, ZoneKind,

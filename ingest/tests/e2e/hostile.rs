@@ -2,7 +2,7 @@
 //! reason, and disturbs nothing else; and what readers send stays private from other
 //! clients of the broker.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

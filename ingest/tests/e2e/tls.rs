@@ -2,7 +2,7 @@
 //! with rcgen), plain text refused there; the session cookie is `Secure`; MQTT over TLS to
 //! the embedded broker and from ingest to an external one.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Issue #15, point 7: bounded resources on the HTTP and gRPC ports. Each limit is hit
 //! through the real interface, and counted.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! Needs Debian's `chromium` and `chromium-driver` (override the paths with `CHROMEDRIVER`
 //! and `CHROME`). Screenshots of both pages at 1280x800 go to `target/screenshots/`.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::Stdio;

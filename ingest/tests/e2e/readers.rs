@@ -2,7 +2,7 @@
 //! embedded broker, silence detection, READER_OFFLINE to command centers only, and the
 //! reader list operators see; secret rotation and disabling.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@
 //! - its spans exported to an OpenTelemetry collector over OTLP/gRPC when configured (a
 //!   collector of our own in the test).
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! The Registry and Admin APIs through gRPC: every operation, every validation rule, masking,
 //! the audit log, and concurrent kiosks. Runs on SQLite, and on PostgreSQL when asked.
 
-mod support;
+use crate::support;
 
 use greenplate_proto::v1::registry_client::RegistryClient;
 use greenplate_proto::v1::{

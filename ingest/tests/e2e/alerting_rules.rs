@@ -1,7 +1,7 @@
 //! Alert rules, watch zones, command centers and the incident lifecycle, end to end through
 //! MQTT and gRPC.
 
-mod support;
+use crate::support;
 
 use greenplate_proto::v1::{
     AcknowledgeIncidentRequest, AddPatrolUnitRequest, AddZoneRequest, Alert, AlertKind,

@@ -4,7 +4,7 @@
 //! as wrong PINs, sixteen concurrent wrong attempts lock after exactly five (on SQLite and on
 //! PostgreSQL), and every refusal is counted in /metrics by action and reason and audited.
 
-mod support;
+use crate::support;
 
 use greenplate_proto::v1::registry_client::RegistryClient;
 use greenplate_proto::v1::{

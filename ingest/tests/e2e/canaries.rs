@@ -2,7 +2,7 @@
 //! unit's gRPC stream (and no patrol's), and a canary that stops being seen raises
 //! CANARY_MISSED to command centers and the miss metrics.
 
-mod support;
+use crate::support;
 
 use greenplate_proto::v1::{
     AddCanaryRequest, AddPatrolUnitRequest, AddZoneRequest, AlertKind, ListCanariesRequest,

@@ -3,7 +3,7 @@
 //! broken payload is counted by reason, and without the operator's consent the embedded
 //! broker refuses unsealed formats.
 
-mod support;
+use crate::support;
 
 use greenplate_proto::topics;
 use greenplate_proto::v1::{AddReaderRequest, AlertKind};
