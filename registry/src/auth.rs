@@ -76,7 +76,7 @@ fn hash(token: &str) -> TokenHash {
 
 /// Which token a caller proved, kept by what outlives one call (a stream, a web session)
 /// to learn when that token ends. Holds the token's hash, never the token.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Credential(TokenHash);
 
 impl Credential {
@@ -231,7 +231,13 @@ impl Authenticator {
 
     /// The caller a token belongs to, if it is live, and the [`Credential`] to follow it by.
     pub fn authenticate_held(&self, token: &str) -> Option<(Caller, Credential)> {
-        let h = hash(token);
+        self.authenticate_credential(Credential::of(token))
+    }
+
+    /// [`Authenticator::authenticate_held`] for a token already hashed into its
+    /// [`Credential`] (the web sign-in keys its rate limit by it too).
+    pub fn authenticate_credential(&self, credential: Credential) -> Option<(Caller, Credential)> {
+        let h = credential.0;
         if bool::from(h.ct_eq(&self.admin)) {
             let admin = Caller {
                 role: Role::Admin,

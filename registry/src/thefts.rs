@@ -3,7 +3,7 @@
 use sqlx::Row;
 
 use crate::auth::Caller;
-use crate::bikes::{BikeKey, Proof, owner_pin, registered_bike};
+use crate::bikes::{BikeKey, owner_pin, registered_bike};
 use crate::db::now_ms;
 use crate::error::RegistryError;
 use crate::pin;
@@ -126,17 +126,9 @@ impl Registry {
                 "bike {plate} is not reported stolen"
             )));
         }
-        if let Some(given) = pin_given {
-            tx = self
-                .prove_owner(
-                    tx,
-                    caller,
-                    &bike,
-                    pin::Action::ReportRecovered,
-                    Proof::Pin(given),
-                )
-                .await?;
-        }
+        let mut tx = self
+            .prove_pin(tx, caller, &bike, pin::Action::ReportRecovered, pin_given)
+            .await?;
         sqlx::query(
             "UPDATE theft_reports SET recovered_by = $1, recovered_at_ms = $2 \
              WHERE bike_id = $3 AND recovered_at_ms IS NULL",

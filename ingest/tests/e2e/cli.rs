@@ -42,6 +42,35 @@ fn a_typo_in_the_config_is_a_one_line_error_with_exit_code_64() {
     assert!(err.contains("lisen"), "{err}");
 }
 
+#[test]
+fn a_missing_certificate_file_is_a_one_line_error_with_exit_code_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tls.toml");
+    let missing = dir.path().join("no-such-cert.pem");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {data:?}\n\
+             [mqtt]\nlisten = \"127.0.0.1:0\"\n\
+             [grpc]\nlisten = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n\
+             [tls]\ncert_file = {cert:?}\nkey_file = {cert:?}\n",
+            data = dir.path().join("data"),
+            cert = missing,
+        ),
+    )
+    .unwrap();
+    let out = greenplate()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no-such-cert.pem"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_import_reports_rejects_is_idempotent_and_feeds_the_service() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use greenplate_registry::Credential;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -130,7 +131,7 @@ impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
 #[derive(Debug, Default)]
 pub struct SignInLimits {
     pub clients: Buckets<IpAddr>,
-    pub tokens: Buckets<[u8; 32]>,
+    pub tokens: Buckets<Credential>,
 }
 
 #[cfg(test)]

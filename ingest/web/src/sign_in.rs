@@ -5,10 +5,9 @@ use std::time::Instant;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use greenplate_registry::Caller;
+use greenplate_registry::{Caller, Credential};
 use maud::html;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::i18n::Bilingual;
 use crate::limits;
@@ -77,9 +76,9 @@ pub fn sign_in(
     let now = Instant::now();
     let limits = &web.sign_in_limits;
     let token = form.token.trim();
-    let token_key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let credential = Credential::of(token);
     let client_ok = client.is_none_or(|ip| limits.clients.take(&ip, now));
-    if !client_ok || !limits.tokens.take(&token_key, now) {
+    if !client_ok || !limits.tokens.take(&credential, now) {
         web.metrics.sign_in(limits::RATE_LIMITED);
         tracing::warn!(client = ?client, "Refused a web sign-in: too many attempts.");
         return page(
@@ -102,7 +101,7 @@ pub fn sign_in(
             )),
         );
     }
-    match web.auth().authenticate_held(token) {
+    match web.auth().authenticate_credential(credential) {
         Some((c, credential)) if allowed(&c) => {
             web.metrics.sign_in(limits::SIGNED_IN);
             tracing::info!(caller = %c.audit_name(), "{}", door.signed_in);

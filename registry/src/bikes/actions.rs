@@ -26,11 +26,9 @@ impl Registry {
         let new_hash = pin::hash(new_pin).await?;
         let mut tx = self.db.begin_write().await?;
         let bike = self.lock_registered_bike(&mut tx, &plate).await?;
-        if let Some(given) = current_pin {
-            tx = self
-                .prove_owner(tx, caller, &bike, pin::Action::Transfer, Proof::Pin(given))
-                .await?;
-        }
+        let mut tx = self
+            .prove_pin(tx, caller, &bike, pin::Action::Transfer, current_pin)
+            .await?;
         let owner_id = self.find_or_create_owner(&mut tx, &owner, now_ms()).await?;
         sqlx::query(
             "UPDATE bikes SET owner_id = $1, pin_hash = $2, armed = 0, pin_failures = 0, \
@@ -115,17 +113,9 @@ impl Registry {
                 "tag {new_text} (a tag is bound to one bike, ever)"
             )));
         }
-        if let Some(given) = pin_given {
-            tx = self
-                .prove_owner(
-                    tx,
-                    caller,
-                    &bike,
-                    pin::Action::ReplaceTag,
-                    Proof::Pin(given),
-                )
-                .await?;
-        }
+        let mut tx = self
+            .prove_pin(tx, caller, &bike, pin::Action::ReplaceTag, pin_given)
+            .await?;
         let now = now_ms();
         if let Some(old) = bike.tag {
             revoke_tag(&mut tx, old, "replaced", now).await?;
@@ -284,6 +274,25 @@ impl Registry {
         plate: &str,
     ) -> Result<BikeRow, RegistryError> {
         select_registered_bike(tx, plate, self.db.backend() == Backend::Postgres).await
+    }
+
+    /// [`Registry::prove_owner`] by the PIN that [`owner_pin`] asked of `caller`; with none
+    /// (the admin, an officer), nothing is checked and the transaction goes on as it was.
+    pub(crate) async fn prove_pin(
+        &self,
+        tx: Tx,
+        caller: &Caller,
+        bike: &BikeRow,
+        action: pin::Action,
+        pin_given: Option<&str>,
+    ) -> Result<Tx, RegistryError> {
+        match pin_given {
+            Some(given) => {
+                self.prove_owner(tx, caller, bike, action, Proof::Pin(given))
+                    .await
+            }
+            None => Ok(tx),
+        }
     }
 
     /// Proves the owner inside a write transaction that holds the bike's row

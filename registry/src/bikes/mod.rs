@@ -10,7 +10,7 @@
 mod actions;
 mod lookup;
 
-pub(crate) use actions::{Proof, owner_pin, registered_bike};
+pub(crate) use actions::{owner_pin, registered_bike};
 
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};

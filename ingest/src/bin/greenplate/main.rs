@@ -79,7 +79,8 @@ fn on_runtime(
 }
 
 /// Prints an error as one line and picks the exit code: 64 for what the user must fix in
-/// their configuration or flags, 1 for anything else.
+/// their configuration or flags (TLS certificate and key files among them), 1 for anything
+/// else.
 fn report(e: anyhow::Error) -> ExitCode {
     eprintln!("greenplate: {}", format!("{e:#}").replace('\n', " "));
     let usage = e.chain().any(|c| {
@@ -87,7 +88,10 @@ fn report(e: anyhow::Error) -> ExitCode {
             || c.is::<ConfigError>()
             || matches!(
                 c.downcast_ref::<greenplate_ingest::StartError>(),
-                Some(greenplate_ingest::StartError::Config(_))
+                Some(
+                    greenplate_ingest::StartError::Config(_)
+                        | greenplate_ingest::StartError::Tls(_)
+                )
             )
     });
     ExitCode::from(if usage { EXIT_CONFIG } else { 1 })
