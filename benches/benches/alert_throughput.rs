@@ -129,11 +129,10 @@ async fn run(db: Db, follow_url: Option<String>) -> Outcome {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     if let Some(url) = follow_url {
-        tracker.spawn(greenplate_alerting::log::follow::run(
-            alerting.clone(),
-            url,
-            shutdown.clone(),
-        ));
+        let follower = greenplate_alerting::log::follow::start(alerting.clone(), url)
+            .await
+            .expect("start the alert log follower");
+        tracker.spawn(follower.run(shutdown.clone()));
     }
     let expected = bikes * readers.len();
     let recipients = units + 1;

@@ -43,6 +43,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+    #[error("alert log: {0}")]
+    AlertLog(#[source] greenplate_alerting::AlertingError),
     #[error(
         "{0} is there: a key rotation was interrupted; run `greenplate registry rotate-key` \
          again to finish it"
@@ -127,11 +129,13 @@ impl Service {
         ));
         // On PostgreSQL, streams are fed from the shared alert log (every node's alerts).
         if db.backend() == greenplate_registry::Backend::Postgres {
-            tracker.spawn(greenplate_alerting::log::follow::run(
-                alerting.clone(),
-                config.database_url(),
-                shutdown.clone(),
-            ));
+            // Listening and at the log's end before the service reports up, so no alert
+            // committed from here on is behind the follower's cursor.
+            let follower =
+                greenplate_alerting::log::follow::start(alerting.clone(), config.database_url())
+                    .await
+                    .map_err(StartError::AlertLog)?;
+            tracker.spawn(follower.run(shutdown.clone()));
         }
         // Other nodes on the same PostgreSQL: apply their committed changes here.
         let zones_of = alerting.clone();

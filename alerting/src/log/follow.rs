@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::AlertingError;
 use crate::hub::LoggedAlert;
 use crate::schema::{ALERT_COLUMNS, alert_from_row};
 use crate::state::Alerting;
@@ -28,60 +29,89 @@ pub const HOLE_WAIT: Duration = Duration::from_secs(3);
 /// Alerts read per query.
 const PAGE: i64 = 512;
 
-/// Follows the alert log until `shutdown`, from the log's end at start.
-pub async fn run(alerting: Arc<Alerting>, url: String, shutdown: CancellationToken) {
-    let mut cursor: i64 = loop {
-        match sqlx::query("SELECT COALESCE(MAX(seq), 0) AS top FROM alerts")
-            .fetch_one(alerting.registry().db().pool())
-            .await
-            .and_then(|r| r.try_get::<i64, _>("top"))
-        {
-            Ok(top) => break top,
-            Err(e) => {
-                tracing::error!(error = %e, "Cannot read the alert log's end; retrying.");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
+/// A log follower that has its starting point: it listens for commits, and knows the log's
+/// end as it was once it listened. Made by [`start`] before the service reports up, so an
+/// alert committed after the start is never behind its cursor; driven by [`Follower::run`].
+pub struct Follower {
+    alerting: Arc<Alerting>,
+    url: String,
+    cursor: i64,
+    listener: Option<sqlx::postgres::PgListener>,
+}
+
+/// Listens for commits, then reads where the log ends: every alert committed after this
+/// returns reaches the hub (an alert committed between the two is read by the first
+/// catch-up). A follower that could not listen polls until it can.
+pub async fn start(alerting: Arc<Alerting>, url: String) -> Result<Follower, AlertingError> {
+    let listener = match connect(&url).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot listen for alert commits; polling meanwhile.");
+            None
         }
     };
-    let mut hole_since: Option<Instant> = None;
-    'connect: loop {
-        let mut listener = match connect(&url).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "Cannot listen for alert commits; polling meanwhile.");
-                None
-            }
-        };
-        loop {
-            // Read what is there, then wait for the next commit (or a short tick, to notice
-            // a filled hole or a lost connection).
-            match catch_up(&alerting, &mut cursor, &mut hole_since).await {
-                Ok(()) => {}
-                Err(e) => tracing::error!(error = %e, "Reading the alert log failed."),
-            }
-            let tick = if hole_since.is_some() {
-                Duration::from_millis(20)
-            } else {
-                Duration::from_millis(500)
+    let cursor = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS top FROM alerts")
+        .fetch_one(alerting.registry().db().pool())
+        .await?
+        .try_get::<i64, _>("top")?;
+    Ok(Follower {
+        alerting,
+        url,
+        cursor,
+        listener,
+    })
+}
+
+impl Follower {
+    /// Follows the alert log until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Follower {
+            alerting,
+            url,
+            mut cursor,
+            listener,
+        } = self;
+        let mut listener = Some(listener);
+        let mut hole_since: Option<Instant> = None;
+        'connect: loop {
+            let mut listener = match listener.take() {
+                Some(l) => l,
+                None => match connect(&url).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "Cannot listen for alert commits; polling meanwhile.");
+                        None
+                    }
+                },
             };
-            let Some(l) = listener.as_mut() else {
-                // No listening connection: poll, and try to listen again.
+            loop {
+                // Read what is there, then wait for the next commit (or a short tick, to
+                // notice a filled hole or a lost connection).
+                match catch_up(&alerting, &mut cursor, &mut hole_since).await {
+                    Ok(()) => {}
+                    Err(e) => tracing::error!(error = %e, "Reading the alert log failed."),
+                }
+                let tick = if hole_since.is_some() {
+                    Duration::from_millis(20)
+                } else {
+                    Duration::from_millis(500)
+                };
+                let Some(l) = listener.as_mut() else {
+                    // No listening connection: poll, and try to listen again.
+                    tokio::select! {
+                        _ = tokio::time::sleep(tick) => continue 'connect,
+                        _ = shutdown.cancelled() => return,
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(tick) => continue 'connect,
+                    r = l.try_recv() => match r {
+                        Ok(Some(_)) => {}
+                        // Connection lost: reconnect (the catch-up reads whatever was missed).
+                        Ok(None) | Err(_) => continue 'connect,
+                    },
+                    _ = tokio::time::sleep(tick) => {}
                     _ = shutdown.cancelled() => return,
                 }
-            };
-            tokio::select! {
-                r = l.try_recv() => match r {
-                    Ok(Some(_)) => {}
-                    // Connection lost: reconnect (the catch-up reads whatever was missed).
-                    Ok(None) | Err(_) => continue 'connect,
-                },
-                _ = tokio::time::sleep(tick) => {}
-                _ = shutdown.cancelled() => return,
             }
         }
     }
