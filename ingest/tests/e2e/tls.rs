@@ -180,6 +180,53 @@ async fn a_bad_certificate_file_stops_the_start() {
     assert!(err.to_string().contains("private key"), "{err}");
 }
 
+/// The service's PostgreSQL connections use TLS when the URL says `sslmode=require`
+/// (the machine's PostgreSQL has ssl on, with its own certificate), and alerts still reach
+/// patrol streams through the log follower's LISTEN connection over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG) with ssl on"]
+async fn postgres_connections_use_tls_with_sslmode_require() {
+    let pg = greenplate_registry::testing::PgTestDb::create().await;
+    let url = format!("{}?sslmode=require", pg.url);
+    let db_name = pg.url.rsplit('/').next().unwrap().to_owned();
+    let svc = TestService::start_configured(move |c| c.database_url = Some(url.clone())).await;
+    let secret = svc.add_reader("rd-ssl", 23.3, 116.6).await;
+    let hq = svc.add_unit("hq-ssl", &[], true).await;
+    let tag = "E28011606000000000000D01";
+    support::register_stolen(&svc, tag, "粤D7D001").await;
+    let mut alerts = support::stream(&hq, 0).await;
+    let mut reader = greenplate_simulator::reader::ReaderClient::connect(
+        "127.0.0.1",
+        svc.mqtt_port(),
+        "rd-ssl",
+        &secret,
+    )
+    .await
+    .unwrap();
+    reader
+        .publish(vec![greenplate_simulator::reader::sighting(tag, 2, -50)])
+        .await
+        .unwrap();
+    let alert = support::next_alert(&mut alerts).await;
+    assert_eq!(alert.tag_id, tag);
+
+    let probe = sqlx::PgPool::connect(&pg.url).await.unwrap();
+    let (with_tls, without): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+         FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = $1 AND a.pid <> pg_backend_pid()",
+    )
+    .bind(&db_name)
+    .fetch_one(&probe)
+    .await
+    .unwrap();
+    assert!(with_tls > 0, "no TLS connection of the service");
+    assert_eq!(without, 0, "a plain connection of the service");
+    probe.close().await;
+    svc.stop().await;
+    pg.drop_db().await;
+}
+
 /// Readers connect to the embedded broker over TLS (`mqtt.tls` with `[tls]`): a stolen
 /// bike's sighting sealed and sent over MQTTS alerts; plain MQTT to that port gets nowhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
