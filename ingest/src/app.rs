@@ -206,8 +206,27 @@ impl Service {
             workers,
             &tracker,
         );
-        let mqtt_addr = match &config.mqtt.url {
-            Some(url) => {
+        let mqtt_addr = match (&config.nats.url, &config.mqtt.url) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "nats.url and mqtt.url name two sources of reader messages; use one".into(),
+                )
+                .into());
+            }
+            (Some(url), None) => {
+                broker::nats::start(
+                    &config.nats,
+                    url,
+                    metrics.clone(),
+                    input,
+                    shutdown.clone(),
+                    &tracker,
+                )
+                .await?;
+                // Readers connect to NATS's MQTT listener, not to this node.
+                config.mqtt.listen
+            }
+            (None, Some(url)) => {
                 broker::external::start(
                     &config.mqtt,
                     url,
@@ -218,7 +237,7 @@ impl Service {
                 )
                 .await?
             }
-            None => {
+            (None, None) => {
                 let mqtt_tls = match (&config.tls, config.mqtt.tls) {
                     (_, false) => None,
                     (Some(t), true) => Some(broker::ListenerTls {

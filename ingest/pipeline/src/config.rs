@@ -62,6 +62,70 @@ pub struct MqttConfig {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
+/// NATS JetStream as the source of reader messages (issue #16): readers publish over MQTT to
+/// NATS's MQTT listener, a JetStream stream keeps their messages, and every node consumes
+/// them through one durable consumer, acknowledging each message once it is handled. A
+/// message a node took and did not acknowledge within `ack_wait_s` (the node died or hung)
+/// goes to another node: JetStream redelivers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// `nats://HOST:PORT[,nats://HOST:PORT...]`; none (the default) leaves NATS out.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Login on NATS, if it asks for one.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The stream that keeps reader messages (created if missing).
+    #[serde(default = "default_nats_stream")]
+    pub stream: String,
+    /// Replicas of the stream when this node creates it (3 on a three-server cluster).
+    #[serde(default = "default_nats_replicas")]
+    pub replicas: usize,
+    /// The durable consumer every node pulls from.
+    #[serde(default = "default_nats_consumer")]
+    pub consumer: String,
+    /// How long a message may stay unacknowledged before JetStream hands it to another node.
+    #[serde(default = "default_nats_ack_wait_s")]
+    pub ack_wait_s: u64,
+    /// Messages out at once, unacknowledged, over all nodes.
+    #[serde(default = "default_nats_max_ack_pending")]
+    pub max_ack_pending: i64,
+}
+
+fn default_nats_stream() -> String {
+    "GREENPLATE_READERS".into()
+}
+fn default_nats_replicas() -> usize {
+    1
+}
+fn default_nats_consumer() -> String {
+    "greenplate-ingest".into()
+}
+fn default_nats_ack_wait_s() -> u64 {
+    30
+}
+fn default_nats_max_ack_pending() -> i64 {
+    20_000
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            username: None,
+            password: None,
+            stream: default_nats_stream(),
+            replicas: default_nats_replicas(),
+            consumer: default_nats_consumer(),
+            ack_wait_s: default_nats_ack_wait_s(),
+            max_ack_pending: default_nats_max_ack_pending(),
+        }
+    }
+}
+
 /// Checks on what readers send.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

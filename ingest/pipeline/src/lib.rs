@@ -307,10 +307,7 @@ async fn to_alerting(
         seen_at_ms: read.first_seen_ms,
         clone,
         received_at: msg.received_at,
-        hold: msg
-            .ack
-            .clone()
-            .map(|a| a as Arc<dyn std::any::Any + Send + Sync>),
+        hold: msg.ack.clone(),
     };
     if ctx.engine.submit(sighted).await.is_err() {
         ctx.metrics.flagged_lost(metrics::LOST_ENGINE_STOPPED);

@@ -30,6 +30,9 @@ pub const LOST_ENGINE_STOPPED: &str = "engine_stopped";
 /// `mqtt_acks_failed` reason: the connection to the external broker was gone when the
 /// PUBACK was due (the broker delivers the message again).
 pub const ACK_DISCONNECTED: &str = "disconnected";
+/// `mqtt_acks_failed` reason: NATS did not take a JetStream acknowledgement (it redelivers the
+/// message after the consumer's ack-wait; the seq window takes it once).
+pub const ACK_NATS_FAILED: &str = "nats_ack_failed";
 
 /// `mqtt_refused` reason (the embedded broker's reader ACL): a PUBLISH to a topic other than
 /// the reader's own two.
@@ -56,7 +59,7 @@ const REFUSED_REASONS: [&str; 5] = [
 /// rule see the series before the first loss.
 const LOST_REASONS: [&str; 1] = [LOST_RING_OVERWRITTEN];
 const FLAGGED_LOST_REASONS: [&str; 1] = [LOST_ENGINE_STOPPED];
-const ACK_FAILED_REASONS: [&str; 1] = [ACK_DISCONNECTED];
+const ACK_FAILED_REASONS: [&str; 2] = [ACK_DISCONNECTED, ACK_NATS_FAILED];
 
 /// Counters and gauges, registered in their own registry (one per service instance).
 #[derive(Debug)]

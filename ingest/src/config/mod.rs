@@ -5,7 +5,7 @@ pub mod layers;
 
 use std::net::SocketAddr;
 
-pub use greenplate_ingest_pipeline::config::{IngestConfig, MqttConfig};
+pub use greenplate_ingest_pipeline::config::{IngestConfig, MqttConfig, NatsConfig};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,9 @@ pub struct Config {
     pub secret_key: Option<String>,
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// NATS JetStream as the source of reader messages, instead of an MQTT broker.
+    #[serde(default)]
+    pub nats: NatsConfig,
     #[serde(default)]
     pub grpc: GrpcConfig,
     #[serde(default)]
@@ -228,6 +231,7 @@ impl Default for Config {
             admin_token: None,
             secret_key: None,
             mqtt: MqttConfig::default(),
+            nats: NatsConfig::default(),
             grpc: GrpcConfig::default(),
             http: HttpConfig::default(),
             ingest: IngestConfig::default(),

@@ -18,6 +18,7 @@ mod history;
 mod hostile;
 mod lifecycle;
 mod limits;
+mod nats;
 mod operability;
 mod owner_proof;
 mod readers;

@@ -177,7 +177,7 @@ async fn forward(link: Link) {
                     topic: publish.topic.clone().into(),
                     payload: publish.payload.clone(),
                     received_at: std::time::Instant::now(),
-                    ack: Some(acks.track(publish)),
+                    ack: Some(acks.track(publish) as super::Hold),
                 };
                 // A full pipeline stops this loop, so the broker holds the rest (its
                 // in-flight window) instead of ingest buffering without bound.

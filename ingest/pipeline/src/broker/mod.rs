@@ -28,6 +28,7 @@
 pub mod acl;
 pub mod client;
 pub mod external;
+pub mod nats;
 pub mod peers;
 
 use std::net::SocketAddr;
@@ -71,6 +72,9 @@ const MIN_SEGMENTS: usize = 8;
 const DRAIN_QUIET: Duration = Duration::from_millis(200);
 const DRAIN_MAX: Duration = Duration::from_secs(5);
 
+/// What acknowledges a message to its source when its last holder drops it.
+pub type Hold = Arc<dyn std::any::Any + Send + Sync>;
+
 /// One message a reader published.
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -78,8 +82,9 @@ pub struct Inbound {
     pub payload: Bytes,
     /// When the broker handed it to ingest (the start of the alert-latency histogram).
     pub received_at: std::time::Instant,
-    /// From an external broker: acknowledges the message once every holder dropped it.
-    pub ack: Option<Arc<client::Ack>>,
+    /// From an external broker or NATS: acknowledges the message once every holder dropped
+    /// it ([`client::Ack`], [`nats::NatsAck`]).
+    pub ack: Option<Hold>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +99,8 @@ pub enum BrokerError {
     Link(String),
     #[error("external MQTT broker: {0}")]
     External(String),
+    #[error("NATS: {0}")]
+    Nats(String),
     #[error(
         "MQTT broker did not accept connections on {addr} within {READY_TIMEOUT:?}: {last_error}"
     )]

@@ -298,7 +298,7 @@ async fn drain_session(
                     topic: publish.topic.clone().into(),
                     payload: publish.payload.clone(),
                     received_at: Instant::now(),
-                    ack: Some(acks.track(publish)),
+                    ack: Some(acks.track(publish) as super::Hold),
                 };
                 if cx.out.send(msg).await.is_err() {
                     return Ok(Drained::Stopped);

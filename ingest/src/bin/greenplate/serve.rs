@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// Use an external MQTT broker, mqtt://HOST[:PORT], instead of the embedded one.
     #[arg(long, env = "GREENPLATE_MQTT_URL")]
     mqtt_url: Option<String>,
+    /// Take reader messages from NATS JetStream, nats://HOST:PORT[,...], instead of an MQTT
+    /// broker (config `nats.url`).
+    #[arg(long, env = "GREENPLATE_NATS_URL")]
+    nats_url: Option<String>,
     /// This node's client id on the external broker (unique per node).
     #[arg(long, env = "GREENPLATE_MQTT_CLIENT_ID")]
     mqtt_client_id: Option<String>,
@@ -54,6 +58,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut o = Vec::new();
     push(&mut o, "mqtt.listen", args.mqtt_listen);
     push(&mut o, "mqtt.url", args.mqtt_url);
+    push(&mut o, "nats.url", args.nats_url);
     push(&mut o, "mqtt.client_id", args.mqtt_client_id);
     push(&mut o, "mqtt.username", args.mqtt_username);
     push(&mut o, "mqtt.password", args.mqtt_password);

@@ -1,0 +1,213 @@
+//! Issue #16, first step: NATS JetStream as the source of reader messages. Each test starts
+//! its own nats-server (JetStream, and its MQTT listener for the readers) on free ports with
+//! a temporary store; readers speak MQTT to NATS with the same sealed batches as anywhere.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use greenplate_registry::testing::eventually;
+use greenplate_simulator::reader::{ReaderClient, sighting};
+
+use crate::support::{self, TestService};
+
+/// A private nats-server with JetStream and MQTT on free ports; killed when dropped.
+struct Nats {
+    _child: tokio::process::Child,
+    _store: tempfile::TempDir,
+    port: u16,
+    mqtt_port: u16,
+}
+
+impl Nats {
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn nats_server() -> Nats {
+    let store = tempfile::tempdir().unwrap();
+    let (port, mqtt_port) = (free_port(), free_port());
+    let conf = store.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server_name: gp-test-{port}\nlisten: 127.0.0.1:{port}\n\
+             jetstream {{ store_dir: {:?} }}\n\
+             mqtt {{ listen: 127.0.0.1:{mqtt_port} }}\n",
+            store.path().join("js")
+        ),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(
+        std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into()),
+    )
+    .arg("-c")
+    .arg(&conf)
+    .kill_on_drop(true)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .expect("start nats-server (Debian's nats-server package)");
+    for port in [port, mqtt_port] {
+        eventually(
+            "nats-server listening",
+            Duration::from_secs(10),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await;
+    }
+    Nats {
+        _child: child,
+        _store: store,
+        port,
+        mqtt_port,
+    }
+}
+
+fn through(nats: &Nats, ack_wait_s: u64) -> impl Fn(&mut greenplate_ingest::Config) {
+    let url = nats.url();
+    move |c| {
+        c.nats.url = Some(url.clone());
+        c.nats.ack_wait_s = ack_wait_s;
+    }
+}
+
+/// The stream's messages not yet acknowledged (work-queue retention: an acknowledged
+/// message leaves the stream).
+async fn left_in_stream(js: &jetstream::Context) -> u64 {
+    js.get_stream("GREENPLATE_READERS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
+}
+
+/// A stolen bike's sealed sighting, published over MQTT to NATS, alerts a patrol unit, and
+/// every message the reader sent is acknowledged to JetStream (none left in the stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server (NATS_SERVER, default nats-server on PATH)"]
+async fn a_sighting_through_nats_jetstream_alerts_and_is_acknowledged() {
+    let nats = nats_server().await;
+    let svc = TestService::start_configured(through(&nats, 30)).await;
+    let tag = "E28011606000000000000E01";
+    let secret = svc.add_reader("rd-nats", 23.30, 116.60).await;
+    support::register_stolen(&svc, tag, "粤D7E001").await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let mut alerts = support::stream(&hq, 0).await;
+
+    let mut reader = ReaderClient::connect("127.0.0.1", nats.mqtt_port, "rd-nats", &secret)
+        .await
+        .unwrap();
+    reader.publish(vec![sighting(tag, 2, -50)]).await.unwrap();
+    let alert = support::next_alert(&mut alerts).await;
+    assert_eq!(alert.tag_id, tag);
+    assert_eq!(alert.reader_id, "rd-nats");
+
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    eventually(
+        "every message acknowledged",
+        Duration::from_secs(10),
+        || {
+            let js = js.clone();
+            async move {
+                match left_in_stream(&js).await {
+                    0 => Ok(()),
+                    n => Err(format!("{n} messages left in the stream")),
+                }
+            }
+        },
+    )
+    .await;
+    svc.wait_metric("greenplate_ingest_batches_accepted_total", 1.0)
+        .await;
+    svc.stop().await;
+}
+
+/// A node that took a message and died before acknowledging it: JetStream hands the
+/// message to the next node once the ack-wait has passed, and its stolen sighting alerts.
+/// The dead node is played by this test, pulling from the durable consumer and dropping
+/// what it got unacknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server (NATS_SERVER, default nats-server on PATH)"]
+async fn a_message_a_dead_node_held_is_redelivered_to_a_live_one() {
+    let nats = nats_server().await;
+    let tag = "E28011606000000000000E02";
+    // Provision with a node up, then stop it: the stream and the durable consumer stay.
+    let first = TestService::start_configured(through(&nats, 1)).await;
+    let secret = first.add_reader("rd-nats", 23.30, 116.60).await;
+    support::register_stolen(&first, tag, "粤D7E002").await;
+    let hq_token = support::new_unit_token(first.channel().await, "hq", &[], true).await;
+    let dir = first.stop().await;
+
+    let mut reader = ReaderClient::connect("127.0.0.1", nats.mqtt_port, "rd-nats", &secret)
+        .await
+        .unwrap();
+    reader.publish(vec![sighting(tag, 2, -50)]).await.unwrap();
+
+    // The node that dies: takes the sighting (and the reader's status) and never acks.
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let consumer: jetstream::consumer::PullConsumer = js
+        .get_stream("GREENPLATE_READERS")
+        .await
+        .unwrap()
+        .get_consumer("greenplate-ingest")
+        .await
+        .unwrap();
+    let mut held_sighting = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !held_sighting {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sighting never reached the stream"
+        );
+        let mut batch = consumer
+            .fetch()
+            .max_messages(10)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .unwrap();
+        use futures::StreamExt;
+        while let Some(m) = batch.next().await {
+            held_sighting |= m.unwrap().subject.ends_with(".sightings");
+        }
+    }
+
+    // The live node, on the same registry: gets the message once the ack-wait passed.
+    let live = TestService::start_in_configured(dir, through(&nats, 1)).await;
+    let hq = greenplate_simulator::clients::patrol(live.channel().await, &hq_token).unwrap();
+    let mut alerts = support::stream(&hq, 0).await;
+    let alert = support::next_alert(&mut alerts).await;
+    assert_eq!(alert.tag_id, tag);
+    eventually(
+        "every message acknowledged",
+        Duration::from_secs(10),
+        || {
+            let js = js.clone();
+            async move {
+                match left_in_stream(&js).await {
+                    0 => Ok(()),
+                    n => Err(format!("{n} messages left in the stream")),
+                }
+            }
+        },
+    )
+    .await;
+    live.stop().await;
+}
