@@ -90,9 +90,25 @@ pub struct NatsConfig {
     /// How long a message may stay unacknowledged before JetStream hands it to another node.
     #[serde(default = "default_nats_ack_wait_s")]
     pub ack_wait_s: u64,
-    /// Messages out at once, unacknowledged, over all nodes.
+    /// Messages out at once, unacknowledged, over all nodes (per partition).
     #[serde(default = "default_nats_max_ack_pending")]
     pub max_ack_pending: i64,
+    /// Per-reader affinity: 0 (the default) pulls every reader's messages from one consumer
+    /// on `greenplate.readers.*.*`. N > 0 needs nats-server to map
+    /// `greenplate.readers.*.*` to `greenplate.part.{{partition(N,1)}}.{{wildcard(1)}}.{{wildcard(2)}}`
+    /// (deploy/nats): each partition then has its own consumer, and one node at a time
+    /// pulls from it, holding a lease in a JetStream key-value bucket; so a reader's
+    /// messages go to one node at a time.
+    #[serde(default)]
+    pub partitions: u32,
+    /// How long a partition's lease lasts unless renewed (every third of it): a dead node's
+    /// partitions go to live nodes after this.
+    #[serde(default = "default_nats_lease_s")]
+    pub lease_s: u64,
+}
+
+fn default_nats_lease_s() -> u64 {
+    6
 }
 
 fn default_nats_stream() -> String {
@@ -122,6 +138,8 @@ impl Default for NatsConfig {
             consumer: default_nats_consumer(),
             ack_wait_s: default_nats_ack_wait_s(),
             max_ack_pending: default_nats_max_ack_pending(),
+            partitions: 0,
+            lease_s: default_nats_lease_s(),
         }
     }
 }

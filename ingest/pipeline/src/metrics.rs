@@ -87,6 +87,8 @@ pub struct Metrics {
     pub history_lag_seconds: Gauge<f64, AtomicU64>,
     pub passes_purged: Counter,
     pub pipeline_queue: Gauge,
+    /// NATS partitions of reader subjects this node holds the lease of (issue #16).
+    pub nats_partitions_owned: Gauge,
     /// How many messages the workers' queues hold at most.
     pub pipeline_queue_capacity: Gauge,
     pub statuses_accepted: Counter,
@@ -140,6 +142,7 @@ impl Metrics {
             history_lag_seconds: Gauge::default(),
             passes_purged: Counter::default(),
             pipeline_queue: Gauge::default(),
+            nats_partitions_owned: Gauge::default(),
             pipeline_queue_capacity: Gauge::default(),
             statuses_accepted: Counter::default(),
             reader_wills: Counter::default(),
@@ -294,6 +297,11 @@ impl Metrics {
             "takeover_messages",
             "Messages taken from dead peer nodes' sessions",
             self.mqtt_takeover_messages.clone(),
+        );
+        registry.sub_registry_with_prefix("nats").register(
+            "partitions_owned",
+            "Partitions of the readers' NATS subjects whose lease this node holds",
+            self.nats_partitions_owned.clone(),
         );
         let sub = registry.sub_registry_with_prefix("history");
         sub.register(

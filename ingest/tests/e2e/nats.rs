@@ -8,7 +8,8 @@ use async_nats::jetstream;
 use greenplate_registry::testing::eventually;
 use greenplate_simulator::reader::{ReaderClient, sighting};
 
-use crate::support::{self, TestService};
+use crate::support::{self, ADMIN_TOKEN, SHARED_KEY, TestService};
+use greenplate_proto::v1::ListReadersRequest;
 
 /// A private nats-server with JetStream and MQTT on free ports; killed when dropped.
 struct Nats {
@@ -33,6 +34,17 @@ fn free_port() -> u16 {
 }
 
 async fn nats_server() -> Nats {
+    nats_server_with("").await
+}
+
+/// The subject mapping that puts each reader's subjects into one of `n` partitions.
+fn partition_mapping(n: u32) -> String {
+    format!(
+        "mappings = {{ \"greenplate.readers.*.*\": \"greenplate.part.{{{{partition({n},1)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}\" }}\n"
+    )
+}
+
+async fn nats_server_with(extra: &str) -> Nats {
     let store = tempfile::tempdir().unwrap();
     let (port, mqtt_port) = (free_port(), free_port());
     let conf = store.path().join("nats.conf");
@@ -41,7 +53,7 @@ async fn nats_server() -> Nats {
         format!(
             "server_name: gp-test-{port}\nlisten: 127.0.0.1:{port}\n\
              jetstream {{ store_dir: {:?} }}\n\
-             mqtt {{ listen: 127.0.0.1:{mqtt_port} }}\n",
+             mqtt {{ listen: 127.0.0.1:{mqtt_port} }}\n{extra}",
             store.path().join("js")
         ),
     )
@@ -210,4 +222,128 @@ async fn a_message_a_dead_node_held_is_redelivered_to_a_live_one() {
     )
     .await;
     live.stop().await;
+}
+
+/// The batches a node accepted per reader (ListReaders, from that node's memory).
+async fn batches_per_reader(svc: &TestService) -> std::collections::BTreeMap<String, u64> {
+    let mut admin = greenplate_simulator::clients::admin(svc.channel().await, ADMIN_TOKEN).unwrap();
+    admin
+        .list_readers(ListReadersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .readers
+        .into_iter()
+        .map(|r| (r.reader_id, r.batches_accepted))
+        .collect()
+}
+
+/// Per-reader affinity (`nats.partitions`): two nodes on one PostgreSQL share 8 partitions
+/// of the readers' subjects, 4 each; each reader's batches all go to the node holding its
+/// partition (each node's per-reader count says so), and both take part. When one node stops, the other takes its partitions and every later stolen-bike
+/// sighting still alerts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server and PostgreSQL (GREENPLATE_TEST_PG)"]
+async fn each_reader_goes_to_one_node_at_a_time_and_a_leaving_node_hands_over() {
+    let nats = nats_server_with(&partition_mapping(8)).await;
+    let url = nats.url();
+    let partitioned = move |c: &mut greenplate_ingest::Config| {
+        c.nats.url = Some(url.clone());
+        c.nats.partitions = 8;
+        c.nats.lease_s = 3;
+        c.nats.ack_wait_s = 5;
+        c.secret_key = Some(SHARED_KEY.into());
+    };
+    let a = TestService::start_postgres_configured(partitioned.clone()).await;
+    let db = a.database_url.clone();
+    let on_b = partitioned.clone();
+    let b = TestService::start_configured(move |c| {
+        on_b(c);
+        c.database_url = db.clone();
+    })
+    .await;
+    for svc in [&a, &b] {
+        svc.wait_metric("greenplate_nats_partitions_owned", 4.0)
+            .await;
+    }
+    eventually("4 partitions each", Duration::from_secs(15), || async {
+        let (on_a, on_b) = (
+            a.metric("greenplate_nats_partitions_owned").await,
+            b.metric("greenplate_nats_partitions_owned").await,
+        );
+        if (on_a, on_b) == (4.0, 4.0) {
+            Ok(())
+        } else {
+            Err(format!("a {on_a}, b {on_b}"))
+        }
+    })
+    .await;
+
+    const READERS: usize = 12;
+    const BATCHES: usize = 6;
+    let mut readers = Vec::new();
+    for r in 0..READERS {
+        let id = format!("rd-aff-{r}");
+        let secret = a.add_reader(&id, 23.30, 116.60).await;
+        readers.push(
+            ReaderClient::connect("127.0.0.1", nats.mqtt_port, &id, &secret)
+                .await
+                .unwrap(),
+        );
+    }
+    for round in 0..BATCHES {
+        for (r, reader) in readers.iter_mut().enumerate() {
+            let tag = format!("E2801160600000000{r:03}{round:04}");
+            reader.publish(vec![sighting(&tag, 2, -50)]).await.unwrap();
+        }
+    }
+    let total = (READERS * BATCHES) as f64;
+    eventually(
+        "every batch taken once",
+        Duration::from_secs(20),
+        || async {
+            let n = a.metric("greenplate_ingest_batches_accepted_total").await
+                + b.metric("greenplate_ingest_batches_accepted_total").await;
+            if n == total {
+                Ok(())
+            } else {
+                Err(format!("{n} of {total}"))
+            }
+        },
+    )
+    .await;
+    // Each node counts the batches it accepted per reader (ListReaders, from its memory):
+    // every reader's 6 went to one node, and both nodes took some readers.
+    let (on_a, on_b) = (batches_per_reader(&a).await, batches_per_reader(&b).await);
+    for r in 0..READERS {
+        let id = format!("rd-aff-{r}");
+        let (x, y) = (on_a[&id], on_b[&id]);
+        assert!(
+            (x, y) == (BATCHES as u64, 0) || (x, y) == (0, BATCHES as u64),
+            "{id}: {x} batches on a, {y} on b: split between nodes"
+        );
+    }
+    let readers_on_a = on_a.values().filter(|&&n| n > 0).count();
+    assert!(
+        (1..READERS).contains(&readers_on_a),
+        "one node took every reader ({readers_on_a} of {READERS} on a)"
+    );
+
+    // B leaves: A holds all 8 partitions, and a stolen bike seen by every reader alerts.
+    b.stop().await;
+    a.wait_metric("greenplate_nats_partitions_owned", 8.0).await;
+    let tag = "E28011606000000000000E03";
+    support::register_stolen(&a, tag, "粤D7E003").await;
+    let hq = a.add_unit("hq", &[], true).await;
+    let mut alerts = support::stream(&hq, 0).await;
+    for reader in readers.iter_mut() {
+        reader.publish(vec![sighting(tag, 2, -50)]).await.unwrap();
+    }
+    let mut from = std::collections::BTreeSet::new();
+    while from.len() < READERS {
+        let alert = support::next_alert(&mut alerts).await;
+        assert_eq!(alert.tag_id, tag);
+        from.insert(alert.reader_id);
+    }
+    a.stop().await;
 }

@@ -10,13 +10,18 @@
 //! acknowledges, and JetStream hands the message to a live node once the consumer's
 //! ack-wait has passed; the seq window takes a redelivered batch once.
 //!
-//! Not yet here (issue #16): per-reader affinity (partitions owned through a KV lease), the
-//! reader logins NATS checks, and the retirement of the Mosquitto takeover.
+//! With `nats.partitions`, each reader's messages go to one node at a time: nats-server maps
+//! a reader's subjects into one of N partitions, each partition has its own consumer, and a
+//! node pulls only from the partitions whose lease it holds ([`Owner`]).
+//!
+//! Not yet here (issue #16): the reader logins NATS checks, and the retirement of the
+//! Mosquitto takeover.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, message::Acker, stream};
+use async_nats::jetstream::{self, consumer, kv, message::Acker, stream};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -33,6 +38,9 @@ pub const SUBJECTS: [&str; 2] = [
     "greenplate.readers.*.sightings",
     "greenplate.readers.*.status",
 ];
+/// With partitions: where nats-server's mapping puts them, `greenplate.part.{p}.{id}.{kind}`.
+pub const PARTITIONED: &str = "greenplate.part.*.*.*";
+const PARTITION_PREFIX: &str = "greenplate.part.";
 
 /// How long to wait before pulling again after the consumer's stream failed.
 const RETRY: Duration = Duration::from_millis(500);
@@ -40,6 +48,18 @@ const RETRY: Duration = Duration::from_millis(500);
 /// The MQTT topic a NATS subject stands for: NATS maps `/` to `.` and `.` to `//`, so this
 /// maps them back (`greenplate.readers.rd//1.sightings` is `greenplate/readers/rd.1/sightings`).
 pub fn topic_of(subject: &str) -> String {
+    // A partitioned subject: greenplate.part.{p}.{id}.{kind} stands for greenplate.readers.{id}.{kind}.
+    let unpartitioned;
+    let subject = match subject
+        .strip_prefix(PARTITION_PREFIX)
+        .and_then(|rest| rest.split_once('.'))
+    {
+        Some((_, rest)) => {
+            unpartitioned = format!("greenplate.readers.{rest}");
+            unpartitioned.as_str()
+        }
+        None => subject,
+    };
     let mut topic = String::with_capacity(subject.len());
     let mut rest = subject;
     while let Some(c) = rest.chars().next() {
@@ -78,10 +98,15 @@ pub async fn start(
         .map_err(|e| nats(&e))?
         .map_err(|e| nats(&e))?;
     let js = jetstream::new(client);
+    let subjects = if config.partitions == 0 {
+        SUBJECTS.iter().map(|s| s.to_string()).collect()
+    } else {
+        vec![PARTITIONED.to_string()]
+    };
     let stream = js
         .get_or_create_stream(stream::Config {
             name: config.stream.clone(),
-            subjects: SUBJECTS.iter().map(|s| s.to_string()).collect(),
+            subjects,
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             num_replicas: config.replicas,
@@ -89,23 +114,212 @@ pub async fn start(
         })
         .await
         .map_err(|e| nats(&e))?;
-    let consumer: consumer::PullConsumer = stream
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    tracker.spawn(release(acks_rx, metrics.clone()));
+    if config.partitions == 0 {
+        let consumer = consumer_for(&stream, config, &config.consumer, None)
+            .await
+            .map_err(|e| nats(&e))?;
+        tracker.spawn(pull(consumer, acks_tx, out, shutdown));
+        return Ok(());
+    }
+    let bucket = format!("{}_leases", config.stream);
+    // The bucket's stream made as a key-value bucket's is (async-nats's create_key_value
+    // cannot read nats-server 2.9's answer): one value per key, expiring after lease_s.
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age: Duration::from_secs(config.lease_s.max(1)),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| nats(&e))?;
+    let leases = js.get_key_value(&bucket).await.map_err(|e| nats(&e))?;
+    let node = hex::encode(rand::random::<[u8; 6]>());
+    let owner = Owner {
+        stream,
+        leases,
+        config: config.clone(),
+        node,
+        acks: acks_tx,
+        out,
+        metrics,
+        tracker: tracker.clone(),
+    };
+    tracker.spawn(owner.run(shutdown));
+    Ok(())
+}
+
+/// The durable consumer `name` (of partition `partition`'s subjects, or of them all).
+async fn consumer_for(
+    stream: &jetstream::stream::Stream,
+    config: &NatsConfig,
+    name: &str,
+    partition: Option<u32>,
+) -> Result<consumer::PullConsumer, async_nats::Error> {
+    Ok(stream
         .get_or_create_consumer(
-            &config.consumer,
+            name,
             consumer::pull::Config {
-                durable_name: Some(config.consumer.clone()),
+                durable_name: Some(name.to_owned()),
+                filter_subject: partition
+                    .map(|p| format!("{PARTITION_PREFIX}{p}.*.*"))
+                    .unwrap_or_default(),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(config.ack_wait_s.max(1)),
                 max_ack_pending: config.max_ack_pending,
                 ..Default::default()
             },
         )
-        .await
-        .map_err(|e| nats(&e))?;
-    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
-    tracker.spawn(release(acks_rx, metrics.clone()));
-    tracker.spawn(pull(consumer, acks_tx, out, shutdown));
-    Ok(())
+        .await?)
+}
+
+/// Holds this node's share of the partitions: each partition's lease is a key in a
+/// JetStream key-value bucket whose entries expire after `lease_s`. The node renews the
+/// leases it holds every third of that, takes free ones up to its fair share (the
+/// partitions over the live nodes, each node also renewing a `node.{id}` key), gives back
+/// what is over it, and pulls from the consumers of exactly the partitions it holds. A
+/// node that dies stops renewing; its keys expire and live nodes take its partitions, and
+/// JetStream redelivers what it held unacknowledged once the ack-wait has passed.
+struct Owner {
+    stream: jetstream::stream::Stream,
+    leases: kv::Store,
+    config: NatsConfig,
+    node: String,
+    acks: mpsc::UnboundedSender<Finished>,
+    out: Input,
+    metrics: Arc<Metrics>,
+    tracker: TaskTracker,
+}
+
+impl Owner {
+    async fn run(self, shutdown: CancellationToken) {
+        let lease = Duration::from_secs(self.config.lease_s.max(1));
+        let node_key = format!("node.{}", self.node);
+        // partition -> (the lease's revision, what stops its pulling)
+        let mut held: BTreeMap<u32, (u64, CancellationToken)> = BTreeMap::new();
+        loop {
+            if let Err(e) = self.leases.put(&node_key, self.node.clone().into()).await {
+                tracing::warn!(error = %e, "Cannot renew this node's presence in NATS.");
+            }
+            let live = self.live_nodes().await.max(1);
+            let share = self.config.partitions.div_ceil(live) as usize;
+            // Renew what is held; a lease another node holds now is lost.
+            let mut lost = Vec::new();
+            for (p, (revision, _)) in held.iter_mut() {
+                match self
+                    .leases
+                    .update(partition_key(*p), self.node.clone().into(), *revision)
+                    .await
+                {
+                    Ok(r) => *revision = r,
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "Lost a NATS partition's lease.");
+                        lost.push(*p);
+                    }
+                }
+            }
+            for p in lost {
+                if let Some((_, stop)) = held.remove(&p) {
+                    stop.cancel();
+                }
+            }
+            // Give back what is over the fair share, highest first.
+            while held.len() > share {
+                let Some((p, (revision, stop))) = held.pop_last() else {
+                    break;
+                };
+                stop.cancel();
+                let _ = self
+                    .leases
+                    .delete_expect_revision(partition_key(p), Some(revision))
+                    .await;
+                tracing::info!(
+                    partition = p,
+                    "Gave a NATS partition back (more nodes now)."
+                );
+            }
+            // Take free partitions up to the fair share, starting at a place of this node's.
+            let start = self
+                .node
+                .bytes()
+                .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+            for i in 0..self.config.partitions {
+                if held.len() >= share {
+                    break;
+                }
+                let p = (start.wrapping_add(i)) % self.config.partitions;
+                if held.contains_key(&p) {
+                    continue;
+                }
+                let Ok(revision) = self
+                    .leases
+                    .create(partition_key(p), self.node.clone().into())
+                    .await
+                else {
+                    continue;
+                };
+                let name = format!("{}-p{p}", self.config.consumer);
+                match consumer_for(&self.stream, &self.config, &name, Some(p)).await {
+                    Ok(consumer) => {
+                        let stop = shutdown.child_token();
+                        self.tracker.spawn(pull(
+                            consumer,
+                            self.acks.clone(),
+                            self.out.clone(),
+                            stop.clone(),
+                        ));
+                        held.insert(p, (revision, stop));
+                        tracing::info!(partition = p, "Took a NATS partition.");
+                    }
+                    Err(e) => {
+                        tracing::error!(partition = p, error = %e, "Cannot open a partition's consumer.");
+                        let _ = self.leases.delete(partition_key(p)).await;
+                    }
+                }
+            }
+            self.metrics.nats_partitions_owned.set(held.len() as i64);
+            tokio::select! {
+                _ = tokio::time::sleep(lease / 3) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        // Leaving: hand the partitions over now rather than after the leases expire.
+        for (p, (revision, stop)) in held {
+            stop.cancel();
+            let _ = self
+                .leases
+                .delete_expect_revision(partition_key(p), Some(revision))
+                .await;
+        }
+        let _ = self.leases.delete(&node_key).await;
+        self.metrics.nats_partitions_owned.set(0);
+    }
+
+    /// Nodes whose `node.{id}` key has not expired.
+    async fn live_nodes(&self) -> u32 {
+        let Ok(mut keys) = self.leases.keys().await else {
+            return 1;
+        };
+        let mut n = 0;
+        while let Some(k) = keys.next().await {
+            if k.is_ok_and(|k| k.starts_with("node.")) {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+fn partition_key(p: u32) -> String {
+    format!("partition.{p}")
 }
 
 /// Pulls messages and hands them to the pipeline, each with its [`NatsAck`].
@@ -222,5 +436,9 @@ mod tests {
             "greenplate/readers/rd.1/status"
         );
         assert_eq!(topic_of("读者.一"), "读者/一");
+        assert_eq!(
+            topic_of("greenplate.part.3.rd-1.sightings"),
+            "greenplate/readers/rd-1/sightings"
+        );
     }
 }
