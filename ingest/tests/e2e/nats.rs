@@ -45,13 +45,17 @@ fn partition_mapping(n: u32) -> String {
 }
 
 async fn nats_server_with(extra: &str) -> Nats {
-    let store = tempfile::tempdir().unwrap();
     let (port, mqtt_port) = (free_port(), free_port());
+    spawn_nats(&format!("gp-test-{port}"), port, mqtt_port, extra).await
+}
+
+async fn spawn_nats(name: &str, port: u16, mqtt_port: u16, extra: &str) -> Nats {
+    let store = tempfile::tempdir().unwrap();
     let conf = store.path().join("nats.conf");
     std::fs::write(
         &conf,
         format!(
-            "server_name: gp-test-{port}\nlisten: 127.0.0.1:{port}\n\
+            "server_name: {name}\nlisten: 127.0.0.1:{port}\n\
              jetstream {{ store_dir: {:?} }}\n\
              mqtt {{ listen: 127.0.0.1:{mqtt_port} }}\n{extra}",
             store.path().join("js")

@@ -44,6 +44,9 @@ const PARTITION_PREFIX: &str = "greenplate.part.";
 
 /// How long to wait before pulling again after the consumer's stream failed.
 const RETRY: Duration = Duration::from_millis(500);
+/// How long one pull request lasts, and the heartbeat NATS sends while it does.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// The MQTT topic a NATS subject stands for: NATS maps `/` to `.` and `.` to `//`, so this
 /// maps them back (`greenplate.readers.rd//1.sightings` is `greenplate/readers/rd.1/sightings`).
@@ -93,7 +96,13 @@ pub async fn start(
         options =
             options.user_and_password(user.clone(), config.password.clone().unwrap_or_default());
     }
-    let client = tokio::time::timeout(Duration::from_secs(10), options.connect(url))
+    // `nats://a:4222,nats://b:4222`: every server of the cluster, so any live one will do.
+    let servers = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| nats(&e))?;
+    let client = tokio::time::timeout(Duration::from_secs(10), options.connect(servers))
         .await
         .map_err(|e| nats(&e))?
         .map_err(|e| nats(&e))?;
@@ -331,7 +340,13 @@ async fn pull(
 ) {
     loop {
         let mut messages = tokio::select! {
-            m = consumer.messages() => match m {
+            // Short-lived pull requests with a quick heartbeat: a pull request that went to
+            // a NATS server that died is replaced within seconds, not after 30 s.
+            m = consumer
+                .stream()
+                .expires(PULL_EXPIRES)
+                .heartbeat(PULL_HEARTBEAT)
+                .messages() => match m {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::error!(error = %e, "Cannot pull from the NATS consumer; retrying.");
@@ -351,9 +366,10 @@ async fn pull(
             let message = match next {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
-                    // Heartbeats missed, a reconnect: the stream goes on or ends.
-                    tracing::warn!(error = %e, "Pulling from NATS failed.");
-                    continue;
+                    // Heartbeats missed (the server holding the pull request died, say):
+                    // pull afresh.
+                    tracing::warn!(error = %e, "Pulling from NATS failed; pulling again.");
+                    break;
                 }
                 None => break,
             };
