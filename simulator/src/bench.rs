@@ -34,6 +34,9 @@ pub enum Setup {
     Mosquitto,
     /// Mosquitto alone relaying to a counting subscriber.
     MosquittoAlone,
+    /// greenplate taking reader messages from NATS JetStream (`--nats-url`, readers on
+    /// `--nats-mqtt`, `[nats] partitions = --nats-partitions`).
+    Nats,
 }
 
 impl Setup {
@@ -42,6 +45,7 @@ impl Setup {
             Setup::Embedded => "greenplate, embedded broker",
             Setup::Mosquitto => "greenplate behind Mosquitto",
             Setup::MosquittoAlone => "Mosquitto alone (counting subscriber)",
+            Setup::Nats => "greenplate behind NATS JetStream",
         }
     }
 }
@@ -66,9 +70,22 @@ pub struct BenchSpec {
     /// Mosquitto alone's subscriber joins a shared subscription and acknowledges each
     /// message itself (manual acks), as greenplate's ingest does, instead of a plain one.
     pub alone_like_ingest: bool,
+    /// For [`Setup::Nats`]: a running nats-server (JetStream, MQTT, the partition mapping),
+    /// its client URL, its MQTT listener (host:port), its pid (for its CPU), and the
+    /// partitions its mapping makes.
+    pub nats: Option<NatsTarget>,
     pub progress: bool,
     /// The command line, for the report.
     pub command: String,
+}
+
+/// A running nats-server for [`Setup::Nats`].
+#[derive(Debug, Clone)]
+pub struct NatsTarget {
+    pub url: String,
+    pub mqtt: std::net::SocketAddr,
+    pub pid: Option<u32>,
+    pub partitions: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,7 +153,14 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         eprintln!("== {} ==", setup.label());
         let mut server_warnings = Vec::new();
         let (report, import_seconds) = match setup {
-            Setup::Embedded | Setup::Mosquitto => {
+            Setup::Embedded | Setup::Mosquitto | Setup::Nats => {
+                let nats = match (setup, &spec.nats) {
+                    (Setup::Nats, Some(n)) => Some(n),
+                    (Setup::Nats, None) => {
+                        anyhow::bail!("--setups nats needs --nats-url and --nats-mqtt")
+                    }
+                    _ => None,
+                };
                 let server = SpawnedServer::start(&ServerSpec {
                     binary: spec.binary.clone(),
                     bikes: spec.bikes,
@@ -144,12 +168,18 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
                     mqtt_url: (setup == Setup::Mosquitto)
                         .then(|| format!("mqtt://{}", spec.mosquitto)),
                     mqtt_buffer_mib: spec.mqtt_buffer_mib,
-                    extra_toml: String::new(),
+                    extra_toml: nats.map_or_else(String::new, |n| {
+                        format!("[nats]\nurl = {:?}\npartitions = {}\n", n.url, n.partitions)
+                    }),
+                    readers_mqtt: nats.map(|n| n.mqtt),
                 })
                 .await?;
                 let mut target = server.target();
                 if setup == Setup::Mosquitto {
                     target.broker_pid = mosquitto_pid;
+                }
+                if let Some(n) = nats {
+                    target.broker_pid = n.pid;
                 }
                 let r = district::run(&target, &dspec).await;
                 let import = server.import_seconds;
@@ -228,6 +258,7 @@ fn setup_letter(s: Setup) -> char {
         Setup::Embedded => 'e',
         Setup::Mosquitto => 'm',
         Setup::MosquittoAlone => 'a',
+        Setup::Nats => 'n',
     }
 }
 

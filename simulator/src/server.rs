@@ -26,6 +26,9 @@ pub struct ServerSpec {
     pub mqtt_buffer_mib: Option<usize>,
     /// More TOML appended to the generated config (e.g. an `[ingest]` table).
     pub extra_toml: String,
+    /// Where readers connect when it is neither the server nor `mqtt_url` (NATS's MQTT
+    /// listener, with `[nats]` in `extra_toml`).
+    pub readers_mqtt: Option<SocketAddr>,
 }
 
 /// A running `greenplate` child process; stopped (SIGTERM) by [`SpawnedServer::stop`] and
@@ -128,7 +131,7 @@ impl SpawnedServer {
                     .next()
                     .with_context(|| format!("cannot resolve {url}"))?
             }
-            None => mqtt,
+            None => spec.readers_mqtt.unwrap_or(mqtt),
         };
         let mut server = Self {
             child,

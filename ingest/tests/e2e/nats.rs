@@ -8,7 +8,7 @@ use async_nats::jetstream;
 use greenplate_registry::testing::eventually;
 use greenplate_simulator::reader::{ReaderClient, sighting};
 
-use crate::support::{self, ADMIN_TOKEN, SHARED_KEY, TestService};
+use crate::support::{self, SHARED_KEY, TestService};
 use greenplate_proto::v1::ListReadersRequest;
 
 /// A private nats-server with JetStream and MQTT on free ports; killed when dropped.
@@ -101,17 +101,29 @@ fn through(nats: &Nats, ack_wait_s: u64) -> impl Fn(&mut greenplate_ingest::Conf
     }
 }
 
-/// The stream's messages not yet acknowledged (work-queue retention: an acknowledged
-/// message leaves the stream).
-async fn left_in_stream(js: &jetstream::Context) -> u64 {
-    js.get_stream("GREENPLATE_READERS")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages
+/// Waits until the stream holds no message (work-queue retention: an acknowledged message
+/// leaves the stream).
+async fn all_acknowledged(js: &jetstream::Context) {
+    eventually(
+        "every message acknowledged",
+        Duration::from_secs(10),
+        || async {
+            let left = js
+                .get_stream("GREENPLATE_READERS")
+                .await
+                .map_err(|e| e.to_string())?
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .state
+                .messages;
+            match left {
+                0 => Ok(()),
+                n => Err(format!("{n} messages left in the stream")),
+            }
+        },
+    )
+    .await;
 }
 
 /// A stolen bike's sealed sighting, published over MQTT to NATS, alerts a patrol unit, and
@@ -136,20 +148,7 @@ async fn a_sighting_through_nats_jetstream_alerts_and_is_acknowledged() {
     assert_eq!(alert.reader_id, "rd-nats");
 
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    eventually(
-        "every message acknowledged",
-        Duration::from_secs(10),
-        || {
-            let js = js.clone();
-            async move {
-                match left_in_stream(&js).await {
-                    0 => Ok(()),
-                    n => Err(format!("{n} messages left in the stream")),
-                }
-            }
-        },
-    )
-    .await;
+    all_acknowledged(&js).await;
     svc.wait_metric("greenplate_ingest_batches_accepted_total", 1.0)
         .await;
     svc.stop().await;
@@ -211,27 +210,14 @@ async fn a_message_a_dead_node_held_is_redelivered_to_a_live_one() {
     let mut alerts = support::stream(&hq, 0).await;
     let alert = support::next_alert(&mut alerts).await;
     assert_eq!(alert.tag_id, tag);
-    eventually(
-        "every message acknowledged",
-        Duration::from_secs(10),
-        || {
-            let js = js.clone();
-            async move {
-                match left_in_stream(&js).await {
-                    0 => Ok(()),
-                    n => Err(format!("{n} messages left in the stream")),
-                }
-            }
-        },
-    )
-    .await;
+    all_acknowledged(&js).await;
     live.stop().await;
 }
 
 /// The batches a node accepted per reader (ListReaders, from that node's memory).
 async fn batches_per_reader(svc: &TestService) -> std::collections::BTreeMap<String, u64> {
-    let mut admin = greenplate_simulator::clients::admin(svc.channel().await, ADMIN_TOKEN).unwrap();
-    admin
+    svc.admin()
+        .await
         .list_readers(ListReadersRequest {})
         .await
         .unwrap()
@@ -244,8 +230,8 @@ async fn batches_per_reader(svc: &TestService) -> std::collections::BTreeMap<Str
 
 /// Per-reader affinity (`nats.partitions`): two nodes on one PostgreSQL share 8 partitions
 /// of the readers' subjects, 4 each; each reader's batches all go to the node holding its
-/// partition (each node's per-reader count says so), and both take part. When one node stops, the other takes its partitions and every later stolen-bike
-/// sighting still alerts.
+/// partition (each node's per-reader count says so), and both take part. When one node
+/// stops, the other takes its partitions and every later stolen-bike sighting still alerts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server and PostgreSQL (GREENPLATE_TEST_PG)"]
 async fn each_reader_goes_to_one_node_at_a_time_and_a_leaving_node_hands_over() {

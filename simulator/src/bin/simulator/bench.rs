@@ -47,6 +47,19 @@ pub struct BenchArgs {
     /// each message itself (manual acks), as greenplate's ingest does.
     #[arg(long)]
     alone_like_ingest: bool,
+    /// For `--setups nats`: a running nats-server's client URL (JetStream on, and the
+    /// partition mapping of deploy/nats/nats-server.conf).
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// Its MQTT listener, HOST:PORT, where the readers connect.
+    #[arg(long)]
+    nats_mqtt: Option<std::net::SocketAddr>,
+    /// Its pid, for its CPU.
+    #[arg(long)]
+    nats_pid: Option<u32>,
+    /// The partitions its mapping makes (greenplate's nats.partitions).
+    #[arg(long, default_value_t = 8)]
+    nats_partitions: u32,
     /// Writes OUT.json and OUT.md.
     #[arg(long, default_value = "benches/reports/e2e")]
     out: PathBuf,
@@ -70,6 +83,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         mqtt_buffer_mib: args.mqtt_buffer_mib,
         mosquitto_pid: args.mosquitto_pid,
         alone_like_ingest: args.alone_like_ingest,
+        nats: match (args.nats_url, args.nats_mqtt) {
+            (Some(url), Some(mqtt)) => Some(bench::NatsTarget {
+                url,
+                mqtt,
+                pid: args.nats_pid,
+                partitions: args.nats_partitions,
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("--nats-url and --nats-mqtt go together"),
+        },
         progress: !args.quiet,
         command: std::env::args()
             .enumerate()

@@ -151,6 +151,7 @@ pub async fn run(args: DistrictArgs) -> anyhow::Result<()> {
                 mqtt_url: None,
                 mqtt_buffer_mib: None,
                 extra_toml: String::new(),
+                readers_mqtt: None,
             })
             .await?;
             eprintln!(
