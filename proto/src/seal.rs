@@ -56,19 +56,9 @@ fn hkdf32(secret: &str, info: &[u8]) -> [u8; 32] {
 /// digits), for a v1 secret the secret itself.
 pub fn login_password(secret: &str) -> String {
     match key_version(secret) {
-        2 => hex_lower(&hkdf32(secret, HKDF_INFO_LOGIN_V2)),
+        2 => hex::encode(hkdf32(secret, HKDF_INFO_LOGIN_V2)),
         _ => secret.to_owned(),
     }
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// Associated-data prefix of a sealed [`ReaderStatus`] (then the reader id), so a status

@@ -214,6 +214,11 @@ impl Owner {
         let node_key = format!("node.{}", self.node);
         // partition -> (the lease's revision, what stops its pulling)
         let mut held: BTreeMap<u32, (u64, CancellationToken)> = BTreeMap::new();
+        // Where this node starts looking for free partitions, so nodes spread out.
+        let start = self
+            .node
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
         loop {
             if let Err(e) = self.leases.put(&node_key, self.node.clone().into()).await {
                 tracing::warn!(error = %e, "Cannot renew this node's presence in NATS.");
@@ -255,11 +260,7 @@ impl Owner {
                     "Gave a NATS partition back (more nodes now)."
                 );
             }
-            // Take free partitions up to the fair share, starting at a place of this node's.
-            let start = self
-                .node
-                .bytes()
-                .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+            // Take free partitions up to the fair share.
             for i in 0..self.config.partitions {
                 if held.len() >= share {
                     break;
