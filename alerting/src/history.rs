@@ -39,7 +39,8 @@ impl History {
         Self { db }
     }
 
-    /// Appends closed passes in one transaction.
+    /// Appends closed passes in one transaction; a pass stored already (same tag, first
+    /// read and reader: its batch was processed twice) is not stored again.
     pub async fn append(&self, passes: &[Pass]) -> Result<(), sqlx::Error> {
         if passes.is_empty() {
             return Ok(());
@@ -49,7 +50,8 @@ impl History {
         for chunk in passes.chunks(INSERT_ROWS) {
             let sql = format!(
                 "INSERT INTO passes (tag_id, reader_id, first_seen_ms, last_seen_ms, reads, \
-                 peak_rssi_dbm) VALUES {}",
+                 peak_rssi_dbm) VALUES {} \
+                 ON CONFLICT (tag_id, first_seen_ms, reader_id) DO NOTHING",
                 b.values(chunk.len(), 6)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));

@@ -91,6 +91,8 @@ pub struct Alerting {
     pub streams_refused: Counter,
     /// Times a stream fell behind the live hub and caught up from the log.
     pub stream_catchups: Counter,
+    /// Alerts not written because the log held their sighting's alert already.
+    pub duplicates_dropped: Counter,
     /// Seconds from ingest receiving a sighting to its alert reaching the live hub
     /// (committed to the log); exported by the service's /metrics.
     pub alert_latency: Histogram,
@@ -117,6 +119,7 @@ impl Alerting {
             history,
             canaries: Canaries::default(),
             stream_catchups: Counter::default(),
+            duplicates_dropped: Counter::default(),
             streams_refused: Counter::default(),
             engine_publishes,
             alert_latency: Histogram::new([
@@ -152,6 +155,11 @@ impl Alerting {
             "streams_refused",
             "Patrol/StreamAlerts calls refused: the unit held grpc.max_streams_per_unit live streams",
             self.streams_refused.clone(),
+        );
+        metrics.sub_registry_with_prefix("alerting").register(
+            "duplicates_dropped",
+            "Alerts not written again: their sighting's alert was in the log already (its batch was processed twice, as after a node died before acknowledging it)",
+            self.duplicates_dropped.clone(),
         );
         metrics.register(
             "canary_misses",

@@ -367,11 +367,8 @@ async fn the_engine_commits_to_the_log_then_publishes_one_incident_per_matter() 
     let mut engine = Engine::start(a);
     assert_eq!(a.last_seq().await.unwrap(), 0);
 
-    engine
-        .handle
-        .submit(sighted(bike, stolen, reader("rd-n", 23.25, 116.55)))
-        .await
-        .unwrap();
+    let once = sighted(bike, stolen, reader("rd-n", 23.25, 116.55));
+    engine.handle.submit(once.clone()).await.unwrap();
     let first = engine.next().await;
     assert_eq!(first.alert.seq, 1);
     assert_eq!(first.alert.kind(), AlertKind::StolenSighted);
@@ -422,6 +419,10 @@ async fn the_engine_commits_to_the_log_then_publishes_one_incident_per_matter() 
         "the late sighting moved the incident back"
     );
 
+    // The first sighting again (its batch processed twice: a node died after the commit and
+    // before acknowledging it): not logged again, and no seq spent on it.
+    engine.handle.submit(once).await.unwrap();
+
     // A reader gone offline: to command centers only, its own incident.
     engine
         .handle
@@ -435,6 +436,9 @@ async fn the_engine_commits_to_the_log_then_publishes_one_incident_per_matter() 
         .unwrap();
     let offline = engine.next().await;
     assert_eq!(offline.alert.kind(), AlertKind::ReaderOffline);
+    assert_eq!(offline.alert.seq, 4, "the repeated sighting took a seq");
+    assert_eq!(a.duplicates_dropped.get(), 1);
+    assert_eq!(a.replay("cc", 0, 100).await.unwrap().len(), 4);
     assert_eq!(offline.alert.seen_at_ms, 1_700_000_000_000);
     assert_eq!(offline.recipients, ["cc"]);
     assert_ne!(offline.alert.incident_id, first.alert.incident_id);

@@ -166,8 +166,8 @@ impl Service {
             Duration::from_secs(config.ingest.reader_offline_after_s),
             shutdown.clone(),
         ));
-        // Each reader's seq window starts above its stored high (no replay across a restart),
-        // and the highs are stored every second and at the end of the drain.
+        // Each reader's seq window starts from the stored one (no replay across a restart),
+        // and the windows are stored every second and at the end of the drain.
         let admissions = Arc::new(pipeline::admit::Admissions::default());
         admissions.restore(
             registry
@@ -214,11 +214,29 @@ impl Service {
                 .into());
             }
             (Some(url), None) => {
+                // Taking partitions over: first the windows their readers' owners stored.
+                let on_acquire: broker::nats::OnAcquire = {
+                    let (admissions, registry) = (admissions.clone(), registry.clone());
+                    Arc::new(move || {
+                        let (admissions, registry) = (admissions.clone(), registry.clone());
+                        Box::pin(async move {
+                            match registry.reader_seqs().await {
+                                Ok(stored) => admissions.merge(stored),
+                                Err(e) => tracing::error!(
+                                    error = %e,
+                                    "Cannot load the readers' stored seq windows; batches a \
+                                     previous owner processed may be processed again."
+                                ),
+                            }
+                        })
+                    })
+                };
                 broker::nats::start(
                     &config.nats,
                     url,
                     metrics.clone(),
                     input,
+                    on_acquire,
                     shutdown.clone(),
                     &tracker,
                 )

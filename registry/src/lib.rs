@@ -19,7 +19,8 @@
 //! - [`auth`]: bearer tokens and roles; the tonic interceptor.
 //! - [`secrets`]: sealing and keyed hashing of data at rest.
 //! - [`rekey`]: rotating the at-rest key (re-sealing everything in one transaction).
-//! - [`seqs`]: each reader's highest processed batch seq, stored across restarts.
+//! - [`seqs`]: each reader's seq window (processed batch seqs), stored across restarts and
+//!   handovers.
 //! - [`limits`]: per-caller rate limits on lookups of personal data.
 //! - [`changes`]: what a node announces when it commits a change (NOTIFY on commit);
 //!   [`sync`]: the other nodes' side (listen, reload).
@@ -55,6 +56,7 @@ pub use error::RegistryError;
 pub use hot_index::{HotIndex, TagState};
 pub use readers::{Liveness, Reader, Readers};
 pub use secrets::SecretBox;
+pub use seqs::StoredSeqs;
 pub use service::RegistryService;
 pub use store::{AuditEntry, Registry};
 pub use thefts::{AlertFacts, TheftDetails, TheftReport, TrackSubject};

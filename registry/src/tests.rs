@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::seqs::StoredSeqs;
 use crate::store::NewReader;
 use crate::testing::PgTestDb;
 use crate::{
@@ -909,19 +910,35 @@ async fn rekey_behaviour(t: &TestDb) {
     );
 }
 
-/// Readers' highest seqs are stored and read back, and a stored high is never lowered.
+/// Readers' seqs (the highest and the window) are stored and read back, and a stored row is
+/// never replaced by one with a lower highest seq.
 async fn seqs_behaviour(t: &TestDb) {
     let r = open(t.db.clone()).await;
     assert!(r.reader_seqs().await.unwrap().is_empty());
-    r.store_reader_seqs(&[("rd-1".into(), 10), ("rd-2".into(), 5)])
+    let seqs = |id: &str, highest: u64, window: Option<&[u8]>| StoredSeqs {
+        reader_id: id.into(),
+        highest,
+        window: window.map(<[u8]>::to_vec),
+    };
+    r.store_reader_seqs(&[seqs("rd-1", 10, Some(&[1, 2, 3])), seqs("rd-2", 5, None)])
         .await
         .unwrap();
-    r.store_reader_seqs(&[("rd-1".into(), 7), ("rd-2".into(), 9)])
+    r.store_reader_seqs(&[seqs("rd-1", 7, Some(&[9])), seqs("rd-2", 9, Some(&[4, 5]))])
+        .await
+        .unwrap();
+    // The same highest again replaces the window (late seqs below it were processed).
+    r.store_reader_seqs(&[seqs("rd-1", 10, Some(&[1, 2, 3, 4]))])
         .await
         .unwrap();
     let mut got = r.reader_seqs().await.unwrap();
     got.sort();
-    assert_eq!(got, [("rd-1".to_owned(), 10), ("rd-2".to_owned(), 9)]);
+    assert_eq!(
+        got,
+        [
+            seqs("rd-1", 10, Some(&[1, 2, 3, 4])),
+            seqs("rd-2", 9, Some(&[4, 5]))
+        ]
+    );
 }
 
 macro_rules! on_both_backends {

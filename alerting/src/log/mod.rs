@@ -48,9 +48,19 @@ pub(crate) async fn commit(
                 id
             }
         };
+        let source = p.source.clone();
         let (mut alert, recipients) = p.into_alert(incident_id);
-        append(&mut tx, &mut alert, &recipients, now).await?;
-        committed.push(LoggedAlert { alert, recipients });
+        if append(&mut tx, &mut alert, source.as_deref(), &recipients, now).await? {
+            committed.push(LoggedAlert { alert, recipients });
+        } else {
+            // This sighting's alert is in the log already: its batch was processed twice
+            // (a redelivery after a node died between commit and acknowledgement).
+            alerting.duplicates_dropped.inc();
+            tracing::info!(
+                source = source.as_deref().unwrap_or(""),
+                "An alert already in the log was not written again."
+            );
+        }
     }
     for incident_id in incident_of.values() {
         incidents::touch(&mut tx, incident_id, now).await?;
@@ -64,16 +74,23 @@ pub(crate) async fn commit(
 }
 
 /// Appends an alert (its seq still 0) and its recipients to the log in `tx`; sets its seq.
+/// An alert whose `source` (the sighting and rule) is in the log already is not appended:
+/// returns false. The check comes before the insert so that no seq is spent on it (a seq
+/// spent and never committed is a hole the followers wait on); the unique index catches
+/// two nodes committing the same source at once.
 async fn append(
     tx: &mut sqlx::AnyConnection,
     alert: &mut Alert,
+    source: Option<&str>,
     recipients: &[String],
     now: i64,
-) -> Result<(), sqlx::Error> {
-    let seq: i64 = sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(
         "INSERT INTO alerts (alert_id, kind, priority, plate, tag_id, reader_id, lat, lon, \
-                             seen_at_ms, incident_id, zone_id, created_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING seq",
+                             seen_at_ms, incident_id, zone_id, created_at_ms, source) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
+         WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE source = $13) \
+         ON CONFLICT DO NOTHING RETURNING seq",
     )
     .bind(&alert.alert_id)
     .bind(i64::from(alert.kind))
@@ -87,9 +104,13 @@ async fn append(
     .bind(&alert.incident_id)
     .bind(&alert.zone_id)
     .bind(now)
-    .fetch_one(&mut *tx)
-    .await?
-    .try_get("seq")?;
+    .bind(source)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let seq: i64 = row.try_get("seq")?;
     alert.seq = seq as u64;
     // One statement for the recipients (in chunks well under the parameter limits).
     for chunk in recipients.chunks(400) {
@@ -105,7 +126,7 @@ async fn append(
         }
         q.execute(&mut *tx).await?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Tells every node's [`follow`]er, on commit, that the log grew (PostgreSQL).

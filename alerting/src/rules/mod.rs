@@ -88,6 +88,10 @@ pub(crate) struct Pending<'a> {
     /// Names the matter, so successive sightings share one incident; empty: no incident
     /// (a canary sighting).
     pub(crate) dedup_key: String,
+    /// Names the sighting and the rule (`{reader}/{tag}/{seen_at_ms}/{kind}`), so that a
+    /// batch processed twice alerts once ([`crate::log`]); None for alerts that are not
+    /// about one sighting.
+    pub(crate) source: Option<String>,
     pub(crate) plate: String,
     pub(crate) watch_zone: Option<String>,
     pub(crate) recipients: Vec<String>,
@@ -166,6 +170,7 @@ pub(crate) fn evaluate<'a>(
                 received_at: o.detected_at,
                 base: AlertKind::ReaderOffline,
                 dedup_key: format!("reader-offline:{}", o.reader.id),
+                source: None,
                 plate: String::new(),
                 watch_zone: None,
                 recipients: alerting.router().command_units(),
@@ -181,6 +186,7 @@ pub(crate) fn evaluate<'a>(
                 received_at: m.detected_at,
                 base: AlertKind::CanaryMissed,
                 dedup_key: format!("canary-missed:{}", m.tag),
+                source: None,
                 plate: String::new(),
                 watch_zone: None,
                 recipients: alerting.router().command_units(),
@@ -200,6 +206,7 @@ pub(crate) fn evaluate<'a>(
                 received_at: s.received_at,
                 base: AlertKind::CanarySeen,
                 dedup_key: String::new(),
+                source: None,
                 plate: String::new(),
                 watch_zone: None,
                 recipients: alerting.router().canary_units(),
@@ -224,6 +231,10 @@ pub(crate) fn evaluate<'a>(
             received_at: s.received_at,
             base,
             dedup_key,
+            source: Some(format!(
+                "{}/{}/{}/{}",
+                s.reader.id, s.tag, s.seen_at_ms, base as i32
+            )),
             plate: plate.clone(),
             watch_zone: watch_zone.clone(),
             recipients: recipients.clone(),

@@ -16,13 +16,13 @@
 //! every provisioned reader that sent something; the registry's reader directory holds who a
 //! reader is, not what it sent.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use greenplate_proto::v1::SightingBatch;
 use greenplate_registry::readers::Format;
-use greenplate_registry::{Reader, Readers, Registry, RegistryError, now_ms};
+use greenplate_registry::{Reader, Readers, Registry, RegistryError, StoredSeqs, now_ms};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Inbound;
@@ -33,10 +33,42 @@ use crate::rejection::Rejection;
 pub struct Admission {
     /// Its message budget (the flood limit).
     pub budget: Mutex<TokenBucket>,
-    /// Batch seqs already processed (replay protection).
+    /// Batch seqs taken (replay protection): a seq is taken before its batch is processed.
     pub seqs: Mutex<SeqWindow>,
-    /// The highest seq stored in the database ([`persist_seqs`]).
-    persisted: AtomicU64,
+    /// Batch seqs whose processing finished (from NATS: the message was settled); this is
+    /// what is stored ([`persist_seqs`]) and what another node loads when it takes the
+    /// reader over, so a batch in flight here when this node died is taken there.
+    done: Mutex<SeqWindow>,
+    /// `done` changed since it was last stored.
+    dirty: AtomicBool,
+}
+
+impl Admission {
+    fn from_stored(stored: &StoredSeqs) -> Self {
+        let window = SeqWindow::from_stored(stored.highest, stored.window.as_deref());
+        Self {
+            seqs: Mutex::new(window.clone()),
+            done: Mutex::new(window),
+            ..Default::default()
+        }
+    }
+
+    /// Records that the batch `seq` was processed all the way.
+    pub fn finished(&self, seq: u64) {
+        // Taken already in `seqs`; a seq too old for this window is simply not recorded.
+        let _ = lock(&self.done).take(seq);
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Whether the batch `seq` was processed all the way (here, or by a node this one took
+    /// the reader over from).
+    pub fn is_finished(&self, seq: u64) -> bool {
+        lock(&self.done).contains(seq)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Every reader's [`Admission`], by reader id; an entry is made on a provisioned reader's
@@ -49,39 +81,57 @@ pub struct Admissions {
 }
 
 impl Admissions {
-    /// Starts each reader's seq window above its stored highest seq (at start, before any
-    /// message), so a batch processed before a restart is refused as a replay after it.
-    pub fn restore(&self, highs: impl IntoIterator<Item = (String, u64)>) {
+    /// Starts each reader's seq window from what is stored (at start, before any message),
+    /// so a batch processed before a restart is refused as a replay after it.
+    pub fn restore(&self, stored: impl IntoIterator<Item = StoredSeqs>) {
         let map = self.by_reader.pin();
-        for (reader, high) in highs {
-            map.insert(
-                reader,
-                Arc::new(Admission {
-                    seqs: Mutex::new(SeqWindow::resume(high)),
-                    persisted: AtomicU64::new(high),
-                    ..Default::default()
-                }),
-            );
+        for s in stored {
+            map.insert(s.reader_id.clone(), Arc::new(Admission::from_stored(&s)));
         }
     }
 
-    /// The readers whose highest seq grew since it was last stored, with that seq.
-    fn unpersisted(&self) -> Vec<(String, u64)> {
+    /// Adds what is stored to the windows in memory (a seq processed by any node stays
+    /// taken): when this node takes readers over from another, before it takes their
+    /// messages.
+    pub fn merge(&self, stored: impl IntoIterator<Item = StoredSeqs>) {
+        let map = self.by_reader.pin();
+        for s in stored {
+            let window = SeqWindow::from_stored(s.highest, s.window.as_deref());
+            match map.get(s.reader_id.as_str()) {
+                Some(a) => {
+                    lock(&a.seqs).merge(&window);
+                    lock(&a.done).merge(&window);
+                }
+                None => {
+                    map.insert(s.reader_id.clone(), Arc::new(Admission::from_stored(&s)));
+                }
+            }
+        }
+    }
+
+    /// The readers whose finished seqs changed since they were last stored, with their
+    /// windows; each is marked stored (a failed write marks them again, [`Self::unstored`]).
+    fn unpersisted(&self) -> Vec<StoredSeqs> {
         self.by_reader
             .pin()
             .iter()
-            .filter_map(|(id, a)| {
-                let high = a.seqs.lock().unwrap_or_else(|p| p.into_inner()).highest();
-                (high > a.persisted.load(Ordering::Acquire)).then(|| (id.clone(), high))
+            .filter(|(_, a)| a.dirty.swap(false, Ordering::AcqRel))
+            .map(|(id, a)| {
+                let done = lock(&a.done);
+                StoredSeqs {
+                    reader_id: id.clone(),
+                    highest: done.highest(),
+                    window: Some(done.to_stored()),
+                }
             })
             .collect()
     }
 
-    fn mark_persisted(&self, stored: &[(String, u64)]) {
+    fn unstored(&self, stored: &[StoredSeqs]) {
         let map = self.by_reader.pin();
-        for (id, high) in stored {
-            if let Some(a) = map.get(id.as_str()) {
-                a.persisted.fetch_max(*high, Ordering::AcqRel);
+        for s in stored {
+            if let Some(a) = map.get(s.reader_id.as_str()) {
+                a.dirty.store(true, Ordering::Release);
             }
         }
     }
@@ -187,7 +237,7 @@ pub fn take_seq(
     })
 }
 
-/// Stores the readers' highest seqs that grew, every `every` until `shutdown` (the last
+/// Stores the readers' seq windows that changed, every `every` until `shutdown` (the last
 /// ones are stored by [`flush_seqs`] once the workers have drained). A failed write is
 /// logged and retried at the next round.
 pub async fn persist_seqs(
@@ -204,20 +254,21 @@ pub async fn persist_seqs(
             _ = shutdown.cancelled() => return,
         }
         if let Err(e) = flush_seqs(&admissions, &registry).await {
-            tracing::warn!(error = %e, "Storing readers' highest seqs failed; will retry.");
+            tracing::warn!(error = %e, "Storing readers' seq windows failed; will retry.");
         }
     }
 }
 
-/// Stores the readers' highest seqs that grew since they were last stored.
+/// Stores the readers' seq windows that changed since they were last stored.
 pub async fn flush_seqs(admissions: &Admissions, registry: &Registry) -> Result<(), RegistryError> {
-    let highs = admissions.unpersisted();
-    if highs.is_empty() {
+    let changed = admissions.unpersisted();
+    if changed.is_empty() {
         return Ok(());
     }
-    registry.store_reader_seqs(&highs).await?;
-    admissions.mark_persisted(&highs);
-    Ok(())
+    registry
+        .store_reader_seqs(&changed)
+        .await
+        .inspect_err(|_| admissions.unstored(&changed))
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
@@ -341,6 +392,56 @@ impl SeqWindow {
         }
     }
 
+    /// Whether `seq` was taken and is still inside the window.
+    pub fn contains(&self, seq: u64) -> bool {
+        seq != 0 && seq <= self.highest && self.highest - seq <= Self::WIDTH && self.is_taken(seq)
+    }
+
+    /// Adds every seq `other` took to this window (the highest of the two leads).
+    pub fn merge(&mut self, other: &SeqWindow) {
+        let high = self.highest.max(other.highest);
+        if high == 0 {
+            return;
+        }
+        let mut taken = [0u64; 17];
+        for seq in high.saturating_sub(Self::WIDTH).max(1)..=high {
+            if self.contains(seq) || other.contains(seq) {
+                let (w, b) = Self::slot(seq);
+                taken[w] |= b;
+            }
+        }
+        self.first = match (self.first, other.first) {
+            (0, f) | (f, 0) => f,
+            (a, b) => a.min(b),
+        };
+        self.highest = high;
+        self.taken = taken;
+    }
+
+    /// The window as stored: its ring of taken bits, 17 little-endian u64 words (the ring is
+    /// indexed by seq, so the highest seq, stored beside it, is all else it needs).
+    pub fn to_stored(&self) -> Vec<u8> {
+        self.taken.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// The window stored as `highest` and [`Self::to_stored`]'s bits; with no bits (or
+    /// bits of another shape), every seq up to `highest` counts as taken ([`Self::resume`]).
+    /// Seqs missing below `highest` are not counted: this window did not see them go.
+    pub fn from_stored(highest: u64, bits: Option<&[u8]>) -> Self {
+        let Some(bits) = bits.filter(|b| b.len() == 17 * 8 && highest > 0) else {
+            return Self::resume(highest);
+        };
+        let mut taken = [0u64; 17];
+        for (w, chunk) in taken.iter_mut().zip(bits.chunks_exact(8)) {
+            *w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        }
+        Self {
+            highest,
+            first: highest + 1,
+            taken,
+        }
+    }
+
     fn is_taken(&self, seq: u64) -> bool {
         let (w, b) = Self::slot(seq);
         self.taken[w] & b != 0
@@ -460,5 +561,64 @@ mod tests {
         assert_eq!(w.take(5_003), Ok(0));
         assert_eq!(w.take(5_003 + SeqWindow::WIDTH + 1), Ok(1));
         assert_eq!(SeqWindow::resume(0).highest(), 0);
+    }
+
+    #[test]
+    fn a_stored_window_comes_back_with_its_gaps_and_merges_with_another() {
+        // Node B took 1..=100 but 40 and 41 (in flight when it died).
+        let mut b = SeqWindow::default();
+        for s in (1..=100).filter(|s| ![40, 41].contains(s)) {
+            b.take(s).unwrap();
+        }
+        let stored = SeqWindow::from_stored(b.highest(), Some(&b.to_stored()));
+        assert!(stored.contains(39) && stored.contains(100));
+        assert!(!stored.contains(40) && !stored.contains(41) && !stored.contains(101));
+        // Node A takes the reader over: its own stale window (it had the reader up to 20)
+        // merged with B's. What B processed is refused; what B never finished is taken.
+        let mut a = SeqWindow::default();
+        for s in 1..=20 {
+            a.take(s).unwrap();
+        }
+        a.merge(&stored);
+        assert_eq!(a.highest(), 100);
+        assert_eq!(a.take(70), Err(SeqRefusal::Duplicate));
+        assert_eq!(a.take(10), Err(SeqRefusal::Duplicate));
+        assert_eq!(a.take(40), Ok(0));
+        assert_eq!(a.take(41), Ok(0));
+        assert_eq!(a.take(101), Ok(0));
+        // Merging a window behind this one adds nothing it did not take.
+        let before = a.to_stored();
+        a.merge(&SeqWindow::from_stored(50, Some(&stored.to_stored())));
+        assert_eq!(a.to_stored(), before);
+        // No bits (a row stored before windows were): everything up to the highest is taken.
+        let old = SeqWindow::from_stored(100, None);
+        assert!(old.contains(40));
+        assert!(SeqWindow::from_stored(100, Some(&[1, 2, 3])).contains(40));
+    }
+
+    #[test]
+    fn a_finished_seq_is_stored_once_and_again_after_a_failed_write() {
+        let admissions = Admissions::default();
+        admissions.restore([StoredSeqs {
+            reader_id: "rd-1".into(),
+            highest: 5,
+            window: None,
+        }]);
+        let a = admissions.by_reader.pin().get("rd-1").unwrap().clone();
+        assert!(admissions.unpersisted().is_empty());
+        lock(&a.seqs).take(6).unwrap();
+        assert!(!a.is_finished(6));
+        a.finished(6);
+        assert!(a.is_finished(6));
+        let changed = admissions.unpersisted();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].highest, 6);
+        assert!(admissions.unpersisted().is_empty(), "stored once");
+        admissions.unstored(&changed);
+        assert_eq!(
+            admissions.unpersisted().len(),
+            1,
+            "marked again after a failed write"
+        );
     }
 }

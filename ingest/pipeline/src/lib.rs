@@ -200,6 +200,12 @@ async fn flush_closed(ctx: &Context, w: &mut Worker) {
 /// Handles one reader message end to end.
 pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
     let limits = ctx.limits();
+    if let Some(d) = &msg.delivery
+        && !d.owned()
+    {
+        d.abandon();
+        return dropped(ctx, &mut w.log, msg, &Rejection::PartitionNotHeld);
+    }
     let (reader, admission) = match admit::admit(&ctx.readers, &ctx.admissions, limits, msg) {
         Ok(admitted) => admitted,
         Err(rejection) => return dropped(ctx, &mut w.log, msg, &rejection),
@@ -216,7 +222,29 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
             if missing > 0 {
                 ctx.metrics.batches_missing(&reader.id, missing);
             }
+            if batch.seq != 0 {
+                finish_with_message(msg, &admission, batch.seq);
+            }
             batch
+        }
+        // A redelivery of a batch this node (or the reader's previous owner) took: the source
+        // repeating itself, not a replay.
+        Err(Rejection::Replay {
+            seq,
+            too_old: false,
+            ..
+        }) if msg.delivery.as_ref().is_some_and(|d| d.redelivered()) => {
+            let rejection = if admission.is_finished(seq) {
+                Rejection::RedeliveredProcessed { seq }
+            } else {
+                // Still on its way here: acknowledging this copy now could lose it if this
+                // node dies before the first copy is done.
+                if let Some(d) = &msg.delivery {
+                    d.abandon();
+                }
+                Rejection::RedeliveredInProgress { seq }
+            };
+            return dropped(ctx, log, msg, &rejection);
         }
         // Did not open under the reader's key, or a replay: not the reader's own traffic,
         // so it spends the global unauthentic budget, never the reader's.
@@ -287,6 +315,18 @@ pub(crate) async fn handle(ctx: &Context, w: &mut Worker, msg: &Inbound) {
         w.smoother.evictions = 0;
     }
     flush_closed(ctx, w).await;
+}
+
+/// Records the batch `seq` as processed once its message is settled: for a source that
+/// redelivers (NATS), when the message is acknowledged; otherwise now.
+fn finish_with_message(msg: &Inbound, admission: &Arc<admit::Admission>, seq: u64) {
+    match &msg.delivery {
+        Some(d) => {
+            let admission = admission.clone();
+            d.on_settled(Box::new(move || admission.finished(seq)));
+        }
+        None => admission.finished(seq),
+    }
 }
 
 /// Hands a read of a flagged (or canary) tag to the alerting engine, holding the message's

@@ -23,6 +23,21 @@ pub enum Rejection {
     Unsealed(#[from] OpenError),
     #[error("batch seq {seq} was already processed or is too old (highest {last})")]
     Replay { seq: u64, last: u64, too_old: bool },
+    #[error(
+        "batch seq {seq} was redelivered (its node did not acknowledge it in time) and was \
+         processed already"
+    )]
+    RedeliveredProcessed { seq: u64 },
+    #[error(
+        "batch seq {seq} was redelivered while this node still processes it; left \
+         unacknowledged, so it comes again if that does not finish"
+    )]
+    RedeliveredInProgress { seq: u64 },
+    #[error(
+        "this node's lease of the message's partition lapsed (it was paused, or lost the \
+         lease); left unacknowledged for the partition's owner"
+    )]
+    PartitionNotHeld,
     #[error("status time is too far from the server clock")]
     StatusTime,
     #[error("status is a replay, or a will of a session that is not the reader's current one")]
@@ -58,6 +73,9 @@ impl Rejection {
             Rejection::Unsealed(_) => "unsealed",
             Rejection::Replay { too_old: false, .. } => "replay",
             Rejection::Replay { too_old: true, .. } => "seq_too_old",
+            Rejection::RedeliveredProcessed { .. } => "redelivered_processed",
+            Rejection::RedeliveredInProgress { .. } => "redelivered_in_progress",
+            Rejection::PartitionNotHeld => "partition_not_held",
             Rejection::StatusTime => "status_time",
             Rejection::StaleStatus => "stale_status",
             Rejection::Format(e) => e.reason(),

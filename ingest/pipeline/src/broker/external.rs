@@ -178,6 +178,7 @@ async fn forward(link: Link) {
                     payload: publish.payload.clone(),
                     received_at: std::time::Instant::now(),
                     ack: Some(acks.track(publish) as super::Hold),
+                    delivery: None,
                 };
                 // A full pipeline stops this loop, so the broker holds the rest (its
                 // in-flight window) instead of ingest buffering without bound.

@@ -75,8 +75,25 @@ const DRAIN_MAX: Duration = Duration::from_secs(5);
 /// What acknowledges a message to its source when its last holder drops it.
 pub type Hold = Arc<dyn std::any::Any + Send + Sync>;
 
+/// What a source that redelivers (NATS JetStream) says about one message, and hears back.
+pub trait Delivery: Send + Sync {
+    /// The message was delivered before and not acknowledged: a batch seq seen already is
+    /// then a repeat of this source's, not a replay by someone else.
+    fn redelivered(&self) -> bool;
+    /// Whether this node may still process it: it holds the lease of the message's
+    /// partition (a node that was paused past its lease must leave the message to the
+    /// node that holds it now).
+    fn owned(&self) -> bool;
+    /// Runs `f` once the message is settled (processed all the way and acknowledged), and
+    /// not if it is abandoned.
+    fn on_settled(&self, f: Box<dyn FnOnce() + Send>);
+    /// Gives the message back unprocessed: it is not acknowledged, so the source delivers
+    /// it again (after its ack-wait).
+    fn abandon(&self);
+}
+
 /// One message a reader published.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Inbound {
     pub topic: Bytes,
     pub payload: Bytes,
@@ -85,6 +102,22 @@ pub struct Inbound {
     /// From an external broker or NATS: acknowledges the message once every holder dropped
     /// it ([`client::Ack`], [`nats::NatsAck`]).
     pub ack: Option<Hold>,
+    /// From NATS: what the source says about this delivery ([`Delivery`]).
+    pub delivery: Option<Arc<dyn Delivery>>,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("topic", &String::from_utf8_lossy(&self.topic))
+            .field("payload_bytes", &self.payload.len())
+            .field("acknowledged_later", &self.ack.is_some())
+            .field(
+                "redelivered",
+                &self.delivery.as_ref().map(|d| d.redelivered()),
+            )
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +389,7 @@ async fn forward(
                     payload: f.publish.payload,
                     received_at: std::time::Instant::now(),
                     ack: None,
+                    delivery: None,
                 };
                 if out.send(msg).await.is_err() {
                     break;

@@ -14,21 +14,31 @@
 //! a reader's subjects into one of N partitions, each partition has its own consumer, and a
 //! node pulls only from the partitions whose lease it holds ([`Owner`]).
 //!
+//! A node that takes partitions over first loads the seq windows their readers' previous
+//! owner stored ([`OnAcquire`]): a batch that node finished is refused as a repeat
+//! (`redelivered_processed`), one it had not finished is taken. A node holds a partition
+//! only while its lease is fresh ([`Fence`]): one paused past its lease leaves what it had
+//! pulled unacknowledged, for the new owner. What can still be done twice (a batch whose
+//! alerts were committed just before its node died, before its window was stored) is
+//! written once: alerts and passes are unique by sighting in the database.
+//!
 //! Not yet here (issue #16): the reader logins NATS checks, and the retirement of the
 //! Mosquitto takeover.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, kv, message::Acker, stream};
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BrokerError, Inbound};
+use super::{BrokerError, Delivery, Inbound};
 use crate::Input;
 use crate::config::NatsConfig;
 use crate::metrics::{ACK_NATS_FAILED, Metrics};
@@ -77,6 +87,11 @@ pub fn topic_of(subject: &str) -> String {
     topic
 }
 
+/// What a node does when it takes partitions over, before it pulls from them: loads the
+/// seq windows that the readers' previous owner stored (so a batch it processed is taken
+/// once, and one it did not finish is taken here).
+pub type OnAcquire = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
 /// Connects to NATS, makes sure the stream and the durable consumer exist, and feeds every
 /// message to `out` until `shutdown`.
 pub async fn start(
@@ -84,6 +99,7 @@ pub async fn start(
     url: &str,
     metrics: Arc<Metrics>,
     out: Input,
+    on_acquire: OnAcquire,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<(), BrokerError> {
@@ -129,7 +145,7 @@ pub async fn start(
         let consumer = consumer_for(&stream, config, &config.consumer, None)
             .await
             .map_err(|e| nats(&e))?;
-        tracker.spawn(pull(consumer, acks_tx, out, shutdown));
+        tracker.spawn(pull(consumer, None, acks_tx, out, shutdown));
         return Ok(());
     }
     let bucket = format!("{}_leases", config.stream);
@@ -159,6 +175,7 @@ pub async fn start(
         node,
         acks: acks_tx,
         out,
+        on_acquire,
         metrics,
         tracker: tracker.clone(),
     };
@@ -204,6 +221,7 @@ struct Owner {
     node: String,
     acks: mpsc::UnboundedSender<Finished>,
     out: Input,
+    on_acquire: OnAcquire,
     metrics: Arc<Metrics>,
     tracker: TaskTracker,
 }
@@ -212,8 +230,8 @@ impl Owner {
     async fn run(self, shutdown: CancellationToken) {
         let lease = Duration::from_secs(self.config.lease_s.max(1));
         let node_key = format!("node.{}", self.node);
-        // partition -> (the lease's revision, what stops its pulling)
-        let mut held: BTreeMap<u32, (u64, CancellationToken)> = BTreeMap::new();
+        // partition -> (the lease's revision, what stops its pulling, its fence)
+        let mut held: BTreeMap<u32, (u64, CancellationToken, Arc<Fence>)> = BTreeMap::new();
         // Where this node starts looking for free partitions, so nodes spread out.
         let start = self
             .node
@@ -227,13 +245,17 @@ impl Owner {
             let share = self.config.partitions.div_ceil(live) as usize;
             // Renew what is held; a lease another node holds now is lost.
             let mut lost = Vec::new();
-            for (p, (revision, _)) in held.iter_mut() {
+            for (p, (revision, _, fence)) in held.iter_mut() {
+                let asked = Instant::now();
                 match self
                     .leases
                     .update(partition_key(*p), self.node.clone().into(), *revision)
                     .await
                 {
-                    Ok(r) => *revision = r,
+                    Ok(r) => {
+                        *revision = r;
+                        fence.hold_until(asked + fence_for(lease));
+                    }
                     Err(e) => {
                         tracing::warn!(partition = p, error = %e, "Lost a NATS partition's lease.");
                         lost.push(*p);
@@ -241,15 +263,17 @@ impl Owner {
                 }
             }
             for p in lost {
-                if let Some((_, stop)) = held.remove(&p) {
+                if let Some((_, stop, fence)) = held.remove(&p) {
+                    fence.release();
                     stop.cancel();
                 }
             }
             // Give back what is over the fair share, highest first.
             while held.len() > share {
-                let Some((p, (revision, stop))) = held.pop_last() else {
+                let Some((p, (revision, stop, fence))) = held.pop_last() else {
                     break;
                 };
+                fence.release();
                 stop.cancel();
                 let _ = self
                     .leases
@@ -260,7 +284,9 @@ impl Owner {
                     "Gave a NATS partition back (more nodes now)."
                 );
             }
-            // Take free partitions up to the fair share.
+            // Take free partitions up to the fair share; first load what the readers'
+            // previous owners stored, once for all the partitions taken this round.
+            let mut loaded = false;
             for i in 0..self.config.partitions {
                 if held.len() >= share {
                     break;
@@ -269,6 +295,7 @@ impl Owner {
                 if held.contains_key(&p) {
                     continue;
                 }
+                let asked = Instant::now();
                 let Ok(revision) = self
                     .leases
                     .create(partition_key(p), self.node.clone().into())
@@ -276,17 +303,24 @@ impl Owner {
                 else {
                     continue;
                 };
+                if !loaded {
+                    (self.on_acquire)().await;
+                    loaded = true;
+                }
                 let name = format!("{}-p{p}", self.config.consumer);
                 match consumer_for(&self.stream, &self.config, &name, Some(p)).await {
                     Ok(consumer) => {
                         let stop = shutdown.child_token();
+                        let fence = Arc::new(Fence::default());
+                        fence.hold_until(asked + fence_for(lease));
                         self.tracker.spawn(pull(
                             consumer,
+                            Some(fence.clone()),
                             self.acks.clone(),
                             self.out.clone(),
                             stop.clone(),
                         ));
-                        held.insert(p, (revision, stop));
+                        held.insert(p, (revision, stop, fence));
                         tracing::info!(partition = p, "Took a NATS partition.");
                     }
                     Err(e) => {
@@ -302,7 +336,8 @@ impl Owner {
             }
         }
         // Leaving: hand the partitions over now rather than after the leases expire.
-        for (p, (revision, stop)) in held {
+        for (p, (revision, stop, fence)) in held {
+            fence.release();
             stop.cancel();
             let _ = self
                 .leases
@@ -332,9 +367,50 @@ fn partition_key(p: u32) -> String {
     format!("partition.{p}")
 }
 
+/// How long after asking for a lease (or its renewal) this node may act on it: two thirds
+/// of the lease, so it stops before the lease can expire in NATS and another node take it,
+/// with a renewal (every third) in between to keep it going.
+fn fence_for(lease: Duration) -> Duration {
+    lease * 2 / 3
+}
+
+/// Until when this node holds a partition's lease, as far as it knows: messages of the
+/// partition are processed only before then ([`Delivery::owned`]). A node paused (SIGSTOP,
+/// a long GC-like stall of the host) past it finds its lease lapsed when it wakes, and
+/// leaves what it had pulled to the partition's new owner.
+#[derive(Debug, Default)]
+pub struct Fence {
+    /// Milliseconds after [`epoch`]; 0: not held.
+    until_ms: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Fence {
+    fn hold_until(&self, until: Instant) {
+        let ms = until.saturating_duration_since(epoch()).as_millis() as u64;
+        self.until_ms.store(ms.max(1), Ordering::Release);
+    }
+
+    fn release(&self) {
+        self.until_ms.store(0, Ordering::Release);
+    }
+
+    fn held(&self) -> bool {
+        let now = Instant::now()
+            .saturating_duration_since(epoch())
+            .as_millis() as u64;
+        now < self.until_ms.load(Ordering::Acquire)
+    }
+}
+
 /// Pulls messages and hands them to the pipeline, each with its [`NatsAck`].
 async fn pull(
     consumer: consumer::PullConsumer,
+    fence: Option<Arc<Fence>>,
     acks: mpsc::UnboundedSender<Finished>,
     out: Input,
     shutdown: CancellationToken,
@@ -374,6 +450,7 @@ async fn pull(
                 }
                 None => break,
             };
+            let redelivered = message.info().is_ok_and(|i| i.delivered > 1);
             let (message, acker) = message.split();
             let received_at = Instant::now();
             let ack = Arc::new(NatsAck {
@@ -382,12 +459,17 @@ async fn pull(
                     acker,
                     arrived: received_at,
                 }),
+                redelivered,
+                fence: fence.clone(),
+                abandoned: AtomicBool::new(false),
+                settled: Mutex::new(None),
             });
             let inbound = Inbound {
                 topic: Bytes::from(topic_of(message.subject.as_str())),
                 payload: message.payload,
                 received_at,
-                ack: Some(ack),
+                ack: Some(ack.clone()),
+                delivery: Some(ack),
             };
             if out.send(inbound).await.is_err() {
                 // The pipeline stopped: the service is stopping (the message is redelivered).
@@ -407,14 +489,51 @@ struct Finished {
     arrived: Instant,
 }
 
-/// A JetStream message's acknowledgement: sent when the last holder drops it.
+/// A JetStream message's acknowledgement: sent when the last holder drops it, unless the
+/// message was abandoned ([`Delivery::abandon`]).
 pub struct NatsAck {
     tx: mpsc::UnboundedSender<Finished>,
     finished: Option<Finished>,
+    redelivered: bool,
+    /// The lease of the message's partition (None: no partitions, every node may).
+    fence: Option<Arc<Fence>>,
+    abandoned: AtomicBool,
+    settled: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Delivery for NatsAck {
+    fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    fn owned(&self) -> bool {
+        self.fence.as_ref().is_none_or(|f| f.held())
+    }
+
+    fn on_settled(&self, f: Box<dyn FnOnce() + Send>) {
+        *self.settled.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+    }
 }
 
 impl Drop for NatsAck {
     fn drop(&mut self) {
+        if self.abandoned.load(Ordering::Acquire) {
+            // Not acknowledged: JetStream delivers it again once the ack-wait has passed.
+            return;
+        }
+        let settled = self
+            .settled
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(settled) = settled {
+            // Recorded as processed before the acknowledgement leaves.
+            settled();
+        }
         if let Some(f) = self.finished.take() {
             // The release task ended only when the service stops; NATS redelivers then.
             let _ = self.tx.send(f);

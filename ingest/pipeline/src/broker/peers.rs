@@ -299,6 +299,7 @@ async fn drain_session(
                     payload: publish.payload.clone(),
                     received_at: Instant::now(),
                     ack: Some(acks.track(publish) as super::Hold),
+                    delivery: None,
                 };
                 if cx.out.send(msg).await.is_err() {
                     return Ok(Drained::Stopped);
