@@ -89,6 +89,8 @@ pub struct Metrics {
     pub pipeline_queue: Gauge,
     /// NATS partitions of reader subjects this node holds the lease of (issue #16).
     pub nats_partitions_owned: Gauge,
+    /// Messages NATS delivered again (a node did not acknowledge them within the ack-wait).
+    pub nats_redelivered: Counter,
     /// How many messages the workers' queues hold at most.
     pub pipeline_queue_capacity: Gauge,
     pub statuses_accepted: Counter,
@@ -143,6 +145,7 @@ impl Metrics {
             passes_purged: Counter::default(),
             pipeline_queue: Gauge::default(),
             nats_partitions_owned: Gauge::default(),
+            nats_redelivered: Counter::default(),
             pipeline_queue_capacity: Gauge::default(),
             statuses_accepted: Counter::default(),
             reader_wills: Counter::default(),
@@ -302,6 +305,11 @@ impl Metrics {
             "partitions_owned",
             "Partitions of the readers' NATS subjects whose lease this node holds",
             self.nats_partitions_owned.clone(),
+        );
+        registry.sub_registry_with_prefix("nats").register(
+            "redelivered",
+            "Reader messages NATS delivered again: the node that had them did not acknowledge them within the ack-wait (it died, hung, or was too slow)",
+            self.nats_redelivered.clone(),
         );
         let sub = registry.sub_registry_with_prefix("history");
         sub.register(

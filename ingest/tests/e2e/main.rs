@@ -19,6 +19,7 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod nats;
+mod nats_failover;
 mod operability;
 mod owner_proof;
 mod readers;

@@ -12,15 +12,15 @@ use crate::support::{self, SHARED_KEY, TestService};
 use greenplate_proto::v1::ListReadersRequest;
 
 /// A private nats-server with JetStream and MQTT on free ports; killed when dropped.
-struct Nats {
+pub(crate) struct Nats {
     _child: tokio::process::Child,
     _store: tempfile::TempDir,
-    port: u16,
-    mqtt_port: u16,
+    pub(crate) port: u16,
+    pub(crate) mqtt_port: u16,
 }
 
 impl Nats {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 }
@@ -38,13 +38,13 @@ async fn nats_server() -> Nats {
 }
 
 /// The subject mapping that puts each reader's subjects into one of `n` partitions.
-fn partition_mapping(n: u32) -> String {
+pub(crate) fn partition_mapping(n: u32) -> String {
     format!(
         "mappings = {{ \"greenplate.readers.*.*\": \"greenplate.part.{{{{partition({n},1)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}\" }}\n"
     )
 }
 
-async fn nats_server_with(extra: &str) -> Nats {
+pub(crate) async fn nats_server_with(extra: &str) -> Nats {
     let (port, mqtt_port) = (free_port(), free_port());
     spawn_nats(&format!("gp-test-{port}"), port, mqtt_port, extra).await
 }

@@ -145,7 +145,7 @@ pub async fn start(
         let consumer = consumer_for(&stream, config, &config.consumer, None)
             .await
             .map_err(|e| nats(&e))?;
-        tracker.spawn(pull(consumer, None, acks_tx, out, shutdown));
+        tracker.spawn(pull(consumer, None, acks_tx, out, metrics, shutdown));
         return Ok(());
     }
     let bucket = format!("{}_leases", config.stream);
@@ -318,6 +318,7 @@ impl Owner {
                             Some(fence.clone()),
                             self.acks.clone(),
                             self.out.clone(),
+                            self.metrics.clone(),
                             stop.clone(),
                         ));
                         held.insert(p, (revision, stop, fence));
@@ -413,6 +414,7 @@ async fn pull(
     fence: Option<Arc<Fence>>,
     acks: mpsc::UnboundedSender<Finished>,
     out: Input,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -451,6 +453,9 @@ async fn pull(
                 None => break,
             };
             let redelivered = message.info().is_ok_and(|i| i.delivered > 1);
+            if redelivered {
+                metrics.nats_redelivered.inc();
+            }
             let (message, acker) = message.split();
             let received_at = Instant::now();
             let ack = Arc::new(NatsAck {

@@ -1,0 +1,431 @@
+//! Issue #16: two nodes on one PostgreSQL behind one NATS (8 partitions of the readers'
+//! subjects, 4 per node), under load from many sealing readers. Node A runs in this test;
+//! node B is a real `greenplate serve` process, so it can be SIGKILLed or SIGSTOPped.
+//!
+//! Every batch sights the stolen bike in a new pass (10 s apart on the reader's clock), so
+//! every batch processed makes one alert named by (reader, seen_at): the alerts say which
+//! batches were processed, and how often.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use greenplate_proto::v1::{Alert, StreamAlertsRequest};
+use greenplate_registry::testing::eventually;
+use greenplate_simulator::clients;
+use greenplate_simulator::reader::{ReaderClient, sighting};
+
+use crate::nats::{Nats, nats_server_with, partition_mapping};
+use crate::support::node::Node;
+use crate::support::{
+    self, SHARED_KEY, TestService, later, metric, metric_or_zero, new_unit_token, register_stolen,
+};
+
+const TAG: &str = "E28011606000000000000F11";
+const PLATE: &str = "粤D7F011";
+/// Enough readers that both nodes' partitions get some (16 of 8 partitions).
+const READERS: usize = 16;
+/// Batches per reader in each phase.
+const PHASE: usize = 25;
+const LEASE_S: u64 = 3;
+const ACK_WAIT_S: u64 = 3;
+
+fn rejected(reason: &str) -> String {
+    format!("greenplate_ingest_batches_rejected_total{{reason=\"{reason}\"}}")
+}
+
+struct Cluster {
+    nats: Nats,
+    a: TestService,
+    b: Node,
+    _b_dir: tempfile::TempDir,
+    readers: Vec<ReaderClient>,
+    unit: String,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let nats = nats_server_with(&partition_mapping(8)).await;
+        let url = nats.url();
+        let a = TestService::start_postgres_configured(move |c| {
+            c.nats.url = Some(url.clone());
+            c.nats.partitions = 8;
+            c.nats.lease_s = LEASE_S;
+            c.nats.ack_wait_s = ACK_WAIT_S;
+            c.secret_key = Some(SHARED_KEY.into());
+            c.alerting.clone_speed_kmh = 1e9;
+            c.ingest.reader_messages_per_s = 10_000.0;
+            c.ingest.reader_messages_burst = 10_000.0;
+        })
+        .await;
+        let mut readers = Vec::new();
+        for i in 0..READERS {
+            let id = format!("rd-nf-{i}");
+            let secret = a.add_reader(&id, 23.30 + i as f64 * 0.001, 116.60).await;
+            readers.push(
+                ReaderClient::connect("127.0.0.1", nats.mqtt_port, &id, &secret)
+                    .await
+                    .unwrap(),
+            );
+        }
+        register_stolen(&a, TAG, PLATE).await;
+        let unit = new_unit_token(a.channel().await, "hq", &[], true).await;
+        // B starts once everything is provisioned, so it loads it at start (a node learns
+        // another's changes shortly after their commit, not at once).
+        let b_dir = tempfile::tempdir().unwrap();
+        let config = b_dir.path().join("b.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "database_url = {db:?}\nsecret_key = {SHARED_KEY:?}\n\
+                 [nats]\nurl = {url:?}\npartitions = 8\nlease_s = {LEASE_S}\n\
+                 ack_wait_s = {ACK_WAIT_S}\n\
+                 [ingest]\nreader_messages_per_s = 10000.0\nreader_messages_burst = 10000.0\n\
+                 [alerting]\nclone_speed_kmh = 1e9\n",
+                db = a.database_url.clone().unwrap(),
+                url = nats.url(),
+            ),
+        )
+        .unwrap();
+        let b = Node::start_with(&b_dir.path().join("data"), Some(&config)).await;
+        eventually("4 partitions each", Duration::from_secs(20), || async {
+            let owned = (
+                a.metric_or_zero("greenplate_nats_partitions_owned").await,
+                metric_or_zero_at(&b, "greenplate_nats_partitions_owned").await,
+            );
+            if owned == (4.0, 4.0) {
+                Ok(())
+            } else {
+                Err(format!("{owned:?}"))
+            }
+        })
+        .await;
+        Cluster {
+            nats,
+            a,
+            b,
+            _b_dir: b_dir,
+            readers,
+            unit,
+        }
+    }
+
+    /// Every reader publishes `PHASE` batches, each a new pass of the stolen bike.
+    async fn publish_phase(&mut self, phase: usize) {
+        for k in 0..PHASE {
+            let n = (phase * PHASE + k) as i64;
+            for r in self.readers.iter_mut() {
+                r.publish(vec![
+                    later(sighting(TAG, 2, -50), n),
+                    sighting("E280116060000000000FFFFF", 1, -70),
+                ])
+                .await
+                .unwrap();
+            }
+        }
+    }
+
+    async fn stream_from(&self, channel: tonic::transport::Channel, after: u64) -> Streaming {
+        clients::patrol(channel, &self.unit)
+            .unwrap()
+            .stream_alerts(StreamAlertsRequest {
+                resume_after: after,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Stops everything: B first (it holds connections to A's test database).
+    async fn finish(self) {
+        for r in self.readers {
+            r.disconnect().await;
+        }
+        drop(self.b);
+        self.a.stop().await;
+        drop(self.nats);
+    }
+
+    /// Every alert of the log, from a fresh stream on A.
+    async fn log(&self, newest: u64) -> Vec<Alert> {
+        let mut replay = self.stream_from(self.a.channel().await, 0).await;
+        let mut log = Vec::new();
+        while log.last().is_none_or(|a: &Alert| a.seq < newest) {
+            log.push(support::next_alert(&mut replay).await);
+        }
+        log
+    }
+}
+
+type Streaming = tonic::Streaming<Alert>;
+
+async fn metric_or_zero_at(node: &Node, sample: &str) -> f64 {
+    metric_or_zero(node.http, sample).await
+}
+
+/// Collects a stream's alerts until it ends or fails (its node died).
+fn collect(mut stream: Streaming, into: Arc<Mutex<Vec<Alert>>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok(Some(alert)) = stream.message().await {
+            into.lock().unwrap().push(alert);
+        }
+    })
+}
+
+/// Waits until the alerts seen name `total` distinct batches (reader, seen_at).
+async fn wait_for_batches(seen: Arc<Mutex<Vec<Alert>>>, total: usize, within: Duration) {
+    eventually("every batch's alert", within, || async {
+        let batches = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| (a.reader_id.clone(), a.seen_at_ms))
+            .collect::<HashSet<_>>();
+        if batches.len() >= total {
+            return Ok(());
+        }
+        // Which are missing: per reader, the passes (10 s apart) not seen.
+        let mut missing = Vec::new();
+        for r in 0..READERS {
+            let id = format!("rd-nf-{r}");
+            let mut at: Vec<i64> = batches
+                .iter()
+                .filter(|(reader, _)| *reader == id)
+                .map(|(_, t)| *t)
+                .collect();
+            at.sort_unstable();
+            if at.len() < total / READERS {
+                missing.push(format!("{id}: {} seen", at.len()));
+            }
+        }
+        Err(format!("{} of {total}; {missing:?}", batches.len()))
+    })
+    .await;
+}
+
+/// A node's counters that explain where messages went, for failure messages.
+async fn counters(addr: std::net::SocketAddr) -> String {
+    support::http_get(addr, "/metrics")
+        .await
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && (l.contains("rejected_total")
+                    || l.contains("nats_")
+                    || l.contains("duplicates")
+                    || l.contains("batches_accepted"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Each batch made exactly one alert in the log, all in one incident.
+fn assert_each_batch_alerted_once(log: &[Alert], total: usize) {
+    let mut per_batch: HashMap<(String, i64), usize> = HashMap::new();
+    for a in log.iter().filter(|a| a.tag_id == TAG) {
+        *per_batch
+            .entry((a.reader_id.clone(), a.seen_at_ms))
+            .or_default() += 1;
+    }
+    assert_eq!(per_batch.len(), total, "batches that made an alert");
+    let twice: Vec<_> = per_batch.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "batches alerted more than once: {twice:?}"
+    );
+    let incidents: HashSet<&str> = log.iter().map(|a| a.incident_id.as_str()).collect();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+}
+
+/// Node B is SIGKILLed while the readers' load is on it. A takes B's partitions once their
+/// leases expire, JetStream redelivers what B held unacknowledged once the ack-wait has
+/// passed, and A loads B's stored seq windows first. Every stolen sighting alerts exactly
+/// once, no genuine batch is refused as a replay, and a patrol client that streamed from B
+/// resumes on A with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server and PostgreSQL (GREENPLATE_TEST_PG)"]
+async fn a_node_killed_under_load_alerts_every_stolen_sighting_once() {
+    let mut c = Cluster::start().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let on_b = collect(c.stream_from(c.b.channel().await, 0).await, seen.clone());
+
+    // First half with both nodes up; B is killed with that load still on it.
+    c.publish_phase(0).await;
+    let accepted_b = metric(c.b.http, "greenplate_ingest_batches_accepted_total").await;
+    c.b.signal("-KILL");
+    let killed = Instant::now();
+    c.publish_phase(1).await;
+
+    // The client lost B; it resumes on A after the last alert it saw.
+    tokio::time::timeout(Duration::from_secs(30), on_b)
+        .await
+        .expect("the stream from the killed node ends")
+        .unwrap();
+    let last = seen.lock().unwrap().last().map_or(0, |a| a.seq);
+    let on_a = collect(c.stream_from(c.a.channel().await, last).await, seen.clone());
+    let total = READERS * PHASE * 2;
+    let waiting = wait_for_batches(seen.clone(), total, Duration::from_secs(60));
+    if tokio::spawn(waiting).await.is_err() {
+        // The whole log: a fresh stream until it has been quiet for 2 s.
+        let mut replay = c.stream_from(c.a.channel().await, 0).await;
+        let mut log = Vec::new();
+        while let Ok(Ok(Some(a))) =
+            tokio::time::timeout(Duration::from_secs(2), replay.message()).await
+        {
+            log.push(a);
+        }
+        let in_log: HashSet<(String, i64)> = log
+            .iter()
+            .map(|a| (a.reader_id.clone(), a.seen_at_ms))
+            .collect();
+        let on_client: HashSet<(String, i64)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| (a.reader_id.clone(), a.seen_at_ms))
+            .collect();
+        let missed: Vec<u64> = log
+            .iter()
+            .filter(|a| !on_client.contains(&(a.reader_id.clone(), a.seen_at_ms)))
+            .map(|a| a.seq)
+            .collect();
+        // What JetStream still holds, per partition consumer.
+        let js = async_nats::jetstream::new(async_nats::connect(c.nats.url()).await.unwrap());
+        let mut stream = js.get_stream("GREENPLATE_READERS").await.unwrap();
+        let mut held = format!("stream: {:?}\n", stream.info().await.unwrap().state);
+        for p in 0..8 {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+                .get_consumer(&format!("greenplate-ingest-p{p}"))
+                .await
+                .unwrap();
+            let i = consumer.info().await.unwrap();
+            held += &format!(
+                "p{p}: pending {} ack_pending {} redelivered {} waiting {}\n",
+                i.num_pending, i.num_ack_pending, i.num_redelivered, i.num_waiting
+            );
+        }
+        panic!(
+            "{} batches in the log, {} on the client (resumed after {last}); in the log but not \
+             on the client: {missed:?}\n{held}A's counters:\n{}",
+            in_log.len(),
+            on_client.len(),
+            counters(c.a.service.http_addr).await
+        );
+    }
+    c.a.wait_metric("greenplate_nats_partitions_owned", 8.0)
+        .await;
+    let redelivered =
+        c.a.metric_or_zero("greenplate_nats_redelivered_total")
+            .await;
+    eprintln!(
+        "B had accepted {accepted_b} batches when it was killed; A took all partitions and \
+         every batch alerted {:.1} s after the kill; {redelivered} messages redelivered to A",
+        killed.elapsed().as_secs_f64()
+    );
+
+    // Exactly once in the log, and the client saw the whole log with no gap and no repeat.
+    let got: Vec<Alert> = seen.lock().unwrap().clone();
+    let seqs: BTreeSet<u64> = got.iter().map(|a| a.seq).collect();
+    assert_eq!(seqs.len(), got.len(), "an alert twice on the client");
+    let log = c.log(*seqs.last().unwrap()).await;
+    assert_each_batch_alerted_once(&log, total);
+    assert_eq!(
+        seqs,
+        log.iter().map(|a| a.seq).collect::<BTreeSet<_>>(),
+        "the client missed alerts of the log"
+    );
+    // A refused no genuine batch as a replay (repeats it may have had are counted apart).
+    for reason in ["replay", "seq_too_old"] {
+        assert_eq!(c.a.metric_or_zero(&rejected(reason)).await, 0.0, "{reason}");
+    }
+    on_a.abort();
+    c.finish().await;
+}
+
+/// Node B is SIGSTOPped for longer than its lease and the ack-wait, with its pull requests
+/// open, so NATS goes on sending it its partitions' messages; A takes the partitions and
+/// JetStream redelivers those messages to A. When B resumes, it finds its leases lapsed and
+/// does not process what it had received. Across the two nodes each batch is accepted
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server and PostgreSQL (GREENPLATE_TEST_PG)"]
+async fn a_node_paused_past_its_lease_does_not_process_what_was_redelivered() {
+    let mut c = Cluster::start().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let on_a = collect(c.stream_from(c.a.channel().await, 0).await, seen.clone());
+    let accepted = "greenplate_ingest_batches_accepted_total";
+
+    // Both nodes take part; B is paused once it is idle.
+    c.publish_phase(0).await;
+    wait_for_batches(seen.clone(), READERS * PHASE, Duration::from_secs(30)).await;
+    assert!(metric(c.b.http, accepted).await > 0.0, "B took no reader");
+    c.b.signal("-STOP");
+    c.publish_phase(1).await;
+    wait_for_batches(seen.clone(), READERS * PHASE * 2, Duration::from_secs(60)).await;
+    assert!(
+        c.a.metric_or_zero("greenplate_nats_redelivered_total")
+            .await
+            > 0.0,
+        "NATS redelivered nothing B held to A"
+    );
+
+    // B wakes with its leases lapsed: what it had received while paused is left to A (its
+    // pull requests missed their heartbeats and are dropped, or its fence refuses what came
+    // through: `partition_not_held`), and it takes its share of the partitions back.
+    c.b.signal("-CONT");
+    eventually(
+        "4 partitions each again",
+        Duration::from_secs(20),
+        || async {
+            let owned = (
+                c.a.metric_or_zero("greenplate_nats_partitions_owned").await,
+                metric_or_zero(c.b.http, "greenplate_nats_partitions_owned").await,
+            );
+            if owned == (4.0, 4.0) {
+                Ok(())
+            } else {
+                Err(format!("{owned:?}"))
+            }
+        },
+    )
+    .await;
+
+    // Both nodes again.
+    c.publish_phase(2).await;
+    let total = READERS * PHASE * 3;
+    wait_for_batches(seen.clone(), total, Duration::from_secs(60)).await;
+    // Each batch accepted once across the two nodes, even though NATS delivered B's share
+    // of phase 1 twice (to B, paused, then to A).
+    eventually(
+        "each batch accepted once across the nodes",
+        Duration::from_secs(10),
+        || async {
+            let n = c.a.metric(accepted).await + metric(c.b.http, accepted).await;
+            if n == total as f64 {
+                Ok(())
+            } else {
+                Err(format!("{n} accepted, {total} published"))
+            }
+        },
+    )
+    .await;
+    let newest = seen.lock().unwrap().iter().map(|a| a.seq).max().unwrap();
+    assert_each_batch_alerted_once(&c.log(newest).await, total);
+    for reason in ["replay", "seq_too_old"] {
+        assert_eq!(c.a.metric_or_zero(&rejected(reason)).await, 0.0, "{reason}");
+        assert_eq!(
+            metric_or_zero(c.b.http, &rejected(reason)).await,
+            0.0,
+            "{reason}"
+        );
+    }
+    for svc in [c.a.service.http_addr, c.b.http] {
+        assert_eq!(
+            metric_or_zero(svc, "greenplate_alerting_duplicates_dropped_total").await,
+            0.0,
+            "a batch reached the alert log twice"
+        );
+    }
+    on_a.abort();
+    c.finish().await;
+}
