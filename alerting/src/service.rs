@@ -330,8 +330,10 @@ async fn feed<E: From<crate::AlertingError>>(
     shutdown: CancellationToken,
 ) {
     'replay: loop {
+        // Up to where the hub has got: what follows comes live, in seq order.
+        let upto = alerting.hub.published();
         loop {
-            let page = match alerting.replay(&unit, last, REPLAY_PAGE).await {
+            let page = match alerting.replay(&unit, last, upto, REPLAY_PAGE).await {
                 Ok(p) => p,
                 Err(e) => {
                     let _ = tx.send(Err(e.into())).await;

@@ -127,6 +127,12 @@ impl Alerting {
             ]),
         });
         alerting.load_canaries().await?;
+        // What the log holds now is replayed from it; the hub publishes what comes after.
+        let top: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM alerts")
+            .fetch_one(alerting.db().pool())
+            .await
+            .map_err(greenplate_registry::RegistryError::from)?;
+        alerting.hub.advance_to(u64::try_from(top).unwrap_or(0));
         Ok(alerting)
     }
 

@@ -394,11 +394,25 @@ async fn the_engine_commits_to_the_log_then_publishes_one_incident_per_matter() 
 
     // Replay: each unit gets what it was entitled to, after the seq it names.
     let seqs = |v: Vec<greenplate_proto::v1::Alert>| v.iter().map(|x| x.seq).collect::<Vec<_>>();
-    assert_eq!(seqs(a.replay("cc", 0, 100).await.unwrap()), [1, 2]);
-    assert_eq!(seqs(a.replay("cc", 1, 100).await.unwrap()), [2]);
-    assert_eq!(seqs(a.replay("unit-n", 0, 100).await.unwrap()), [1]);
-    assert_eq!(seqs(a.replay("unit-s", 0, 100).await.unwrap()), [2]);
-    assert!(a.replay("unit-w", 0, 100).await.unwrap().is_empty());
+    assert_eq!(
+        seqs(a.replay("cc", 0, u64::MAX, 100).await.unwrap()),
+        [1, 2]
+    );
+    assert_eq!(seqs(a.replay("cc", 1, u64::MAX, 100).await.unwrap()), [2]);
+    assert_eq!(
+        seqs(a.replay("unit-n", 0, u64::MAX, 100).await.unwrap()),
+        [1]
+    );
+    assert_eq!(
+        seqs(a.replay("unit-s", 0, u64::MAX, 100).await.unwrap()),
+        [2]
+    );
+    assert!(
+        a.replay("unit-w", 0, u64::MAX, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let open = a.open_incidents(10).await.unwrap();
     assert_eq!(open.len(), 1);
@@ -438,7 +452,7 @@ async fn the_engine_commits_to_the_log_then_publishes_one_incident_per_matter() 
     assert_eq!(offline.alert.kind(), AlertKind::ReaderOffline);
     assert_eq!(offline.alert.seq, 4, "the repeated sighting took a seq");
     assert_eq!(a.duplicates_dropped.get(), 1);
-    assert_eq!(a.replay("cc", 0, 100).await.unwrap().len(), 4);
+    assert_eq!(a.replay("cc", 0, u64::MAX, 100).await.unwrap().len(), 4);
     assert_eq!(offline.alert.seen_at_ms, 1_700_000_000_000);
     assert_eq!(offline.recipients, ["cc"]);
     assert_ne!(offline.alert.incident_id, first.alert.incident_id);

@@ -54,6 +54,8 @@ pub async fn start(alerting: Arc<Alerting>, url: String) -> Result<Follower, Ale
         .fetch_one(alerting.registry().db().pool())
         .await?
         .try_get::<i64, _>("top")?;
+    // Streams replay what is below the cursor from the log.
+    alerting.hub.advance_to(u64::try_from(cursor).unwrap_or(0));
     Ok(Follower {
         alerting,
         url,
@@ -72,7 +74,7 @@ impl Follower {
             listener,
         } = self;
         let mut listener = Some(listener);
-        let mut hole_since: Option<Instant> = None;
+        let mut seen = Seen::default();
         'connect: loop {
             let mut listener = match listener.take() {
                 Some(l) => l,
@@ -87,11 +89,11 @@ impl Follower {
             loop {
                 // Read what is there, then wait for the next commit (or a short tick, to
                 // notice a filled hole or a lost connection).
-                match catch_up(&alerting, &mut cursor, &mut hole_since).await {
+                match catch_up(&alerting, &mut cursor, &mut seen).await {
                     Ok(()) => {}
                     Err(e) => tracing::error!(error = %e, "Reading the alert log failed."),
                 }
-                let tick = if hole_since.is_some() {
+                let tick = if seen.waiting {
                     Duration::from_millis(20)
                 } else {
                     Duration::from_millis(500)
@@ -123,13 +125,48 @@ async fn connect(url: &str) -> Result<Option<sqlx::postgres::PgListener>, sqlx::
     Ok(Some(l))
 }
 
+/// When the follower first saw each part of the log: a hole (a seq not committed while a
+/// higher one is) has been waited for since a higher seq was first seen. So the holes that
+/// showed up together (one transaction of a node that died holds seqs interleaved with
+/// another node's) are gone past together, after one [`HOLE_WAIT`], not one after another.
+#[derive(Debug, Default)]
+struct Seen {
+    /// (the highest seq seen committed, when it was first seen), increasing.
+    marks: std::collections::VecDeque<(i64, Instant)>,
+    /// Stopped at a hole younger than [`HOLE_WAIT`].
+    waiting: bool,
+}
+
+impl Seen {
+    fn saw(&mut self, top: i64) {
+        if self.marks.back().is_none_or(|(s, _)| top > *s) {
+            self.marks.push_back((top, Instant::now()));
+        }
+    }
+
+    /// Since when the hole just below the committed `seq` has been visible.
+    fn hole_since(&self, seq: i64) -> Instant {
+        self.marks
+            .iter()
+            .find(|(s, _)| *s >= seq)
+            .map_or_else(Instant::now, |(_, at)| *at)
+    }
+
+    fn passed(&mut self, cursor: i64) {
+        while self.marks.front().is_some_and(|(s, _)| *s <= cursor) {
+            self.marks.pop_front();
+        }
+    }
+}
+
 /// Hands every committed alert after `cursor` to the hub, in seq order, stopping at a hole
-/// younger than [`HOLE_WAIT`].
+/// visible for less than [`HOLE_WAIT`].
 async fn catch_up(
     alerting: &Alerting,
     cursor: &mut i64,
-    hole_since: &mut Option<Instant>,
+    seen: &mut Seen,
 ) -> Result<(), sqlx::Error> {
+    seen.waiting = false;
     loop {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.seq > $1 ORDER BY a.seq LIMIT $2"
@@ -139,7 +176,6 @@ async fn catch_up(
         .fetch_all(alerting.registry().db().pool())
         .await?;
         if rows.is_empty() {
-            *hole_since = None;
             return Ok(());
         }
         let mut alerts = Vec::with_capacity(rows.len());
@@ -147,6 +183,7 @@ async fn catch_up(
             alerts.push(alert_from_row(row)?);
         }
         let top = alerts.last().map_or(*cursor, |a| a.seq as i64);
+        seen.saw(top);
         let recipients =
             sqlx::query("SELECT seq, unit_id FROM alert_recipients WHERE seq > $1 AND seq <= $2")
                 .bind(*cursor)
@@ -164,8 +201,8 @@ async fn catch_up(
         for alert in alerts {
             let seq = alert.seq as i64;
             if seq != *cursor + 1 {
-                let since = *hole_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < HOLE_WAIT {
+                if seen.hole_since(seq).elapsed() < HOLE_WAIT {
+                    seen.waiting = true;
                     return Ok(());
                 }
                 tracing::warn!(
@@ -174,13 +211,37 @@ async fn catch_up(
                     "Going past a hole in the alert log (a rolled-back or very slow commit)."
                 );
             }
-            *hole_since = None;
             *cursor = seq;
+            seen.passed(*cursor);
             let recipients = by_seq.remove(&seq).unwrap_or_default();
             alerting.hub.publish(LoggedAlert { alert, recipients });
         }
         if (n as i64) < PAGE {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holes_seen_together_are_waited_for_together() {
+        let mut seen = Seen::default();
+        // 10 committed with 3..=9 not: every hole below 10 visible from now.
+        seen.saw(10);
+        let first = seen.hole_since(4);
+        assert_eq!(seen.hole_since(10), first);
+        std::thread::sleep(Duration::from_millis(5));
+        // 20 shows up later: holes just below 11..=20 are younger.
+        seen.saw(20);
+        assert_eq!(seen.hole_since(7), first);
+        assert!(seen.hole_since(15) > first);
+        // Going past 10 forgets its mark; a lower top adds none.
+        seen.passed(10);
+        seen.saw(12);
+        assert_eq!(seen.marks.len(), 1);
+        assert!(seen.hole_since(12) > first);
     }
 }

@@ -147,19 +147,21 @@ impl Alerting {
         Ok(u64::try_from(row.try_get::<i64, _>("last")?).unwrap_or(0))
     }
 
-    /// Up to `limit` alerts for `unit_id` with seq > `after`, oldest first.
+    /// Up to `limit` alerts for `unit_id` with `after` < seq <= `upto`, oldest first.
     pub async fn replay(
         &self,
         unit_id: &str,
         after: u64,
+        upto: u64,
         limit: i64,
     ) -> Result<Vec<Alert>, AlertingError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ALERT_COLUMNS} FROM alerts a JOIN alert_recipients r ON r.seq = a.seq \
-             WHERE r.unit_id = $1 AND a.seq > $2 ORDER BY a.seq LIMIT $3"
+             WHERE r.unit_id = $1 AND a.seq > $2 AND a.seq <= $3 ORDER BY a.seq LIMIT $4"
         )))
         .bind(unit_id)
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::try_from(upto).unwrap_or(i64::MAX))
         .bind(limit)
         .fetch_all(self.db().pool())
         .await?;
