@@ -214,6 +214,23 @@ impl Service {
                 .into());
             }
             (Some(url), None) => {
+                // The reader logins nats-server checks: written before connecting (this
+                // node's own login is in the file too), then kept up to date.
+                let logins = broker::nats::logins::Logins::new(
+                    &config.nats,
+                    registry.clone(),
+                    metrics.clone(),
+                )
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                if let Some(mut logins) = logins {
+                    if let Err(e) = logins.refresh().await {
+                        logins.fail(&e);
+                    }
+                    tracker.spawn(logins.keep(
+                        Duration::from_secs(config.nats.logins_check_s.max(1)),
+                        shutdown.clone(),
+                    ));
+                }
                 // Taking partitions over: first the windows their readers' owners stored.
                 let on_acquire: broker::nats::OnAcquire = {
                     let (admissions, registry) = (admissions.clone(), registry.clone());

@@ -58,7 +58,7 @@ pub use readers::{Liveness, Reader, Readers};
 pub use secrets::SecretBox;
 pub use seqs::StoredSeqs;
 pub use service::RegistryService;
-pub use store::{AuditEntry, Registry};
+pub use store::{AuditEntry, ReaderLogin, Registry};
 pub use thefts::{AlertFacts, TheftDetails, TheftReport, TrackSubject};
 pub use validate::TagId;
 

@@ -39,6 +39,22 @@ pub struct Registry {
     pub(crate) pin_failures: crate::pin::Failures,
 }
 
+/// A reader's login for an external broker ([`Registry::reader_logins`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReaderLogin {
+    pub reader_id: String,
+    /// The MQTT password ([`greenplate_proto::seal::login_password`] of its secret).
+    pub password: String,
+}
+
+impl std::fmt::Debug for ReaderLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReaderLogin")
+            .field("reader_id", &self.reader_id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Registry {
     /// Migrates the registry's tables and loads the hot index, readers and tokens.
     pub async fn open(
@@ -241,6 +257,27 @@ impl Registry {
         tx.commit().await?;
         reader.rotate(&secret, grace_ms);
         Ok(secret)
+    }
+
+    /// Every enabled reader with the MQTT password it logs in with (derived from its current
+    /// secret), read from the database: for writing an external broker's logins (NATS).
+    /// The passwords are secrets: hash them, never log them.
+    pub async fn reader_logins(&self) -> Result<Vec<ReaderLogin>, RegistryError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM readers WHERE enabled <> 0 ORDER BY reader_id",
+            crate::readers::READER_COLUMNS
+        )))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let (reader, secret) = Reader::from_row(row, &self.secrets)?;
+                Ok(ReaderLogin {
+                    reader_id: reader.id.clone(),
+                    password: greenplate_proto::seal::login_password(&secret),
+                })
+            })
+            .collect()
     }
 
     /// Adds a kiosk and returns its token (expiring after `ttl`; `None`: never).

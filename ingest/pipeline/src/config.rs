@@ -105,6 +105,35 @@ pub struct NatsConfig {
     /// partitions go to live nodes after this.
     #[serde(default = "default_nats_lease_s")]
     pub lease_s: u64,
+    /// Reader logins for nats-server: this node writes, to this file, an `authorization`
+    /// block with one user per enabled reader (its MQTT password as bcrypt, allowed to
+    /// publish only on its own two subjects) and this node's own user (`username`,
+    /// `password`), and rewrites it when readers are added, disabled or re-keyed.
+    /// nats-server's config includes it (`include greenplate-logins.conf`). None (the
+    /// default): nats-server's logins are kept by hand.
+    #[serde(default)]
+    pub logins_file: Option<std::path::PathBuf>,
+    /// Run after each rewrite of `logins_file` so nats-server reloads it, for example
+    /// `["nats-server", "--signal", "reload=/var/run/nats-server.pid"]`. Empty (the
+    /// default): nothing is run (reload it another way: deploy/README).
+    #[serde(default)]
+    pub reload_command: Vec<String>,
+    /// How often the readers are checked for changes to the logins, in seconds.
+    #[serde(default = "default_nats_logins_check_s")]
+    pub logins_check_s: u64,
+    /// bcrypt cost of the reader passwords in `logins_file` (4..=31). The passwords are
+    /// random (256 bits for v2 secrets), so a low cost keeps rewrites and NATS's check of
+    /// each login cheap without making them guessable.
+    #[serde(default = "default_nats_login_bcrypt_cost")]
+    pub login_bcrypt_cost: u32,
+}
+
+fn default_nats_logins_check_s() -> u64 {
+    5
+}
+
+fn default_nats_login_bcrypt_cost() -> u32 {
+    6
 }
 
 fn default_nats_lease_s() -> u64 {
@@ -140,6 +169,10 @@ impl Default for NatsConfig {
             max_ack_pending: default_nats_max_ack_pending(),
             partitions: 0,
             lease_s: default_nats_lease_s(),
+            logins_file: None,
+            reload_command: Vec::new(),
+            logins_check_s: default_nats_logins_check_s(),
+            login_bcrypt_cost: default_nats_login_bcrypt_cost(),
         }
     }
 }

@@ -33,6 +33,16 @@ pub const ACK_DISCONNECTED: &str = "disconnected";
 /// `mqtt_acks_failed` reason: NATS did not take a JetStream acknowledgement (it redelivers the
 /// message after the consumer's ack-wait; the seq window takes it once).
 pub const ACK_NATS_FAILED: &str = "nats_ack_failed";
+/// `nats_logins_failed` reasons: the readers could not be read; the logins file could not
+/// be written (or a password hashed); the reload command failed.
+pub const LOGINS_READ_FAILED: &str = "read";
+pub const LOGINS_WRITE_FAILED: &str = "write";
+pub const LOGINS_RELOAD_FAILED: &str = "reload";
+const LOGINS_FAILED_REASONS: [&str; 3] = [
+    LOGINS_READ_FAILED,
+    LOGINS_WRITE_FAILED,
+    LOGINS_RELOAD_FAILED,
+];
 
 /// `mqtt_refused` reason (the embedded broker's reader ACL): a PUBLISH to a topic other than
 /// the reader's own two.
@@ -91,6 +101,10 @@ pub struct Metrics {
     pub nats_partitions_owned: Gauge,
     /// Messages NATS delivered again (a node did not acknowledge them within the ack-wait).
     pub nats_redelivered: Counter,
+    /// Reader users in the NATS logins file (`nats.logins_file`), and its rewrites.
+    pub nats_logins: Gauge,
+    pub nats_logins_written: Counter,
+    pub nats_logins_failed: Family<Reason, Counter>,
     /// How many messages the workers' queues hold at most.
     pub pipeline_queue_capacity: Gauge,
     pub statuses_accepted: Counter,
@@ -146,6 +160,9 @@ impl Metrics {
             pipeline_queue: Gauge::default(),
             nats_partitions_owned: Gauge::default(),
             nats_redelivered: Counter::default(),
+            nats_logins: Gauge::default(),
+            nats_logins_written: Counter::default(),
+            nats_logins_failed: zeroed(&LOGINS_FAILED_REASONS),
             pipeline_queue_capacity: Gauge::default(),
             statuses_accepted: Counter::default(),
             reader_wills: Counter::default(),
@@ -311,6 +328,22 @@ impl Metrics {
             "Reader messages NATS delivered again: the node that had them did not acknowledge them within the ack-wait (it died, hung, or was too slow)",
             self.nats_redelivered.clone(),
         );
+        let nats = registry.sub_registry_with_prefix("nats");
+        nats.register(
+            "logins",
+            "Reader users in the NATS logins file (nats.logins_file)",
+            self.nats_logins.clone(),
+        );
+        nats.register(
+            "logins_written",
+            "Times the NATS logins file was rewritten (readers added, disabled or re-keyed)",
+            self.nats_logins_written.clone(),
+        );
+        nats.register(
+            "logins_failed",
+            "Failures keeping the NATS logins file, by reason (read, write, reload); retried",
+            self.nats_logins_failed.clone(),
+        );
         let sub = registry.sub_registry_with_prefix("history");
         sub.register(
             "passes_stored",
@@ -383,6 +416,13 @@ impl Metrics {
                 reader: reader.to_owned(),
             })
             .inc_by(n);
+    }
+
+    /// Counts a failure to keep the NATS logins file.
+    pub fn nats_logins_failed(&self, reason: &'static str) {
+        self.nats_logins_failed
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     /// Counts a PUBACK that could not be sent.

@@ -9,17 +9,26 @@ use greenplate_registry::testing::eventually;
 use greenplate_simulator::reader::{ReaderClient, sighting};
 
 use crate::support::{self, SHARED_KEY, TestService};
-use greenplate_proto::v1::ListReadersRequest;
+use greenplate_proto::v1::{ListReadersRequest, SetReaderEnabledRequest};
 
 /// A private nats-server with JetStream and MQTT on free ports; killed when dropped.
 pub(crate) struct Nats {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     _store: tempfile::TempDir,
     pub(crate) port: u16,
     pub(crate) mqtt_port: u16,
 }
 
 impl Nats {
+    /// The command that makes this nats-server reload its configuration.
+    fn reload_command(&self) -> Vec<String> {
+        vec![
+            std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into()),
+            "--signal".into(),
+            format!("reload={}", self.child.id().expect("nats-server running")),
+        ]
+    }
+
     pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -86,7 +95,7 @@ async fn spawn_nats(name: &str, port: u16, mqtt_port: u16, extra: &str) -> Nats 
         .await;
     }
     Nats {
-        _child: child,
+        child,
         _store: store,
         port,
         mqtt_port,
@@ -336,4 +345,124 @@ async fn each_reader_goes_to_one_node_at_a_time_and_a_leaving_node_hands_over() 
         from.insert(alert.reader_id);
     }
     a.stop().await;
+}
+
+/// greenplate writes the reader logins nats-server checks (`nats.logins_file`) and makes it
+/// reload them: a reader added through the admin API logs in to NATS's MQTT listener with
+/// its secret, may not publish on another reader's topic (NATS refuses it: it never reaches
+/// ingest), and once disabled can no longer log in. greenplate's own user is in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server (NATS_SERVER, default nats-server on PATH)"]
+async fn nats_checks_the_reader_logins_greenplate_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("greenplate-logins.conf");
+    // Before greenplate writes it: greenplate's own user alone, its password in clear.
+    std::fs::write(
+        &file,
+        "authorization { users = [ { user: greenplate, password: node-pass } ] }\n",
+    )
+    .unwrap();
+    // nats-server 2.9 resolves an include relative to its config file's directory (even an
+    // absolute path); both temporary directories are in the same one.
+    let relative = format!(
+        "../{}/greenplate-logins.conf",
+        dir.path().file_name().unwrap().to_str().unwrap()
+    );
+    let nats = nats_server_with(&format!("include {relative:?}\n")).await;
+    let (url, reload, logins) = (nats.url(), nats.reload_command(), file.clone());
+    let svc = TestService::start_configured(move |c| {
+        c.nats.url = Some(url.clone());
+        c.nats.username = Some("greenplate".into());
+        c.nats.password = Some("node-pass".into());
+        c.nats.logins_file = Some(logins.clone());
+        c.nats.reload_command = reload.clone();
+        c.nats.logins_check_s = 1;
+    })
+    .await;
+    svc.wait_metric("greenplate_nats_logins_written_total", 1.0)
+        .await;
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(!written.contains("node-pass"), "a password in clear");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the logins file is readable by others");
+    }
+
+    let tag = "E28011606000000000000E21";
+    let secret = svc.add_reader("rd-login", 23.30, 116.60).await;
+    let other = svc.add_reader("rd-other", 23.31, 116.61).await;
+    support::register_stolen(&svc, tag, "粤D7E021").await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let mut alerts = support::stream(&hq, 0).await;
+    // The readers are in the file (and nats-server has reloaded it) within a few seconds.
+    let port = nats.mqtt_port;
+    let mut reader = eventually("rd-login logs in to NATS", Duration::from_secs(20), || {
+        let secret = secret.clone();
+        async move { ReaderClient::connect("127.0.0.1", port, "rd-login", &secret).await }
+    })
+    .await;
+    assert!(
+        ReaderClient::connect("127.0.0.1", port, "rd-login", &other)
+            .await
+            .is_err(),
+        "NATS took a wrong password"
+    );
+    // rd-other, logged in as itself, publishes on rd-login's topic: refused by NATS.
+    let mut spoof = ReaderClient::connect("127.0.0.1", port, "rd-other", &other)
+        .await
+        .unwrap();
+    spoof.set_sightings_topic(reader.sightings_topic().to_owned());
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        spoof.publish(vec![sighting(tag, 2, -50)]),
+    )
+    .await;
+    // rd-login's own batch, after it on the same topic, alerts; the spoof never reached
+    // ingest (it would be counted as not opening under rd-login's key).
+    reader
+        .publish(vec![support::later(sighting(tag, 2, -50), 1)])
+        .await
+        .unwrap();
+    let alert = support::next_alert(&mut alerts).await;
+    assert_eq!(alert.reader_id, "rd-login");
+    for reason in ["unsealed", "reader_mismatch", "replay"] {
+        let sample = format!("greenplate_ingest_batches_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(svc.metric_or_zero(&sample).await, 0.0, "{reason}");
+    }
+
+    // Disabled: rewritten, reloaded, and rd-login can no longer log in.
+    let before = svc.metric("greenplate_nats_logins_written_total").await;
+    svc.admin()
+        .await
+        .set_reader_enabled(SetReaderEnabledRequest {
+            reader_id: "rd-login".into(),
+            enabled: false,
+        })
+        .await
+        .unwrap();
+    svc.wait_metric("greenplate_nats_logins_written_total", before + 1.0)
+        .await;
+    eventually("rd-login refused by NATS", Duration::from_secs(10), || {
+        let secret = secret.clone();
+        async move {
+            match ReaderClient::connect("127.0.0.1", port, "rd-login", &secret).await {
+                Ok(c) => {
+                    c.disconnect().await;
+                    Err("still logs in")
+                }
+                Err(_) => Ok(()),
+            }
+        }
+    })
+    .await;
+    assert_eq!(svc.metric("greenplate_nats_logins").await, 1.0);
+    for reason in ["read", "write", "reload"] {
+        let sample = format!("greenplate_nats_logins_failed_total{{reason=\"{reason}\"}}");
+        assert_eq!(svc.metric_or_zero(&sample).await, 0.0, "{reason}");
+    }
+    reader.disconnect().await;
+    spoof.disconnect().await;
+    svc.stop().await;
 }

@@ -22,8 +22,11 @@
 //! alerts were committed just before its node died, before its window was stored) is
 //! written once: alerts and passes are unique by sighting in the database.
 //!
-//! Not yet here (issue #16): the reader logins NATS checks, and the retirement of the
-//! Mosquitto takeover.
+//! [`logins`] writes the reader logins nats-server checks (`nats.logins_file`).
+//!
+//! Not yet here (issue #16): the retirement of the Mosquitto takeover.
+
+pub mod logins;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
