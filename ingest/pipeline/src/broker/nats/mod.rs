@@ -240,31 +240,42 @@ impl Owner {
             .node
             .bytes()
             .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+        let mut live = 1;
         loop {
-            if let Err(e) = self.leases.put(&node_key, self.node.clone().into()).await {
-                tracing::warn!(error = %e, "Cannot renew this node's presence in NATS.");
-            }
-            let live = self.live_nodes().await.max(1);
-            let share = self.config.partitions.div_ceil(live) as usize;
-            // Renew what is held; a lease another node holds now is lost.
+            // Renew what is held first, before anything that can be slow: a round that
+            // takes longer than the lease lets every held lease expire.
             let mut lost = Vec::new();
-            for (p, (revision, _, fence)) in held.iter_mut() {
-                let asked = Instant::now();
-                match self
-                    .leases
-                    .update(partition_key(*p), self.node.clone().into(), *revision)
-                    .await
-                {
-                    Ok(r) => {
+            let asked = Instant::now();
+            let renewals = futures::future::join_all(
+                held.iter()
+                    .map(|(p, (revision, _, _))| self.renew(*p, *revision)),
+            )
+            .await;
+            for ((p, (revision, _, fence)), renewal) in held.iter_mut().zip(renewals) {
+                match renewal {
+                    Renewal::Renewed(r) => {
                         *revision = r;
                         fence.hold_until(asked + fence_for(lease));
                     }
-                    Err(e) => {
-                        tracing::warn!(partition = p, error = %e, "Lost a NATS partition's lease.");
-                        lost.push(*p);
-                    }
+                    Renewal::Lost => lost.push(*p),
+                    // NATS is electing a leader, or slow: keep the partition and try again
+                    // next round (the fence stops this node acting on it meanwhile).
+                    Renewal::Unsure => {}
                 }
             }
+            if let Err(e) = bounded(self.leases.put(&node_key, self.node.clone().into())).await {
+                tracing::warn!(error = %e, "Cannot renew this node's presence in NATS.");
+            }
+            // Counting live nodes lists the bucket's keys, which makes a consumer; on
+            // nats-server before 2.9.12 one placed on a dead server takes the whole request
+            // timeout. Keep the last count rather than wait.
+            match tokio::time::timeout(STEP, self.live_nodes()).await {
+                Ok(Some(n)) => live = n.max(1),
+                Ok(None) | Err(_) => {
+                    tracing::debug!("Could not count live nodes in NATS; keeping the last count.")
+                }
+            }
+            let share = self.config.partitions.div_ceil(live) as usize;
             for p in lost {
                 if let Some((_, stop, fence)) = held.remove(&p) {
                     fence.release();
@@ -299,10 +310,11 @@ impl Owner {
                     continue;
                 }
                 let asked = Instant::now();
-                let Ok(revision) = self
-                    .leases
-                    .create(partition_key(p), self.node.clone().into())
-                    .await
+                let Ok(Ok(revision)) = bounded(
+                    self.leases
+                        .create(partition_key(p), self.node.clone().into()),
+                )
+                .await
                 else {
                     continue;
                 };
@@ -311,7 +323,14 @@ impl Owner {
                     loaded = true;
                 }
                 let name = format!("{}-p{p}", self.config.consumer);
-                match consumer_for(&self.stream, &self.config, &name, Some(p)).await {
+                // Bounded like every step here: a round must not outlast the leases held.
+                let opened = tokio::time::timeout(
+                    STEP * 2,
+                    consumer_for(&self.stream, &self.config, &name, Some(p)),
+                )
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()));
+                match opened {
                     Ok(consumer) => {
                         let stop = shutdown.child_token();
                         let fence = Arc::new(Fence::default());
@@ -328,8 +347,8 @@ impl Owner {
                         tracing::info!(partition = p, "Took a NATS partition.");
                     }
                     Err(e) => {
-                        tracing::error!(partition = p, error = %e, "Cannot open a partition's consumer.");
-                        let _ = self.leases.delete(partition_key(p)).await;
+                        tracing::error!(partition = p, error = %e, "Cannot open a partition's consumer; giving it back.");
+                        let _ = bounded(self.leases.delete(partition_key(p))).await;
                     }
                 }
             }
@@ -352,19 +371,68 @@ impl Owner {
         self.metrics.nats_partitions_owned.set(0);
     }
 
-    /// Nodes whose `node.{id}` key has not expired.
-    async fn live_nodes(&self) -> u32 {
-        let Ok(mut keys) = self.leases.keys().await else {
-            return 1;
-        };
+    /// Renews partition `p`'s lease, held at `revision`.
+    async fn renew(&self, p: u32, revision: u64) -> Renewal {
+        let key = partition_key(p);
+        let update = self.leases.update(&key, self.node.clone().into(), revision);
+        match bounded(update).await {
+            Ok(Ok(r)) => Renewal::Renewed(r),
+            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                // Expired, taken by another node, or renewed by a request whose answer was
+                // lost: the entry says which.
+                match bounded(self.leases.entry(&key)).await {
+                    Ok(Ok(Some(entry)))
+                        if entry.operation == kv::Operation::Put
+                            && entry.value.as_ref() == self.node.as_bytes() =>
+                    {
+                        Renewal::Renewed(entry.revision)
+                    }
+                    Ok(Ok(_)) => {
+                        tracing::warn!(
+                            partition = p,
+                            "Lost a NATS partition's lease (expired or taken)."
+                        );
+                        Renewal::Lost
+                    }
+                    _ => Renewal::Unsure,
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(partition = p, error = %e, "Cannot renew a NATS partition's lease; trying again.");
+                Renewal::Unsure
+            }
+            Err(_) => Renewal::Unsure,
+        }
+    }
+
+    /// Nodes whose `node.{id}` key has not expired; None if NATS could not say.
+    async fn live_nodes(&self) -> Option<u32> {
+        let mut keys = self.leases.keys().await.ok()?;
         let mut n = 0;
         while let Some(k) = keys.next().await {
-            if k.is_ok_and(|k| k.starts_with("node.")) {
+            if k.ok()?.starts_with("node.") {
                 n += 1;
             }
         }
-        n
+        Some(n)
     }
+}
+
+/// What renewing a lease found.
+enum Renewal {
+    Renewed(u64),
+    /// Another node holds it, or it expired.
+    Lost,
+    /// No answer (NATS electing a leader, or a timeout): still held, as far as we know.
+    Unsure,
+}
+
+/// The longest one lease step may take (a renewal, the presence, counting nodes).
+const STEP: Duration = Duration::from_secs(1);
+
+/// `f`, given at most [`STEP`].
+async fn bounded<F: std::future::Future>(f: F) -> Result<F::Output, tokio::time::error::Elapsed> {
+    tokio::time::timeout(STEP, f).await
 }
 
 fn partition_key(p: u32) -> String {
