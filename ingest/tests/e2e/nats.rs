@@ -34,7 +34,7 @@ impl Nats {
     }
 }
 
-pub(crate) fn free_port() -> u16 {
+fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -58,7 +58,7 @@ pub(crate) async fn nats_server_with(extra: &str) -> Nats {
     spawn_nats(&format!("gp-test-{port}"), port, mqtt_port, extra).await
 }
 
-pub(crate) async fn spawn_nats(name: &str, port: u16, mqtt_port: u16, extra: &str) -> Nats {
+async fn spawn_nats(name: &str, port: u16, mqtt_port: u16, extra: &str) -> Nats {
     let store = tempfile::tempdir().unwrap();
     let conf = store.path().join("nats.conf");
     std::fs::write(
