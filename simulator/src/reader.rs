@@ -41,7 +41,20 @@ impl ReaderClient {
         reader_id: &str,
         secret: &str,
     ) -> anyhow::Result<Self> {
-        Self::connect_with(host, port, reader_id, secret, None).await
+        Self::connect_with(host, port, reader_id, secret, None, false).await
+    }
+
+    /// [`ReaderClient::connect`] with a persistent MQTT session: the broker keeps the
+    /// session across a dropped connection, and what this client had queued or not yet had
+    /// acknowledged is sent again after it reconnects. (With a clean session rumqttc drops
+    /// all of that on reconnect: the broker says no session is present.)
+    pub async fn connect_persistent(
+        host: &str,
+        port: u16,
+        reader_id: &str,
+        secret: &str,
+    ) -> anyhow::Result<Self> {
+        Self::connect_with(host, port, reader_id, secret, None, true).await
     }
 
     /// [`ReaderClient::connect`] over TLS, trusting the CA certificates in `ca_pem`, with
@@ -54,7 +67,7 @@ impl ReaderClient {
         ca_pem: &[u8],
     ) -> anyhow::Result<Self> {
         let tls = greenplate_proto::tls::client_config(ca_pem)?;
-        Self::connect_with(host, port, reader_id, secret, Some(tls)).await
+        Self::connect_with(host, port, reader_id, secret, Some(tls), false).await
     }
 
     async fn connect_with(
@@ -63,11 +76,12 @@ impl ReaderClient {
         reader_id: &str,
         secret: &str,
         tls: Option<Arc<rumqttc::tokio_rustls::rustls::ClientConfig>>,
+        persistent: bool,
     ) -> anyhow::Result<Self> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::connect_once(host, port, reader_id, secret, tls.clone()).await {
+            match Self::connect_once(host, port, reader_id, secret, tls.clone(), persistent).await {
                 Ok(c) => return Ok(c),
                 Err(e) if attempt >= 3 => return Err(e),
                 Err(e) => {
@@ -84,6 +98,7 @@ impl ReaderClient {
         reader_id: &str,
         secret: &str,
         tls: Option<Arc<rumqttc::tokio_rustls::rustls::ClientConfig>>,
+        persistent: bool,
     ) -> anyhow::Result<Self> {
         let key = ReaderKey::derive(secret);
         let session = hex::encode(rand::random::<[u8; 16]>());
@@ -111,6 +126,7 @@ impl ReaderClient {
             false,
         ));
         opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_clean_session(!persistent);
         opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
         let (client, mut events) = AsyncClient::new(opts, 256);
         tokio::time::timeout(CONNECT_TIMEOUT, wait_connack(&mut events))

@@ -34,12 +34,13 @@ impl Nats {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct free ports: each is held by a listener until all are bound, so none is
+/// handed out twice (a port freed at once can be the next one the kernel gives).
+pub(crate) fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 async fn nats_server() -> Nats {
@@ -54,11 +55,11 @@ pub(crate) fn partition_mapping(n: u32) -> String {
 }
 
 pub(crate) async fn nats_server_with(extra: &str) -> Nats {
-    let (port, mqtt_port) = (free_port(), free_port());
+    let [port, mqtt_port] = free_ports();
     spawn_nats(&format!("gp-test-{port}"), port, mqtt_port, extra).await
 }
 
-async fn spawn_nats(name: &str, port: u16, mqtt_port: u16, extra: &str) -> Nats {
+pub(crate) async fn spawn_nats(name: &str, port: u16, mqtt_port: u16, extra: &str) -> Nats {
     let store = tempfile::tempdir().unwrap();
     let conf = store.path().join("nats.conf");
     std::fs::write(
@@ -71,28 +72,37 @@ async fn spawn_nats(name: &str, port: u16, mqtt_port: u16, extra: &str) -> Nats 
         ),
     )
     .unwrap();
-    let child = tokio::process::Command::new(
+    // Its log goes to a file, shown if it does not come up.
+    let log = store.path().join("nats.log");
+    let mut child = tokio::process::Command::new(
         std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into()),
     )
     .arg("-c")
     .arg(&conf)
     .kill_on_drop(true)
     .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
     .spawn()
     .expect("start nats-server (Debian's nats-server package)");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     for port in [port, mqtt_port] {
-        eventually(
-            "nats-server listening",
-            Duration::from_secs(10),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            },
-        )
-        .await;
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            let exited = child.try_wait().unwrap();
+            if exited.is_some() || tokio::time::Instant::now() > deadline {
+                panic!(
+                    "nats-server {name} not listening on {port} ({}):\n{}",
+                    exited.map_or("still running".into(), |s| s.to_string()),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     Nats {
         child,

@@ -233,7 +233,12 @@ fn assert_each_batch_alerted_once(log: &[Alert], total: usize) {
         twice.is_empty(),
         "batches alerted more than once: {twice:?}"
     );
-    let incidents: HashSet<&str> = log.iter().map(|a| a.incident_id.as_str()).collect();
+    // The stolen bike's alerts (readers whose connections dropped also alert as offline).
+    let incidents: HashSet<&str> = log
+        .iter()
+        .filter(|a| a.tag_id == TAG)
+        .map(|a| a.incident_id.as_str())
+        .collect();
     assert_eq!(incidents.len(), 1, "{incidents:?}");
 }
 
@@ -428,4 +433,164 @@ async fn a_node_paused_past_its_lease_does_not_process_what_was_redelivered() {
     }
     on_a.abort();
     c.finish().await;
+}
+
+/// One of three clustered nats-servers is SIGKILLed under load (the stream, the partitions'
+/// consumers and the lease bucket have 3 replicas; the node's connection lists all three,
+/// the killed one first). Readers publish to the two that stay up, with persistent MQTT
+/// sessions: NATS resets their connections when the leader of its internal MQTT stream
+/// dies, and a clean-session client (rumqttc) drops what it had queued on reconnect. Every
+/// batch alerts exactly once, and the node still holds all 8 partitions after the cluster
+/// has elected new leaders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server (NATS_SERVER, default nats-server on PATH)"]
+async fn losing_one_of_three_nats_servers_loses_nothing() {
+    use crate::nats::{free_ports, spawn_nats};
+    let p: [u16; 9] = free_ports();
+    let ports: Vec<(u16, u16, u16)> = (0..3).map(|i| (p[i], p[3 + i], p[6 + i])).collect();
+    let routes = ports
+        .iter()
+        .map(|(_, _, c)| format!("nats-route://127.0.0.1:{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut servers = Vec::new();
+    for (i, (port, mqtt, cluster)) in ports.iter().enumerate() {
+        let extra = format!(
+            "cluster {{ name: gp-test, listen: 127.0.0.1:{cluster}, routes: [{routes}] }}\n{}",
+            partition_mapping(8)
+        );
+        servers.push(Some(
+            spawn_nats(&format!("n{i}-{port}"), *port, *mqtt, &extra).await,
+        ));
+    }
+    let url = ports
+        .iter()
+        .map(|(p, _, _)| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    // JetStream is ready once the three have formed its group: a replicated stream can be made.
+    let probe = format!("nats://127.0.0.1:{}", ports[1].0);
+    let js = async_nats::jetstream::new(async_nats::connect(probe).await.unwrap());
+    eventually(
+        "JetStream cluster ready",
+        Duration::from_secs(30),
+        || async {
+            js.create_stream(async_nats::jetstream::stream::Config {
+                name: "READY_PROBE".into(),
+                subjects: vec!["ready.probe".into()],
+                num_replicas: 3,
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    js.delete_stream("READY_PROBE").await.unwrap();
+
+    let nats_url = url.clone();
+    let a = TestService::start_configured(move |c| {
+        c.nats.url = Some(nats_url.clone());
+        c.nats.replicas = 3;
+        c.nats.partitions = 8;
+        c.nats.lease_s = LEASE_S;
+        c.nats.ack_wait_s = ACK_WAIT_S;
+        c.alerting.clone_speed_kmh = 1e9;
+        c.ingest.reader_messages_per_s = 10_000.0;
+        c.ingest.reader_messages_burst = 10_000.0;
+    })
+    .await;
+    a.wait_metric("greenplate_nats_partitions_owned", 8.0).await;
+    let mut readers = Vec::new();
+    for i in 0..READERS {
+        let id = format!("rd-nf-{i}");
+        let secret = a.add_reader(&id, 23.30 + i as f64 * 0.001, 116.60).await;
+        // On servers 1 and 2 (server 0 is the one killed).
+        let mqtt = ports[1 + i % 2].1;
+        readers.push(
+            // A persistent session: what a reader queued when NATS reset its connection is
+            // sent again after it reconnects (a clean session's queue is dropped).
+            ReaderClient::connect_persistent("127.0.0.1", mqtt, &id, &secret)
+                .await
+                .unwrap(),
+        );
+    }
+    register_stolen(&a, TAG, PLATE).await;
+    let unit = new_unit_token(a.channel().await, "hq", &[], true).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let stream = clients::patrol(a.channel().await, &unit)
+        .unwrap()
+        .stream_alerts(StreamAlertsRequest { resume_after: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let on_a = collect(stream, seen.clone());
+
+    publish_phase(&mut readers, 0).await;
+    // Server 0 dies with the load on (SIGKILL: the child is killed on drop).
+    drop(servers[0].take());
+    let killed = Instant::now();
+    publish_phase(&mut readers, 1).await;
+    let total = READERS * PHASE * 2;
+    if tokio::spawn(wait_for_batches(
+        seen.clone(),
+        total,
+        Duration::from_secs(60),
+    ))
+    .await
+    .is_err()
+    {
+        let mut stream = js.get_stream("GREENPLATE_READERS").await.unwrap();
+        let mut held = format!("stream: {:?}\n", stream.info().await.unwrap().state);
+        for p in 0..8 {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+                .get_consumer(&format!("greenplate-ingest-p{p}"))
+                .await
+                .unwrap();
+            let i = consumer.info().await.unwrap();
+            held += &format!(
+                "p{p}: pending {} ack_pending {} redelivered {} waiting {}\n",
+                i.num_pending, i.num_ack_pending, i.num_redelivered, i.num_waiting
+            );
+        }
+        panic!(
+            "{held}A's counters:\n{}",
+            counters(a.service.http_addr).await
+        );
+    }
+    eprintln!(
+        "every batch alerted {:.1} s after one of three NATS servers was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    let newest = seen.lock().unwrap().iter().map(|a| a.seq).max().unwrap();
+    let mut replay = clients::patrol(a.channel().await, &unit)
+        .unwrap()
+        .stream_alerts(StreamAlertsRequest { resume_after: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut log = Vec::new();
+    while log.last().is_none_or(|x: &Alert| x.seq < newest) {
+        log.push(support::next_alert(&mut replay).await);
+    }
+    assert_each_batch_alerted_once(&log, total);
+    a.wait_metric("greenplate_nats_partitions_owned", 8.0).await;
+    on_a.abort();
+    for r in readers {
+        r.disconnect().await;
+    }
+    a.stop().await;
+}
+
+/// Every reader publishes `PHASE` batches, each a new pass of the stolen bike.
+async fn publish_phase(readers: &mut [ReaderClient], phase: usize) {
+    for k in 0..PHASE {
+        let n = (phase * PHASE + k) as i64;
+        for r in readers.iter_mut() {
+            r.publish(vec![later(sighting(TAG, 2, -50), n)])
+                .await
+                .unwrap();
+        }
+    }
 }
