@@ -35,24 +35,6 @@ pub fn reader_of_sightings_topic(topic: &str) -> Option<&str> {
     (!id.is_empty() && !id.contains('/')).then_some(id)
 }
 
-/// Prefix of every ingest node's presence topic (external broker, persistent sessions).
-pub const NODES_PREFIX: &str = "greenplate/nodes/";
-
-/// The filter that matches every ingest node's presence topic.
-pub const NODE_STATE_FILTER: &str = "greenplate/nodes/+/state";
-
-/// The retained topic an ingest node announces itself on: `online` while connected, its
-/// last will `offline` when it dies, empty once it left cleanly (or a peer drained it).
-pub fn node_state(client_id: &str) -> String {
-    format!("{NODES_PREFIX}{client_id}/state")
-}
-
-/// Which node a presence topic belongs to, or `None` if the topic is not one.
-pub fn node_of_state_topic(topic: &str) -> Option<&str> {
-    let id = topic.strip_prefix(NODES_PREFIX)?.strip_suffix("/state")?;
-    (!id.is_empty() && !id.contains('/')).then_some(id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,9 +55,6 @@ mod tests {
             None
         );
         assert_eq!(reader_of_status_topic(&status("r-17")), Some("r-17"));
-        assert_eq!(node_of_state_topic(&node_state("node-1")), Some("node-1"));
-        assert_eq!(node_of_state_topic("greenplate/nodes/a/b/state"), None);
-        assert_eq!(node_of_state_topic(&status("r-17")), None);
         assert_eq!(reader_of_status_topic(&sightings("r-17")), None);
         assert_eq!(
             reader_of_status_topic("greenplate/readers/a/b/status"),

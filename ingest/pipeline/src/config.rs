@@ -43,16 +43,11 @@ pub struct MqttConfig {
     /// The shared-subscription group every node of one deployment joins.
     #[serde(default = "default_share_group")]
     pub share_group: String,
-    /// Keep this node's session on the external broker when it disconnects (MQTT
-    /// clean-session off; needs a fixed `client_id`). Mosquitto 2.0 then holds the node's
-    /// share of messages, the unacknowledged ones too, until the same client id reconnects.
-    /// The nodes also announce themselves on `greenplate/nodes/{client_id}/state`, and when
-    /// one dies (its last will) a live node takes over its session, processes what was
-    /// waiting in it, and leaves the share to the live nodes (`broker::peers`): a node that
-    /// crashes loses nothing. With a clean session (the default) a dead node's share is
-    /// dropped by Mosquitto.
-    #[serde(default)]
-    pub persistent_session: bool,
+    /// Removed (issue #16): the takeover of a dead node's persistent session on Mosquitto
+    /// gave way to NATS JetStream (`[nats]`). Still read, only so that a config that sets
+    /// it is refused with a message that says what to do instead; not written.
+    #[serde(default, skip_serializing)]
+    pub persistent_session: Option<bool>,
     /// The embedded listener speaks MQTT over TLS (readers connect with TLS, to the same
     /// `listen` address), with the service's `[tls]` certificate. Off by default.
     #[serde(default)]
@@ -340,7 +335,7 @@ impl Default for MqttConfig {
             password: None,
             client_id: None,
             share_group: default_share_group(),
-            persistent_session: false,
+            persistent_session: None,
             tls: false,
             ca_file: None,
         }

@@ -16,7 +16,7 @@
 //!
 //! Layout, in the order a message goes:
 //! - [`broker`]: the embedded rumqttd broker and its in-process link, or an external broker
-//!   ([`broker::external`], [`broker::client`], [`broker::peers`]).
+//!   ([`broker::external`], [`broker::client`]), or NATS JetStream ([`broker::nats`]).
 //! - this file: the workers ([`spawn`], [`Context`]), one reader's messages on one worker.
 //! - [`admit`] (size, topic, reader, budget; the seq window) -> [`open`] (format, seal) ->
 //!   [`decode`] (tag ids, clocks; [`formats`] for vendor JSON) -> hot index ->

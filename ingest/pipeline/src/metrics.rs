@@ -99,6 +99,8 @@ pub struct Metrics {
     pub pipeline_queue: Gauge,
     /// NATS partitions of reader subjects this node holds the lease of (issue #16).
     pub nats_partitions_owned: Gauge,
+    /// `nats.partitions`, so an alert can compare it with the sum of what the nodes own.
+    pub nats_partitions: Gauge,
     /// Messages NATS delivered again (a node did not acknowledge them within the ack-wait).
     pub nats_redelivered: Counter,
     /// Reader users in the NATS logins file (`nats.logins_file`), and its rewrites.
@@ -110,8 +112,6 @@ pub struct Metrics {
     pub statuses_accepted: Counter,
     pub reader_wills: Counter,
     pub mqtt_disconnects: Counter,
-    pub mqtt_takeovers: Counter,
-    pub mqtt_takeover_messages: Counter,
     /// External broker: from a message's arrival to its PUBACK being handed to the client
     /// (how long it holds a slot of the broker's in-flight window).
     pub mqtt_ack_seconds: Histogram,
@@ -159,6 +159,7 @@ impl Metrics {
             passes_purged: Counter::default(),
             pipeline_queue: Gauge::default(),
             nats_partitions_owned: Gauge::default(),
+            nats_partitions: Gauge::default(),
             nats_redelivered: Counter::default(),
             nats_logins: Gauge::default(),
             nats_logins_written: Counter::default(),
@@ -167,8 +168,6 @@ impl Metrics {
             statuses_accepted: Counter::default(),
             reader_wills: Counter::default(),
             mqtt_disconnects: Counter::default(),
-            mqtt_takeovers: Counter::default(),
-            mqtt_takeover_messages: Counter::default(),
             mqtt_ack_seconds: Histogram::new([
                 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
             ]),
@@ -293,11 +292,6 @@ impl Metrics {
             self.mqtt_disconnects.clone(),
         );
         sub.register(
-            "takeovers",
-            "Sessions of dead peer nodes this node drained on the external broker",
-            self.mqtt_takeovers.clone(),
-        );
-        sub.register(
             "ack_seconds",
             "External broker: seconds from a message's arrival to its acknowledgement",
             self.mqtt_ack_seconds.clone(),
@@ -313,15 +307,15 @@ impl Metrics {
             "External broker: PUBACKs that could not be sent, by reason (the broker redelivers)",
             self.mqtt_acks_failed.clone(),
         );
-        sub.register(
-            "takeover_messages",
-            "Messages taken from dead peer nodes' sessions",
-            self.mqtt_takeover_messages.clone(),
-        );
         registry.sub_registry_with_prefix("nats").register(
             "partitions_owned",
             "Partitions of the readers' NATS subjects whose lease this node holds",
             self.nats_partitions_owned.clone(),
+        );
+        registry.sub_registry_with_prefix("nats").register(
+            "partitions",
+            "Partitions of the readers' NATS subjects (nats.partitions; 0: one consumer for all)",
+            self.nats_partitions.clone(),
         );
         registry.sub_registry_with_prefix("nats").register(
             "redelivered",

@@ -152,7 +152,7 @@ mod tests {
                 ("GREENPLATE_DATA_DIR", "/var/lib/gp"),
                 ("GREENPLATE_MQTT__LISTEN", "127.0.0.1:18830"),
                 ("GREENPLATE_MQTT__PASSWORD", "0123"),
-                ("GREENPLATE_MQTT__PERSISTENT_SESSION", "true"),
+                ("GREENPLATE_MQTT__SHARE_GROUP", "district"),
                 ("GREENPLATE_INGEST__PASS_GAP_MS", "500"),
                 ("GREENPLATE_ALERTING__NEAREST_RADIUS_KM", "2.5"),
                 ("GREENPLATE_LOG__FORMAT", "json"),
@@ -169,7 +169,7 @@ mod tests {
             "127.0.0.1:18830".parse::<SocketAddr>().unwrap()
         );
         assert_eq!(c.mqtt.password.as_deref(), Some("0123"));
-        assert!(c.mqtt.persistent_session);
+        assert_eq!(c.mqtt.share_group, "district");
         assert_eq!(c.mqtt.url, None);
         assert_eq!(c.ingest.pass_gap_ms, 500);
         assert_eq!(c.alerting.nearest_radius_km, 2.5);
@@ -243,5 +243,54 @@ mod tests {
             Config::load_with_env(Some(&missing), &[], []),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    /// The node configs of deploy/ load as compose and Kubernetes give them (file, flags,
+    /// environment) and say what deploy/README.md says they do.
+    #[test]
+    fn deploy_configs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let dir = tempfile::tempdir().unwrap();
+        let configmap = std::fs::read_to_string(root.join("k8s/configmap.yaml")).unwrap();
+        let (_, toml) = configmap.split_once("greenplate.toml: |\n").unwrap();
+        let toml: String = toml
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let nats_conf = std::fs::read_to_string(root.join("nats/nats-server.conf")).unwrap();
+        let mut files = vec![("k8s", toml)];
+        for n in 1..=3 {
+            let text = std::fs::read_to_string(root.join(format!("compose/node-{n}.toml")));
+            files.push(("compose", text.unwrap()));
+        }
+        for (i, (kind, text)) in files.into_iter().enumerate() {
+            let path = dir.path().join(format!("{i}.toml"));
+            std::fs::write(&path, text).unwrap();
+            let flags: Vec<Override> = if kind == "compose" {
+                vec![("nats.url", "nats://nats-1:4222,nats://nats-2:4222".into())]
+            } else {
+                Vec::new()
+            };
+            let c = Config::load_with_env(
+                Some(&path),
+                &flags,
+                env(&[("GREENPLATE_NATS__PASSWORD", "secret")]),
+            )
+            .unwrap_or_else(|e| panic!("{kind} file {i}: {e}"));
+            c.validate().unwrap();
+            assert!(c.nats.url.is_some(), "{kind} file {i}");
+            assert_eq!(c.nats.username.as_deref(), Some("greenplate"));
+            assert_eq!(c.nats.password.as_deref(), Some("secret"));
+            assert_eq!((c.nats.replicas, c.nats.partitions), (3, 8));
+            let mapping = format!("{{{{partition({},1)}}}}", c.nats.partitions);
+            assert!(
+                nats_conf.contains(&mapping),
+                "nats-server.conf maps {mapping}"
+            );
+            assert_eq!(c.mqtt.persistent_session, None);
+            // Compose's node 1 alone keeps NATS's reader logins.
+            assert_eq!(c.nats.logins_file.is_some(), i == 1, "{kind} file {i}");
+        }
     }
 }

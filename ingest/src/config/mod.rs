@@ -286,10 +286,12 @@ impl Config {
                 "ingest.max_future_skew_ms must be between 0 and 2592000000 (30 days)".into(),
             ));
         }
-        if self.mqtt.persistent_session && self.mqtt.client_id.is_none() {
+        if self.mqtt.persistent_session.is_some() {
             return Err(ConfigError::Invalid(
-                "mqtt.persistent_session needs a fixed mqtt.client_id (the broker keeps the \
-                 session under that id)"
+                "mqtt.persistent_session was removed with the takeover of dead nodes' sessions \
+                 on Mosquitto: remove the key. Nodes behind one external broker keep clean \
+                 sessions; several nodes that must lose nothing when one dies run behind NATS \
+                 JetStream ([nats], --nats-url; deploy/README.md)"
                     .into(),
             ));
         }
@@ -297,9 +299,7 @@ impl Config {
             && (id.is_empty() || id.len() > 64 || id.contains(['/', '+', '#', '\0']))
         {
             return Err(ConfigError::Invalid(
-                "mqtt.client_id must be 1 to 64 characters without '/', '+', '#' (it names \
-                 the node's presence topic)"
-                    .into(),
+                "mqtt.client_id must be 1 to 64 characters without '/', '+', '#'".into(),
             ));
         }
         let i = &self.ingest;
@@ -372,10 +372,12 @@ mod tests {
     }
 
     #[test]
-    fn a_persistent_session_needs_a_fixed_client_id() {
+    fn the_removed_persistent_session_is_refused_and_client_ids_are_checked() {
+        let c: Config = toml::from_str("[mqtt]\npersistent_session = false\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("persistent_session was removed"), "{err}");
+        assert!(err.contains("NATS"), "{err}");
         let mut c = Config::default();
-        c.mqtt.persistent_session = true;
-        assert!(c.validate().is_err());
         c.mqtt.client_id = Some("greenplate-node-1".into());
         c.validate().unwrap();
         for bad in ["", "a/b", "node+", "#"] {

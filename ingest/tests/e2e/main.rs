@@ -11,7 +11,6 @@ mod clone_oracle;
 mod cluster;
 mod end_to_end;
 mod external_broker;
-mod failover;
 mod formats;
 mod fuzz_seeds;
 mod history;

@@ -1,7 +1,6 @@
-//! The MQTT client side shared by the external broker's connection ([`super::external`])
-//! and the takeover of a dead node's session ([`super::peers`]): the broker URL, the
-//! connection options, the CONNACK, and [`Ack`], the manual acknowledgement each message
-//! carries.
+//! The MQTT client side of the external broker's connection ([`super::external`]): the
+//! broker URL, the connection options, the CONNACK, and [`Ack`], the manual
+//! acknowledgement each message carries.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};

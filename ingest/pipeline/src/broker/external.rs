@@ -10,29 +10,24 @@
 //! back, or to another; what a broker does with a dead member's in-flight messages is its
 //! own policy: see deploy/README.md).
 //!
-//! The session is clean by default: a node that goes away leaves no queue behind, and
-//! Mosquitto 2.0.11 drops the share it had assigned to it (observed: a killed member's
-//! unacknowledged and queued messages did not go to the other member). With
-//! `mqtt.persistent_session` (and a fixed client id) Mosquitto keeps the node's session,
-//! its unacknowledged messages and its share of new ones, when the node dies; the node
-//! announces itself on a retained presence topic with a last will, and a live node takes
-//! over a dead one's session, drains it and hands the share to the live nodes
-//! ([`super::peers`]). A node that stops cleanly first leaves the shares, so nothing is
-//! queued for it while it is away.
+//! The session is clean: a node that goes away leaves no queue behind. What happens to the
+//! messages a dead member held is the broker's policy: Mosquitto 2.0 drops them (observed
+//! here: a killed member's unacknowledged and queued messages did not go to the other
+//! member; eclipse-mosquitto/mosquitto#2662), EMQX redispatches them to the live members.
+//! Several nodes that must lose nothing when one dies run behind NATS JetStream instead
+//! ([`super::nats`]). A node that stops cleanly first leaves the shares, then sends the
+//! acknowledgements of what it still finishes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use greenplate_proto::topics;
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::client::{AckQueue, BrokerUrl, CONNECT_TIMEOUT, connection, options, wait_connack};
-use super::peers::{self, Peers};
 use super::{BrokerError, Inbound};
 use crate::Input;
 use crate::config::MqttConfig;
@@ -56,15 +51,7 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| format!("greenplate-{}", hex::encode(rand::random::<[u8; 6]>())));
     let mut opts = options(config, &broker, &client_id).map_err(BrokerError::External)?;
-    opts.set_clean_session(!config.persistent_session);
-    // With a persistent session the node's queue outlives it, so the others must know when
-    // it dies: its presence, retained, with a last will.
-    let presence = config
-        .persistent_session
-        .then(|| topics::node_state(&client_id));
-    if let Some(topic) = &presence {
-        opts.set_last_will(LastWill::new(topic, peers::OFFLINE, QoS::AtLeastOnce, true));
-    }
+    opts.set_clean_session(true);
     let (client, mut events) = connection(opts);
     let filters = [
         format!("$share/{}/{}", config.share_group, topics::SIGHTINGS_FILTER),
@@ -74,30 +61,14 @@ pub async fn start(
         .await
         .map_err(|_| BrokerError::External(format!("no CONNACK from {url} in time")))?
         .map_err(BrokerError::External)?;
-    join(&client, &filters, presence.as_deref()).await?;
-    let peers = presence.is_some().then(|| {
-        Peers::new(
-            client_id.clone(),
-            peers::Context {
-                config: config.clone(),
-                broker: broker.clone(),
-                filters: filters.clone(),
-                out: out.clone(),
-                metrics: metrics.clone(),
-                shutdown: shutdown.clone(),
-                tracker: tracker.clone(),
-            },
-        )
-    });
-    tracing::info!(broker = %url, client_id = %client_id, group = %config.share_group, persistent = config.persistent_session, "Ingest joined the external broker.");
+    join(&client, &filters).await?;
+    tracing::info!(broker = %url, client_id = %client_id, group = %config.share_group, "Ingest joined the external broker.");
     let acks = AckQueue::start(client.clone(), metrics.clone(), tracker);
     tracker.spawn(forward(Link {
         client,
         acks,
         events,
         filters,
-        presence,
-        peers,
         out,
         metrics,
         shutdown,
@@ -105,28 +76,13 @@ pub async fn start(
     Ok(addr)
 }
 
-/// Subscribes to the shares and, with a presence topic, announces this node and watches
-/// the others.
-async fn join(
-    client: &AsyncClient,
-    filters: &[String],
-    presence: Option<&str>,
-) -> Result<(), BrokerError> {
+/// Subscribes to the shares.
+async fn join(client: &AsyncClient, filters: &[String]) -> Result<(), BrokerError> {
     for f in filters {
         client
             .subscribe(f.as_str(), QoS::AtLeastOnce)
             .await
             .map_err(|e| BrokerError::External(format!("cannot subscribe to {f}: {e}")))?;
-    }
-    if let Some(topic) = presence {
-        client
-            .publish(topic, QoS::AtLeastOnce, true, peers::ONLINE)
-            .await
-            .map_err(|e| BrokerError::External(format!("cannot announce the node: {e}")))?;
-        client
-            .subscribe(topics::NODE_STATE_FILTER, QoS::AtLeastOnce)
-            .await
-            .map_err(|e| BrokerError::External(format!("cannot watch the nodes: {e}")))?;
     }
     Ok(())
 }
@@ -137,23 +93,19 @@ struct Link {
     acks: Arc<AckQueue>,
     events: EventLoop,
     filters: [String; 2],
-    presence: Option<String>,
-    peers: Option<Arc<Peers>>,
     out: Input,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
 
-/// Polls the connection until shutdown; joins again after every reconnect (a peer may have
-/// taken the session and left the shares meanwhile), then leaves.
+/// Polls the connection until shutdown; joins again after every reconnect (the session is
+/// clean, so the broker forgot the subscriptions), then leaves.
 async fn forward(link: Link) {
     let Link {
         client,
         acks,
         mut events,
         filters,
-        presence,
-        peers,
         out,
         metrics,
         shutdown,
@@ -166,13 +118,6 @@ async fn forward(link: Link) {
         };
         match event {
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if topics::node_of_state_topic(&publish.topic).is_some() {
-                    if let Some(peers) = &peers {
-                        peers.observe(&publish.topic, &publish.payload);
-                    }
-                    drop(acks.track(publish));
-                    continue;
-                }
                 let msg = Inbound {
                     topic: publish.topic.clone().into(),
                     payload: publish.payload.clone(),
@@ -191,9 +136,8 @@ async fn forward(link: Link) {
                 connected = true;
                 let client = client.clone();
                 let filters = filters.clone();
-                let presence = presence.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = join(&client, &filters, presence.as_deref()).await {
+                    if let Err(e) = join(&client, &filters).await {
                         tracing::error!(error = %e, "Joining again failed.");
                     }
                 });
@@ -215,24 +159,15 @@ async fn forward(link: Link) {
     }
     drop(out);
     if connected {
-        leave(&client, &mut events, &filters, presence.as_deref(), &acks).await;
+        leave(&client, &mut events, &filters, &acks).await;
     }
 }
 
-/// A clean stop: leave the shares (so nothing is queued for this node while it is away),
-/// send the acknowledgements of what the pipeline still finishes, clear the presence (a
-/// node that left is not taken over), and disconnect.
-async fn leave(
-    client: &AsyncClient,
-    events: &mut EventLoop,
-    filters: &[String],
-    presence: Option<&str>,
-    acks: &AckQueue,
-) {
-    if presence.is_some() {
-        for f in filters {
-            let _ = client.try_unsubscribe(f.as_str());
-        }
+/// A clean stop: leave the shares (so the broker sends new messages to the live nodes),
+/// send the acknowledgements of what the pipeline still finishes, and disconnect.
+async fn leave(client: &AsyncClient, events: &mut EventLoop, filters: &[String], acks: &AckQueue) {
+    for f in filters {
+        let _ = client.try_unsubscribe(f.as_str());
     }
     let deadline = tokio::time::Instant::now() + LEAVE_GRACE;
     while acks.pending() > 0 {
@@ -249,9 +184,6 @@ async fn leave(
                 return;
             }
         }
-    }
-    if let Some(topic) = presence {
-        let _ = client.try_publish(topic, QoS::AtLeastOnce, true, Bytes::new());
     }
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout_at(deadline, async {

@@ -21,15 +21,14 @@
 //!   (`greenplate_ingest_messages_lost_total{reason="broker_ring_overwritten"}`).
 //!
 //! Ingest receives what readers publish as [`Inbound`] messages, sharded onto the workers.
-//! [`external`] is the other way in: an external broker with a shared subscription;
-//! [`peers`] lets a live node drain the broker session of a dead one; [`client`] is the MQTT
-//! client plumbing both use (URL, options, CONNACK, the manual [`client::Ack`]).
+//! [`external`] is another way in: an external broker with a shared subscription, and
+//! [`client`] its MQTT client plumbing (URL, options, CONNACK, the manual
+//! [`client::Ack`]). [`nats`] is the way in for several nodes: NATS JetStream.
 
 pub mod acl;
 pub mod client;
 pub mod external;
 pub mod nats;
-pub mod peers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -23,8 +23,6 @@
 //! written once: alerts and passes are unique by sighting in the database.
 //!
 //! [`logins`] writes the reader logins nats-server checks (`nats.logins_file`).
-//!
-//! Not yet here (issue #16): the retirement of the Mosquitto takeover.
 
 pub mod logins;
 
@@ -144,6 +142,7 @@ pub async fn start(
         .map_err(|e| nats(&e))?;
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     tracker.spawn(release(acks_rx, metrics.clone()));
+    metrics.nats_partitions.set(i64::from(config.partitions));
     if config.partitions == 0 {
         let consumer = consumer_for(&stream, config, &config.consumer, None)
             .await
