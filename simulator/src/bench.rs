@@ -3,7 +3,13 @@
 //! 1. `greenplate` with its embedded broker (spawned on free ports);
 //! 2. `greenplate` behind the machine's Mosquitto (shared subscription of its own group);
 //! 3. Mosquitto alone relaying the same messages to one subscriber that only counts them:
-//!    the cost of just moving the bytes.
+//!    the cost of just moving the bytes;
+//! 4. `greenplate` behind NATS JetStream (a running nats-server: its MQTT listener for the
+//!    readers, a stream and durable consumers for greenplate);
+//! 5. NATS alone: the same readers through NATS's MQTT listener into a work-queue stream of
+//!    the bench's own, drained by a durable consumer that only counts and acknowledges
+//!    each message (as many pull loops as greenplate has partitions): what JetStream costs
+//!    before greenplate does anything.
 //!
 //! Each setup gets a fresh `greenplate` with the district's registrations bulk imported and
 //! its readers provisioned through the Admin API; thefts ride the roads meanwhile, so alert
@@ -37,6 +43,9 @@ pub enum Setup {
     /// greenplate taking reader messages from NATS JetStream (`--nats-url`, readers on
     /// `--nats-mqtt`, `[nats] partitions = --nats-partitions`).
     Nats,
+    /// NATS alone: the readers into a stream of the bench's own, drained by a consumer
+    /// that only counts and acknowledges.
+    NatsAlone,
 }
 
 impl Setup {
@@ -46,6 +55,7 @@ impl Setup {
             Setup::Mosquitto => "greenplate behind Mosquitto",
             Setup::MosquittoAlone => "Mosquitto alone (counting subscriber)",
             Setup::Nats => "greenplate behind NATS JetStream",
+            Setup::NatsAlone => "NATS JetStream alone (ack-only consumer)",
         }
     }
 }
@@ -97,6 +107,8 @@ pub struct SetupResult {
     pub messages_per_s: f64,
     /// reads_per_s over Mosquitto alone's.
     pub ratio_to_mosquitto_alone: Option<f64>,
+    /// reads_per_s over NATS alone's.
+    pub ratio_to_nats_alone: Option<f64>,
     pub import_seconds: Option<f64>,
     /// The server log's most frequent warnings and errors (count, message).
     pub server_warnings: Vec<(usize, String)>,
@@ -138,7 +150,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
             traffic: TrafficMode::Stress {
                 sightings_per_batch: spec.sightings_per_batch,
             },
-            thefts: if setup == Setup::MosquittoAlone {
+            thefts: if matches!(setup, Setup::MosquittoAlone | Setup::NatsAlone) {
                 0
             } else {
                 spec.thefts
@@ -221,6 +233,31 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
                 sub.abort();
                 (r?, None)
             }
+            Setup::NatsAlone => {
+                let n = spec
+                    .nats
+                    .as_ref()
+                    .context("--setups nats-alone needs --nats-url and --nats-mqtt")?;
+                let counter = Arc::new(AtomicU64::new(0));
+                let topic_prefix = format!("gpbench/{prefix}readers/");
+                let sub =
+                    NatsCounter::start(n, &topic_prefix, &format!("GPBENCH_{run}"), &counter)
+                        .await?;
+                let target = Target {
+                    grpc_url: None,
+                    admin_token: String::new(),
+                    mqtt_host: n.mqtt.ip().to_string(),
+                    mqtt_port: n.mqtt.port(),
+                    metrics: None,
+                    server_pid: None,
+                    topic_prefix: Some(topic_prefix),
+                    relay_counter: Some(counter),
+                    broker_pid: n.pid,
+                };
+                let r = district::run(&target, &dspec).await;
+                sub.stop().await;
+                (r?, None)
+            }
         };
         let processed = report.processed.clone().unwrap_or_default();
         eprintln!("{}", report.markdown());
@@ -230,20 +267,23 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
             reads_per_s: processed.during_drive.reads_per_s,
             messages_per_s: processed.during_drive.messages_per_s,
             ratio_to_mosquitto_alone: None,
+            ratio_to_nats_alone: None,
             import_seconds,
             server_warnings,
             report,
         });
     }
-    if let Some(base) = results
-        .iter()
-        .find(|r| r.setup == Setup::MosquittoAlone)
-        .map(|r| r.reads_per_s)
-        .filter(|b| *b > 0.0)
-    {
-        for r in &mut results {
-            r.ratio_to_mosquitto_alone = Some(r.reads_per_s / base);
-        }
+    let base = |alone: Setup| {
+        results
+            .iter()
+            .find(|r| r.setup == alone)
+            .map(|r| r.reads_per_s)
+            .filter(|b| *b > 0.0)
+    };
+    let (mosquitto, nats) = (base(Setup::MosquittoAlone), base(Setup::NatsAlone));
+    for r in &mut results {
+        r.ratio_to_mosquitto_alone = mosquitto.map(|b| r.reads_per_s / b);
+        r.ratio_to_nats_alone = nats.map(|b| r.reads_per_s / b);
     }
     Ok(BenchReport {
         date_utc: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
@@ -259,6 +299,85 @@ fn setup_letter(s: Setup) -> char {
         Setup::Mosquitto => 'm',
         Setup::MosquittoAlone => 'a',
         Setup::Nats => 'n',
+        Setup::NatsAlone => 'j',
+    }
+}
+
+/// NATS alone's consumer: a work-queue stream of the bench's own on the readers' subjects,
+/// one durable pull consumer, and pull loops that count and acknowledge each message.
+struct NatsCounter {
+    js: async_nats::jetstream::Context,
+    stream: String,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NatsCounter {
+    async fn start(
+        nats: &NatsTarget,
+        topic_prefix: &str,
+        stream: &str,
+        counter: &Arc<AtomicU64>,
+    ) -> anyhow::Result<Self> {
+        use async_nats::jetstream::{consumer, stream as js_stream};
+        use futures::StreamExt;
+        let client = async_nats::connect(nats.url.as_str())
+            .await
+            .with_context(|| format!("connect to {}", nats.url))?;
+        let js = async_nats::jetstream::new(client);
+        // NATS names an MQTT topic a/b/c as the subject a.b.c.
+        let subjects = format!("{}>", topic_prefix.replace('/', "."));
+        let _ = js.delete_stream(stream).await;
+        let s = js
+            .create_stream(js_stream::Config {
+                name: stream.to_owned(),
+                subjects: vec![subjects],
+                retention: js_stream::RetentionPolicy::WorkQueue,
+                storage: js_stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("create stream {stream}: {e}"))?;
+        // greenplate's defaults: explicit acks, 30 s ack-wait, 20,000 unacknowledged.
+        let consumer: consumer::PullConsumer = s
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("gpbench-count".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 20_000,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("create consumer: {e}"))?;
+        let loops = (0..nats.partitions.max(1))
+            .map(|_| {
+                let consumer = consumer.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let Ok(mut messages) = consumer.messages().await else {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        };
+                        while let Some(Ok(m)) = messages.next().await {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            let _ = m.ack().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Ok(Self {
+            js,
+            stream: stream.to_owned(),
+            loops,
+        })
+    }
+
+    async fn stop(self) {
+        for l in &self.loops {
+            l.abort();
+        }
+        let _ = self.js.delete_stream(&self.stream).await;
     }
 }
 
@@ -345,8 +464,8 @@ impl BenchReport {
     pub fn markdown(&self) -> String {
         let mut m = format!(
             "# End-to-end benchmark\n\n{}; {}.\n\n`{}`\n\n\
-             | setup | messages/s | reads/s | ratio to Mosquitto alone | alerts expected / received / lost / dup | alert latency p50 / p99 / max | server CPU | server peak RSS | broker CPU |\n\
-             |---|---|---|---|---|---|---|---|---|\n",
+             | setup | messages/s | reads/s | ratio to Mosquitto alone | ratio to NATS alone | alerts expected / received / lost / dup | alert latency p50 / p99 / max | server CPU | server peak RSS | broker CPU |\n\
+             |---|---|---|---|---|---|---|---|---|---|\n",
             self.date_utc, self.machine, self.command
         );
         for r in &self.results {
@@ -354,11 +473,14 @@ impl BenchReport {
             let s = r.report.server.as_ref();
             let b = r.report.broker.as_ref();
             m.push_str(&format!(
-                "| {} | {:.0} | {:.0} | {} | {} / {} / {} / {} | {:.1} / {:.1} / {:.1} ms | {} | {} | {} |\n",
+                "| {} | {:.0} | {:.0} | {} | {} | {} / {} / {} / {} | {:.1} / {:.1} / {:.1} ms | {} | {} | {} |\n",
                 r.label,
                 r.messages_per_s,
                 r.reads_per_s,
                 r.ratio_to_mosquitto_alone
+                    .map(|x| format!("{x:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                r.ratio_to_nats_alone
                     .map(|x| format!("{x:.2}"))
                     .unwrap_or_else(|| "-".into()),
                 a.expected,

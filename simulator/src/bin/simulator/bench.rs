@@ -47,8 +47,8 @@ pub struct BenchArgs {
     /// each message itself (manual acks), as greenplate's ingest does.
     #[arg(long)]
     alone_like_ingest: bool,
-    /// For `--setups nats`: a running nats-server's client URL (JetStream on, and the
-    /// partition mapping of deploy/nats/nats-server.conf).
+    /// For `--setups nats` and `nats-alone`: a running nats-server's client URL (JetStream
+    /// on, and the partition mapping of deploy/nats/nats-server.conf).
     #[arg(long)]
     nats_url: Option<String>,
     /// Its MQTT listener, HOST:PORT, where the readers connect.
@@ -57,7 +57,8 @@ pub struct BenchArgs {
     /// Its pid, for its CPU.
     #[arg(long)]
     nats_pid: Option<u32>,
-    /// The partitions its mapping makes (greenplate's nats.partitions).
+    /// The partitions its mapping makes (greenplate's nats.partitions; also NATS alone's
+    /// pull loops).
     #[arg(long, default_value_t = 8)]
     nats_partitions: u32,
     /// Writes OUT.json and OUT.md.
