@@ -4,6 +4,7 @@
 //! units report). Watch zones make an alert urgent.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use greenplate_registry::{Reader, RegistryError, now_ms};
@@ -59,6 +60,10 @@ pub struct Router {
     /// Reader id -> its zone routing, computed once per reader and cleared whenever zones or
     /// units change (readers do not move).
     routes: RwLock<HashMap<String, Arc<ReaderRoute>>>,
+    /// Bumped by every change this node makes in memory ([`Router::zones_mut`], right after
+    /// its commit). A reload whose database read began before such a change may miss it
+    /// ([`Router::replace_unless_changed`]).
+    epoch: AtomicU64,
 }
 
 impl Router {
@@ -68,13 +73,32 @@ impl Router {
             zones: RwLock::new(zones),
             positions: RwLock::new(HashMap::new()),
             routes: RwLock::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
         }
     }
 
-    /// Replaces the zone map (reloaded from the database) and forgets the routes computed
-    /// from the old one.
-    pub(crate) fn replace(&self, zones: ZoneMap) {
-        *self.zones_mut() = zones;
+    /// Where the changes made in memory are: take it before reading the zones from the
+    /// database, and give it to [`Router::replace_unless_changed`].
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Replaces the zone map with one read from the database (and forgets the routes
+    /// computed from the old one), unless this node changed the zones in memory since
+    /// `epoch`: the read may then predate that change, and installing it would drop a zone
+    /// or unit just added here (an AddPatrolUnit right after AddZone refused as NOT_FOUND,
+    /// alerts routed without it). Returns whether it replaced.
+    pub(crate) fn replace_unless_changed(&self, zones: ZoneMap, epoch: u64) -> bool {
+        let mut current = self.zones.write().unwrap_or_else(|p| p.into_inner());
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return false;
+        }
+        *current = zones;
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        true
     }
 
     /// The zone routing of a reader, from the per-reader cache.
@@ -198,13 +222,57 @@ impl Router {
         self.zones.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The zone map, for a change; the per-reader routes are dropped with it.
+    /// The zone map, for a change this node made (after its commit); the per-reader routes
+    /// are dropped with it.
     pub(crate) fn zones_mut(&self) -> std::sync::RwLockWriteGuard<'_, ZoneMap> {
         let zones = self.zones.write().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.routes
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         zones
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zones::{Zone, ZoneKind};
+
+    fn zone(id: &str) -> Zone {
+        Zone {
+            id: id.into(),
+            name: id.into(),
+            kind: ZoneKind::Patrol,
+            area: crate::zones::parse_geojson(
+                r#"{"type":"Polygon","coordinates":[[[116.6,23.3],[116.7,23.3],[116.7,23.4],[116.6,23.3]]]}"#,
+            )
+            .unwrap(),
+        }
+    }
+
+    /// A reload that read the database before a zone was added here must not drop it; one
+    /// with nothing added meanwhile is installed.
+    #[test]
+    fn a_reload_older_than_a_local_change_is_not_installed() {
+        let routing = RoutingConfig {
+            nearest_units: 0,
+            nearest_radius_km: 1.0,
+            position_max_age_ms: 1,
+        };
+        let router = Router::new(routing, ZoneMap::default());
+        let epoch = router.epoch();
+        let read_before = ZoneMap::default();
+        router.zones_mut().add_zone(zone("z-new"));
+        assert!(!router.replace_unless_changed(read_before, epoch));
+        assert!(router.zones_read().has_zone("z-new"));
+
+        let epoch = router.epoch();
+        let mut read_after = ZoneMap::default();
+        read_after.add_zone(zone("z-new"));
+        read_after.add_zone(zone("z-other-node"));
+        assert!(router.replace_unless_changed(read_after, epoch));
+        assert!(router.zones_read().has_zone("z-other-node"));
     }
 }

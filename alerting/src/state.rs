@@ -77,6 +77,9 @@ async fn load_zone_map(db: &Db) -> Result<ZoneMap, greenplate_registry::Error> {
     Ok(map)
 }
 
+/// How often [`Alerting::reload_zones`] reads again when this node changed the zones meanwhile.
+const ZONE_RELOAD_TRIES: usize = 4;
+
 /// Shared alerting state.
 #[derive(Debug)]
 pub struct Alerting {
@@ -136,10 +139,21 @@ impl Alerting {
         Ok(alerting)
     }
 
-    /// Reloads zones, units and command centers from the database (another node changed
-    /// them), and forgets the routes computed from the old ones.
+    /// Reloads zones, units and command centers from the database (a node changed them),
+    /// and forgets the routes computed from the old ones.
+    ///
+    /// A read that began before this node changed the zones in memory is not installed
+    /// (it would drop the change) but read again. If changes keep coming, the last read is
+    /// left out: each change was announced in its own transaction, so the reload its
+    /// announcement brings reads everything committed before it.
     pub async fn reload_zones(&self) -> Result<(), greenplate_registry::Error> {
-        self.router.replace(load_zone_map(self.db()).await?);
+        for _ in 0..ZONE_RELOAD_TRIES {
+            let epoch = self.router.epoch();
+            let zones = load_zone_map(self.db()).await?;
+            if self.router.replace_unless_changed(zones, epoch) {
+                break;
+            }
+        }
         self.load_canaries().await?;
         Ok(())
     }

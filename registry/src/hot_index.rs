@@ -150,7 +150,14 @@ pub struct HotIndex {
     table: ArcSwap<Table>,
     len: AtomicUsize,
     writer: Mutex<()>,
+    /// Bumped by every change made in memory after a commit ([`HotIndex::set`],
+    /// [`HotIndex::update`]). A reload of one bike whose database read began before such a
+    /// change may miss it ([`HotIndex::load_bike_of`]).
+    epoch: AtomicU64,
 }
+
+/// How often [`HotIndex::load_bike_of`] reads again when the index changed meanwhile.
+const RELOAD_TRIES: usize = 4;
 
 impl Default for HotIndex {
     fn default() -> Self {
@@ -178,6 +185,7 @@ impl HotIndex {
             table: ArcSwap::from_pointee(Table::new(bits)),
             len: AtomicUsize::new(0),
             writer: Mutex::new(()),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -204,20 +212,47 @@ impl HotIndex {
         Ok(())
     }
 
-    /// Sets the states of every tag of the bike that has (or had) `tag`.
+    /// Sets the states of every tag of the bike that has (or had) `tag` (a node announced a
+    /// change to it).
+    ///
+    /// A read that began before this node changed the index in memory is not installed: it
+    /// could undo that change (a theft reported here right after the bike was registered,
+    /// briefly not flagged). It reads again instead; if changes keep coming, the last read
+    /// is left out, since each change was announced in its own transaction and the reload
+    /// its announcement brings reads everything committed before it.
     pub async fn load_bike_of(&self, db: &Db, tag: TagId) -> Result<(), RegistryError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{TAG_STATES} WHERE g.bike_id = (SELECT bike_id FROM tags WHERE tag_id = $1)"
-        )))
-        .bind(tag.to_string())
-        .fetch_all(db.pool())
-        .await?;
-        for row in &rows {
-            if let Some((tag, state)) = tag_state_of(row)? {
-                self.set(tag, state);
+        for _ in 0..RELOAD_TRIES {
+            let epoch = self.epoch.load(Ordering::Acquire);
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{TAG_STATES} WHERE g.bike_id = (SELECT bike_id FROM tags WHERE tag_id = $1)"
+            )))
+            .bind(tag.to_string())
+            .fetch_all(db.pool())
+            .await?;
+            let mut states = Vec::with_capacity(rows.len());
+            for row in &rows {
+                if let Some(s) = tag_state_of(row)? {
+                    states.push(s);
+                }
+            }
+            if self.install_unless_changed(&states, epoch) {
+                break;
             }
         }
         Ok(())
+    }
+
+    /// Sets `states` read from the database, unless the index was changed in memory since
+    /// `epoch` was taken. Returns whether it set them.
+    fn install_unless_changed(&self, states: &[(TagId, TagState)], epoch: u64) -> bool {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return false;
+        }
+        for (tag, state) in states {
+            self.set_locked(tag.as_u128(), *state);
+        }
+        true
     }
 
     /// The state of a tag, if it was ever registered.
@@ -240,12 +275,14 @@ impl HotIndex {
     /// Sets a tag's state (after a commit).
     pub fn set(&self, tag: TagId, state: TagState) {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.set_locked(tag.as_u128(), state);
     }
 
     /// Changes a registered tag's state in place (after a commit); no-op for unknown tags.
     pub fn update(&self, tag: TagId, f: impl Fn(TagState) -> TagState) {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         if let Some(current) = self.lookup(tag) {
             self.set_locked(tag.as_u128(), f(current));
         }
@@ -327,6 +364,25 @@ fn tag_state_of(row: &sqlx::any::AnyRow) -> Result<Option<(TagId, TagState)>, Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bike's reload read before a theft was reported here must not clear the flag; one
+    /// read with nothing changed meanwhile is set.
+    #[test]
+    fn a_reload_older_than_a_local_change_is_not_installed() {
+        let idx = HotIndex::default();
+        let tag = TagId::parse("E2801160600002070000ABCD").unwrap();
+        idx.set(tag, TagState::new(5));
+        let epoch = idx.epoch.load(Ordering::Acquire);
+        let read_before = [(tag, TagState::new(5))];
+        idx.update(tag, |s| s.with_stolen(true));
+        assert!(!idx.install_unless_changed(&read_before, epoch));
+        assert!(idx.lookup(tag).unwrap().stolen());
+
+        let epoch = idx.epoch.load(Ordering::Acquire);
+        let read_after = [(tag, TagState::new(5).with_armed(true))];
+        assert!(idx.install_unless_changed(&read_after, epoch));
+        assert!(idx.lookup(tag).unwrap().armed());
+    }
 
     #[test]
     fn flags_and_updates() {
