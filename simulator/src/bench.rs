@@ -5,7 +5,8 @@
 //! 3. Mosquitto alone relaying the same messages to one subscriber that only counts them:
 //!    the cost of just moving the bytes;
 //! 4. `greenplate` behind NATS JetStream (a running nats-server: its MQTT listener for the
-//!    readers, a stream and durable consumers for greenplate);
+//!    readers, a stream and durable consumers for greenplate), one node, or two on one
+//!    PostgreSQL (`--database-url`) sharing the partitions;
 //! 5. NATS alone: the same readers through NATS's MQTT listener into a work-queue stream of
 //!    the bench's own, drained by a durable consumer that only counts and acknowledges
 //!    each message (as many pull loops as greenplate has partitions): what JetStream costs
@@ -43,6 +44,9 @@ pub enum Setup {
     /// greenplate taking reader messages from NATS JetStream (`--nats-url`, readers on
     /// `--nats-mqtt`, `[nats] partitions = --nats-partitions`).
     Nats,
+    /// Two greenplate nodes behind NATS JetStream on one PostgreSQL (`--database-url`),
+    /// sharing the partitions; counters and CPU summed over both.
+    Nats2,
     /// NATS alone: the readers into a stream of the bench's own, drained by a consumer
     /// that only counts and acknowledges.
     NatsAlone,
@@ -55,6 +59,7 @@ impl Setup {
             Setup::Mosquitto => "greenplate behind Mosquitto",
             Setup::MosquittoAlone => "Mosquitto alone (counting subscriber)",
             Setup::Nats => "greenplate behind NATS JetStream",
+            Setup::Nats2 => "greenplate behind NATS JetStream, 2 nodes",
             Setup::NatsAlone => "NATS JetStream alone (ack-only consumer)",
         }
     }
@@ -84,6 +89,9 @@ pub struct BenchSpec {
     /// its client URL, its MQTT listener (host:port), its pid (for its CPU), and the
     /// partitions its mapping makes.
     pub nats: Option<NatsTarget>,
+    /// For [`Setup::Nats2`]: the PostgreSQL both nodes share (each run imports its own
+    /// bikes and provisions its own readers there).
+    pub database_url: Option<String>,
     pub progress: bool,
     /// The command line, for the report.
     pub command: String,
@@ -165,15 +173,28 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         eprintln!("== {} ==", setup.label());
         let mut server_warnings = Vec::new();
         let (report, import_seconds) = match setup {
-            Setup::Embedded | Setup::Mosquitto | Setup::Nats => {
+            Setup::Embedded | Setup::Mosquitto | Setup::Nats | Setup::Nats2 => {
                 let nats = match (setup, &spec.nats) {
-                    (Setup::Nats, Some(n)) => Some(n),
-                    (Setup::Nats, None) => {
+                    (Setup::Nats | Setup::Nats2, Some(n)) => Some(n),
+                    (Setup::Nats | Setup::Nats2, None) => {
                         anyhow::bail!("--setups nats needs --nats-url and --nats-mqtt")
                     }
                     _ => None,
                 };
-                let server = SpawnedServer::start(&ServerSpec {
+                // Two nodes share one PostgreSQL and one at-rest key.
+                let top_toml = if setup == Setup::Nats2 {
+                    let url = spec
+                        .database_url
+                        .as_ref()
+                        .context("--setups nats2 needs --database-url (PostgreSQL)")?;
+                    format!(
+                        "database_url = {url:?}\nsecret_key = {:?}\n",
+                        hex::encode(rand::random::<[u8; 32]>())
+                    )
+                } else {
+                    String::new()
+                };
+                let server_spec = ServerSpec {
                     binary: spec.binary.clone(),
                     bikes: spec.bikes,
                     run,
@@ -183,10 +204,26 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
                     extra_toml: nats.map_or_else(String::new, |n| {
                         format!("[nats]\nurl = {:?}\npartitions = {}\n", n.url, n.partitions)
                     }),
+                    top_toml,
                     readers_mqtt: nats.map(|n| n.mqtt),
-                })
-                .await?;
+                };
+                let server = SpawnedServer::start(&server_spec).await?;
+                // The second node: the same database, nothing more to import.
+                let second = if setup == Setup::Nats2 {
+                    Some(
+                        SpawnedServer::start(&ServerSpec {
+                            bikes: 0,
+                            ..server_spec.clone()
+                        })
+                        .await?,
+                    )
+                } else {
+                    None
+                };
                 let mut target = server.target();
+                if let Some(b) = &second {
+                    target.more_nodes.push((b.http, b.pid));
+                }
                 if setup == Setup::Mosquitto {
                     target.broker_pid = mosquitto_pid;
                 }
@@ -199,6 +236,10 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
                     eprintln!("server log:\n{}", server.log_tail());
                 }
                 server_warnings = server.log_warnings();
+                if let Some(b) = second {
+                    server_warnings.extend(b.log_warnings());
+                    b.stop().await?;
+                }
                 server.stop().await?;
                 (r?, Some(import))
             }
@@ -228,6 +269,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
                     topic_prefix: Some(topic_prefix),
                     relay_counter: Some(counter),
                     broker_pid: mosquitto_pid,
+                    more_nodes: Vec::new(),
                 };
                 let r = district::run(&target, &dspec).await;
                 sub.abort();
@@ -240,9 +282,8 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
                     .context("--setups nats-alone needs --nats-url and --nats-mqtt")?;
                 let counter = Arc::new(AtomicU64::new(0));
                 let topic_prefix = format!("gpbench/{prefix}readers/");
-                let sub =
-                    NatsCounter::start(n, &topic_prefix, &format!("GPBENCH_{run}"), &counter)
-                        .await?;
+                let sub = NatsCounter::start(n, &topic_prefix, &format!("GPBENCH_{run}"), &counter)
+                    .await?;
                 let target = Target {
                     grpc_url: None,
                     admin_token: String::new(),
@@ -253,6 +294,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
                     topic_prefix: Some(topic_prefix),
                     relay_counter: Some(counter),
                     broker_pid: n.pid,
+                    more_nodes: Vec::new(),
                 };
                 let r = district::run(&target, &dspec).await;
                 sub.stop().await;
@@ -299,6 +341,7 @@ fn setup_letter(s: Setup) -> char {
         Setup::Mosquitto => 'm',
         Setup::MosquittoAlone => 'a',
         Setup::Nats => 'n',
+        Setup::Nats2 => 'k',
         Setup::NatsAlone => 'j',
     }
 }

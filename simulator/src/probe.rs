@@ -87,6 +87,18 @@ pub async fn scrape(addr: SocketAddr) -> anyhow::Result<Scrape> {
     Ok(Scrape::parse(&body))
 }
 
+/// `/metrics` of `first` and of each of `more`, every sample summed over them (the nodes of
+/// one deployment).
+pub async fn scrape_all(first: SocketAddr, more: &[SocketAddr]) -> anyhow::Result<Scrape> {
+    let mut sum = scrape(first).await?;
+    for addr in more {
+        for (k, v) in scrape(*addr).await?.0 {
+            *sum.0.entry(k).or_default() += v;
+        }
+    }
+    Ok(sum)
+}
+
 /// A process's CPU time and memory, from `/proc/<pid>/stat` and `/proc/<pid>/status`.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct ProcSample {
@@ -126,6 +138,19 @@ impl ProcSample {
             peak_rss_mib: kib("VmHWM:") / 1024.0,
             rss_mib: kib("VmRSS:") / 1024.0,
         })
+    }
+
+    /// [`ProcSample::read`] of `first` and each of `more`, summed (CPU time and memory of
+    /// several processes together).
+    pub fn read_all(first: u32, more: &[u32]) -> anyhow::Result<Self> {
+        let mut sum = Self::read(first)?;
+        for pid in more {
+            let p = Self::read(*pid)?;
+            sum.cpu_s += p.cpu_s;
+            sum.peak_rss_mib += p.peak_rss_mib;
+            sum.rss_mib += p.rss_mib;
+        }
+        Ok(sum)
     }
 }
 

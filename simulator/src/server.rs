@@ -26,6 +26,9 @@ pub struct ServerSpec {
     pub mqtt_buffer_mib: Option<usize>,
     /// More TOML appended to the generated config (e.g. an `[ingest]` table).
     pub extra_toml: String,
+    /// Top-level keys put before the generated config's tables (e.g. `database_url`,
+    /// `secret_key`).
+    pub top_toml: String,
     /// Where readers connect when it is neither the server nor `mqtt_url` (NATS's MQTT
     /// listener, with `[nats]` in `extra_toml`).
     pub readers_mqtt: Option<SocketAddr>,
@@ -64,8 +67,9 @@ impl SpawnedServer {
         let admin_token = hex::encode(rand::random::<[u8; 16]>());
         let nonce = hex::encode(rand::random::<[u8; 4]>());
         let mut toml = format!(
-            "data_dir = {:?}\nadmin_token = {admin_token:?}\n\n[mqtt]\nlisten = \"{mqtt}\"\n",
-            dir.path().display().to_string()
+            "data_dir = {:?}\nadmin_token = {admin_token:?}\n{}\n[mqtt]\nlisten = \"{mqtt}\"\n",
+            dir.path().display().to_string(),
+            spec.top_toml
         );
         if let Some(mib) = spec.mqtt_buffer_mib {
             toml.push_str(&format!("buffer_mib = {mib}\n"));
@@ -199,6 +203,7 @@ impl SpawnedServer {
             topic_prefix: None,
             relay_counter: None,
             broker_pid: None,
+            more_nodes: Vec::new(),
         }
     }
 

@@ -62,6 +62,7 @@ async fn a_small_district_with_every_scenario() {
         topic_prefix: None,
         relay_counter: None,
         broker_pid: None,
+        more_nodes: Vec::new(),
     };
     let spec = DistrictSpec {
         readers: 20,

@@ -25,6 +25,7 @@ mod provision;
 mod readers;
 mod spec;
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -144,25 +145,31 @@ pub async fn run(target: &Target, spec: &DistrictSpec) -> anyhow::Result<Report>
     bikes.report_thefts(&mut kiosk, spec).await?;
     bikes.set_off(&net, spec, live);
 
-    // Drive.
+    // Drive. With several nodes, counters and CPU are summed over them.
+    let more_metrics: Vec<SocketAddr> = target.more_nodes.iter().map(|n| n.0).collect();
+    let more_pids: Vec<u32> = target.more_nodes.iter().map(|n| n.1).collect();
     let metrics_before = match target.metrics {
-        Some(addr) => Some(probe::scrape(addr).await?),
+        Some(addr) => Some(probe::scrape_all(addr, &more_metrics).await?),
         None => None,
     };
     let relay_before = target
         .relay_counter
         .as_ref()
         .map(|c| c.load(Ordering::Relaxed));
-    let proc_before = target.server_pid.map(ProcSample::read).transpose()?;
+    let proc_before = target
+        .server_pid
+        .map(|p| ProcSample::read_all(p, &more_pids))
+        .transpose()?;
     let broker_before = target.broker_pid.map(ProcSample::read).transpose()?;
     let progress = spec.progress.then(|| progress_bar(spec.drive));
     let live_rate = Arc::new(Mutex::new(String::new()));
     let watcher = target.metrics.map(|addr| {
         let live_rate = live_rate.clone();
+        let more_metrics = more_metrics.clone();
         tokio::spawn(async move {
             let mut last: Option<(Instant, f64)> = None;
             loop {
-                if let Ok(s) = probe::scrape(addr).await {
+                if let Ok(s) = probe::scrape_all(addr, &more_metrics).await {
                     let reads = s.get("greenplate_ingest_reads_total");
                     if let Some((at, before)) = last {
                         let rate = (reads - before) / at.elapsed().as_secs_f64().max(1e-3);
@@ -204,14 +211,17 @@ pub async fn run(target: &Target, spec: &DistrictSpec) -> anyhow::Result<Report>
         drive_s,
     );
     let metrics_drive_end = match target.metrics {
-        Some(addr) => Some(probe::scrape(addr).await?),
+        Some(addr) => Some(probe::scrape_all(addr, &more_metrics).await?),
         None => None,
     };
     let relay_drive_end = target
         .relay_counter
         .as_ref()
         .map(|c| c.load(Ordering::Relaxed));
-    let proc_after = target.server_pid.map(ProcSample::read).transpose()?;
+    let proc_after = target
+        .server_pid
+        .map(|p| ProcSample::read_all(p, &more_pids))
+        .transpose()?;
     let broker_after = target.broker_pid.map(ProcSample::read).transpose()?;
     let load_average = probe::load_average();
     if let Some(bar) = &progress {
@@ -229,7 +239,7 @@ pub async fn run(target: &Target, spec: &DistrictSpec) -> anyhow::Result<Report>
         };
         let mut ingest_done = true;
         if let (Some(addr), Some(before)) = (target.metrics, &metrics_before) {
-            let s = probe::scrape(addr).await?;
+            let s = probe::scrape_all(addr, &more_metrics).await?;
             let taken = s.get("greenplate_ingest_sightings_accepted_total")
                 - before.get("greenplate_ingest_sightings_accepted_total");
             ingest_done = taken >= offered.sightings as f64;

@@ -40,6 +40,9 @@ pub struct Target {
     pub relay_counter: Option<Arc<AtomicU64>>,
     /// An external broker's pid (same machine), for its CPU and memory.
     pub broker_pid: Option<u32>,
+    /// More nodes of the same deployment (HTTP address for `/metrics`, pid): their
+    /// counters and CPU are added to the server's.
+    pub more_nodes: Vec<(SocketAddr, u32)>,
 }
 
 /// What to run.

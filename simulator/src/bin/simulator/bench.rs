@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// pull loops).
     #[arg(long, default_value_t = 8)]
     nats_partitions: u32,
+    /// For `--setups nats2`: the PostgreSQL the two nodes share (each run imports its own
+    /// bikes there; use a scratch database).
+    #[arg(long)]
+    database_url: Option<String>,
     /// Writes OUT.json and OUT.md.
     #[arg(long, default_value = "benches/reports/e2e")]
     out: PathBuf,
@@ -94,6 +98,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (None, None) => None,
             _ => anyhow::bail!("--nats-url and --nats-mqtt go together"),
         },
+        database_url: args.database_url,
         progress: !args.quiet,
         command: std::env::args()
             .enumerate()

@@ -151,6 +151,7 @@ pub async fn run(args: DistrictArgs) -> anyhow::Result<()> {
                 mqtt_url: None,
                 mqtt_buffer_mib: None,
                 extra_toml: String::new(),
+                top_toml: String::new(),
                 readers_mqtt: None,
             })
             .await?;
@@ -177,6 +178,7 @@ pub async fn run(args: DistrictArgs) -> anyhow::Result<()> {
                 topic_prefix: None,
                 relay_counter: None,
                 broker_pid: None,
+                more_nodes: Vec::new(),
             }
         }
     };
