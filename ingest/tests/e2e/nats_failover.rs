@@ -203,6 +203,25 @@ async fn wait_for_batches(seen: Arc<Mutex<Vec<Alert>>>, total: usize, within: Du
     .await;
 }
 
+/// What JetStream still holds: the readers' stream, and each partition consumer's pending,
+/// unacknowledged and redelivered messages (for a failure's message).
+async fn held_by_nats(js: &async_nats::jetstream::Context) -> String {
+    let mut stream = js.get_stream("GREENPLATE_READERS").await.unwrap();
+    let mut held = format!("stream: {:?}\n", stream.info().await.unwrap().state);
+    for p in 0..8 {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+            .get_consumer(&format!("greenplate-ingest-p{p}"))
+            .await
+            .unwrap();
+        let i = consumer.info().await.unwrap();
+        held += &format!(
+            "p{p}: pending {} ack_pending {} redelivered {} waiting {}\n",
+            i.num_pending, i.num_ack_pending, i.num_redelivered, i.num_waiting
+        );
+    }
+    held
+}
+
 /// A node's counters that explain where messages went, for failure messages.
 async fn counters(addr: std::net::SocketAddr) -> String {
     support::http_get(addr, "/metrics")
@@ -294,21 +313,8 @@ async fn a_node_killed_under_load_alerts_every_stolen_sighting_once() {
             .filter(|a| !on_client.contains(&(a.reader_id.clone(), a.seen_at_ms)))
             .map(|a| a.seq)
             .collect();
-        // What JetStream still holds, per partition consumer.
         let js = async_nats::jetstream::new(async_nats::connect(c.nats.url()).await.unwrap());
-        let mut stream = js.get_stream("GREENPLATE_READERS").await.unwrap();
-        let mut held = format!("stream: {:?}\n", stream.info().await.unwrap().state);
-        for p in 0..8 {
-            let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
-                .get_consumer(&format!("greenplate-ingest-p{p}"))
-                .await
-                .unwrap();
-            let i = consumer.info().await.unwrap();
-            held += &format!(
-                "p{p}: pending {} ack_pending {} redelivered {} waiting {}\n",
-                i.num_pending, i.num_ack_pending, i.num_redelivered, i.num_waiting
-            );
-        }
+        let held = held_by_nats(&js).await;
         panic!(
             "{} batches in the log, {} on the client (resumed after {last}); in the log but not \
              on the client: {missed:?}\n{held}A's counters:\n{}",
@@ -436,12 +442,18 @@ async fn a_node_paused_past_its_lease_does_not_process_what_was_redelivered() {
 }
 
 /// One of three clustered nats-servers is SIGKILLed under load (the stream, the partitions'
-/// consumers and the lease bucket have 3 replicas; the node's connection lists all three,
-/// the killed one first). Readers publish to the two that stay up, with persistent MQTT
-/// sessions: NATS resets their connections when the leader of its internal MQTT stream
-/// dies, and a clean-session client (rumqttc) drops what it had queued on reconnect. Every
-/// batch alerts exactly once, and the node still holds all 8 partitions after the cluster
-/// has elected new leaders.
+/// consumers and the lease bucket have 3 replicas; the node's connection lists all three).
+/// Readers publish to the two that stay up, with persistent MQTT sessions: NATS resets
+/// their connections when the leader of its internal MQTT stream dies, and a clean-session
+/// client (rumqttc) drops what it had queued on reconnect. Every batch alerts exactly once,
+/// and the node still holds all 8 partitions after the cluster has elected new leaders.
+///
+/// The server killed is one that does not lead the readers' stream. NATS acknowledges a
+/// reader's QoS 1 publish once its own MQTT layer has it, and hands it to the readers'
+/// stream as a plain publish: while that stream elects a new leader, what readers publish
+/// is dropped by NATS (1 run in about 10 lost every batch published after the kill, when
+/// the killed server led the stream). greenplate counts those as missing seqs; README,
+/// "Losing one of three NATS servers".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server (NATS_SERVER, default nats-server on PATH)"]
 async fn losing_one_of_three_nats_servers_loses_nothing() {
@@ -469,6 +481,7 @@ async fn losing_one_of_three_nats_servers_loses_nothing() {
         .collect::<Vec<_>>()
         .join(",");
     // JetStream is ready once the three have formed its group: a replicated stream can be made.
+    // On server 1, which is never the one killed (the probe is used again below).
     let probe = format!("nats://127.0.0.1:{}", ports[1].0);
     let js = async_nats::jetstream::new(async_nats::connect(probe).await.unwrap());
     eventually(
@@ -502,12 +515,27 @@ async fn losing_one_of_three_nats_servers_loses_nothing() {
     })
     .await;
     a.wait_metric("greenplate_nats_partitions_owned", 8.0).await;
+    // The victim: a server that does not lead the readers' stream (see above).
+    let mut readers_stream = js.get_stream("GREENPLATE_READERS").await.unwrap();
+    let leader = readers_stream
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("the readers' stream has a leader");
+    let victim = [0, 2]
+        .into_iter()
+        .find(|i| format!("n{i}-{}", ports[*i].0) != leader)
+        .unwrap();
+    let alive: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
     let mut readers = Vec::new();
     for i in 0..READERS {
         let id = format!("rd-nf-{i}");
         let secret = a.add_reader(&id, 23.30 + i as f64 * 0.001, 116.60).await;
-        // On servers 1 and 2 (server 0 is the one killed).
-        let mqtt = ports[1 + i % 2].1;
+        // On the two servers that stay up.
+        let mqtt = ports[alive[i % 2]].1;
         readers.push(
             // A persistent session: what a reader queued when NATS reset its connection is
             // sent again after it reconnects (a clean session's queue is dropped).
@@ -528,8 +556,8 @@ async fn losing_one_of_three_nats_servers_loses_nothing() {
     let on_a = collect(stream, seen.clone());
 
     publish_phase(&mut readers, 0).await;
-    // Server 0 dies with the load on (SIGKILL: the child is killed on drop).
-    drop(servers[0].take());
+    // The victim dies with the load on (SIGKILL: the child is killed on drop).
+    drop(servers[victim].take());
     let killed = Instant::now();
     publish_phase(&mut readers, 1).await;
     let total = READERS * PHASE * 2;
@@ -541,19 +569,7 @@ async fn losing_one_of_three_nats_servers_loses_nothing() {
     .await
     .is_err()
     {
-        let mut stream = js.get_stream("GREENPLATE_READERS").await.unwrap();
-        let mut held = format!("stream: {:?}\n", stream.info().await.unwrap().state);
-        for p in 0..8 {
-            let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
-                .get_consumer(&format!("greenplate-ingest-p{p}"))
-                .await
-                .unwrap();
-            let i = consumer.info().await.unwrap();
-            held += &format!(
-                "p{p}: pending {} ack_pending {} redelivered {} waiting {}\n",
-                i.num_pending, i.num_ack_pending, i.num_redelivered, i.num_waiting
-            );
-        }
+        let held = held_by_nats(&js).await;
         panic!(
             "{held}A's counters:\n{}",
             counters(a.service.http_addr).await
@@ -574,6 +590,20 @@ async fn losing_one_of_three_nats_servers_loses_nothing() {
     while log.last().is_none_or(|x: &Alert| x.seq < newest) {
         log.push(support::next_alert(&mut replay).await);
     }
+    // What the live stream had and the replay from the log did not, for a failure's message.
+    let in_log: HashSet<u64> = log.iter().map(|x| x.seq).collect();
+    let only_live: Vec<(u64, String, i64)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|x| !in_log.contains(&x.seq))
+        .map(|x| (x.seq, x.reader_id.clone(), x.seen_at_ms))
+        .collect();
+    assert!(
+        only_live.is_empty(),
+        "live but not replayed (newest {newest}): {only_live:?}; replayed seqs: {:?}",
+        log.iter().map(|x| x.seq).collect::<Vec<_>>()
+    );
     assert_each_batch_alerted_once(&log, total);
     a.wait_metric("greenplate_nats_partitions_owned", 8.0).await;
     on_a.abort();
