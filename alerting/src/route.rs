@@ -94,11 +94,17 @@ impl Router {
             return false;
         }
         *current = zones;
+        self.forget_routes();
+        true
+    }
+
+    /// Drops the per-reader routes (the zones under them changed); called with the zones'
+    /// write lock held.
+    fn forget_routes(&self) {
         self.routes
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        true
     }
 
     /// The zone routing of a reader, from the per-reader cache.
@@ -227,10 +233,7 @@ impl Router {
     pub(crate) fn zones_mut(&self) -> std::sync::RwLockWriteGuard<'_, ZoneMap> {
         let zones = self.zones.write().unwrap_or_else(|p| p.into_inner());
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.routes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.forget_routes();
         zones
     }
 }

@@ -259,18 +259,13 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
                     counter.clone(),
                 )
                 .await?;
-                let target = Target {
-                    grpc_url: None,
-                    admin_token: String::new(),
-                    mqtt_host: mq_host.to_owned(),
-                    mqtt_port: mq_port,
-                    metrics: None,
-                    server_pid: None,
-                    topic_prefix: Some(topic_prefix),
-                    relay_counter: Some(counter),
-                    broker_pid: mosquitto_pid,
-                    more_nodes: Vec::new(),
-                };
+                let target = Target::relay(
+                    mq_host.to_owned(),
+                    mq_port,
+                    topic_prefix,
+                    counter,
+                    mosquitto_pid,
+                );
                 let r = district::run(&target, &dspec).await;
                 sub.abort();
                 (r?, None)
@@ -284,18 +279,13 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
                 let topic_prefix = format!("gpbench/{prefix}readers/");
                 let sub = NatsCounter::start(n, &topic_prefix, &format!("GPBENCH_{run}"), &counter)
                     .await?;
-                let target = Target {
-                    grpc_url: None,
-                    admin_token: String::new(),
-                    mqtt_host: n.mqtt.ip().to_string(),
-                    mqtt_port: n.mqtt.port(),
-                    metrics: None,
-                    server_pid: None,
-                    topic_prefix: Some(topic_prefix),
-                    relay_counter: Some(counter),
-                    broker_pid: n.pid,
-                    more_nodes: Vec::new(),
-                };
+                let target = Target::relay(
+                    n.mqtt.ip().to_string(),
+                    n.mqtt.port(),
+                    topic_prefix,
+                    counter,
+                    n.pid,
+                );
                 let r = district::run(&target, &dspec).await;
                 sub.stop().await;
                 (r?, None)

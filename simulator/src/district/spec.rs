@@ -45,6 +45,31 @@ pub struct Target {
     pub more_nodes: Vec<(SocketAddr, u32)>,
 }
 
+impl Target {
+    /// A bare broker at `host:port` relaying the readers' messages (published under
+    /// `topic_prefix`) to a subscriber that counts them in `counter`: no greenplate.
+    pub fn relay(
+        host: String,
+        port: u16,
+        topic_prefix: String,
+        counter: Arc<AtomicU64>,
+        broker_pid: Option<u32>,
+    ) -> Self {
+        Self {
+            grpc_url: None,
+            admin_token: String::new(),
+            mqtt_host: host,
+            mqtt_port: port,
+            metrics: None,
+            server_pid: None,
+            topic_prefix: Some(topic_prefix),
+            relay_counter: Some(counter),
+            broker_pid,
+            more_nodes: Vec::new(),
+        }
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct DistrictSpec {
