@@ -103,6 +103,13 @@ pub struct Metrics {
     pub nats_partitions: Gauge,
     /// Messages NATS delivered again (a node did not acknowledge them within the ack-wait).
     pub nats_redelivered: Counter,
+    /// The readers' stream as NATS holds it, read every [`BACKLOG_EVERY`]: messages not yet
+    /// acknowledged by any node (waiting, or delivered and in flight), and the age of the
+    /// oldest (0 when none). Every node reports the same stream, so take the max.
+    ///
+    /// [`BACKLOG_EVERY`]: crate::broker::nats::BACKLOG_EVERY
+    pub nats_backlog_messages: Gauge,
+    pub nats_backlog_oldest_seconds: Gauge<f64, AtomicU64>,
     /// Reader users in the NATS logins file (`nats.logins_file`), and its rewrites.
     pub nats_logins: Gauge,
     pub nats_logins_written: Counter,
@@ -161,6 +168,8 @@ impl Metrics {
             nats_partitions_owned: Gauge::default(),
             nats_partitions: Gauge::default(),
             nats_redelivered: Counter::default(),
+            nats_backlog_messages: Gauge::default(),
+            nats_backlog_oldest_seconds: Gauge::default(),
             nats_logins: Gauge::default(),
             nats_logins_written: Counter::default(),
             nats_logins_failed: zeroed(&LOGINS_FAILED_REASONS),
@@ -323,6 +332,16 @@ impl Metrics {
             self.nats_redelivered.clone(),
         );
         let nats = registry.sub_registry_with_prefix("nats");
+        nats.register(
+            "backlog_messages",
+            "Reader messages in the NATS stream that no node has acknowledged yet (waiting, or delivered and in flight); the same stream on every node",
+            self.nats_backlog_messages.clone(),
+        );
+        nats.register(
+            "backlog_oldest_seconds",
+            "Age of the oldest reader message in the NATS stream not yet acknowledged (0 when none)",
+            self.nats_backlog_oldest_seconds.clone(),
+        );
         nats.register(
             "logins",
             "Reader users in the NATS logins file (nats.logins_file)",

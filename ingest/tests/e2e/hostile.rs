@@ -213,9 +213,15 @@ async fn the_embedded_broker_holds_a_reader_to_its_own_topics() {
     let will = Some((topics::status("rd-b"), true));
     assert!(closed_after(port, "rd-a", &secret_a, will, BytesMut::new()).await);
     assert_eq!(svc.metric(&refused("will_topic")).await, 1.0);
-    // Its own sealed will on its own status topic, retained, is what the contract allows.
-    let will = Some((topics::status("rd-a"), true));
-    assert!(answers_ping(port, "rd-a", &secret_a, will).await);
+    // Its own will on its own status topic, retained, is what the contract allows. Checked
+    // with a reader that has not connected before: rumqttd 0.20 keys wills by client id, and
+    // a closed connection's will timer (0 s for MQTT 3.1.1, fired early by a new login with
+    // that id) sends "publish rd-a's will" after the socket is closed. If that lands after
+    // a new rd-a CONNECT registered its will, the router publishes the *new* will (seen once
+    // in CI as a `malformed` status: this test's will is not sealed). See ARCHITECTURE.md.
+    let secret_w = svc.add_reader("rd-w", 23.30, 116.60).await;
+    let will = Some((topics::status("rd-w"), true));
+    assert!(answers_ping(port, "rd-w", &secret_w, will).await);
 
     // 10,000 retained publishes of 1,000 bytes to distinct topics, from 8 readers at a time
     // (one connection each: a second login with the same id would end the first): each is

@@ -371,8 +371,31 @@ async fn a_node_paused_past_its_lease_does_not_process_what_was_redelivered() {
     wait_for_batches(seen.clone(), READERS * PHASE, Duration::from_secs(30)).await;
     assert!(metric(c.b.http, accepted).await > 0.0, "B took no reader");
     c.b.signal("-STOP");
+    // What B holds paused stays in the work-queue stream until A has it redelivered and
+    // acknowledges it: A's backlog gauges show it meanwhile (read every second).
+    let a_http = c.a.service.http_addr;
+    let backlog = tokio::spawn(async move {
+        let mut most = (0.0f64, 0.0f64);
+        loop {
+            let m = metric_or_zero(a_http, "greenplate_nats_backlog_messages").await;
+            let age = metric_or_zero(a_http, "greenplate_nats_backlog_oldest_seconds").await;
+            most = (most.0.max(m), most.1.max(age));
+            if most.1 >= 1.0 {
+                return most;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
     c.publish_phase(1).await;
     wait_for_batches(seen.clone(), READERS * PHASE * 2, Duration::from_secs(60)).await;
+    let (most_messages, oldest) = tokio::time::timeout(Duration::from_secs(10), backlog)
+        .await
+        .expect("A's backlog gauges never showed what B held")
+        .unwrap();
+    assert!(
+        most_messages >= 1.0 && oldest >= 1.0,
+        "{most_messages} {oldest}"
+    );
     assert!(
         c.a.metric_or_zero("greenplate_nats_redelivered_total")
             .await
@@ -437,6 +460,19 @@ async fn a_node_paused_past_its_lease_does_not_process_what_was_redelivered() {
             "a batch reached the alert log twice"
         );
     }
+    // Everything acknowledged: the backlog drains to nothing.
+    eventually("an empty backlog", Duration::from_secs(10), || async {
+        let m = c.a.metric_or_zero("greenplate_nats_backlog_messages").await;
+        let age =
+            c.a.metric_or_zero("greenplate_nats_backlog_oldest_seconds")
+                .await;
+        if (m, age) == (0.0, 0.0) {
+            Ok(())
+        } else {
+            Err(format!("{m} messages, oldest {age} s"))
+        }
+    })
+    .await;
     on_a.abort();
     c.finish().await;
 }

@@ -58,6 +58,8 @@ const RETRY: Duration = Duration::from_millis(500);
 /// How long one pull request lasts, and the heartbeat NATS sends while it does.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+/// How often a node reads the readers' stream's backlog into its metrics.
+pub const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 /// The MQTT topic a NATS subject stands for: NATS maps `/` to `.` and `.` to `//`, so this
 /// maps them back (`greenplate.readers.rd//1.sightings` is `greenplate/readers/rd.1/sightings`).
@@ -142,6 +144,11 @@ pub async fn start(
         .map_err(|e| nats(&e))?;
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     tracker.spawn(release(acks_rx, metrics.clone()));
+    tracker.spawn(watch_backlog(
+        stream.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     metrics.nats_partitions.set(i64::from(config.partitions));
     if config.partitions == 0 {
         let consumer = consumer_for(&stream, config, &config.consumer, None)
@@ -558,6 +565,54 @@ async fn pull(
     }
 }
 
+/// Reads the readers' stream's state every [`BACKLOG_EVERY`] into the backlog gauges. It is
+/// a work-queue stream, so what it holds is exactly what no node has acknowledged. A read
+/// that fails (no NATS server answering) leaves the last figures and is logged once a
+/// minute.
+async fn watch_backlog(
+    stream: jetstream::stream::Stream,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut log = crate::RateLimitedLog::new(Duration::from_secs(60));
+    let mut every = tokio::time::interval(BACKLOG_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match bounded(stream.get_info()).await {
+            Ok(Ok(info)) => {
+                let state = &info.state;
+                let first_ms = state.first_timestamp.unix_timestamp_nanos() / 1_000_000;
+                let age = oldest_age_s(state.messages, first_ms, greenplate_registry::now_ms());
+                metrics
+                    .nats_backlog_messages
+                    .set(i64::try_from(state.messages).unwrap_or(i64::MAX));
+                metrics.nats_backlog_oldest_seconds.set(age);
+            }
+            Ok(Err(e)) if log.allow("backlog") => {
+                tracing::warn!(error = %e, "Cannot read the NATS stream's backlog.");
+            }
+            Err(_) if log.allow("backlog") => {
+                tracing::warn!("Reading the NATS stream's backlog timed out.");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Seconds since the oldest of `messages` was stored at `first_ms`, as of `now_ms`; 0 for
+/// an empty stream (whose first timestamp is the epoch or a deleted message's).
+fn oldest_age_s(messages: u64, first_ms: i128, now_ms: i64) -> f64 {
+    if messages == 0 {
+        return 0.0;
+    }
+    let age_ms = i128::from(now_ms).saturating_sub(first_ms).max(0);
+    age_ms as f64 / 1000.0
+}
+
 /// A JetStream message the pipeline is done with.
 struct Finished {
     acker: Acker,
@@ -635,6 +690,14 @@ async fn release(mut rx: mpsc::UnboundedReceiver<Finished>, metrics: Arc<Metrics
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backlog_age_is_that_of_the_oldest_message_and_zero_when_empty() {
+        assert_eq!(oldest_age_s(0, 0, 1_700_000_000_000), 0.0);
+        assert_eq!(oldest_age_s(3, 1_700_000_000_000, 1_700_000_002_500), 2.5);
+        // A server clock ahead of ours is no negative age.
+        assert_eq!(oldest_age_s(1, 1_700_000_001_000, 1_700_000_000_000), 0.0);
+    }
 
     #[test]
     fn subjects_map_back_to_the_contracts_topics() {
