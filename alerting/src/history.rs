@@ -78,6 +78,28 @@ impl History {
         to_ms: i64,
         limit: usize,
     ) -> Result<Vec<Pass>, sqlx::Error> {
+        self.passes(tags, from_ms, to_ms, limit, "").await
+    }
+
+    /// As [`History::track`], but the newest `limit` passes (by first read), newest first.
+    pub async fn track_newest(
+        &self,
+        tags: &[TagId],
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Pass>, sqlx::Error> {
+        self.passes(tags, from_ms, to_ms, limit, " DESC").await
+    }
+
+    async fn passes(
+        &self,
+        tags: &[TagId],
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+        order: &'static str,
+    ) -> Result<Vec<Pass>, sqlx::Error> {
         if tags.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
@@ -86,7 +108,7 @@ impl History {
         let sql = format!(
             "SELECT tag_id, reader_id, first_seen_ms, last_seen_ms, reads, peak_rssi_dbm \
              FROM passes WHERE tag_id IN {} AND first_seen_ms <= {} AND last_seen_ms >= {} \
-             ORDER BY first_seen_ms, pass_id LIMIT {}",
+             ORDER BY first_seen_ms{order}, pass_id{order} LIMIT {}",
             b.placeholders(1, n),
             b.ph(n + 1),
             b.ph(n + 2),

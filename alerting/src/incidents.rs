@@ -5,13 +5,26 @@
 //! event in `incident_events`. A unit may act on an incident only if it was sent one of its
 //! alerts, or if it is a command center.
 
-use greenplate_proto::v1::{Alert, AlertKind, Incident, IncidentState, Outcome};
+use greenplate_proto::v1::{
+    Alert, AlertKind, Incident, IncidentDetail, IncidentEvent, IncidentState, Outcome, TrackPoint,
+};
 use greenplate_registry::{Caller, RegistryError, now_ms};
 use sqlx::Row;
 
 use crate::error::AlertingError;
 use crate::schema::{ALERT_COLUMNS, alert_from_row};
 use crate::state::Alerting;
+
+/// Steps of an incident's history returned at most.
+pub const MAX_EVENTS: i64 = 2000;
+
+/// Which incident [`Alerting::incident_detail`] is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncidentKey {
+    Id(String),
+    /// The bike's unresolved theft incident.
+    Plate(String),
+}
 
 /// An unresolved incident and its latest alert (see [`Alerting::open_incidents`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +201,98 @@ impl Alerting {
         Ok(out)
     }
 
+    /// An incident and its history, oldest step first (at most [`MAX_EVENTS`]). `key` is
+    /// an incident id, or a plate for the bike's unresolved theft incident. The entitlement
+    /// of [`Alerting::acknowledge`]; every request, answered or refused, is in the audit log.
+    pub async fn incident_detail(
+        &self,
+        caller: &Caller,
+        key: &IncidentKey,
+        reason: &str,
+    ) -> Result<IncidentDetail, AlertingError> {
+        let detail = self.incident_detail_unaudited(caller, key).await;
+        let subject = match key {
+            IncidentKey::Id(id) => format!("incident {id}"),
+            IncidentKey::Plate(p) => format!("theft incident of plate {p}"),
+        };
+        self.registry
+            .audit_lookup(caller, "get_incident", &subject, detail.is_ok(), reason)
+            .await?;
+        detail
+    }
+
+    async fn incident_detail_unaudited(
+        &self,
+        caller: &Caller,
+        key: &IncidentKey,
+    ) -> Result<IncidentDetail, AlertingError> {
+        let incident_id = match key {
+            IncidentKey::Id(id) => id.clone(),
+            IncidentKey::Plate(plate) => {
+                let plate = greenplate_registry::validate::plate("plate", plate)?;
+                sqlx::query(
+                    "SELECT i.incident_id FROM incidents i                      JOIN theft_reports t ON i.dedup_key = 'theft:' || CAST(t.report_id AS TEXT)                      JOIN bikes b ON b.bike_id = t.bike_id                      WHERE b.plate = $1 AND i.state <> 'resolved'                      ORDER BY i.opened_at_ms DESC LIMIT 1",
+                )
+                .bind(&plate)
+                .fetch_optional(self.db().pool())
+                .await?
+                .map(|r| r.try_get::<String, _>("incident_id"))
+                .transpose()?
+                .ok_or_else(|| {
+                    RegistryError::NotFound(format!("an unresolved theft incident of {plate}"))
+                })?
+            }
+        };
+        self.require_entitled(caller, &incident_id).await?;
+        let mut conn = self.db().pool().acquire().await?;
+        let incident = incident_row(&mut conn, &incident_id).await?;
+        let rows = sqlx::query(
+            "SELECT at_ms, actor, action, note, tag_id, reader_id, lat, lon, last_seen_ms,                     reads, peak_rssi_dbm              FROM incident_events WHERE incident_id = $1 ORDER BY event_id LIMIT $2",
+        )
+        .bind(&incident_id)
+        .bind(MAX_EVENTS)
+        .fetch_all(&mut *conn)
+        .await?;
+        let events = rows
+            .iter()
+            .map(|r| {
+                let at_ms: i64 = r.try_get("at_ms")?;
+                let pass = match r.try_get::<Option<String>, _>("reader_id")? {
+                    Some(reader_id) => Some(TrackPoint {
+                        reader_id,
+                        lat: r.try_get::<Option<f64>, _>("lat")?.unwrap_or_default(),
+                        lon: r.try_get::<Option<f64>, _>("lon")?.unwrap_or_default(),
+                        first_seen_ms: at_ms,
+                        last_seen_ms: r
+                            .try_get::<Option<i64>, _>("last_seen_ms")?
+                            .unwrap_or(at_ms),
+                        reads: r
+                            .try_get::<Option<i64>, _>("reads")?
+                            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+                        peak_rssi_dbm: r
+                            .try_get::<Option<i64>, _>("peak_rssi_dbm")?
+                            .map_or(0, |n| i32::try_from(n).unwrap_or(i32::MIN)),
+                        tag_id: r
+                            .try_get::<Option<String>, _>("tag_id")?
+                            .unwrap_or_default(),
+                    }),
+                    None => None,
+                };
+                Ok(IncidentEvent {
+                    at_ms,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    note: r.try_get("note")?,
+                    pass,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(IncidentDetail {
+            incident: Some(incident),
+            events,
+        })
+    }
+
     async fn require_entitled(
         &self,
         caller: &Caller,
@@ -290,6 +395,32 @@ pub(crate) async fn record_event(
     .bind(actor)
     .bind(action)
     .bind(note)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a pass the incident's bike made before its theft was reported (look-back): a
+/// `sighted_earlier` step at the pass's first read.
+pub(crate) async fn record_pass(
+    conn: &mut sqlx::AnyConnection,
+    incident_id: &str,
+    pass: &crate::history::Pass,
+    lat: f64,
+    lon: f64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO incident_events (incident_id, at_ms, actor, action, note, tag_id,                                       reader_id, lat, lon, last_seen_ms, reads, peak_rssi_dbm)          VALUES ($1, $2, 'engine', 'sighted_earlier', '', $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(incident_id)
+    .bind(pass.first_seen_ms)
+    .bind(pass.tag.to_string())
+    .bind(pass.reader_id.to_string())
+    .bind(lat)
+    .bind(lon)
+    .bind(pass.last_seen_ms)
+    .bind(i64::from(pass.reads))
+    .bind(i64::from(pass.peak_rssi_dbm))
     .execute(conn)
     .await?;
     Ok(())

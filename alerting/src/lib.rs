@@ -25,6 +25,8 @@
 //! - [`state`]: [`Alerting`], the shared value the stages above are methods of (it holds
 //!   the [`route::Router`], the [`hub::Hub`] and the [`History`]); `schema`: the tables;
 //!   [`provision`]: adding zones and units (Admin).
+//! - [`lookback`]: a theft reported late: the pass history since the theft, searched once
+//!   per report; its incident lists the passes, and the latest is alerted.
 //! - [`history`]: the pass history (where each tag was seen) and its retention job;
 //!   [`track`]: `Patrol.GetTrack` over it, and who may see a track.
 
@@ -37,6 +39,7 @@ pub mod history;
 pub mod hub;
 pub mod incidents;
 pub mod log;
+pub mod lookback;
 pub mod provision;
 pub mod route;
 pub mod rules;

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 
 use greenplate_proto::v1::patrol_server::{self, PatrolServer};
 use greenplate_proto::v1::{
-    AcknowledgeIncidentRequest, Alert, GetTrackRequest, GetTrackResponse, Incident,
-    ResolveIncidentRequest, StreamAlertsRequest, TrackPoint, UpdatePositionRequest,
-    UpdatePositionResponse, get_track_request,
+    AcknowledgeIncidentRequest, Alert, GetIncidentRequest, GetTrackRequest, GetTrackResponse,
+    Incident, IncidentDetail, ResolveIncidentRequest, StreamAlertsRequest, TrackPoint,
+    UpdatePositionRequest, UpdatePositionResponse, get_incident_request, get_track_request,
 };
 use greenplate_registry::auth::{AuthInterceptor, Role, credential, require};
 use greenplate_registry::{BikeKey, now_ms};
@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use crate::incidents::IncidentKey;
 use crate::state::Alerting;
 
 /// Alerts buffered per stream before the stream task waits for the client.
@@ -221,6 +222,28 @@ impl patrol_server::Patrol for PatrolService {
             .await?;
         tracing::info!(caller = %caller.audit_name(), incident = %r.incident_id, "Incident acknowledged.");
         Ok(Response::new(incident))
+    }
+
+    async fn get_incident(
+        &self,
+        req: Request<GetIncidentRequest>,
+    ) -> Result<Response<IncidentDetail>, Status> {
+        let caller = require(&req, &[Role::Patrol, Role::Admin])?;
+        let r = req.into_inner();
+        let key = match r.key {
+            Some(get_incident_request::Key::IncidentId(id)) => IncidentKey::Id(id),
+            Some(get_incident_request::Key::Plate(p)) => IncidentKey::Plate(p),
+            None => {
+                return Err(Status::invalid_argument(
+                    "incident_id or plate: one is required",
+                ));
+            }
+        };
+        let detail = self
+            .alerting
+            .incident_detail(&caller, &key, &r.reason)
+            .await?;
+        Ok(Response::new(detail))
     }
 
     async fn update_position(

@@ -99,6 +99,8 @@ pub struct Alerting {
     /// Seconds from ingest receiving a sighting to its alert reaching the live hub
     /// (committed to the log); exported by the service's /metrics.
     pub alert_latency: Histogram,
+    /// Theft reports looked back, by result, and failed rounds.
+    pub lookbacks: crate::lookback::LookbackMetrics,
     /// On SQLite (one node) the engine hands committed alerts to the hub itself; on
     /// PostgreSQL the log follower does, for every node's alerts, in seq order.
     pub(crate) engine_publishes: bool,
@@ -125,6 +127,7 @@ impl Alerting {
             duplicates_dropped: Counter::default(),
             streams_refused: Counter::default(),
             engine_publishes,
+            lookbacks: Default::default(),
             alert_latency: Histogram::new([
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
@@ -180,6 +183,16 @@ impl Alerting {
             "duplicates_dropped",
             "Alerts not written again: their sighting's alert was in the log already (its batch was processed twice, as after a node died before acknowledging it)",
             self.duplicates_dropped.clone(),
+        );
+        metrics.sub_registry_with_prefix("alerting").register(
+            "lookbacks",
+            "Theft reports looked back in the pass history, by result (sighted: the latest pass was alerted; no_track)",
+            self.lookbacks.done.clone(),
+        );
+        metrics.sub_registry_with_prefix("alerting").register(
+            "lookback_failures",
+            "Rounds of theft-report look-backs that failed (database errors; retried at the next poll)",
+            self.lookbacks.failed.clone(),
         );
         metrics.register(
             "canary_misses",

@@ -155,6 +155,10 @@ impl Service {
                 }
             },
         ));
+        tracker.spawn(greenplate_alerting::lookback::run(
+            alerting.clone(),
+            shutdown.clone(),
+        ));
         tracker.spawn(greenplate_alerting::canary::watch(
             alerting.clone(),
             engine.clone(),

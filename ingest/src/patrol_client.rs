@@ -92,6 +92,7 @@ pub async fn print_alerts(
 pub fn format_alert(a: &Alert) -> String {
     let what = match a.kind() {
         AlertKind::StolenSighted => "STOLEN BIKE SEEN",
+        AlertKind::StolenSightedEarlier => "STOLEN BIKE SEEN BEFORE THE REPORT",
         AlertKind::ArmedMoved => "ARMED BIKE MOVING",
         AlertKind::RevokedTagSeen => "REVOKED TAG SEEN",
         AlertKind::CloneSuspected => "CLONED TAG SUSPECTED",

@@ -37,6 +37,8 @@ pub struct Registry {
     pub(crate) owner_lookups: crate::limits::OwnerLookups,
     /// Owner proofs refused (wrong PINs, wrong ID numbers, refusals while locked).
     pub(crate) pin_failures: crate::pin::Failures,
+    /// Woken after a theft report commits ([`Registry::thefts_reported`]).
+    pub(crate) thefts_reported: tokio::sync::Notify,
 }
 
 /// A reader's login for an external broker ([`Registry::reader_logins`]).
@@ -79,6 +81,7 @@ impl Registry {
             auth,
             owner_lookups: Default::default(),
             pin_failures: Default::default(),
+            thefts_reported: tokio::sync::Notify::new(),
         }))
     }
 
@@ -92,6 +95,12 @@ impl Registry {
 
     pub fn readers(&self) -> &Arc<Readers> {
         &self.readers
+    }
+
+    /// Notified (one permit kept) each time a new theft report commits on this node, so the
+    /// look-back (alerting) starts at once instead of at its next poll.
+    pub fn thefts_reported(&self) -> &tokio::sync::Notify {
+        &self.thefts_reported
     }
 
     /// The at-rest key's box (opens readers' secrets and owners' personal data).

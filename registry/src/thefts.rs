@@ -95,6 +95,7 @@ impl Registry {
             |s| s.with_stolen(true),
         )
         .await?;
+        self.thefts_reported.notify_one();
         Ok(TheftReport {
             report_id,
             already_open: false,

@@ -78,7 +78,7 @@ pub(crate) async fn commit(
 /// returns false. The check comes before the insert so that no seq is spent on it (a seq
 /// spent and never committed is a hole the followers wait on); the unique index catches
 /// two nodes committing the same source at once.
-async fn append(
+pub(crate) async fn append(
     tx: &mut sqlx::AnyConnection,
     alert: &mut Alert,
     source: Option<&str>,
@@ -130,7 +130,7 @@ async fn append(
 }
 
 /// Tells every node's [`follow`]er, on commit, that the log grew (PostgreSQL).
-async fn announce(tx: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+pub(crate) async fn announce(tx: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(follow::CHANNEL)
         .execute(tx)

@@ -21,6 +21,7 @@ mod nats;
 mod nats_failover;
 mod operability;
 mod owner_proof;
+mod police;
 mod readers;
 mod registry_api;
 mod tls;
