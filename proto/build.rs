@@ -9,6 +9,7 @@ const FILES: &[&str] = &[
     "greenplate/v1/admin.proto",
     "greenplate/v1/registry.proto",
     "greenplate/v1/patrol.proto",
+    "greenplate/v1/command.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

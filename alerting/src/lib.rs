@@ -20,6 +20,8 @@
 //!   [`canaries`], what the node knows of them.
 //!
 //! Beside the alert path:
+//! - [`command`]: the `greenplate.v1.Command` gRPC service (command centers: watch lists),
+//!   and the task ending watch entries at their expiry.
 //! - [`admin`]: the `greenplate.v1.Admin` gRPC service (readers and kiosks in the registry;
 //!   zones and units here).
 //! - [`state`]: [`Alerting`], the shared value the stages above are methods of (it holds
@@ -33,6 +35,7 @@
 pub mod admin;
 pub mod canaries;
 pub mod canary;
+pub mod command;
 pub mod engine;
 mod error;
 pub mod history;
@@ -50,6 +53,7 @@ pub mod track;
 pub mod zones;
 
 pub use admin::AdminService;
+pub use command::CommandService;
 pub use engine::EngineHandle;
 pub use error::AlertingError;
 pub use history::{History, Pass};

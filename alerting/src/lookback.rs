@@ -212,7 +212,7 @@ impl Alerting {
                 seen_at_ms: p.last_seen_ms,
                 incident_id: incident_id.clone(),
                 priority: 1,
-                zone_id: String::new(),
+                ..Default::default()
             };
             let source = format!("lookback/{}", due.report_id);
             if crate::log::append(&mut tx, &mut alert, Some(&source), &recipients, now).await? {

@@ -17,7 +17,8 @@ pub fn migrations() -> Migrations {
 
 /// The columns [`alert_from_row`] reads, of `alerts a`.
 pub(crate) const ALERT_COLUMNS: &str = "a.seq, a.alert_id, a.kind, a.priority, a.plate, \
-     a.tag_id, a.reader_id, a.lat, a.lon, a.seen_at_ms, a.incident_id, a.zone_id";
+     a.tag_id, a.reader_id, a.lat, a.lon, a.seen_at_ms, a.incident_id, a.zone_id, \
+     a.watch_entry_id, a.reason, a.case_number";
 
 pub(crate) fn alert_from_row(row: &AnyRow) -> Result<Alert, sqlx::Error> {
     Ok(Alert {
@@ -33,5 +34,8 @@ pub(crate) fn alert_from_row(row: &AnyRow) -> Result<Alert, sqlx::Error> {
         incident_id: row.try_get("incident_id")?,
         priority: row.try_get::<i64, _>("priority")? as u32,
         zone_id: row.try_get("zone_id")?,
+        watch_entry_id: row.try_get("watch_entry_id")?,
+        reason: row.try_get("reason")?,
+        case_number: row.try_get("case_number")?,
     })
 }

@@ -155,6 +155,10 @@ impl Service {
                 }
             },
         ));
+        tracker.spawn(greenplate_alerting::command::expire(
+            alerting.clone(),
+            shutdown.clone(),
+        ));
         tracker.spawn(greenplate_alerting::lookback::run(
             alerting.clone(),
             shutdown.clone(),
@@ -330,6 +334,9 @@ impl Service {
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .add_service(health_service)
             .add_service(AdminService::server(alerting.clone()))
+            .add_service(greenplate_alerting::CommandService::server(
+                alerting.clone(),
+            ))
             .add_service(RegistryService::server(registry.clone()))
             .add_service(PatrolService::server(
                 alerting.clone(),

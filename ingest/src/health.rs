@@ -14,10 +14,11 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 /// The services whose status is reported besides the overall one.
-pub const SERVICES: [&str; 3] = [
+pub const SERVICES: [&str; 4] = [
     "greenplate.v1.Admin",
     "greenplate.v1.Registry",
     "greenplate.v1.Patrol",
+    "greenplate.v1.Command",
 ];
 
 /// How often the database is pinged for the statuses.

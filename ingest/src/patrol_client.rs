@@ -93,6 +93,7 @@ pub fn format_alert(a: &Alert) -> String {
     let what = match a.kind() {
         AlertKind::StolenSighted => "STOLEN BIKE SEEN",
         AlertKind::StolenSightedEarlier => "STOLEN BIKE SEEN BEFORE THE REPORT",
+        AlertKind::WatchListHit => "WATCH LIST",
         AlertKind::ArmedMoved => "ARMED BIKE MOVING",
         AlertKind::RevokedTagSeen => "REVOKED TAG SEEN",
         AlertKind::CloneSuspected => "CLONED TAG SUSPECTED",
@@ -102,14 +103,26 @@ pub fn format_alert(a: &Alert) -> String {
         AlertKind::CanaryMissed => "CANARY MISSED",
         AlertKind::Unspecified => "ALERT",
     };
-    let urgent = if a.priority >= 2 { "URGENT " } else { "" };
+    let urgent = match a.priority {
+        p if p >= 3 => "CRITICAL ",
+        2 => "URGENT ",
+        _ => "",
+    };
     let zone = if a.zone_id.is_empty() {
         String::new()
     } else {
         format!(" {}", a.zone_id)
     };
+    let why = if a.watch_entry_id.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "  {} (case {:?}, entry {})",
+            a.reason, a.case_number, a.watch_entry_id
+        )
+    };
     format!(
-        "#{} {} {urgent}{what}{zone}  {}  tag {}  at {} ({:.4}, {:.4})  incident {}",
+        "#{} {} {urgent}{what}{zone}  {}  tag {}  at {} ({:.4}, {:.4})  incident {}{why}",
         a.seq,
         clock(a.seen_at_ms),
         a.plate,
@@ -178,10 +191,35 @@ mod tests {
             incident_id: "inc-9".into(),
             priority: 2,
             zone_id: "exit".into(),
+            ..Default::default()
         };
         assert_eq!(
             format_alert(&a),
             "#12 17:55:33 URGENT WATCH ZONE exit  潮阳A10001  tag E28011606000020700000001  at rd-exit (23.2100, 116.5100)  incident inc-9"
+        );
+    }
+
+    #[test]
+    fn a_watch_list_hit_says_its_priority_reason_and_case() {
+        let a = Alert {
+            seq: 13,
+            kind: AlertKind::WatchListHit as i32,
+            plate: "潮阳A10002".into(),
+            tag_id: "E28011606000020700000002".into(),
+            reader_id: "rd-1".into(),
+            lat: 23.2,
+            lon: 116.5,
+            seen_at_ms: 1_764_064_533_000,
+            incident_id: "inc-10".into(),
+            priority: 3,
+            watch_entry_id: "PS-1".into(),
+            reason: "robbery".into(),
+            case_number: "2026-88".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            format_alert(&a),
+            "#13 17:55:33 CRITICAL WATCH LIST  潮阳A10002  tag E28011606000020700000002  at rd-1 (23.2000, 116.5000)  incident inc-10  robbery (case \"2026-88\", entry PS-1)"
         );
     }
 }

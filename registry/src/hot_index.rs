@@ -38,6 +38,7 @@ impl TagState {
     const ARMED: u8 = 2;
     const REVOKED: u8 = 4;
     const CANARY: u8 = 8;
+    const WATCHED: u8 = 16;
 
     pub fn new(bike_id: i64) -> Self {
         Self { bike_id, flags: 0 }
@@ -63,6 +64,16 @@ impl TagState {
 
     pub fn revoked(self) -> bool {
         self.flags & Self::REVOKED != 0
+    }
+
+    /// On a police watch list (by its plate or by the tag): its sightings go to alerting,
+    /// which checks the entries (and their expiry) itself.
+    pub fn watched(self) -> bool {
+        self.flags & Self::WATCHED != 0
+    }
+
+    pub fn with_watched(self, on: bool) -> Self {
+        self.with(Self::WATCHED, on)
     }
 
     pub fn with_stolen(self, on: bool) -> Self {
@@ -209,6 +220,18 @@ impl HotIndex {
                 self.set(tag, state);
             }
         }
+        // Tags no bike has that a watch list names (registry::watch).
+        let rows = sqlx::query(
+            "SELECT DISTINCT w.tag_id FROM watch_entries w WHERE w.removed_at_ms IS NULL \
+             AND w.tag_id <> '' AND NOT EXISTS (SELECT 1 FROM tags g WHERE g.tag_id = w.tag_id)",
+        )
+        .fetch_all(db.pool())
+        .await?;
+        for row in rows {
+            if let Some(tag) = TagId::parse(&row.try_get::<String, _>("tag_id")?) {
+                self.set(tag, TagState::new(0).with_watched(true));
+            }
+        }
         Ok(())
     }
 
@@ -343,7 +366,9 @@ impl HotIndex {
 /// Every tag with what the hot index keeps of it.
 const TAG_STATES: &str = "SELECT g.tag_id, g.bike_id, g.state, b.armed, \
         (SELECT COUNT(*) FROM theft_reports t \
-          WHERE t.bike_id = g.bike_id AND t.recovered_at_ms IS NULL) AS open_thefts \
+          WHERE t.bike_id = g.bike_id AND t.recovered_at_ms IS NULL) AS open_thefts, \
+        (SELECT COUNT(*) FROM watch_entries w WHERE w.removed_at_ms IS NULL \
+          AND (w.tag_id = g.tag_id OR w.plate = b.plate)) AS watches \
      FROM tags g JOIN bikes b ON b.bike_id = g.bike_id";
 
 /// A row of [`TAG_STATES`] as an index entry; `None` (logged) for a malformed tag id.
@@ -357,7 +382,8 @@ fn tag_state_of(row: &sqlx::any::AnyRow) -> Result<Option<(TagId, TagState)>, Re
     let state = TagState::new(row.try_get("bike_id")?)
         .with_stolen(row.try_get::<i64, _>("open_thefts")? > 0)
         .with_armed(!revoked && row.try_get::<i64, _>("armed")? != 0)
-        .with_revoked(revoked);
+        .with_revoked(revoked)
+        .with_watched(row.try_get::<i64, _>("watches")? > 0);
     Ok(Some((tag, state)))
 }
 

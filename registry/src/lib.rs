@@ -48,6 +48,7 @@ pub mod sync;
 pub mod testing;
 pub mod thefts;
 pub mod validate;
+pub mod watch;
 
 pub use auth::{Authenticator, Caller, Credential, Role};
 pub use bikes::{BikeKey, BikeRecord, NewBike, NewOwner, Registered};
@@ -61,6 +62,7 @@ pub use service::RegistryService;
 pub use store::{AuditEntry, ReaderLogin, Registry};
 pub use thefts::{AlertFacts, TheftDetails, TheftReport, TrackSubject};
 pub use validate::TagId;
+pub use watch::{NewWatchEntry, WatchChange, WatchEntry};
 
 /// Errors opening the registry.
 #[derive(Debug, thiserror::Error)]

@@ -27,7 +27,7 @@ impl Registry {
     /// registry's: it is ignored here.
     pub async fn apply(&self, change: &Change) -> Result<(), RegistryError> {
         match change {
-            Change::Tag(tag) => self.index().load_bike_of(self.db(), *tag).await,
+            Change::Tag(tag) => self.reload_tag(*tag).await,
             Change::Reader { id, grace_ms } => self.reload_reader(id, *grace_ms).await,
             Change::Tokens => self.auth().reload(self.db()).await,
             Change::Zones => Ok(()),

@@ -2,6 +2,7 @@
 
 use greenplate_proto::v1::AddReaderRequest;
 use greenplate_proto::v1::admin_client::AdminClient;
+use greenplate_proto::v1::command_client::CommandClient;
 use greenplate_proto::v1::patrol_client::PatrolClient;
 use greenplate_proto::v1::registry_client::RegistryClient;
 use tonic::transport::{Channel, Endpoint};
@@ -19,6 +20,14 @@ pub fn admin(channel: Channel, token: &str) -> anyhow::Result<AdminClient<Authed
 
 pub fn registry(channel: Channel, token: &str) -> anyhow::Result<RegistryClient<Authed>> {
     Ok(RegistryClient::with_interceptor(
+        channel,
+        Bearer::new(token)?,
+    ))
+}
+
+/// Command-center calls (watch lists): a command-center unit's token or the admin's.
+pub fn command(channel: Channel, token: &str) -> anyhow::Result<CommandClient<Authed>> {
+    Ok(CommandClient::with_interceptor(
         channel,
         Bearer::new(token)?,
     ))

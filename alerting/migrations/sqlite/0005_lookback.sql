@@ -22,3 +22,8 @@ ALTER TABLE incident_events ADD COLUMN last_seen_ms INTEGER;
 ALTER TABLE incident_events ADD COLUMN reads INTEGER;
 ALTER TABLE incident_events ADD COLUMN peak_rssi_dbm INTEGER;
 CREATE INDEX incident_events_incident ON incident_events (incident_id, event_id);
+
+-- Watch-list hits (issue #17) carry their entry, its reason and case number.
+ALTER TABLE alerts ADD COLUMN watch_entry_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE alerts ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+ALTER TABLE alerts ADD COLUMN case_number TEXT NOT NULL DEFAULT '';

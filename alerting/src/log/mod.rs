@@ -87,8 +87,9 @@ pub(crate) async fn append(
 ) -> Result<bool, sqlx::Error> {
     let row = sqlx::query(
         "INSERT INTO alerts (alert_id, kind, priority, plate, tag_id, reader_id, lat, lon, \
-                             seen_at_ms, incident_id, zone_id, created_at_ms, source) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
+                             seen_at_ms, incident_id, zone_id, created_at_ms, source, \
+                             watch_entry_id, reason, case_number) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
          WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE source = $13) \
          ON CONFLICT DO NOTHING RETURNING seq",
     )
@@ -105,6 +106,9 @@ pub(crate) async fn append(
     .bind(&alert.zone_id)
     .bind(now)
     .bind(source)
+    .bind(&alert.watch_entry_id)
+    .bind(&alert.reason)
+    .bind(&alert.case_number)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {

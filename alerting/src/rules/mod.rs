@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use greenplate_proto::v1::{Alert, AlertKind};
-use greenplate_registry::{AlertFacts, Reader, TagId, TagState, now_ms};
+use greenplate_registry::{AlertFacts, Reader, TagId, TagState, WatchEntry, now_ms};
 
 use crate::error::AlertingError;
 use crate::rules::clone::CloneEvidence;
@@ -42,7 +42,7 @@ pub struct Sighted {
 impl Sighted {
     /// True if a rule on the tag's state may care about this tag (a canary's too).
     pub fn flagged(state: TagState) -> bool {
-        state.stolen() || state.armed() || state.revoked() || state.canary()
+        state.stolen() || state.armed() || state.revoked() || state.canary() || state.watched()
     }
 }
 
@@ -94,19 +94,48 @@ pub(crate) struct Pending<'a> {
     pub(crate) source: Option<String>,
     pub(crate) plate: String,
     pub(crate) watch_zone: Option<String>,
+    /// The watch-list entry of an `AlertKind::WatchListHit`.
+    pub(crate) watch: Option<WatchHit>,
     pub(crate) recipients: Vec<String>,
+}
+
+/// What a watch-list hit carries of its entry.
+#[derive(Debug, Clone)]
+pub(crate) struct WatchHit {
+    pub(crate) entry_id: String,
+    pub(crate) priority: u32,
+    pub(crate) reason: String,
+    pub(crate) case_number: String,
+}
+
+/// What the rules read for a batch, in one query each ([`facts_for`]).
+#[derive(Debug, Default)]
+pub(crate) struct Facts {
+    /// Plates and open theft reports, by bike.
+    pub(crate) bikes: HashMap<i64, AlertFacts>,
+    /// The active watch-list entries naming a watched sighting's tag or plate.
+    pub(crate) watches: Vec<WatchEntry>,
 }
 
 impl Pending<'_> {
     /// The alert to log for this pending one, in `incident_id` (its seq still 0). Inside a
     /// watch zone the alert is an urgent watch-zone alert.
     pub(crate) fn into_alert(self, incident_id: String) -> (Alert, Vec<String>) {
-        let (kind, priority) = match &self.watch_zone {
-            Some(_) => (AlertKind::WatchZone, 2u32),
+        let (kind, priority) = match (&self.watch, &self.watch_zone) {
+            // A watch-list hit keeps its kind and its entry's priority, in a watch zone too
+            // (zone_id says where).
+            (Some(w), _) => (self.base, w.priority),
+            (None, Some(_)) => (AlertKind::WatchZone, 2u32),
             // A probe, not a matter for anyone to act on.
-            None if self.base == AlertKind::CanarySeen => (self.base, 0u32),
-            None => (self.base, 1u32),
+            (None, None) if self.base == AlertKind::CanarySeen => (self.base, 0u32),
+            (None, None) => (self.base, 1u32),
         };
+        let watch = self.watch.unwrap_or(WatchHit {
+            entry_id: String::new(),
+            priority: 0,
+            reason: String::new(),
+            case_number: String::new(),
+        });
         let alert = Alert {
             seq: 0,
             alert_id: format!("al-{}", hex::encode(rand::random::<[u8; 8]>())),
@@ -120,6 +149,9 @@ impl Pending<'_> {
             incident_id,
             priority,
             zone_id: self.watch_zone.unwrap_or_default(),
+            watch_entry_id: watch.entry_id,
+            reason: watch.reason,
+            case_number: watch.case_number,
         };
         (alert, self.recipients)
     }
@@ -127,30 +159,52 @@ impl Pending<'_> {
 
 /// What the rules need of the bikes of a batch, read in one query: plates and open theft
 /// reports (read fresh for each batch: a bike may have been recovered since ingest looked).
-pub(crate) async fn facts_for(
-    alerting: &Alerting,
-    batch: &[Work],
-) -> Result<HashMap<i64, AlertFacts>, AlertingError> {
+pub(crate) async fn facts_for(alerting: &Alerting, batch: &[Work]) -> Result<Facts, AlertingError> {
     let mut ids: Vec<i64> = batch
         .iter()
         .filter_map(|w| match w {
-            Work::Sighted(s) if !s.state.canary() => Some(s.bike_id),
+            Work::Sighted(s) if !s.state.canary() && s.bike_id != 0 => Some(s.bike_id),
             _ => None,
         })
         .collect();
-    if ids.is_empty() {
-        return Ok(HashMap::new());
+    let mut facts = Facts::default();
+    if !ids.is_empty() {
+        ids.sort_unstable();
+        ids.dedup();
+        facts.bikes = alerting.registry().alert_facts(&ids).await?;
     }
-    ids.sort_unstable();
-    ids.dedup();
-    Ok(alerting.registry().alert_facts(&ids).await?)
+    // Watch entries are read here, not trusted from the index's flag: one that ended since
+    // ingest looked does not alert.
+    let mut tags = Vec::new();
+    let mut plates = Vec::new();
+    for w in batch {
+        if let Work::Sighted(s) = w
+            && s.state.watched()
+        {
+            tags.push(s.tag.to_string());
+            if let Some(b) = facts.bikes.get(&s.bike_id) {
+                plates.push(b.plate.clone());
+            }
+        }
+    }
+    if !tags.is_empty() {
+        tags.sort_unstable();
+        tags.dedup();
+        plates.sort_unstable();
+        plates.dedup();
+        facts.watches = alerting
+            .registry()
+            .active_watch_entries(&plates, &tags, now_ms())
+            .await?;
+    }
+    Ok(facts)
 }
 
 /// Runs the rules on one piece of work and adds what fired to `out`, routed: each alert with
 /// its units and watch zone. `facts` holds what [`facts_for`] read for the batch.
 pub(crate) fn evaluate<'a>(
     alerting: &Alerting,
-    facts: &HashMap<i64, AlertFacts>,
+    facts: &Facts,
     work: &'a Work,
     out: &mut Vec<Pending<'a>>,
 ) {
@@ -173,6 +227,7 @@ pub(crate) fn evaluate<'a>(
                 source: None,
                 plate: String::new(),
                 watch_zone: None,
+                watch: None,
                 recipients: alerting.router().command_units(),
             });
             return;
@@ -189,6 +244,7 @@ pub(crate) fn evaluate<'a>(
                 source: None,
                 plate: String::new(),
                 watch_zone: None,
+                watch: None,
                 recipients: alerting.router().command_units(),
             });
             return;
@@ -209,19 +265,60 @@ pub(crate) fn evaluate<'a>(
                 source: None,
                 plate: String::new(),
                 watch_zone: None,
+                watch: None,
                 recipients: alerting.router().canary_units(),
             });
         }
         return;
     }
-    let bike = facts.get(&s.bike_id);
+    let bike = facts.bikes.get(&s.bike_id);
+    let plate = bike.map(|b| b.plate.clone()).unwrap_or_default();
+    let tag = s.tag.to_string();
+    let hits: Vec<&WatchEntry> = if s.state.watched() {
+        facts
+            .watches
+            .iter()
+            .filter(|e| e.tag_id == tag || (!plate.is_empty() && e.plate == plate))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let fired = fire(bike, s);
-    if fired.is_empty() {
+    if fired.is_empty() && hits.is_empty() {
         return;
     }
-    let plate = bike.map(|b| b.plate.clone()).unwrap_or_default();
     let recipients = alerting.router().units_for(&s.reader);
     let watch_zone = alerting.router().route(&s.reader).watch_zone.clone();
+    for e in hits {
+        let base = AlertKind::WatchListHit;
+        out.push(Pending {
+            bike_id: s.bike_id,
+            tag: tag.clone(),
+            reader: &s.reader,
+            seen_at_ms: s.seen_at_ms,
+            received_at: s.received_at,
+            base,
+            dedup_key: format!("watch:{}", e.entry_id),
+            source: Some(format!(
+                "{}/{}/{}/{}/{}",
+                s.reader.id, s.tag, s.seen_at_ms, base as i32, e.entry_id
+            )),
+            plate: plate.clone(),
+            watch_zone: watch_zone.clone(),
+            watch: Some(WatchHit {
+                entry_id: e.entry_id.clone(),
+                priority: e.priority,
+                reason: e.reason.clone(),
+                case_number: e.case_number.clone(),
+            }),
+            // Covert: command centers only, never the zone's or the nearest units.
+            recipients: if e.covert {
+                alerting.router().command_units()
+            } else {
+                recipients.clone()
+            },
+        });
+    }
     for (base, dedup_key) in fired {
         out.push(Pending {
             bike_id: s.bike_id,
@@ -237,6 +334,7 @@ pub(crate) fn evaluate<'a>(
             )),
             plate: plate.clone(),
             watch_zone: watch_zone.clone(),
+            watch: None,
             recipients: recipients.clone(),
         });
     }

@@ -3,6 +3,9 @@
 //! Look-back: a theft reported hours late searches the pass history from the theft to the
 //! report; its incident lists every pass found, and the latest goes out as
 //! `STOLEN_SIGHTED_EARLIER` to the units whose zones hold its reader.
+//!
+//! Watch lists: command centers watch plates and tags; hits carry the entry's priority,
+//! reason and case number, covert ones reach command centers only, and entries end.
 
 use crate::support;
 
@@ -11,6 +14,7 @@ use greenplate_proto::v1::{
     get_incident_request, get_track_request,
 };
 use greenplate_simulator::reader::{ReaderClient, now_ms, sighting};
+use std::time::Duration;
 use support::{TestService, bike, next_alert, stream};
 use tonic::Code;
 
@@ -215,5 +219,287 @@ async fn look_back(svc: TestService) {
             .any(|e| e.action == "get_incident" && e.subject.contains(PLATE)),
         "{audit:?}"
     );
+    svc.stop().await;
+}
+
+const W1_TAG: &str = "E28011606000000000000C21";
+const W1_PLATE: &str = "粤D7C021";
+/// On a watch list by tag; no bike has it.
+const LOOSE_TAG: &str = "E28011606000000000000C22";
+const W3_TAG: &str = "E28011606000000000000C23";
+const W3_PLATE: &str = "粤D7C023";
+/// A stolen bike: its alerts mark where a stream is, so "nothing came before it" is seen.
+const MARK_TAG: &str = "E28011606000000000000C24";
+const MARK_PLATE: &str = "粤D7C024";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_lists_alert_by_priority_covertly_and_until_they_end() {
+    watch_lists(TestService::start_configured(config).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG)"]
+async fn watch_lists_alert_by_priority_covertly_and_until_they_end_on_postgres() {
+    watch_lists(TestService::start_postgres_configured(config).await).await;
+}
+
+async fn watch_lists(svc: TestService) {
+    use greenplate_proto::v1::{
+        AddWatchEntryRequest, ListWatchEntriesRequest, RemoveWatchEntryRequest,
+        UpdateWatchEntryRequest, WatchPriority,
+    };
+    use greenplate_simulator::clients;
+
+    let mut admin = svc.admin().await;
+    admin
+        .add_zone(AddZoneRequest {
+            zone_id: "east".into(),
+            name: "East".into(),
+            geojson: r#"{"type":"Polygon","coordinates":[[[116.59,23.29],[116.605,23.29],[116.605,23.305],[116.59,23.305],[116.59,23.29]]]}"#.into(),
+            kind: ZoneKind::Patrol as i32,
+        })
+        .await
+        .unwrap();
+    let mut readers = std::collections::HashMap::new();
+    for (id, lat, lon) in [
+        ("rd-a", 23.30, 116.60),
+        ("rd-b", 23.35, 116.65),
+        ("rd-c", 23.36, 116.66),
+    ] {
+        let secret = svc.add_reader(id, lat, lon).await;
+        let client = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), id, &secret)
+            .await
+            .unwrap();
+        readers.insert(id, client);
+    }
+    let hq_token = support::new_unit_token(svc.channel().await, "hq", &[], true).await;
+    let hq = clients::patrol(svc.channel().await, &hq_token).unwrap();
+    let mut command = clients::command(svc.channel().await, &hq_token).unwrap();
+    let east_token = support::new_unit_token(svc.channel().await, "u-east", &["east"], false).await;
+    let east = clients::patrol(svc.channel().await, &east_token).unwrap();
+    let mut hq_alerts = stream(&hq, 0).await;
+    let mut east_alerts = stream(&east, 0).await;
+    let mut kiosk = svc.add_kiosk("k-watch").await;
+    for (tag, plate) in [(W1_TAG, W1_PLATE), (W3_TAG, W3_PLATE)] {
+        kiosk.register_bike(bike(tag, plate)).await.unwrap();
+    }
+    support::register_stolen(&svc, MARK_TAG, MARK_PLATE).await;
+    let hour = now_ms() + HOUR_MS;
+
+    // Only command centers (and the admin) keep watch lists.
+    let mut not_command = clients::command(svc.channel().await, &east_token).unwrap();
+    let refused = not_command
+        .list_watch_entries(ListWatchEntriesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let bad = command
+        .add_watch_entry(AddWatchEntryRequest {
+            plate: W1_PLATE.into(),
+            priority: WatchPriority::Urgent as i32,
+            reason: "robbery".into(),
+            expires_at_ms: now_ms() - 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+
+    // A plate, urgent, open: the zone's unit and the command center hear, with the reason.
+    let w1 = command
+        .add_watch_entry(AddWatchEntryRequest {
+            plate: W1_PLATE.into(),
+            priority: WatchPriority::Urgent as i32,
+            reason: "used in a robbery".into(),
+            case_number: "2026-88".into(),
+            expires_at_ms: hour,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(w1.added_by, "patrol:hq");
+    let rd_a = readers.get_mut("rd-a").unwrap();
+    rd_a.publish(vec![sighting(W1_TAG, 1, -50)]).await.unwrap();
+    let hit = next_alert(&mut hq_alerts).await;
+    assert_eq!(hit.kind(), AlertKind::WatchListHit);
+    assert_eq!(
+        (hit.plate.as_str(), hit.tag_id.as_str()),
+        (W1_PLATE, W1_TAG)
+    );
+    assert_eq!(hit.priority, 2);
+    assert_eq!(
+        (
+            hit.watch_entry_id.as_str(),
+            hit.reason.as_str(),
+            hit.case_number.as_str()
+        ),
+        (w1.entry_id.as_str(), "used in a robbery", "2026-88")
+    );
+    assert_eq!(next_alert(&mut east_alerts).await.seq, hit.seq);
+
+    // A tag no bike has, critical and covert: the command center only. The stolen bike in
+    // the same batch is the next thing the zone's unit hears.
+    let loose = command
+        .add_watch_entry(AddWatchEntryRequest {
+            tag_id: LOOSE_TAG.into(),
+            priority: WatchPriority::Critical as i32,
+            reason: "suspect's bike".into(),
+            covert: true,
+            expires_at_ms: hour,
+            entry_id: "PS-2026-0091".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(loose.covert);
+    rd_a.publish(vec![
+        sighting(LOOSE_TAG, 1, -50),
+        sighting(MARK_TAG, 1, -50),
+    ])
+    .await
+    .unwrap();
+    let covert = next_alert(&mut hq_alerts).await;
+    assert_eq!(
+        (covert.kind(), covert.tag_id.as_str(), covert.priority),
+        (AlertKind::WatchListHit, LOOSE_TAG, 3)
+    );
+    assert_eq!(covert.watch_entry_id, "PS-2026-0091");
+    let mark = next_alert(&mut hq_alerts).await;
+    assert_eq!(mark.kind(), AlertKind::StolenSighted);
+    assert_eq!(next_alert(&mut east_alerts).await.seq, mark.seq);
+    // Importing the same entry again changes it; it stays one entry.
+    command
+        .add_watch_entry(AddWatchEntryRequest {
+            tag_id: LOOSE_TAG.into(),
+            priority: WatchPriority::Critical as i32,
+            reason: "suspect's bike (confirmed)".into(),
+            covert: true,
+            expires_at_ms: hour,
+            entry_id: "PS-2026-0091".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // An entry ends by itself at its expiry.
+    let expires = now_ms() + 1500;
+    command
+        .add_watch_entry(AddWatchEntryRequest {
+            plate: W3_PLATE.into(),
+            priority: WatchPriority::Normal as i32,
+            reason: "seen near a burglary".into(),
+            expires_at_ms: expires,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let rd_b = readers.get_mut("rd-b").unwrap();
+    rd_b.publish(vec![sighting(W3_TAG, 1, -50)]).await.unwrap();
+    let before = next_alert(&mut hq_alerts).await;
+    assert_eq!(
+        (before.kind(), before.plate.as_str(), before.priority),
+        (AlertKind::WatchListHit, W3_PLATE, 1)
+    );
+    // Waiting for the clock, not for readiness: the entry ends at `expires`.
+    let left = expires + 100 - now_ms();
+    tokio::time::sleep(Duration::from_millis(left.max(0) as u64)).await;
+    let rd_c = readers.get_mut("rd-c").unwrap();
+    rd_c.publish(vec![sighting(W3_TAG, 1, -50), sighting(MARK_TAG, 1, -50)])
+        .await
+        .unwrap();
+    let after = next_alert(&mut hq_alerts).await;
+    assert_eq!(
+        (after.kind(), after.reader_id.as_str()),
+        (AlertKind::StolenSighted, "rd-c"),
+        "an expired entry alerted: {after:?}"
+    );
+    let active = command
+        .list_watch_entries(ListWatchEntriesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let mut ids: Vec<_> = active.iter().map(|e| e.entry_id.clone()).collect();
+    ids.sort();
+    let mut want = vec![w1.entry_id.clone(), "PS-2026-0091".to_owned()];
+    want.sort();
+    assert_eq!(ids, want);
+    let all = command
+        .list_watch_entries(ListWatchEntriesRequest {
+            include_ended: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(all.len(), 3);
+    let ended = all.iter().find(|e| e.plate == W3_PLATE).unwrap();
+    assert_eq!(
+        (ended.removed_by.as_str(), ended.removed_at_ms),
+        ("expired", expires)
+    );
+
+    // Raised to critical, then removed.
+    let raised = command
+        .update_watch_entry(UpdateWatchEntryRequest {
+            entry_id: w1.entry_id.clone(),
+            priority: Some(WatchPriority::Critical as i32),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(raised.priority, WatchPriority::Critical as i32);
+    assert_eq!(raised.reason, "used in a robbery");
+    let rd_b = readers.get_mut("rd-b").unwrap();
+    rd_b.publish(vec![sighting(W1_TAG, 1, -50)]).await.unwrap();
+    let critical = next_alert(&mut hq_alerts).await;
+    assert_eq!(
+        (critical.kind(), critical.priority),
+        (AlertKind::WatchListHit, 3)
+    );
+    assert_eq!(
+        critical.incident_id, hit.incident_id,
+        "one incident per entry"
+    );
+    let removed = command
+        .remove_watch_entry(RemoveWatchEntryRequest {
+            entry_id: w1.entry_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(removed.removed_by, "patrol:hq");
+    let rd_a = readers.get_mut("rd-a").unwrap();
+    rd_a.publish(vec![sighting(W1_TAG, 1, -50), sighting(MARK_TAG, 1, -50)])
+        .await
+        .unwrap();
+    let last = next_alert(&mut hq_alerts).await;
+    assert_eq!(
+        (last.kind(), last.reader_id.as_str()),
+        (AlertKind::StolenSighted, "rd-a"),
+        "a removed entry alerted: {last:?}"
+    );
+
+    // Every change and every listing is audited under the command center.
+    let audit = svc.audit_log().await;
+    for action in [
+        "add_watch_entry",
+        "change_watch_entry",
+        "remove_watch_entry",
+        "list_watch_entries",
+    ] {
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == action && e.actor == "patrol:hq"),
+            "{action} not audited"
+        );
+    }
+    for (_, r) in readers {
+        r.disconnect().await;
+    }
     svc.stop().await;
 }

@@ -65,6 +65,7 @@ pub fn kind_name(kind: i32) -> (&'static str, &'static str) {
         7 => ("探针标签出现", "Canary seen"),
         8 => ("探针标签未按时出现", "Canary missed"),
         9 => ("被盗车辆报案前出现", "Stolen bike seen before the report"),
+        10 => ("布控车辆出现", "Watch list hit"),
         _ => ("告警", "Alert"),
     }
 }

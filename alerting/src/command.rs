@@ -1,0 +1,187 @@
+//! The `greenplate.v1.Command` gRPC service: what command centers do beyond receiving alerts
+//! (issue #17): watch lists so far. Command-center units and the admin only; another unit
+//! is refused PERMISSION_DENIED. The storage and the audit are the registry's
+//! ([`greenplate_registry::watch`]); this crate knows which units are command centers.
+//!
+//! Beside it, [`expire`]: the task that ends watch entries at their expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use greenplate_proto::v1::command_server::{self, CommandServer};
+use greenplate_proto::v1::{
+    AddWatchEntryRequest, ListWatchEntriesRequest, ListWatchEntriesResponse,
+    RemoveWatchEntryRequest, UpdateWatchEntryRequest, WatchEntry, WatchPriority,
+};
+use greenplate_registry::auth::{AuthInterceptor, Role, require};
+use greenplate_registry::{Caller, NewWatchEntry, WatchChange, now_ms};
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+use crate::Alerting;
+
+/// How often expired watch entries are ended.
+pub const EXPIRE_EVERY: Duration = Duration::from_secs(30);
+
+/// The Command service.
+#[derive(Debug, Clone)]
+pub struct CommandService {
+    alerting: Arc<Alerting>,
+}
+
+impl CommandService {
+    pub fn server(
+        alerting: Arc<Alerting>,
+    ) -> InterceptedService<CommandServer<Self>, AuthInterceptor> {
+        let auth = alerting.registry().auth().interceptor();
+        CommandServer::with_interceptor(Self { alerting }, auth)
+    }
+
+    /// The caller, if it is the admin or a command-center unit.
+    fn command<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let caller = require(req, &[Role::Patrol, Role::Admin])?;
+        if caller.role == Role::Admin
+            || self
+                .alerting
+                .router
+                .zones_read()
+                .is_command_unit(&caller.id)
+        {
+            Ok(caller)
+        } else {
+            Err(Status::permission_denied(
+                "command-center units and the admin only",
+            ))
+        }
+    }
+}
+
+fn to_proto(e: greenplate_registry::WatchEntry) -> WatchEntry {
+    WatchEntry {
+        entry_id: e.entry_id,
+        plate: e.plate,
+        tag_id: e.tag_id,
+        priority: i32::try_from(e.priority).unwrap_or(0),
+        reason: e.reason,
+        case_number: e.case_number,
+        covert: e.covert,
+        expires_at_ms: e.expires_at_ms,
+        added_by: e.added_by,
+        added_at_ms: e.added_at_ms,
+        updated_at_ms: e.updated_at_ms,
+        removed_by: e.removed_by.unwrap_or_default(),
+        removed_at_ms: e.removed_at_ms.unwrap_or_default(),
+    }
+}
+
+/// A priority as the registry stores it (0 for unspecified, which it refuses).
+fn priority(p: i32) -> u32 {
+    match WatchPriority::try_from(p) {
+        Ok(WatchPriority::Normal) => 1,
+        Ok(WatchPriority::Urgent) => 2,
+        Ok(WatchPriority::Critical) => 3,
+        _ => 0,
+    }
+}
+
+#[tonic::async_trait]
+impl command_server::Command for CommandService {
+    async fn add_watch_entry(
+        &self,
+        req: Request<AddWatchEntryRequest>,
+    ) -> Result<Response<WatchEntry>, Status> {
+        let caller = self.command(&req)?;
+        let r = req.into_inner();
+        let (entry, created) = self
+            .alerting
+            .registry()
+            .add_watch_entry(
+                &caller,
+                &NewWatchEntry {
+                    entry_id: (!r.entry_id.is_empty()).then_some(r.entry_id),
+                    plate: r.plate,
+                    tag_id: r.tag_id,
+                    priority: priority(r.priority),
+                    reason: r.reason,
+                    case_number: r.case_number,
+                    covert: r.covert,
+                    expires_at_ms: r.expires_at_ms,
+                },
+            )
+            .await?;
+        tracing::info!(caller = %caller.audit_name(), entry = %entry.entry_id, created, "Watch entry added.");
+        Ok(Response::new(to_proto(entry)))
+    }
+
+    async fn list_watch_entries(
+        &self,
+        req: Request<ListWatchEntriesRequest>,
+    ) -> Result<Response<ListWatchEntriesResponse>, Status> {
+        let caller = self.command(&req)?;
+        let entries = self
+            .alerting
+            .registry()
+            .list_watch_entries(&caller, req.get_ref().include_ended)
+            .await?;
+        Ok(Response::new(ListWatchEntriesResponse {
+            entries: entries.into_iter().map(to_proto).collect(),
+        }))
+    }
+
+    async fn update_watch_entry(
+        &self,
+        req: Request<UpdateWatchEntryRequest>,
+    ) -> Result<Response<WatchEntry>, Status> {
+        let caller = self.command(&req)?;
+        let r = req.into_inner();
+        let entry = self
+            .alerting
+            .registry()
+            .update_watch_entry(
+                &caller,
+                &r.entry_id,
+                &WatchChange {
+                    priority: r.priority.map(priority),
+                    reason: r.reason,
+                    case_number: r.case_number,
+                    covert: r.covert,
+                    expires_at_ms: r.expires_at_ms,
+                },
+            )
+            .await?;
+        tracing::info!(caller = %caller.audit_name(), entry = %entry.entry_id, "Watch entry changed.");
+        Ok(Response::new(to_proto(entry)))
+    }
+
+    async fn remove_watch_entry(
+        &self,
+        req: Request<RemoveWatchEntryRequest>,
+    ) -> Result<Response<WatchEntry>, Status> {
+        let caller = self.command(&req)?;
+        let entry = self
+            .alerting
+            .registry()
+            .remove_watch_entry(&caller, &req.get_ref().entry_id)
+            .await?;
+        tracing::info!(caller = %caller.audit_name(), entry = %entry.entry_id, "Watch entry removed.");
+        Ok(Response::new(to_proto(entry)))
+    }
+}
+
+/// Ends watch entries whose expiry passed, every [`EXPIRE_EVERY`], until `shutdown`. (The
+/// engine never alerts on an expired entry anyway; this clears the tags' flags and records
+/// the end.)
+pub async fn expire(alerting: Arc<Alerting>, shutdown: CancellationToken) {
+    loop {
+        match alerting.registry().expire_watch_entries(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "Watch entries expired."),
+            Err(e) => tracing::error!(error = %e, "Expiring watch entries failed; retrying."),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(EXPIRE_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
