@@ -24,9 +24,6 @@ use std::time::Duration;
 
 use greenplate_proto::v1::{Alert, AlertKind};
 use greenplate_registry::{BikeKey, Reader, now_ms};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +31,7 @@ use crate::error::AlertingError;
 use crate::history::Pass;
 use crate::hub::LoggedAlert;
 use crate::incidents;
-use crate::state::Alerting;
+use crate::state::{Alerting, ResultLabel};
 
 /// Passes of one look-back listed in its incident at most (the newest).
 pub const MAX_EARLIER: usize = 1000;
@@ -43,19 +40,6 @@ pub const MAX_EARLIER: usize = 1000;
 pub const POLL: Duration = Duration::from_secs(2);
 /// Reports looked back per round at most.
 const BATCH: i64 = 20;
-
-/// Look-backs done, by result, and failed rounds (retried at the next poll).
-#[derive(Debug, Default)]
-pub struct LookbackMetrics {
-    pub done: Family<ResultLabel, Counter>,
-    pub failed: Counter,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    /// `sighted` (passes found, the latest alerted) or `no_track`.
-    pub result: &'static str,
-}
 
 /// A theft report still to look back.
 #[derive(Debug, Clone)]

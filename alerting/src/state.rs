@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use greenplate_registry::{Db, Registry, RegistryError};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use sqlx::Row;
 use tokio::sync::broadcast;
@@ -80,6 +81,20 @@ async fn load_zone_map(db: &Db) -> Result<ZoneMap, greenplate_registry::Error> {
 /// How often [`Alerting::reload_zones`] reads again when this node changed the zones meanwhile.
 const ZONE_RELOAD_TRIES: usize = 4;
 
+/// Look-backs of theft reports ([`crate::lookback`]) done, by result, and failed rounds
+/// (retried at the next poll).
+#[derive(Debug, Default)]
+pub struct LookbackMetrics {
+    pub done: Family<ResultLabel, Counter>,
+    pub failed: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `sighted` (passes found, the latest alerted) or `no_track`.
+    pub result: &'static str,
+}
+
 /// Shared alerting state.
 #[derive(Debug)]
 pub struct Alerting {
@@ -100,7 +115,7 @@ pub struct Alerting {
     /// (committed to the log); exported by the service's /metrics.
     pub alert_latency: Histogram,
     /// Theft reports looked back, by result, and failed rounds.
-    pub lookbacks: crate::lookback::LookbackMetrics,
+    pub lookbacks: LookbackMetrics,
     /// On SQLite (one node) the engine hands committed alerts to the hub itself; on
     /// PostgreSQL the log follower does, for every node's alerts, in seq order.
     pub(crate) engine_publishes: bool,
