@@ -224,6 +224,10 @@ mod tests {
         let db = Db::connect(&Db::sqlite_url(&dir.path().join("h.db")))
             .await
             .unwrap();
+        // The alerting tables read the registry's (theft reports, bikes).
+        db.migrate(greenplate_registry::store::migrations())
+            .await
+            .unwrap();
         db.migrate(crate::schema::migrations()).await.unwrap();
         (History::new(db), dir)
     }
