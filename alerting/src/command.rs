@@ -1,5 +1,5 @@
 //! The `greenplate.v1.Command` gRPC service: what command centers do beyond receiving alerts
-//! (issue #17): watch lists so far. Command-center units and the admin only; another unit
+//! (issue #17): watch lists, and imports of the police system's watch and theft lists. Command-center units and the admin only; another unit
 //! is refused PERMISSION_DENIED. The storage and the audit are the registry's
 //! ([`greenplate_registry::watch`]); this crate knows which units are command centers.
 //!
@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use greenplate_proto::v1::command_server::{self, CommandServer};
 use greenplate_proto::v1::{
-    AddWatchEntryRequest, ListWatchEntriesRequest, ListWatchEntriesResponse,
-    RemoveWatchEntryRequest, UpdateWatchEntryRequest, WatchEntry, WatchPriority,
+    AddWatchEntryRequest, ImportListRequest, ImportListResponse, ImportRowError, ListFormat,
+    ListKind, ListWatchEntriesRequest, ListWatchEntriesResponse, RemoveWatchEntryRequest,
+    UpdateWatchEntryRequest, WatchEntry, WatchPriority,
 };
 use greenplate_registry::auth::{AuthInterceptor, Role, require};
+use greenplate_registry::lists;
 use greenplate_registry::{Caller, NewWatchEntry, WatchChange, now_ms};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -152,6 +154,49 @@ impl command_server::Command for CommandService {
             .await?;
         tracing::info!(caller = %caller.audit_name(), entry = %entry.entry_id, "Watch entry changed.");
         Ok(Response::new(to_proto(entry)))
+    }
+
+    async fn import_list(
+        &self,
+        req: Request<ImportListRequest>,
+    ) -> Result<Response<ImportListResponse>, Status> {
+        let caller = self.command(&req)?;
+        let r = req.into_inner();
+        let kind = match ListKind::try_from(r.kind) {
+            Ok(ListKind::Watch) => lists::ListKind::Watch,
+            Ok(ListKind::Theft) => lists::ListKind::Theft,
+            _ => return Err(Status::invalid_argument("kind must be WATCH or THEFT")),
+        };
+        let format = match ListFormat::try_from(r.format) {
+            Ok(ListFormat::Csv) => lists::ListFormat::Csv,
+            Ok(ListFormat::Json) => lists::ListFormat::Json,
+            _ => return Err(Status::invalid_argument("format must be CSV or JSON")),
+        };
+        let report = self
+            .alerting
+            .registry()
+            .import_list(&caller, kind, format, &r.data)
+            .await?;
+        tracing::info!(
+            caller = %caller.audit_name(),
+            rows = report.rows,
+            added = report.added,
+            rejected = report.errors.len(),
+            "Imported a police list."
+        );
+        Ok(Response::new(ImportListResponse {
+            rows: report.rows,
+            added: report.added,
+            unchanged_or_changed: report.unchanged_or_changed,
+            errors: report
+                .errors
+                .into_iter()
+                .map(|e| ImportRowError {
+                    line: e.line,
+                    reason: e.reason,
+                })
+                .collect(),
+        }))
     }
 
     async fn remove_watch_entry(

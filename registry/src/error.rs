@@ -9,6 +9,9 @@ pub enum RegistryError {
         field: &'static str,
         reason: &'static str,
     },
+    /// A field's value refused with a reason that names it (a file's row, a parse error).
+    #[error("{field} {reason}")]
+    InvalidValue { field: &'static str, reason: String },
     #[error("{0} already exists")]
     AlreadyExists(String),
     #[error("{0} not found")]
@@ -36,7 +39,9 @@ impl RegistryError {
 impl From<RegistryError> for Status {
     fn from(e: RegistryError) -> Self {
         match &e {
-            RegistryError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+            RegistryError::Invalid { .. } | RegistryError::InvalidValue { .. } => {
+                Status::invalid_argument(e.to_string())
+            }
             RegistryError::AlreadyExists(_) => Status::already_exists(e.to_string()),
             RegistryError::NotFound(_) => Status::not_found(e.to_string()),
             RegistryError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),

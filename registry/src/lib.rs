@@ -35,6 +35,7 @@ mod error;
 pub mod hot_index;
 pub mod import;
 pub mod limits;
+pub mod lists;
 mod metrics;
 pub mod pin;
 pub mod readers;

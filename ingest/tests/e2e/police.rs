@@ -503,3 +503,125 @@ async fn watch_lists(svc: TestService) {
     }
     svc.stop().await;
 }
+
+const IMPORT_WATCH_TAG: &str = "E28011606000000000000C31";
+const IMPORT_WATCH_PLATE: &str = "粤D7C031";
+const IMPORT_THEFT_TAG: &str = "E28011606000000000000C32";
+const IMPORT_THEFT_PLATE: &str = "粤D7C032";
+
+/// The police system's watch list (CSV) and theft list (JSON): each row like the single
+/// call, bad rows reported by line while the others go in, and a second import of the same
+/// files adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn police_lists_import_once_with_errors_per_row() {
+    use greenplate_proto::v1::{ImportListRequest, ListFormat, ListKind};
+    use greenplate_simulator::clients;
+
+    let svc = TestService::start_configured(config).await;
+    let secret = svc.add_reader("rd-a", 23.30, 116.60).await;
+    let hq_token = support::new_unit_token(svc.channel().await, "hq", &[], true).await;
+    let hq = clients::patrol(svc.channel().await, &hq_token).unwrap();
+    let mut command = clients::command(svc.channel().await, &hq_token).unwrap();
+    let mut hq_alerts = stream(&hq, 0).await;
+    let mut kiosk = svc.add_kiosk("k-import").await;
+    for (tag, plate) in [
+        (IMPORT_WATCH_TAG, IMPORT_WATCH_PLATE),
+        (IMPORT_THEFT_TAG, IMPORT_THEFT_PLATE),
+    ] {
+        kiosk.register_bike(bike(tag, plate)).await.unwrap();
+    }
+    let until = now_ms() + HOUR_MS;
+    let watch_csv = format!(
+        "entry_id,plate,tag_id,priority,reason,case_number,covert,expires_at_ms\n\
+         PS-10,{IMPORT_WATCH_PLATE},,urgent,robbery getaway bike,2026-90,no,{until}\n\
+         PS-11,,E28011606000000000000C33,3,suspect's tag,2026-91,yes,{until}\n\
+         PS-12,{IMPORT_WATCH_PLATE},,9,bad priority,,no,{until}\n\
+         ,{IMPORT_WATCH_PLATE},,1,no id,,no,{until}\n"
+    );
+    let import = |kind: ListKind, format: ListFormat, data: Vec<u8>| ImportListRequest {
+        kind: kind as i32,
+        format: format as i32,
+        data,
+    };
+    for round in 0..2 {
+        let r = command
+            .import_list(import(
+                ListKind::Watch,
+                ListFormat::Csv,
+                watch_csv.clone().into_bytes(),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.rows, 4);
+        let lines: Vec<u64> = r.errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [4, 5], "{:?}", r.errors);
+        assert!(r.errors[0].reason.contains("priority"), "{:?}", r.errors);
+        assert!(r.errors[1].reason.contains("entry_id"), "{:?}", r.errors);
+        // The first import adds both good rows; the second changes them.
+        let want = if round == 0 { (2, 0) } else { (0, 2) };
+        assert_eq!((r.added, r.unchanged_or_changed), want);
+    }
+    let theft_json = serde_json::json!([
+        {"plate": IMPORT_THEFT_PLATE, "stolen_at_ms": now_ms() - HOUR_MS, "place": "东门"},
+        {"plate": "粤Z0000"}
+    ])
+    .to_string();
+    for round in 0..2 {
+        let r = command
+            .import_list(import(
+                ListKind::Theft,
+                ListFormat::Json,
+                theft_json.clone().into_bytes(),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.rows, 2);
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert_eq!(r.errors[0].line, 2);
+        let want = if round == 0 { (1, 0) } else { (0, 1) };
+        assert_eq!((r.added, r.unchanged_or_changed), want);
+    }
+    let unreadable = command
+        .import_list(import(ListKind::Theft, ListFormat::Json, b"{".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(unreadable.code(), Code::InvalidArgument);
+
+    // What was imported alerts.
+    let mut rd = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-a", &secret)
+        .await
+        .unwrap();
+    rd.publish(vec![
+        sighting(IMPORT_WATCH_TAG, 1, -50),
+        sighting(IMPORT_THEFT_TAG, 1, -50),
+    ])
+    .await
+    .unwrap();
+    let watched = next_alert(&mut hq_alerts).await;
+    assert_eq!(
+        (
+            watched.kind(),
+            watched.watch_entry_id.as_str(),
+            watched.priority
+        ),
+        (AlertKind::WatchListHit, "PS-10", 2)
+    );
+    let stolen = next_alert(&mut hq_alerts).await;
+    assert_eq!(
+        (stolen.kind(), stolen.plate.as_str()),
+        (AlertKind::StolenSighted, IMPORT_THEFT_PLATE)
+    );
+    let audit = svc.audit_log().await;
+    for action in ["import_watch_list", "import_theft_list"] {
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == action && e.actor == "patrol:hq"),
+            "{action} not audited"
+        );
+    }
+    rd.disconnect().await;
+    svc.stop().await;
+}

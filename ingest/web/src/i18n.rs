@@ -88,6 +88,16 @@ pub fn explain(e: &RegistryError) -> (Option<&'static str>, Bilingual) {
                 ),
             )
         }
+        RegistryError::InvalidValue { field, reason } => {
+            let (zh, en) = field_name(field);
+            (
+                Some(field),
+                Bilingual::new(
+                    format!("{zh}无效：{reason}"),
+                    format!("Invalid {en}: {reason}"),
+                ),
+            )
+        }
         RegistryError::AlreadyExists(what) => {
             let field = if what.starts_with("tag ") {
                 Some("tag_id")
