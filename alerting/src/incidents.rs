@@ -293,7 +293,7 @@ impl Alerting {
         })
     }
 
-    async fn require_entitled(
+    pub(crate) async fn require_entitled(
         &self,
         caller: &Caller,
         incident_id: &str,
@@ -429,7 +429,7 @@ pub(crate) async fn record_pass(
 /// An incident as the API shows it (the kind of the rule that opened it; the plate of its
 /// bike, empty for an incident with no bike: a reader gone offline is stored with
 /// `bike_id` 0, so the join must not drop it).
-async fn incident_row(
+pub(crate) async fn incident_row(
     conn: &mut sqlx::AnyConnection,
     incident_id: &str,
 ) -> Result<Incident, AlertingError> {

@@ -9,7 +9,8 @@
 //!   clone rule's memory, consulted by ingest for every read.
 //! - [`route`]: who gets an alert (the units of the zones containing the reader, command
 //!   centers, the nearest on-duty units), beside [`zones`] (GeoJSON zones, containment).
-//! - [`incidents`]: one incident per matter and its lifecycle (open, acknowledge, resolve).
+//! - [`incidents`]: one incident per matter and its lifecycle (open, acknowledge, resolve);
+//!   [`hits`]: officers' verdicts on hits (confirm, reject with a reason).
 //! - [`log`]: the durable alert log, the commit point (group commit, seq); replay; on
 //!   PostgreSQL [`log::follow`] feeds the hub from every node's commits.
 //! - [`hub`]: the live fan-out of committed alerts to open streams.
@@ -39,6 +40,7 @@ pub mod command;
 pub mod engine;
 mod error;
 pub mod history;
+pub mod hits;
 pub mod hub;
 pub mod incidents;
 pub mod log;

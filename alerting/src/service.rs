@@ -16,9 +16,10 @@ use std::sync::{Arc, Mutex};
 
 use greenplate_proto::v1::patrol_server::{self, PatrolServer};
 use greenplate_proto::v1::{
-    AcknowledgeIncidentRequest, Alert, GetIncidentRequest, GetTrackRequest, GetTrackResponse,
-    Incident, IncidentDetail, ResolveIncidentRequest, StreamAlertsRequest, TrackPoint,
-    UpdatePositionRequest, UpdatePositionResponse, get_incident_request, get_track_request,
+    AcknowledgeIncidentRequest, Alert, ConfirmHitRequest, GetIncidentRequest, GetTrackRequest,
+    GetTrackResponse, Incident, IncidentDetail, RejectHitRequest, ResolveIncidentRequest,
+    StreamAlertsRequest, TrackPoint, UpdatePositionRequest, UpdatePositionResponse,
+    get_incident_request, get_track_request,
 };
 use greenplate_registry::auth::{AuthInterceptor, Role, credential, require};
 use greenplate_registry::{BikeKey, now_ms};
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use crate::hits::Verdict;
 use crate::incidents::IncidentKey;
 use crate::state::Alerting;
 
@@ -244,6 +246,46 @@ impl patrol_server::Patrol for PatrolService {
             .incident_detail(&caller, &key, &r.reason)
             .await?;
         Ok(Response::new(detail))
+    }
+
+    async fn confirm_hit(
+        &self,
+        req: Request<ConfirmHitRequest>,
+    ) -> Result<Response<Incident>, Status> {
+        let caller = require(&req, &[Role::Patrol, Role::Admin])?;
+        let r = req.into_inner();
+        let incident = self
+            .alerting
+            .judge_hit(
+                &caller,
+                &r.incident_id,
+                &r.alert_id,
+                Verdict::Confirmed,
+                &r.note,
+            )
+            .await?;
+        tracing::info!(caller = %caller.audit_name(), incident = %r.incident_id, "Hit confirmed.");
+        Ok(Response::new(incident))
+    }
+
+    async fn reject_hit(
+        &self,
+        req: Request<RejectHitRequest>,
+    ) -> Result<Response<Incident>, Status> {
+        let caller = require(&req, &[Role::Patrol, Role::Admin])?;
+        let r = req.into_inner();
+        let verdict = Verdict::Rejected(r.reason());
+        let incident = self
+            .alerting
+            .judge_hit(&caller, &r.incident_id, &r.alert_id, verdict, &r.note)
+            .await?;
+        tracing::info!(
+            caller = %caller.audit_name(),
+            incident = %r.incident_id,
+            reason = r.reason().as_str_name(),
+            "Hit rejected."
+        );
+        Ok(Response::new(incident))
     }
 
     async fn update_position(

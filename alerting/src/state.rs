@@ -95,6 +95,13 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// A verdict on a hit ([`crate::hits`]) and, for a rejection, its reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct VerdictLabel {
+    pub verdict: &'static str,
+    pub reason: &'static str,
+}
+
 /// Shared alerting state.
 #[derive(Debug)]
 pub struct Alerting {
@@ -116,6 +123,8 @@ pub struct Alerting {
     pub alert_latency: Histogram,
     /// Theft reports looked back, by result, and failed rounds.
     pub lookbacks: LookbackMetrics,
+    /// Officers' verdicts on hits, by verdict and reason.
+    pub hits_judged: Family<VerdictLabel, Counter>,
     /// On SQLite (one node) the engine hands committed alerts to the hub itself; on
     /// PostgreSQL the log follower does, for every node's alerts, in seq order.
     pub(crate) engine_publishes: bool,
@@ -143,6 +152,7 @@ impl Alerting {
             streams_refused: Counter::default(),
             engine_publishes,
             lookbacks: Default::default(),
+            hits_judged: Family::default(),
             alert_latency: Histogram::new([
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
@@ -198,6 +208,11 @@ impl Alerting {
             "duplicates_dropped",
             "Alerts not written again: their sighting's alert was in the log already (its batch was processed twice, as after a node died before acknowledging it)",
             self.duplicates_dropped.clone(),
+        );
+        metrics.sub_registry_with_prefix("alerting").register(
+            "hits_judged",
+            "Officers' verdicts on hits (Patrol.ConfirmHit, RejectHit), by verdict and rejection reason",
+            self.hits_judged.clone(),
         );
         metrics.sub_registry_with_prefix("alerting").register(
             "lookbacks",

@@ -94,6 +94,7 @@ pub fn format_alert(a: &Alert) -> String {
         AlertKind::StolenSighted => "STOLEN BIKE SEEN",
         AlertKind::StolenSightedEarlier => "STOLEN BIKE SEEN BEFORE THE REPORT",
         AlertKind::WatchListHit => "WATCH LIST",
+        AlertKind::HitRejected => "HIT REJECTED",
         AlertKind::ArmedMoved => "ARMED BIKE MOVING",
         AlertKind::RevokedTagSeen => "REVOKED TAG SEEN",
         AlertKind::CloneSuspected => "CLONED TAG SUSPECTED",
@@ -113,13 +114,15 @@ pub fn format_alert(a: &Alert) -> String {
     } else {
         format!(" {}", a.zone_id)
     };
-    let why = if a.watch_entry_id.is_empty() {
-        String::new()
-    } else {
+    let why = if !a.watch_entry_id.is_empty() {
         format!(
             "  {} (case {:?}, entry {})",
             a.reason, a.case_number, a.watch_entry_id
         )
+    } else if !a.reason.is_empty() {
+        format!("  {}", a.reason)
+    } else {
+        String::new()
     };
     format!(
         "#{} {} {urgent}{what}{zone}  {}  tag {}  at {} ({:.4}, {:.4})  incident {}{why}",

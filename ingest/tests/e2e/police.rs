@@ -625,3 +625,144 @@ async fn police_lists_import_once_with_errors_per_row() {
     rd.disconnect().await;
     svc.stop().await;
 }
+
+const HIT_TAG: &str = "E28011606000000000000C41";
+const HIT_PLATE: &str = "粤D7C041";
+
+/// The officer at the scene confirms a hit or rejects it with a reason: each verdict is in
+/// the incident's history and counted; a misread goes up to the command center as
+/// HIT_REJECTED, and the incident stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn officers_confirm_and_reject_hits_and_misreads_reach_the_command_center() {
+    use greenplate_proto::v1::{ConfirmHitRequest, IncidentState, RejectHitRequest, RejectReason};
+
+    let svc = TestService::start_configured(config).await;
+    let mut admin = svc.admin().await;
+    admin
+        .add_zone(AddZoneRequest {
+            zone_id: "east".into(),
+            name: "East".into(),
+            geojson: r#"{"type":"Polygon","coordinates":[[[116.59,23.29],[116.605,23.29],[116.605,23.305],[116.59,23.305],[116.59,23.29]]]}"#.into(),
+            kind: ZoneKind::Patrol as i32,
+        })
+        .await
+        .unwrap();
+    let secret = svc.add_reader("rd-a", 23.30, 116.60).await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let mut east = svc.add_unit("u-east", &["east"], false).await;
+    let mut elsewhere = svc.add_unit("u-else", &[], false).await;
+    let mut hq_alerts = stream(&hq, 0).await;
+    let mut east_alerts = stream(&east, 0).await;
+    support::register_stolen(&svc, HIT_TAG, HIT_PLATE).await;
+    let mut rd = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-a", &secret)
+        .await
+        .unwrap();
+    rd.publish(vec![sighting(HIT_TAG, 1, -50)]).await.unwrap();
+    let hit = next_alert(&mut hq_alerts).await;
+    assert_eq!(next_alert(&mut east_alerts).await.seq, hit.seq);
+    let incident_id = hit.incident_id.clone();
+
+    let confirmed = east
+        .confirm_hit(ConfirmHitRequest {
+            incident_id: incident_id.clone(),
+            note: "plate matches, rider fled".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(confirmed.state(), IncidentState::Open);
+
+    // A reason is required; a unit never sent the hit cannot judge it.
+    let unspecified = east
+        .reject_hit(RejectHitRequest {
+            incident_id: incident_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unspecified.code(), Code::InvalidArgument);
+    let stranger = elsewhere
+        .reject_hit(RejectHitRequest {
+            incident_id: incident_id.clone(),
+            reason: RejectReason::WrongBike as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stranger.code(), Code::NotFound);
+
+    // A misread goes up to the command center, in the same incident, at the hit's reader.
+    let rejected = east
+        .reject_hit(RejectHitRequest {
+            incident_id: incident_id.clone(),
+            alert_id: hit.alert_id.clone(),
+            reason: RejectReason::Misread as i32,
+            note: "tag read off a passing scooter".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rejected.state(), IncidentState::Open);
+    let raised = next_alert(&mut hq_alerts).await;
+    assert_eq!(raised.kind(), AlertKind::HitRejected);
+    assert_eq!(
+        (
+            raised.incident_id.as_str(),
+            raised.reader_id.as_str(),
+            raised.plate.as_str()
+        ),
+        (incident_id.as_str(), "rd-a", HIT_PLATE)
+    );
+    assert!(
+        raised
+            .reason
+            .starts_with("misread by patrol:u-east: tag read off"),
+        "{}",
+        raised.reason
+    );
+    // A wrong bike is recorded and counted, not raised.
+    east.reject_hit(RejectHitRequest {
+        incident_id: incident_id.clone(),
+        reason: RejectReason::WrongBike as i32,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let detail = east
+        .get_incident(GetIncidentRequest {
+            key: Some(get_incident_request::Key::IncidentId(incident_id.clone())),
+            reason: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let steps: Vec<_> = detail
+        .events
+        .iter()
+        .filter(|e| e.actor == "patrol:u-east")
+        .map(|e| e.action.as_str())
+        .collect();
+    assert_eq!(steps, ["confirm", "reject:misread", "reject:wrong_bike"]);
+    let judged = |v: &str, r: &str| {
+        format!("greenplate_alerting_hits_judged_total{{verdict=\"{v}\",reason=\"{r}\"}}")
+    };
+    assert_eq!(svc.metric(&judged("confirmed", "")).await, 1.0);
+    assert_eq!(svc.metric(&judged("rejected", "misread")).await, 1.0);
+    assert_eq!(svc.metric(&judged("rejected", "wrong_bike")).await, 1.0);
+    // The zone's unit was not sent the command center's alert: its next is the next hit.
+    let rd_b = svc.add_reader("rd-a2", 23.301, 116.601).await;
+    let mut b = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-a2", &rd_b)
+        .await
+        .unwrap();
+    b.publish(vec![sighting(HIT_TAG, 1, -50)]).await.unwrap();
+    let next = next_alert(&mut east_alerts).await;
+    assert_eq!(
+        (next.kind(), next.reader_id.as_str()),
+        (AlertKind::StolenSighted, "rd-a2")
+    );
+    rd.disconnect().await;
+    b.disconnect().await;
+    svc.stop().await;
+}

@@ -66,6 +66,10 @@ pub fn kind_name(kind: i32) -> (&'static str, &'static str) {
         8 => ("探针标签未按时出现", "Canary missed"),
         9 => ("被盗车辆报案前出现", "Stolen bike seen before the report"),
         10 => ("布控车辆出现", "Watch list hit"),
+        11 => (
+            "民警否认命中（误读或克隆）",
+            "Hit rejected (misread or clone)",
+        ),
         _ => ("告警", "Alert"),
     }
 }
