@@ -10,7 +10,8 @@
 //! - [`route`]: who gets an alert (the units of the zones containing the reader, command
 //!   centers, the nearest on-duty units), beside [`zones`] (GeoJSON zones, containment).
 //! - [`incidents`]: one incident per matter and its lifecycle (open, acknowledge, resolve);
-//!   [`hits`]: officers' verdicts on hits (confirm, reject with a reason).
+//!   [`hits`]: officers' verdicts on hits (confirm, reject with a reason);
+//!   [`escalation`]: an urgent incident nobody acknowledged in time is sent again, raised.
 //! - [`log`]: the durable alert log, the commit point (group commit, seq); replay; on
 //!   PostgreSQL [`log::follow`] feeds the hub from every node's commits.
 //! - [`hub`]: the live fan-out of committed alerts to open streams.
@@ -39,6 +40,7 @@ pub mod canary;
 pub mod command;
 pub mod engine;
 mod error;
+pub mod escalation;
 pub mod history;
 pub mod hits;
 pub mod hub;
@@ -58,6 +60,7 @@ pub use admin::AdminService;
 pub use command::CommandService;
 pub use engine::EngineHandle;
 pub use error::AlertingError;
+pub use escalation::EscalationRule;
 pub use history::{History, Pass};
 pub use hub::LoggedAlert;
 pub use incidents::OpenIncident;

@@ -18,7 +18,7 @@ pub fn migrations() -> Migrations {
 /// The columns [`alert_from_row`] reads, of `alerts a`.
 pub(crate) const ALERT_COLUMNS: &str = "a.seq, a.alert_id, a.kind, a.priority, a.plate, \
      a.tag_id, a.reader_id, a.lat, a.lon, a.seen_at_ms, a.incident_id, a.zone_id, \
-     a.watch_entry_id, a.reason, a.case_number";
+     a.watch_entry_id, a.reason, a.case_number, a.escalation";
 
 pub(crate) fn alert_from_row(row: &AnyRow) -> Result<Alert, sqlx::Error> {
     Ok(Alert {
@@ -37,5 +37,6 @@ pub(crate) fn alert_from_row(row: &AnyRow) -> Result<Alert, sqlx::Error> {
         watch_entry_id: row.try_get("watch_entry_id")?,
         reason: row.try_get("reason")?,
         case_number: row.try_get("case_number")?,
+        escalation: u32::try_from(row.try_get::<i64, _>("escalation")?).unwrap_or(0),
     })
 }

@@ -125,6 +125,8 @@ pub struct Alerting {
     pub lookbacks: LookbackMetrics,
     /// Officers' verdicts on hits, by verdict and reason.
     pub hits_judged: Family<VerdictLabel, Counter>,
+    /// Incidents escalated: not acknowledged in time ([`crate::escalation`]).
+    pub escalations: Counter,
     /// On SQLite (one node) the engine hands committed alerts to the hub itself; on
     /// PostgreSQL the log follower does, for every node's alerts, in seq order.
     pub(crate) engine_publishes: bool,
@@ -153,6 +155,7 @@ impl Alerting {
             engine_publishes,
             lookbacks: Default::default(),
             hits_judged: Family::default(),
+            escalations: Counter::default(),
             alert_latency: Histogram::new([
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
@@ -208,6 +211,11 @@ impl Alerting {
             "duplicates_dropped",
             "Alerts not written again: their sighting's alert was in the log already (its batch was processed twice, as after a node died before acknowledging it)",
             self.duplicates_dropped.clone(),
+        );
+        metrics.sub_registry_with_prefix("alerting").register(
+            "escalations",
+            "Incidents whose latest alert was sent again, raised, because nobody acknowledged them within [[alerting.escalation]]'s time",
+            self.escalations.clone(),
         );
         metrics.sub_registry_with_prefix("alerting").register(
             "hits_judged",

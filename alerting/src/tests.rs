@@ -597,3 +597,84 @@ async fn a_reader_offline_incident_has_no_bike_and_can_be_acknowledged_and_resol
     assert_eq!(by_admin.state(), IncidentState::Resolved);
     engine.stop().await;
 }
+
+/// Escalation on an injected clock: an urgent incident nobody acknowledged is sent again,
+/// one priority higher, to its zone's units and command centers, once, with a step in its
+/// history; an acknowledged one is not.
+#[tokio::test]
+async fn an_urgent_incident_nobody_acknowledged_is_escalated_once() {
+    use crate::escalation::EscalationRule;
+    use crate::incidents::IncidentKey;
+
+    let f = Fixture::new(RoutingConfig::default()).await;
+    let a = &f.alerting;
+    let bike = f.bike().await;
+    f.report_stolen().await;
+    let stolen = TagState::new(bike).with_stolen(true);
+    let mut engine = Engine::start(a);
+    engine
+        .handle
+        .submit(sighted(bike, stolen, reader("rd-exit", 23.30, 116.60)))
+        .await
+        .unwrap();
+    let urgent = engine.next().await;
+    assert_eq!(
+        (urgent.alert.kind(), urgent.alert.priority),
+        (AlertKind::WatchZone, 2)
+    );
+    engine
+        .handle
+        .reader_offline(ReaderOffline {
+            reader: reader("rd-n", 23.25, 116.55),
+            last_seen_ms: 1_700_000_000_000,
+            why: "silent",
+            detected_at: Instant::now(),
+        })
+        .await
+        .unwrap();
+    let offline = engine.next().await;
+    a.acknowledge(&unit("cc"), &offline.alert.incident_id, "on it")
+        .await
+        .unwrap();
+    // Reader-offline incidents after 10 s (acknowledged: not escalated), then the defaults.
+    let mut rules = vec![EscalationRule {
+        kinds: vec![AlertKind::ReaderOffline],
+        min_priority: 1,
+        after_ms: 10_000,
+    }];
+    rules.extend(EscalationRule::defaults());
+
+    let now = greenplate_registry::now_ms();
+    assert_eq!(a.escalate_due(&rules, now + 59_000).await.unwrap(), 0);
+    assert_eq!(a.escalate_due(&rules, now + 61_000).await.unwrap(), 1);
+    let raised = engine.next().await;
+    assert_eq!(raised.alert.escalation, 1);
+    assert_eq!(raised.alert.priority, 3);
+    assert_eq!(raised.alert.kind(), AlertKind::WatchZone);
+    assert_eq!(raised.alert.incident_id, urgent.alert.incident_id);
+    assert_eq!(raised.alert.reader_id, "rd-exit");
+    assert_ne!(raised.alert.alert_id, urgent.alert.alert_id);
+    assert_eq!(raised.recipients, ["cc", "unit-s"]);
+    // Once per incident.
+    assert_eq!(a.escalate_due(&rules, now + 600_000).await.unwrap(), 0);
+    assert_eq!(a.escalations.get(), 1);
+    let detail = a
+        .incident_detail(
+            &unit("cc"),
+            &IncidentKey::Id(urgent.alert.incident_id.clone()),
+            "",
+        )
+        .await
+        .unwrap();
+    let step = detail
+        .events
+        .iter()
+        .find(|e| e.action == "escalate")
+        .expect("an escalate step");
+    assert!(
+        step.note.starts_with("not acknowledged within 60 s"),
+        "{}",
+        step.note
+    );
+    engine.stop().await;
+}

@@ -159,6 +159,12 @@ impl Service {
             alerting.clone(),
             shutdown.clone(),
         ));
+        tracker.spawn(greenplate_alerting::escalation::run(
+            alerting.clone(),
+            // Checked by Config::validate.
+            config.alerting.escalation_rules().unwrap_or_default(),
+            shutdown.clone(),
+        ));
         tracker.spawn(greenplate_alerting::lookback::run(
             alerting.clone(),
             shutdown.clone(),

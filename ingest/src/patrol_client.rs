@@ -104,10 +104,12 @@ pub fn format_alert(a: &Alert) -> String {
         AlertKind::CanaryMissed => "CANARY MISSED",
         AlertKind::Unspecified => "ALERT",
     };
-    let urgent = match a.priority {
-        p if p >= 3 => "CRITICAL ",
-        2 => "URGENT ",
-        _ => "",
+    let urgent = match (a.priority, a.escalation) {
+        (p, 0) if p >= 3 => "CRITICAL ",
+        (2, 0) => "URGENT ",
+        (_, 0) => "",
+        // Sent again: nobody acknowledged its incident in time.
+        _ => "ESCALATED CRITICAL ",
     };
     let zone = if a.zone_id.is_empty() {
         String::new()

@@ -27,3 +27,8 @@ CREATE INDEX incident_events_incident ON incident_events (incident_id, event_id)
 ALTER TABLE alerts ADD COLUMN watch_entry_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE alerts ADD COLUMN reason TEXT NOT NULL DEFAULT '';
 ALTER TABLE alerts ADD COLUMN case_number TEXT NOT NULL DEFAULT '';
+
+-- Escalation (issue #17): 0 for an alert as first sent; 1 for the re-send of an incident's
+-- latest alert because nobody acknowledged the incident in time.
+ALTER TABLE alerts ADD COLUMN escalation INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX alerts_created ON alerts (created_at_ms);

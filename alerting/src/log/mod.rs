@@ -88,8 +88,8 @@ pub(crate) async fn append(
     let row = sqlx::query(
         "INSERT INTO alerts (alert_id, kind, priority, plate, tag_id, reader_id, lat, lon, \
                              seen_at_ms, incident_id, zone_id, created_at_ms, source, \
-                             watch_entry_id, reason, case_number) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
+                             watch_entry_id, reason, case_number, escalation) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17 \
          WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE source = $13) \
          ON CONFLICT DO NOTHING RETURNING seq",
     )
@@ -109,6 +109,7 @@ pub(crate) async fn append(
     .bind(&alert.watch_entry_id)
     .bind(&alert.reason)
     .bind(&alert.case_number)
+    .bind(i64::from(alert.escalation))
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {

@@ -152,6 +152,7 @@ impl Pending<'_> {
             watch_entry_id: watch.entry_id,
             reason: watch.reason,
             case_number: watch.case_number,
+            escalation: 0,
         };
         (alert, self.recipients)
     }

@@ -110,6 +110,37 @@ pub struct AlertingConfig {
     /// Readers closer than this may both see a tag at once; the clone rule ignores them, km.
     #[serde(default = "default_clone_min_distance_km")]
     pub clone_min_distance_km: f64,
+    /// When an incident nobody acknowledged is raised (its latest alert sent again, one
+    /// priority higher, to the zone's units and command centers): the first rule matching
+    /// an alert's kind and priority gives the time. Default: priority 3 after 30 s,
+    /// priority 2 after 60 s. An empty list turns escalation off.
+    #[serde(default = "default_escalation")]
+    pub escalation: Vec<EscalationConfig>,
+}
+
+/// One escalation rule (`[[alerting.escalation]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationConfig {
+    /// Alert kinds it applies to, as named in the contract without the prefix
+    /// (`STOLEN_SIGHTED`, `WATCH_LIST_HIT`, ...); empty or absent: any kind.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Alerts of at least this priority (1 normal, 2 urgent, 3 critical).
+    pub min_priority: u32,
+    /// Seconds without an acknowledgement.
+    pub after_s: u64,
+}
+
+fn default_escalation() -> Vec<EscalationConfig> {
+    greenplate_alerting::EscalationRule::defaults()
+        .into_iter()
+        .map(|r| EscalationConfig {
+            kinds: Vec::new(),
+            min_priority: r.min_priority,
+            after_s: u64::try_from(r.after_ms / 1000).unwrap_or(0),
+        })
+        .collect()
 }
 
 fn default_clone_speed_kmh() -> f64 {
@@ -137,6 +168,7 @@ impl Default for AlertingConfig {
             position_max_age_s: default_position_max_age_s(),
             clone_speed_kmh: default_clone_speed_kmh(),
             clone_min_distance_km: default_clone_min_distance_km(),
+            escalation: default_escalation(),
         }
     }
 }
@@ -148,6 +180,37 @@ impl AlertingConfig {
             max_speed_kmh: self.clone_speed_kmh,
             min_distance_km: self.clone_min_distance_km,
         }
+    }
+
+    /// The escalation rules, or which kind name is not one.
+    pub fn escalation_rules(&self) -> Result<Vec<greenplate_alerting::EscalationRule>, String> {
+        self.escalation
+            .iter()
+            .map(|e| {
+                let kinds = e
+                    .kinds
+                    .iter()
+                    .map(|k| {
+                        greenplate_proto::v1::AlertKind::from_str_name(&format!("ALERT_KIND_{k}"))
+                            .filter(|k| *k != greenplate_proto::v1::AlertKind::Unspecified)
+                            .ok_or_else(|| {
+                                format!("alerting.escalation: {k:?} is not an alert kind")
+                            })
+                    })
+                    .collect::<Result<_, _>>()?;
+                if e.min_priority == 0 || e.min_priority > 3 {
+                    return Err("alerting.escalation: min_priority must be 1, 2 or 3".into());
+                }
+                if e.after_s == 0 {
+                    return Err("alerting.escalation: after_s must be at least 1".into());
+                }
+                Ok(greenplate_alerting::EscalationRule {
+                    kinds,
+                    min_priority: e.min_priority,
+                    after_ms: i64::try_from(e.after_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+                })
+            })
+            .collect()
     }
 
     /// The alerting crate's routing settings.
@@ -286,6 +349,9 @@ impl Config {
                 "ingest.max_future_skew_ms must be between 0 and 2592000000 (30 days)".into(),
             ));
         }
+        self.alerting
+            .escalation_rules()
+            .map_err(ConfigError::Invalid)?;
         if self.mqtt.persistent_session.is_some() {
             return Err(ConfigError::Invalid(
                 "mqtt.persistent_session was removed with the takeover of dead nodes' sessions \

@@ -766,3 +766,147 @@ async fn officers_confirm_and_reject_hits_and_misreads_reach_the_command_center(
     b.disconnect().await;
     svc.stop().await;
 }
+
+const ESC_TAG: &str = "E28011606000000000000C51";
+const ESC_PLATE: &str = "粤D7C051";
+const ACKED_TAG: &str = "E28011606000000000000C52";
+const ACKED_PLATE: &str = "粤D7C052";
+
+/// An urgent hit nobody acknowledges within the configured time is sent again, raised, to
+/// the zone's unit and the command center, with a step in the incident's history; one
+/// acknowledged in time is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_urgent_hit_nobody_acknowledges_is_escalated() {
+    use greenplate_proto::v1::{AcknowledgeIncidentRequest, AddWatchEntryRequest, WatchPriority};
+    use greenplate_simulator::clients;
+
+    let svc = TestService::start_configured(|c| {
+        config(c);
+        c.alerting.escalation = vec![greenplate_ingest::config::EscalationConfig {
+            kinds: vec!["WATCH_LIST_HIT".into()],
+            min_priority: 2,
+            after_s: 1,
+        }];
+    })
+    .await;
+    let mut admin = svc.admin().await;
+    admin
+        .add_zone(AddZoneRequest {
+            zone_id: "east".into(),
+            name: "East".into(),
+            geojson: r#"{"type":"Polygon","coordinates":[[[116.59,23.29],[116.605,23.29],[116.605,23.305],[116.59,23.305],[116.59,23.29]]]}"#.into(),
+            kind: ZoneKind::Patrol as i32,
+        })
+        .await
+        .unwrap();
+    let secret = svc.add_reader("rd-a", 23.30, 116.60).await;
+    let hq_token = support::new_unit_token(svc.channel().await, "hq", &[], true).await;
+    let hq = clients::patrol(svc.channel().await, &hq_token).unwrap();
+    let mut command = clients::command(svc.channel().await, &hq_token).unwrap();
+    let mut east = svc.add_unit("u-east", &["east"], false).await;
+    let mut hq_alerts = stream(&hq, 0).await;
+    let mut east_alerts = stream(&east, 0).await;
+    let mut kiosk = svc.add_kiosk("k-esc").await;
+    for (tag, plate) in [(ESC_TAG, ESC_PLATE), (ACKED_TAG, ACKED_PLATE)] {
+        kiosk.register_bike(bike(tag, plate)).await.unwrap();
+        command
+            .add_watch_entry(AddWatchEntryRequest {
+                plate: plate.into(),
+                priority: WatchPriority::Urgent as i32,
+                reason: "armed robbery".into(),
+                expires_at_ms: now_ms() + HOUR_MS,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let mut rd = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-a", &secret)
+        .await
+        .unwrap();
+    rd.publish(vec![sighting(ACKED_TAG, 1, -50), sighting(ESC_TAG, 1, -50)])
+        .await
+        .unwrap();
+    let acked = next_alert(&mut east_alerts).await;
+    let ignored = next_alert(&mut east_alerts).await;
+    assert_eq!(
+        (acked.plate.as_str(), ignored.plate.as_str()),
+        (ACKED_PLATE, ESC_PLATE)
+    );
+    east.acknowledge_incident(AcknowledgeIncidentRequest {
+        incident_id: acked.incident_id.clone(),
+        note: "on my way".into(),
+    })
+    .await
+    .unwrap();
+
+    // About a second later, the ignored one comes again, raised, to both.
+    let raised = next_alert(&mut east_alerts).await;
+    assert_eq!(
+        (raised.plate.as_str(), raised.escalation, raised.priority),
+        (ESC_PLATE, 1, 3),
+        "{raised:?}"
+    );
+    assert_eq!(raised.incident_id, ignored.incident_id);
+    assert_eq!(raised.kind(), AlertKind::WatchListHit);
+    assert_eq!(raised.reason, "armed robbery");
+    let on_hq: Vec<_> = [
+        next_alert(&mut hq_alerts).await,
+        next_alert(&mut hq_alerts).await,
+        next_alert(&mut hq_alerts).await,
+    ]
+    .into_iter()
+    .map(|a| (a.plate, a.escalation))
+    .collect();
+    assert_eq!(
+        on_hq,
+        [
+            (ACKED_PLATE.to_owned(), 0),
+            (ESC_PLATE.to_owned(), 0),
+            (ESC_PLATE.to_owned(), 1)
+        ]
+    );
+    let detail = hq
+        .clone()
+        .get_incident(GetIncidentRequest {
+            key: Some(get_incident_request::Key::IncidentId(
+                ignored.incident_id.clone(),
+            )),
+            reason: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        detail.events.iter().any(|e| e.action == "escalate"),
+        "{:?}",
+        detail.events
+    );
+    // The acknowledged one is not escalated: past its time (waiting for the clock), the
+    // next thing the zone's unit hears is the next hit.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        svc.metric("greenplate_alerting_escalations_total").await,
+        1.0
+    );
+    let mut rd2 = {
+        let s = svc.add_reader("rd-a2", 23.301, 116.601).await;
+        ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-a2", &s)
+            .await
+            .unwrap()
+    };
+    rd2.publish(vec![sighting(ACKED_TAG, 1, -50)])
+        .await
+        .unwrap();
+    let next = next_alert(&mut east_alerts).await;
+    assert_eq!(
+        (
+            next.plate.as_str(),
+            next.reader_id.as_str(),
+            next.escalation
+        ),
+        (ACKED_PLATE, "rd-a2", 0)
+    );
+    rd.disconnect().await;
+    rd2.disconnect().await;
+    svc.stop().await;
+}
