@@ -39,12 +39,52 @@ pub async fn connect(server: &str, token: &str) -> Result<PatrolClient<Authed>, 
     ))
 }
 
-/// Prints alerts as they arrive, for ever (or until the server refuses the token). Returns
-/// the last seq printed if the stream ends for good.
+/// How an alert line calls for attention on a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Alarm {
+    /// Colour the line by priority (critical red, urgent yellow, normal cyan).
+    pub colour: bool,
+    /// Ring the terminal bell for every alert someone must act on (priority 1 and up).
+    pub bell: bool,
+}
+
+impl Alarm {
+    /// Both on when `out` is a terminal and `NO_COLOR` is not set (<https://no-color.org>).
+    pub fn for_terminal(is_terminal: bool) -> Self {
+        let on = is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        Self {
+            colour: on,
+            bell: on,
+        }
+    }
+
+    /// `line` (an alert's [`format_alert`]) with the bell and the colour of its priority.
+    pub fn dress(self, a: &Alert, line: &str) -> String {
+        let bell = if self.bell && a.priority >= 1 {
+            "\x07"
+        } else {
+            ""
+        };
+        if !self.colour {
+            return format!("{bell}{line}");
+        }
+        let colour = match a.priority {
+            p if p >= 3 => "\x1b[1;31m",
+            2 => "\x1b[1;33m",
+            1 => "\x1b[36m",
+            _ => "\x1b[2m",
+        };
+        format!("{bell}{colour}{line}\x1b[0m")
+    }
+}
+
+/// Prints alerts as they arrive, for ever (or until the server refuses the token), each
+/// dressed by `alarm`. Returns the last seq printed if the stream ends for good.
 pub async fn print_alerts(
     client: &mut PatrolClient<Authed>,
     mut resume_after: u64,
     out: &mut impl Write,
+    alarm: Alarm,
 ) -> Result<u64, PatrolError> {
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -58,7 +98,7 @@ pub async fn print_alerts(
                 loop {
                     match stream.message().await {
                         Ok(Some(alert)) => {
-                            writeln!(out, "{}", format_alert(&alert))?;
+                            writeln!(out, "{}", alarm.dress(&alert, &format_alert(&alert)))?;
                             out.flush()?;
                             resume_after = resume_after.max(alert.seq);
                         }
@@ -202,6 +242,26 @@ mod tests {
             format_alert(&a),
             "#12 17:55:33 URGENT WATCH ZONE exit  潮阳A10001  tag E28011606000020700000001  at rd-exit (23.2100, 116.5100)  incident inc-9"
         );
+    }
+
+    #[test]
+    fn the_alarm_rings_and_colours_by_priority() {
+        let line = "#1 ...";
+        let at = |priority| Alert {
+            priority,
+            ..Default::default()
+        };
+        let both = Alarm {
+            colour: true,
+            bell: true,
+        };
+        assert_eq!(both.dress(&at(3), line), "\x07\x1b[1;31m#1 ...\x1b[0m");
+        assert_eq!(both.dress(&at(2), line), "\x07\x1b[1;33m#1 ...\x1b[0m");
+        assert_eq!(both.dress(&at(1), line), "\x07\x1b[36m#1 ...\x1b[0m");
+        // A canary is nobody's to act on: no bell.
+        assert_eq!(both.dress(&at(0), line), "\x1b[2m#1 ...\x1b[0m");
+        assert_eq!(Alarm::default().dress(&at(3), line), line);
+        assert_eq!(Alarm::for_terminal(false), Alarm::default());
     }
 
     #[test]

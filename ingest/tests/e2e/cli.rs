@@ -296,6 +296,26 @@ async fn patrol_client_prints_alerts_and_closes_incidents() {
     assert!(line.contains("at rd-1 (23.3000, 116.6000)"), "{line}");
     let incident = line.rsplit(' ').next().unwrap().to_owned();
     assert!(incident.starts_with("inc-"), "{line}");
+    // Piped, the line is plain; with --alarm always it rings and is coloured by priority
+    // (a stolen bike is priority 1: cyan).
+    let mut alarmed = tokio::process::Command::new(env!("CARGO_BIN_EXE_greenplate"))
+        .args(["patrol", "--server", &svc.grpc_url, "--token", &token])
+        .args(["--alarm", "always"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut alarmed_lines = BufReader::new(alarmed.stdout.take().unwrap()).lines();
+    let rung = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        alarmed_lines.next_line(),
+    )
+    .await
+    .expect("an alert line within 15 s")
+    .unwrap()
+    .unwrap();
+    assert_eq!(rung, format!("\x07\x1b[36m{line}\x1b[0m"));
+    alarmed.kill().await.unwrap();
 
     let run = |args: Vec<String>| {
         let out = greenplate()

@@ -19,6 +19,10 @@ pub struct PatrolArgs {
     /// Print alerts after this seq (0: everything this unit was sent).
     #[arg(long, default_value_t = 0)]
     resume_after: u64,
+    /// Ring the terminal bell for each alert and colour it by priority (critical red,
+    /// urgent yellow): auto does so when printing to a terminal and NO_COLOR is not set.
+    #[arg(long, value_enum, default_value_t = AlarmArg::Auto)]
+    alarm: AlarmArg,
     #[command(subcommand)]
     action: Option<PatrolAction>,
 }
@@ -43,6 +47,13 @@ enum PatrolAction {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum AlarmArg {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum OutcomeArg {
     Recovered,
     FalseAlarm,
@@ -55,7 +66,22 @@ pub async fn run(args: PatrolArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| Usage(e.to_string()))?;
     match args.action {
         None => {
-            pc::print_alerts(&mut client, args.resume_after, &mut std::io::stdout()).await?;
+            use std::io::IsTerminal;
+            let alarm = match args.alarm {
+                AlarmArg::Auto => pc::Alarm::for_terminal(std::io::stdout().is_terminal()),
+                AlarmArg::Always => pc::Alarm {
+                    colour: true,
+                    bell: true,
+                },
+                AlarmArg::Never => pc::Alarm::default(),
+            };
+            pc::print_alerts(
+                &mut client,
+                args.resume_after,
+                &mut std::io::stdout(),
+                alarm,
+            )
+            .await?;
         }
         Some(PatrolAction::Ack { incident_id, note }) => {
             let i = pc::acknowledge(&mut client, &incident_id, &note).await?;
