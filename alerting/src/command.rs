@@ -10,18 +10,20 @@ use std::time::Duration;
 
 use greenplate_proto::v1::command_server::{self, CommandServer};
 use greenplate_proto::v1::{
-    AddWatchEntryRequest, ImportListRequest, ImportListResponse, ImportRowError, ListFormat,
-    ListKind, ListWatchEntriesRequest, ListWatchEntriesResponse, RemoveWatchEntryRequest,
-    UpdateWatchEntryRequest, WatchEntry, WatchPriority,
+    AddWatchEntryRequest, CompanionsRequest, CompanionsResponse, ImportListRequest,
+    ImportListResponse, ImportRowError, ListFormat, ListKind, ListWatchEntriesRequest,
+    ListWatchEntriesResponse, RemoveWatchEntryRequest, StakeoutRequest, StakeoutResponse,
+    UpdateWatchEntryRequest, WatchEntry, WatchPriority, companions_request,
 };
 use greenplate_registry::auth::{AuthInterceptor, Role, require};
 use greenplate_registry::lists;
-use greenplate_registry::{Caller, NewWatchEntry, WatchChange, now_ms};
+use greenplate_registry::{BikeKey, Caller, NewWatchEntry, WatchChange, now_ms};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::Alerting;
+use crate::investigate::{self, CompanionQuery, Watched};
 
 /// How often expired watch entries are ended.
 pub const EXPIRE_EVERY: Duration = Duration::from_secs(30);
@@ -196,6 +198,86 @@ impl command_server::Command for CommandService {
                     reason: e.reason,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn stakeout(
+        &self,
+        req: Request<StakeoutRequest>,
+    ) -> Result<Response<StakeoutResponse>, Status> {
+        let caller = self.command(&req)?;
+        let r = req.into_inner();
+        let watched = match (r.reader_ids.is_empty(), r.polygon_geojson.trim().is_empty()) {
+            (false, true) => Watched::Readers(r.reader_ids),
+            (true, false) => Watched::Polygon(r.polygon_geojson),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give reader_ids or polygon_geojson (one of the two)",
+                ));
+            }
+        };
+        let limit = match r.limit {
+            0 => investigate::MAX_STAKEOUT,
+            n => n as usize,
+        };
+        let found = self
+            .alerting
+            .stakeout(&caller, &watched, r.from_ms, r.to_ms, limit, &r.reason)
+            .await?;
+        Ok(Response::new(StakeoutResponse {
+            passes: found
+                .passes
+                .into_iter()
+                .map(|p| greenplate_proto::v1::StakeoutPass {
+                    tag_id: p.tag_id,
+                    plate: p.plate,
+                    reader_id: p.reader_id,
+                    first_seen_ms: p.first_seen_ms,
+                    last_seen_ms: p.last_seen_ms,
+                    reads: p.reads,
+                })
+                .collect(),
+            reader_ids: found.reader_ids,
+            truncated: found.truncated,
+        }))
+    }
+
+    async fn companions(
+        &self,
+        req: Request<CompanionsRequest>,
+    ) -> Result<Response<CompanionsResponse>, Status> {
+        let caller = self.command(&req)?;
+        let r = req.into_inner();
+        let subject = match r.subject {
+            Some(companions_request::Subject::Plate(p)) => BikeKey::Plate(p),
+            Some(companions_request::Subject::TagId(t)) => BikeKey::Tag(t),
+            None => return Err(Status::invalid_argument("plate or tag_id: one is required")),
+        };
+        let query = CompanionQuery {
+            subject,
+            from_ms: r.from_ms,
+            to_ms: r.to_ms,
+            delta_ms: if r.delta_ms == 0 { 60_000 } else { r.delta_ms },
+            min_readers: if r.min_readers == 0 { 3 } else { r.min_readers },
+            limit: match r.limit {
+                0 => investigate::MAX_COMPANIONS,
+                n => n as usize,
+            },
+        };
+        let (found, searched) = self.alerting.companions(&caller, &query, &r.reason).await?;
+        Ok(Response::new(CompanionsResponse {
+            companions: found
+                .into_iter()
+                .map(|c| greenplate_proto::v1::Companion {
+                    tag_id: c.tag_id,
+                    plate: c.plate,
+                    readers: c.readers,
+                    passes: c.passes,
+                    first_seen_ms: c.first_seen_ms,
+                    last_seen_ms: c.last_seen_ms,
+                })
+                .collect(),
+            subject_passes: u32::try_from(searched).unwrap_or(u32::MAX),
         }))
     }
 

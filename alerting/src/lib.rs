@@ -22,8 +22,9 @@
 //!   [`canaries`], what the node knows of them.
 //!
 //! Beside the alert path:
-//! - [`command`]: the `greenplate.v1.Command` gRPC service (command centers: watch lists),
-//!   and the task ending watch entries at their expiry.
+//! - [`command`]: the `greenplate.v1.Command` gRPC service (command centers: watch lists,
+//!   list imports, investigations), and the task ending watch entries at their expiry;
+//!   [`investigate`]: stakeouts and companion searches over the pass history.
 //! - [`admin`]: the `greenplate.v1.Admin` gRPC service (readers and kiosks in the registry;
 //!   zones and units here).
 //! - [`state`]: [`Alerting`], the shared value the stages above are methods of (it holds
@@ -45,6 +46,7 @@ pub mod history;
 pub mod hits;
 pub mod hub;
 pub mod incidents;
+pub mod investigate;
 pub mod log;
 pub mod lookback;
 pub mod provision;

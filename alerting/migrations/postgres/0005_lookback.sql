@@ -32,3 +32,7 @@ ALTER TABLE alerts ADD COLUMN case_number TEXT NOT NULL DEFAULT '';
 -- latest alert because nobody acknowledged the incident in time.
 ALTER TABLE alerts ADD COLUMN escalation BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX alerts_created ON alerts (created_at_ms);
+
+-- Investigations (issue #17): stakeouts and companion searches read the passes of a reader
+-- in a window.
+CREATE INDEX passes_reader_time ON passes (reader_id, first_seen_ms);

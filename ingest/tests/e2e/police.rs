@@ -910,3 +910,195 @@ async fn an_urgent_hit_nobody_acknowledges_is_escalated() {
     rd2.disconnect().await;
     svc.stop().await;
 }
+
+const SUBJECT_TAG: &str = "E28011606000000000000C61";
+const SUBJECT_PLATE: &str = "粤D7C061";
+const RIDER_TAG: &str = "E28011606000000000000C62";
+const RIDER_PLATE: &str = "粤D7C062";
+const PASSER_TAG: &str = "E28011606000000000000C63";
+const PASSER_PLATE: &str = "粤D7C063";
+/// No bike has it.
+const UNKNOWN_RIDER_TAG: &str = "E28011606000000000000C64";
+
+/// Investigations: a stakeout of readers (named, or inside a polygon) and a companion
+/// search, both through gRPC, bounded, command-center only and audited with their reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stakeouts_and_companion_searches_find_who_rode_along() {
+    investigations(TestService::start_configured(config).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG)"]
+async fn stakeouts_and_companion_searches_find_who_rode_along_on_postgres() {
+    investigations(TestService::start_postgres_configured(config).await).await;
+}
+
+async fn investigations(svc: TestService) {
+    use greenplate_proto::v1::{CompanionsRequest, StakeoutRequest, companions_request};
+    use greenplate_simulator::clients;
+
+    let mut kiosk = svc.add_kiosk("k-inv").await;
+    for (tag, plate) in [
+        (SUBJECT_TAG, SUBJECT_PLATE),
+        (RIDER_TAG, RIDER_PLATE),
+        (PASSER_TAG, PASSER_PLATE),
+    ] {
+        kiosk.register_bike(bike(tag, plate)).await.unwrap();
+    }
+    // The subject rides past rd-1, rd-2, rd-3 with RIDER alongside; the unknown tag rides
+    // along for rd-2 and rd-3; PASSER is at rd-1 with it once, then alone at rd-4.
+    let route: [(&str, f64, f64, Vec<&str>); 4] = [
+        (
+            "rd-1",
+            23.30,
+            116.60,
+            vec![SUBJECT_TAG, RIDER_TAG, PASSER_TAG],
+        ),
+        (
+            "rd-2",
+            23.31,
+            116.61,
+            vec![SUBJECT_TAG, RIDER_TAG, UNKNOWN_RIDER_TAG],
+        ),
+        (
+            "rd-3",
+            23.32,
+            116.62,
+            vec![SUBJECT_TAG, RIDER_TAG, UNKNOWN_RIDER_TAG],
+        ),
+        ("rd-4", 23.40, 116.70, vec![PASSER_TAG]),
+    ];
+    let from = now_ms() - 60_000;
+    let mut stored = 0.0;
+    for (id, lat, lon, tags) in &route {
+        let secret = svc.add_reader(id, *lat, *lon).await;
+        let mut r = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), id, &secret)
+            .await
+            .unwrap();
+        r.publish(tags.iter().map(|t| sighting(t, 1, -50)).collect())
+            .await
+            .unwrap();
+        r.disconnect().await;
+        // One tag no bike has is read but makes no pass.
+        stored += tags.iter().filter(|t| **t != UNKNOWN_RIDER_TAG).count() as f64;
+    }
+    svc.wait_metric("greenplate_history_passes_stored_total", stored)
+        .await;
+    let to = now_ms() + 60_000;
+
+    let hq_token = support::new_unit_token(svc.channel().await, "hq", &[], true).await;
+    let mut command = clients::command(svc.channel().await, &hq_token).unwrap();
+    let plate = |p: &str| Some(companions_request::Subject::Plate(p.into()));
+    let companions = |min_readers: u32| CompanionsRequest {
+        subject: plate(SUBJECT_PLATE),
+        from_ms: from,
+        to_ms: to,
+        min_readers,
+        reason: "case 2026-5".into(),
+        ..Default::default()
+    };
+    let found = command
+        .companions(companions(0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.subject_passes, 3);
+    let got: Vec<_> = found
+        .companions
+        .iter()
+        .map(|c| (c.tag_id.as_str(), c.plate.as_str(), c.readers, c.passes))
+        .collect();
+    assert_eq!(got, [(RIDER_TAG, RIDER_PLATE, 3, 3)]);
+    let two = command
+        .companions(companions(2))
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<_> = two.companions.iter().map(|c| c.tag_id.as_str()).collect();
+    assert_eq!(
+        got,
+        [RIDER_TAG],
+        "a tag no bike has makes no pass to ride along with"
+    );
+
+    // Stakeout by reader, and by a polygon holding rd-1 and rd-2.
+    let by_reader = command
+        .stakeout(StakeoutRequest {
+            reader_ids: vec!["rd-1".into()],
+            from_ms: from,
+            to_ms: to,
+            reason: "case 2026-5".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen: Vec<_> = by_reader
+        .passes
+        .iter()
+        .map(|p| (p.tag_id.as_str(), p.plate.as_str(), p.reader_id.as_str()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (SUBJECT_TAG, SUBJECT_PLATE, "rd-1"),
+            (RIDER_TAG, RIDER_PLATE, "rd-1"),
+            (PASSER_TAG, PASSER_PLATE, "rd-1"),
+        ]
+    );
+    assert!(!by_reader.truncated);
+    let polygon = r#"{"type":"Polygon","coordinates":[[[116.595,23.295],[116.615,23.295],[116.615,23.315],[116.595,23.315],[116.595,23.295]]]}"#;
+    let by_area = command
+        .stakeout(StakeoutRequest {
+            polygon_geojson: polygon.into(),
+            from_ms: from,
+            to_ms: to,
+            limit: 4,
+            reason: "case 2026-5".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_area.reader_ids, ["rd-1", "rd-2"]);
+    assert_eq!(by_area.passes.len(), 4);
+    assert!(by_area.truncated, "5 passes matched, 4 asked for");
+
+    // Bounded, with a reason, for command centers only.
+    let no_reason = command
+        .stakeout(StakeoutRequest {
+            reader_ids: vec!["rd-1".into()],
+            from_ms: from,
+            to_ms: to,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_reason.code(), Code::InvalidArgument);
+    let too_long = command
+        .companions(CompanionsRequest {
+            to_ms: from + 8 * 24 * HOUR_MS,
+            ..companions(3)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.code(), Code::InvalidArgument);
+    let patrol_token = support::new_unit_token(svc.channel().await, "u-1", &[], false).await;
+    let refused = clients::command(svc.channel().await, &patrol_token)
+        .unwrap()
+        .companions(companions(3))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let audit = svc.audit_log().await;
+    for action in ["stakeout", "companions"] {
+        assert!(
+            audit.iter().any(|e| e.action == action
+                && e.actor == "patrol:hq"
+                && e.subject.ends_with("; reason: case 2026-5")),
+            "{action} not audited with its reason"
+        );
+    }
+    svc.stop().await;
+}
