@@ -29,6 +29,21 @@ fn config(c: &mut greenplate_ingest::Config) {
     c.alerting.clone_speed_kmh = 1e9;
 }
 
+/// The patrol zone "east", 116.59-116.605 E by 23.29-23.305 N: rd-a and rd-a2 are inside,
+/// the other readers of these tests are not.
+async fn add_east_zone(svc: &TestService) {
+    svc.admin()
+        .await
+        .add_zone(AddZoneRequest {
+            zone_id: "east".into(),
+            name: "East".into(),
+            geojson: r#"{"type":"Polygon","coordinates":[[[116.59,23.29],[116.605,23.29],[116.605,23.305],[116.59,23.305],[116.59,23.29]]]}"#.into(),
+            kind: ZoneKind::Patrol as i32,
+        })
+        .await
+        .unwrap();
+}
+
 fn by_plate(plate: &str) -> GetIncidentRequest {
     GetIncidentRequest {
         key: Some(get_incident_request::Key::Plate(plate.into())),
@@ -48,16 +63,7 @@ async fn a_theft_reported_late_alerts_where_the_bike_was_seen_since_on_postgres(
 }
 
 async fn look_back(svc: TestService) {
-    let mut admin = svc.admin().await;
-    admin
-        .add_zone(AddZoneRequest {
-            zone_id: "east".into(),
-            name: "East".into(),
-            geojson: r#"{"type":"Polygon","coordinates":[[[116.59,23.29],[116.605,23.29],[116.605,23.305],[116.59,23.305],[116.59,23.29]]]}"#.into(),
-            kind: ZoneKind::Patrol as i32,
-        })
-        .await
-        .unwrap();
+    add_east_zone(&svc).await;
     // rd-a is inside "east"; rd-b and rd-c are not.
     let readers = [
         ("rd-b", 23.35, 116.65),
@@ -250,16 +256,7 @@ async fn watch_lists(svc: TestService) {
     };
     use greenplate_simulator::clients;
 
-    let mut admin = svc.admin().await;
-    admin
-        .add_zone(AddZoneRequest {
-            zone_id: "east".into(),
-            name: "East".into(),
-            geojson: r#"{"type":"Polygon","coordinates":[[[116.59,23.29],[116.605,23.29],[116.605,23.305],[116.59,23.305],[116.59,23.29]]]}"#.into(),
-            kind: ZoneKind::Patrol as i32,
-        })
-        .await
-        .unwrap();
+    add_east_zone(&svc).await;
     let mut readers = std::collections::HashMap::new();
     for (id, lat, lon) in [
         ("rd-a", 23.30, 116.60),
@@ -637,16 +634,7 @@ async fn officers_confirm_and_reject_hits_and_misreads_reach_the_command_center(
     use greenplate_proto::v1::{ConfirmHitRequest, IncidentState, RejectHitRequest, RejectReason};
 
     let svc = TestService::start_configured(config).await;
-    let mut admin = svc.admin().await;
-    admin
-        .add_zone(AddZoneRequest {
-            zone_id: "east".into(),
-            name: "East".into(),
-            geojson: r#"{"type":"Polygon","coordinates":[[[116.59,23.29],[116.605,23.29],[116.605,23.305],[116.59,23.305],[116.59,23.29]]]}"#.into(),
-            kind: ZoneKind::Patrol as i32,
-        })
-        .await
-        .unwrap();
+    add_east_zone(&svc).await;
     let secret = svc.add_reader("rd-a", 23.30, 116.60).await;
     let hq = svc.add_unit("hq", &[], true).await;
     let mut east = svc.add_unit("u-east", &["east"], false).await;
@@ -789,16 +777,7 @@ async fn an_urgent_hit_nobody_acknowledges_is_escalated() {
         }];
     })
     .await;
-    let mut admin = svc.admin().await;
-    admin
-        .add_zone(AddZoneRequest {
-            zone_id: "east".into(),
-            name: "East".into(),
-            geojson: r#"{"type":"Polygon","coordinates":[[[116.59,23.29],[116.605,23.29],[116.605,23.305],[116.59,23.305],[116.59,23.29]]]}"#.into(),
-            kind: ZoneKind::Patrol as i32,
-        })
-        .await
-        .unwrap();
+    add_east_zone(&svc).await;
     let secret = svc.add_reader("rd-a", 23.30, 116.60).await;
     let hq_token = support::new_unit_token(svc.channel().await, "hq", &[], true).await;
     let hq = clients::patrol(svc.channel().await, &hq_token).unwrap();
