@@ -19,6 +19,7 @@ use crate::db::{Backend, now_ms};
 use crate::error::RegistryError;
 use crate::hot_index::TagState;
 use crate::store::Registry;
+use crate::validate::TagId;
 
 /// The columns of an import file.
 pub const COLUMNS: [&str; 9] = [
@@ -194,13 +195,25 @@ impl Registry {
                 outcomes
             }
         };
+        // A plate or tag may be on a watch list before its bike is registered.
+        let watched: HashSet<TagId> = self
+            .watched_among(
+                &batch
+                    .iter()
+                    .map(|(_, b)| (b.tag, b.plate.clone()))
+                    .collect::<Vec<_>>(),
+            )
+            .await?
+            .into_iter()
+            .collect();
         for ((line, bike), outcome) in batch.iter().zip(outcomes) {
             match outcome {
                 Ok(Registered {
                     bike_id,
                     created: true,
                 }) => {
-                    self.index.set(bike.tag, TagState::new(bike_id));
+                    let state = TagState::new(bike_id).with_watched(watched.contains(&bike.tag));
+                    self.index.set(bike.tag, state);
                     report.accepted += 1;
                 }
                 Ok(_) => report.unchanged += 1,

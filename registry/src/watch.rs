@@ -467,6 +467,49 @@ impl Registry {
         Ok(())
     }
 
+    /// Of these newly registered `(tag, plate)`s, the tags an active watch entry names (by
+    /// the tag or the plate): a plate can be watched before its bike is registered.
+    pub(crate) async fn watched_among(
+        &self,
+        bikes: &[(TagId, String)],
+    ) -> Result<Vec<TagId>, RegistryError> {
+        let mut out = Vec::new();
+        let b = self.db.backend();
+        for chunk in bikes.chunks(400) {
+            let n = chunk.len();
+            let sql = format!(
+                "SELECT plate, tag_id FROM watch_entries WHERE removed_at_ms IS NULL \
+                 AND (plate IN {} OR tag_id IN {})",
+                b.placeholders(1, n),
+                b.placeholders(1 + n, n),
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (_, plate) in chunk {
+                q = q.bind(plate.as_str());
+            }
+            for (tag, _) in chunk {
+                q = q.bind(tag.to_string());
+            }
+            let rows = q.fetch_all(self.db.pool()).await?;
+            if rows.is_empty() {
+                continue;
+            }
+            let mut plates = std::collections::HashSet::new();
+            let mut tags = std::collections::HashSet::new();
+            for row in &rows {
+                plates.insert(row.try_get::<String, _>("plate")?);
+                tags.insert(row.try_get::<String, _>("tag_id")?);
+            }
+            out.extend(
+                chunk
+                    .iter()
+                    .filter(|(t, p)| plates.contains(p) || tags.contains(&t.to_string()))
+                    .map(|(t, _)| *t),
+            );
+        }
+        Ok(out)
+    }
+
     /// Reloads one tag's state: a registered tag with its bike; a tag no bike has, from its
     /// watch entries alone (watched or not).
     pub async fn reload_tag(&self, tag: TagId) -> Result<(), RegistryError> {

@@ -237,6 +237,9 @@ const W3_PLATE: &str = "粤D7C023";
 /// A stolen bike: its alerts mark where a stream is, so "nothing came before it" is seen.
 const MARK_TAG: &str = "E28011606000000000000C24";
 const MARK_PLATE: &str = "粤D7C024";
+/// Watched by plate before it is registered.
+const LATE_TAG: &str = "E28011606000000000000C25";
+const LATE_PLATE: &str = "粤D7C025";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_lists_alert_by_priority_covertly_and_until_they_end() {
@@ -478,6 +481,31 @@ async fn watch_lists(svc: TestService) {
         (last.kind(), last.reader_id.as_str()),
         (AlertKind::StolenSighted, "rd-a"),
         "a removed entry alerted: {last:?}"
+    );
+
+    // A plate watched before its bike is registered: the bike alerts once registered.
+    command
+        .add_watch_entry(AddWatchEntryRequest {
+            plate: LATE_PLATE.into(),
+            priority: WatchPriority::Urgent as i32,
+            reason: "plate named in a robbery report".into(),
+            expires_at_ms: hour,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    kiosk
+        .register_bike(bike(LATE_TAG, LATE_PLATE))
+        .await
+        .unwrap();
+    let rd_b = readers.get_mut("rd-b").unwrap();
+    rd_b.publish(vec![sighting(LATE_TAG, 1, -50)])
+        .await
+        .unwrap();
+    let late = next_alert(&mut hq_alerts).await;
+    assert_eq!(
+        (late.kind(), late.plate.as_str()),
+        (AlertKind::WatchListHit, LATE_PLATE)
     );
 
     // Every change and every listing is audited under the command center.

@@ -188,7 +188,12 @@ impl Registry {
         }
         tx.commit().await?;
         if out.created {
-            self.index.set(bike.tag, TagState::new(out.bike_id));
+            let watched = !self
+                .watched_among(&[(bike.tag, bike.plate.clone())])
+                .await?
+                .is_empty();
+            self.index
+                .set(bike.tag, TagState::new(out.bike_id).with_watched(watched));
         }
         Ok(out)
     }
