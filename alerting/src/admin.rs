@@ -13,7 +13,8 @@ use greenplate_proto::v1::{
     AuditEntry, Canary, ListAuditRequest, ListAuditResponse, ListCanariesRequest,
     ListCanariesResponse, ListReadersRequest, ListReadersResponse, ReaderInfo, RevokeTokenRequest,
     RevokeTokenResponse, RotateReaderSecretRequest, RotateReaderSecretResponse, RotateTokenRequest,
-    RotateTokenResponse, SetReaderEnabledRequest, SetReaderEnabledResponse, TokenHolder,
+    RotateTokenResponse, SetReaderCamerasRequest, SetReaderCamerasResponse,
+    SetReaderEnabledRequest, SetReaderEnabledResponse, TokenHolder,
 };
 use greenplate_registry::auth::{AuthInterceptor, Role, require};
 use tonic::service::interceptor::InterceptedService;
@@ -54,6 +55,7 @@ impl admin_server::Admin for AdminService {
                     lon: r.lon,
                     format: &r.format,
                     key_version: r.key_version,
+                    cameras: r.cameras.into_iter().map(camera_from_proto).collect(),
                 },
             )
             .await?;
@@ -197,6 +199,7 @@ impl admin_server::Admin for AdminService {
                     enabled: r.enabled(),
                     format: r.format.as_str().into(),
                     key_version: r.key_version(),
+                    cameras: r.cameras().iter().map(camera_to_proto).collect(),
                 }
             })
             .collect();
@@ -215,6 +218,25 @@ impl admin_server::Admin for AdminService {
             .await?;
         tracing::info!(reader = %r.reader_id, enabled = r.enabled, "Reader enabled or disabled.");
         Ok(Response::new(SetReaderEnabledResponse {}))
+    }
+
+    async fn set_reader_cameras(
+        &self,
+        req: Request<SetReaderCamerasRequest>,
+    ) -> Result<Response<SetReaderCamerasResponse>, Status> {
+        let caller = require(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        let count = r.cameras.len();
+        self.alerting
+            .registry()
+            .set_reader_cameras(
+                &caller,
+                &r.reader_id,
+                r.cameras.into_iter().map(camera_from_proto).collect(),
+            )
+            .await?;
+        tracing::info!(reader = %r.reader_id, cameras = count, "Reader's cameras set.");
+        Ok(Response::new(SetReaderCamerasResponse {}))
     }
 
     async fn rotate_reader_secret(
@@ -314,5 +336,21 @@ fn holder_role(holder: TokenHolder) -> Result<Role, Status> {
         TokenHolder::Unspecified => Err(Status::invalid_argument(
             "holder: TOKEN_HOLDER_KIOSK or TOKEN_HOLDER_PATROL_UNIT is required",
         )),
+    }
+}
+
+fn camera_from_proto(c: greenplate_proto::v1::Camera) -> greenplate_registry::Camera {
+    greenplate_registry::Camera {
+        id: c.camera_id,
+        name: c.name,
+        url_template: c.url_template,
+    }
+}
+
+fn camera_to_proto(c: &greenplate_registry::Camera) -> greenplate_proto::v1::Camera {
+    greenplate_proto::v1::Camera {
+        camera_id: c.id.clone(),
+        name: c.name.clone(),
+        url_template: c.url_template.clone(),
     }
 }

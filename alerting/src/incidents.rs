@@ -284,12 +284,40 @@ impl Alerting {
                     action: r.try_get("action")?,
                     note: r.try_get("note")?,
                     pass,
+                    cameras: Vec::new(),
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()?;
+            .collect::<Result<Vec<IncidentEvent>, sqlx::Error>>()?;
+        let events = events
+            .into_iter()
+            .map(|mut e| {
+                if let Some(p) = &e.pass {
+                    e.cameras = self.camera_links(&p.reader_id, e.at_ms);
+                }
+                e
+            })
+            .collect();
+        let sees_all = caller.role == greenplate_registry::Role::Admin
+            || self.router.zones_read().is_command_unit(&caller.id);
+        let alerts = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.incident_id = $1 \
+             AND ($2 = 1 OR EXISTS (SELECT 1 FROM alert_recipients r \
+                                    WHERE r.seq = a.seq AND r.unit_id = $3)) \
+             ORDER BY a.seq LIMIT $4"
+        )))
+        .bind(&incident_id)
+        .bind(i64::from(sees_all))
+        .bind(&caller.id)
+        .bind(MAX_EVENTS)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| alert_from_row(r).map(|a| self.with_cameras(a)))
+        .collect::<Result<_, sqlx::Error>>()?;
         Ok(IncidentDetail {
             incident: Some(incident),
             events,
+            alerts,
         })
     }
 

@@ -38,5 +38,7 @@ pub(crate) fn alert_from_row(row: &AnyRow) -> Result<Alert, sqlx::Error> {
         reason: row.try_get("reason")?,
         case_number: row.try_get("case_number")?,
         escalation: u32::try_from(row.try_get::<i64, _>("escalation")?).unwrap_or(0),
+        // Filled in when delivered (`Alerting::with_cameras`), from the reader's settings.
+        cameras: Vec::new(),
     })
 }

@@ -410,7 +410,7 @@ async fn feed<E: From<crate::AlertingError>>(
             }
             for alert in page {
                 last = alert.seq;
-                if tx.send(Ok(alert)).await.is_err() {
+                if tx.send(Ok(alerting.with_cameras(alert))).await.is_err() {
                     return;
                 }
             }
@@ -427,7 +427,8 @@ async fn feed<E: From<crate::AlertingError>>(
                         continue;
                     }
                     last = logged.alert.seq;
-                    if tx.send(Ok(logged.alert.clone())).await.is_err() {
+                    let alert = alerting.with_cameras(logged.alert.clone());
+                    if tx.send(Ok(alert)).await.is_err() {
                         break 'replay;
                     }
                 }

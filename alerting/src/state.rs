@@ -248,6 +248,38 @@ impl Alerting {
         &self.registry
     }
 
+    /// The cameras a reader names, with their URLs filled in for `at_ms` (video linkage);
+    /// none for a reader it does not know.
+    pub fn camera_links(
+        &self,
+        reader_id: &str,
+        at_ms: i64,
+    ) -> Vec<greenplate_proto::v1::CameraLink> {
+        self.registry
+            .readers()
+            .get(reader_id)
+            .map(|r| {
+                r.camera_links(at_ms)
+                    .into_iter()
+                    .map(|c| greenplate_proto::v1::CameraLink {
+                        camera_id: c.id,
+                        name: c.name,
+                        url: c.url,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// An alert as delivered: with its reader's cameras at the moment of the sighting.
+    pub fn with_cameras(
+        &self,
+        mut alert: greenplate_proto::v1::Alert,
+    ) -> greenplate_proto::v1::Alert {
+        alert.cameras = self.camera_links(&alert.reader_id, alert.seen_at_ms);
+        alert
+    }
+
     pub(crate) fn db(&self) -> &Db {
         self.registry.db()
     }

@@ -16,6 +16,7 @@
 //! - `metrics`: `registry_tags` and `registry_readers`, read at each scrape; the refusal
 //!   counters (owner lookups over the rate, owner proofs by action and reason).
 //! - [`readers`]: the reader directory (positions, sealing keys, counters) for the broker.
+//! - [`cameras`]: the cameras nearest each reader (video linkage), and their URL templates.
 //! - [`auth`]: bearer tokens and roles; the tonic interceptor.
 //! - [`secrets`]: sealing and keyed hashing of data at rest.
 //! - [`rekey`]: rotating the at-rest key (re-sealing everything in one transaction).
@@ -29,6 +30,7 @@
 
 pub mod auth;
 pub mod bikes;
+pub mod cameras;
 pub mod changes;
 pub mod db;
 mod error;
@@ -53,6 +55,7 @@ pub mod watch;
 
 pub use auth::{Authenticator, Caller, Credential, Role};
 pub use bikes::{BikeKey, BikeRecord, NewBike, NewOwner, Registered};
+pub use cameras::{Camera, CameraLink};
 pub use db::{Backend, Db, DbError, now_ms};
 pub use error::RegistryError;
 pub use hot_index::{HotIndex, TagState};

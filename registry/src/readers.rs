@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use subtle::ConstantTimeEq;
 
+use crate::cameras::{Camera, CameraLink};
 use crate::db::{Db, now_ms};
 use crate::error::RegistryError;
 use crate::secrets::SecretBox;
@@ -93,6 +94,8 @@ pub struct Reader {
     pub last_status_ms: AtomicI64,
     /// What its status messages and silences said (see ingest's status stage).
     pub liveness: std::sync::Mutex<Liveness>,
+    /// The cameras nearest it (video linkage; see [`crate::cameras`]).
+    cameras: ArcSwap<Vec<Camera>>,
 }
 
 /// A reader's connection state as its status messages and silences tell it.
@@ -154,6 +157,7 @@ impl Reader {
             lon,
             format: Format::Sealed,
             credentials: ArcSwap::from_pointee(Credentials::new(secret)),
+            cameras: ArcSwap::from_pointee(Vec::new()),
             enabled: AtomicBool::new(true),
             last_seen_ms: AtomicI64::new(0),
             batches_accepted: AtomicU64::new(0),
@@ -242,6 +246,24 @@ impl Reader {
     }
 
     /// Enables or disables the reader in memory (the registry calls this after its commit).
+    /// The cameras nearest it.
+    pub fn cameras(&self) -> Arc<Vec<Camera>> {
+        self.cameras.load_full()
+    }
+
+    /// The cameras with their URLs filled in for a sighting at `at_ms`.
+    pub fn camera_links(&self, at_ms: i64) -> Vec<CameraLink> {
+        self.cameras
+            .load()
+            .iter()
+            .map(|c| c.link(&self.id, at_ms))
+            .collect()
+    }
+
+    pub fn set_cameras(&self, cameras: Vec<Camera>) {
+        self.cameras.store(Arc::new(cameras));
+    }
+
     pub fn set_enabled(&self, enabled: bool) {
         self.enabled.store(enabled, Ordering::Relaxed);
     }
@@ -260,7 +282,8 @@ impl Reader {
 }
 
 /// The columns of `readers` that [`Reader::from_row`] reads.
-pub(crate) const READER_COLUMNS: &str = "reader_id, name, lat, lon, secret_sealed, enabled, format";
+pub(crate) const READER_COLUMNS: &str =
+    "reader_id, name, lat, lon, secret_sealed, enabled, format, cameras";
 
 impl Reader {
     /// A reader as stored (a row of [`READER_COLUMNS`]), with its secret opened.
@@ -283,6 +306,8 @@ impl Reader {
             Format::Sealed
         }));
         reader.set_enabled(row.try_get::<i64, _>("enabled")? != 0);
+        let cameras: String = row.try_get("cameras")?;
+        reader.set_cameras(crate::cameras::from_json(&reader.id, &cameras));
         Ok((reader, secret))
     }
 }

@@ -8,6 +8,7 @@ use rand::RngCore;
 use sqlx::{AnyConnection, Row};
 
 use crate::auth::{Authenticator, Caller, IssuedToken, Role};
+use crate::cameras::Camera;
 use crate::changes::Change;
 use crate::db::{Db, Migrations, now_ms};
 use crate::error::{RegistryError, is_unique_violation};
@@ -130,8 +131,10 @@ impl Registry {
             lon,
             format,
             key_version,
+            cameras,
         } = new;
         let reader_id = validate::ident("reader_id", reader_id)?;
+        let cameras = crate::cameras::validate(cameras)?;
         let format: Format = match format {
             "" => Format::Sealed,
             f => f.parse().map_err(|_: UnknownFormat| {
@@ -167,7 +170,7 @@ impl Registry {
         let mut tx = self.db.begin_write().await?;
         sqlx::query(
             "INSERT INTO readers (reader_id, name, lat, lon, secret_sealed, enabled, created_at_ms, \
-                                  format) VALUES ($1, $2, $3, $4, $5, 1, $6, $7)",
+                                  format, cameras) VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8)",
         )
         .bind(&reader_id)
         .bind(&name)
@@ -176,6 +179,7 @@ impl Registry {
         .bind(self.secrets.seal(secret.as_bytes()))
         .bind(now_ms())
         .bind(format.as_str())
+        .bind(crate::cameras::to_json(&cameras))
         .execute(&mut *tx)
         .await
         .map_err(|e| already_exists(e, || format!("reader {reader_id}")))?;
@@ -183,7 +187,7 @@ impl Registry {
             &mut tx,
             caller,
             "add_reader",
-            &format!("{reader_id} ({format})"),
+            &format!("{reader_id} ({format}, {} cameras)", cameras.len()),
         )
         .await?;
         let change = Change::Reader {
@@ -192,9 +196,46 @@ impl Registry {
         };
         crate::changes::announce(&mut tx, &change).await?;
         tx.commit().await?;
-        self.readers
-            .insert(Reader::new(reader_id, name, lat, lon, &secret).with_format(format));
+        let reader = Reader::new(reader_id, name, lat, lon, &secret).with_format(format);
+        reader.set_cameras(cameras);
+        self.readers.insert(reader);
         Ok(secret)
+    }
+
+    /// Replaces the cameras a reader names (video linkage; see [`crate::cameras`]).
+    pub async fn set_reader_cameras(
+        &self,
+        caller: &Caller,
+        reader_id: &str,
+        cameras: Vec<Camera>,
+    ) -> Result<(), RegistryError> {
+        let reader = self
+            .readers
+            .get(reader_id)
+            .ok_or_else(|| RegistryError::NotFound(format!("reader {reader_id}")))?;
+        let cameras = crate::cameras::validate(cameras)?;
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query("UPDATE readers SET cameras = $1 WHERE reader_id = $2")
+            .bind(crate::cameras::to_json(&cameras))
+            .bind(reader_id)
+            .execute(&mut *tx)
+            .await?;
+        let ids: Vec<&str> = cameras.iter().map(|c| c.id.as_str()).collect();
+        audit(
+            &mut tx,
+            caller,
+            "set_reader_cameras",
+            &format!("{reader_id}: [{}]", ids.join(", ")),
+        )
+        .await?;
+        let change = Change::Reader {
+            id: reader_id.to_owned(),
+            grace_ms: 0,
+        };
+        crate::changes::announce(&mut tx, &change).await?;
+        tx.commit().await?;
+        reader.set_cameras(cameras);
+        Ok(())
     }
 
     /// Enables or disables a reader. A disabled reader cannot log in to the embedded
@@ -371,7 +412,7 @@ pub async fn audit(
 
 /// A reader to add: its id, name and position, its payload format (`""` for sealed) and
 /// the version of its secret (0 for the default, 2; see `greenplate_proto::seal`).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct NewReader<'a> {
     pub reader_id: &'a str,
     pub name: &'a str,
@@ -379,6 +420,8 @@ pub struct NewReader<'a> {
     pub lon: f64,
     pub format: &'a str,
     pub key_version: u32,
+    /// The cameras nearest it (may be none).
+    pub cameras: Vec<Camera>,
 }
 
 /// A new random reader secret of `version` (see `greenplate_proto::seal`): v2 is

@@ -65,6 +65,7 @@ impl Registry {
                     reader.rotate(&secret, grace_ms);
                 }
                 reader.set_enabled(stored.enabled());
+                reader.set_cameras(stored.cameras().as_ref().clone());
             }
             None => self.readers().insert(stored),
         }

@@ -385,6 +385,7 @@ async fn registry_behaviour(t: &TestDb) {
                 lon: 116.6,
                 format: "",
                 key_version: 0,
+                cameras: Vec::new(),
             },
         )
         .await
@@ -405,6 +406,7 @@ async fn registry_behaviour(t: &TestDb) {
                 lon: 116.6,
                 format: "",
                 key_version: 1,
+                cameras: Vec::new(),
             },
         )
         .await
@@ -422,6 +424,7 @@ async fn registry_behaviour(t: &TestDb) {
                 lon: 116.0,
                 format: "",
                 key_version: 0,
+                cameras: Vec::new(),
             },
         )
         .await,
@@ -863,6 +866,7 @@ async fn rekey_behaviour(t: &TestDb) {
                 lon: 116.6,
                 format: "",
                 key_version: 0,
+                cameras: Vec::new(),
             },
         )
         .await

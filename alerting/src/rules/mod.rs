@@ -153,6 +153,7 @@ impl Pending<'_> {
             reason: watch.reason,
             case_number: watch.case_number,
             escalation: 0,
+            cameras: Vec::new(),
         };
         (alert, self.recipients)
     }

@@ -1109,3 +1109,159 @@ async fn investigations(svc: TestService) {
     }
     svc.stop().await;
 }
+
+const VIDEO_TAG: &str = "E28011606000000000000C51";
+const VIDEO_PLATE: &str = "粤D7C051";
+
+/// Video linkage (雪亮工程): a reader names its cameras; its alerts, on the stream and in
+/// the incident's view, carry them with the URL filled in for the sighting's moment; an
+/// operator can change them, and bad templates are refused at their field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_incidents_carry_the_readers_cameras() {
+    use greenplate_proto::v1::{
+        AddReaderRequest, Camera, ListReadersRequest, SetReaderCamerasRequest, get_incident_request,
+    };
+    let svc = TestService::start_configured(config).await;
+    let mut admin = svc.admin().await;
+    let cam = |id: &str, url: &str| Camera {
+        camera_id: id.into(),
+        name: format!("西门 {id}"),
+        url_template: url.into(),
+    };
+    let secret = admin
+        .add_reader(AddReaderRequest {
+            reader_id: "rd-v".into(),
+            name: "West gate".into(),
+            lat: 23.30,
+            lon: 116.60,
+            cameras: vec![
+                cam(
+                    "cam-1",
+                    "https://video.example/play?c={camera_id}&from={from_s}&to={to_s}",
+                ),
+                cam("cam-2", ""),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let mut alerts = stream(&hq, 0).await;
+    support::register_stolen(&svc, VIDEO_TAG, VIDEO_PLATE).await;
+    let mut reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-v", &secret)
+        .await
+        .unwrap();
+    reader
+        .publish(vec![sighting(VIDEO_TAG, 5, -48)])
+        .await
+        .unwrap();
+    let alert = loop {
+        let a = next_alert(&mut alerts).await;
+        if a.plate == VIDEO_PLATE && a.kind == AlertKind::StolenSighted as i32 {
+            break a;
+        }
+    };
+    let t = alert.seen_at_ms / 1000;
+    let links: Vec<(String, String, String)> = alert
+        .cameras
+        .iter()
+        .map(|c| (c.camera_id.clone(), c.name.clone(), c.url.clone()))
+        .collect();
+    assert_eq!(
+        links,
+        [
+            (
+                "cam-1".to_owned(),
+                "西门 cam-1".to_owned(),
+                format!(
+                    "https://video.example/play?c=cam-1&from={}&to={}",
+                    t - 30,
+                    t + 30
+                )
+            ),
+            ("cam-2".to_owned(), "西门 cam-2".to_owned(), String::new()),
+        ]
+    );
+
+    // The incident's view carries its alerts with their cameras.
+    let detail = hq
+        .clone()
+        .get_incident(GetIncidentRequest {
+            key: Some(get_incident_request::Key::IncidentId(
+                alert.incident_id.clone(),
+            )),
+            reason: "checking on video".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let shown = detail
+        .alerts
+        .iter()
+        .find(|a| a.seq == alert.seq)
+        .expect("the incident lists its alert");
+    assert_eq!(shown.cameras, alert.cameras);
+
+    // Changed: what is delivered from now on (a replay too) carries the new cameras.
+    admin
+        .set_reader_cameras(SetReaderCamerasRequest {
+            reader_id: "rd-v".into(),
+            cameras: vec![cam("cam-9", "rtsp://10.0.0.9/live?at={iso}")],
+        })
+        .await
+        .unwrap();
+    let mut replay = stream(&hq, alert.seq - 1).await;
+    let again = next_alert(&mut replay).await;
+    assert_eq!(again.seq, alert.seq);
+    assert_eq!(again.cameras.len(), 1);
+    assert_eq!(again.cameras[0].camera_id, "cam-9");
+    let iso = time::OffsetDateTime::from_unix_timestamp(t)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    assert_eq!(
+        again.cameras[0].url,
+        format!("rtsp://10.0.0.9/live?at={iso}")
+    );
+    let listed = admin
+        .list_readers(ListReadersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .readers;
+    let rd = listed.iter().find(|r| r.reader_id == "rd-v").unwrap();
+    assert_eq!(rd.cameras, [cam("cam-9", "rtsp://10.0.0.9/live?at={iso}")]);
+
+    // Refused at the field: an unknown placeholder, a script URL; and for the admin only.
+    for bad in ["https://v.example/{time}", "javascript:alert(1)"] {
+        let e = admin
+            .set_reader_cameras(SetReaderCamerasRequest {
+                reader_id: "rd-v".into(),
+                cameras: vec![cam("cam-x", bad)],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad}");
+        assert!(e.message().contains("url_template"), "{}", e.message());
+    }
+    let token = support::new_unit_token(svc.channel().await, "u-1", &[], false).await;
+    let refused = greenplate_simulator::clients::admin(svc.channel().await, &token)
+        .unwrap()
+        .set_reader_cameras(SetReaderCamerasRequest {
+            reader_id: "rd-v".into(),
+            cameras: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        svc.audit_log()
+            .await
+            .iter()
+            .any(|e| e.action == "set_reader_cameras" && e.subject == "rd-v: [cam-9]")
+    );
+    reader.disconnect().await;
+    svc.stop().await;
+}
