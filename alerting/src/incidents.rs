@@ -97,6 +97,22 @@ impl Alerting {
             .map_err(Into::into)
     }
 
+    /// The latest escalations and rejected hits (misread, suspected clone), newest first,
+    /// at most `limit`: the command center's panels (command centers receive every alert).
+    pub async fn notable_alerts(&self, limit: i64) -> Result<Vec<Alert>, AlertingError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.escalation > 0 OR a.kind = 11 \
+             ORDER BY a.seq DESC LIMIT $1"
+        )))
+        .bind(limit)
+        .fetch_all(self.db().pool())
+        .await?;
+        rows.iter()
+            .map(|r| alert_from_row(r).map(|a| self.with_cameras(a)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     /// A unit takes an incident on.
     pub async fn acknowledge(
         &self,

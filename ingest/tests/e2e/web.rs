@@ -3,6 +3,10 @@
 //! refused at its field first) and reports it stolen; a reader publishes a sighting through
 //! MQTT; the incident appears on the command-center page without a reload.
 //!
+//! The police workflow on the command center: a watch list kept through its page, alarms
+//! of a distinct sound per priority, escalations and rejected hits in their panel, an
+//! incident's history with its reader's cameras, stakeout and companion searches.
+//!
 //! Needs Debian's `chromium` and `chromium-driver` (override the paths with `CHROMEDRIVER`
 //! and `CHROME`). Screenshots of both pages at 1280x800 go to `target/screenshots/`.
 
@@ -84,6 +88,10 @@ impl Browser {
                     "--disable-dev-shm-usage",
                     "--disable-gpu",
                     "--lang=zh-CN",
+                    // The alarms play without a click first (a duty officer's browser is
+                    // set up so; the page offers a button otherwise), and silently here.
+                    "--autoplay-policy=no-user-gesture-required",
+                    "--mute-audio",
                 ],
             }),
         );
@@ -326,6 +334,283 @@ async fn kiosk_registration_to_a_live_incident_in_a_real_browser() -> anyhow::Re
 
     browser.stop().await;
     reader.disconnect().await;
+    svc.stop().await;
+    Ok(())
+}
+
+/// How many times the command center's alarm of `priority` has played.
+async fn played(c: &Client, priority: u32) -> anyhow::Result<u64> {
+    let v = c
+        .execute(
+            "var a = document.getElementById('alarm-' + arguments[0]); \
+             return a ? parseInt(a.dataset.played || '0', 10) : -1;",
+            vec![serde_json::json!(priority)],
+        )
+        .await?;
+    Ok(v.as_u64().unwrap_or(0))
+}
+
+/// Waits until the alarm of `priority` has played at least once.
+async fn wait_played(c: &Client, priority: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    while played(c, priority).await? == 0 {
+        if Instant::now() > deadline {
+            let off = c
+                .execute(
+                    "return document.getElementById('sound-off').hidden;",
+                    vec![],
+                )
+                .await?;
+            bail!("alarm {priority} did not play within {DEADLINE:?} (sound-off hidden: {off})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+const STOLEN_TAG: &str = "E28011606000020700000041";
+const STOLEN_PLATE: &str = "潮阳B40001";
+const WATCHED_TAG: &str = "E28011606000020700000042";
+const WATCHED_PLATE: &str = "潮阳B40002";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium (chromium, chromium-driver)"]
+async fn the_command_center_keeps_watch_lists_rings_by_priority_and_investigates_in_a_real_browser()
+-> anyhow::Result<()> {
+    use greenplate_proto::v1::{AddReaderRequest, Camera, RejectHitRequest, RejectReason};
+
+    let svc = TestService::start_configured(|c| {
+        c.ingest.pass_gap_ms = 300;
+        c.alerting.clone_speed_kmh = 1e9;
+        c.alerting.escalation = vec![greenplate_ingest::config::EscalationConfig {
+            kinds: vec!["STOLEN_SIGHTED".into()],
+            min_priority: 1,
+            after_s: 1,
+        }];
+    })
+    .await;
+    let base = format!("http://{}", svc.service.http_addr);
+    svc.admin()
+        .await
+        .add_zone(AddZoneRequest {
+            zone_id: "z-town".into(),
+            name: "Town".into(),
+            geojson: ZONE.into(),
+            ..Default::default()
+        })
+        .await?;
+    let hq_token = new_unit_token(svc.channel().await, "hq", &[], true).await;
+    let secret = svc
+        .admin()
+        .await
+        .add_reader(AddReaderRequest {
+            reader_id: "rd-gate".into(),
+            name: "Gate".into(),
+            lat: 23.26,
+            lon: 116.58,
+            cameras: vec![Camera {
+                camera_id: "cam-1".into(),
+                name: "西门路口".into(),
+                url_template: "https://video.example/play?c={camera_id}&from={from_s}&to={to_s}"
+                    .into(),
+            }],
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .secret;
+    let mut kiosk = svc.add_kiosk("k-town-hall").await;
+    kiosk
+        .register_bike(support::bike(WATCHED_TAG, WATCHED_PLATE))
+        .await?;
+    support::register_stolen(&svc, STOLEN_TAG, STOLEN_PLATE).await;
+    let bridge_secret = svc.add_reader("rd-bridge", 23.23, 116.53).await;
+
+    let browser = Browser::start().await?;
+    let c = &browser.client;
+    c.goto(&format!("{base}/command")).await?;
+    fill(c, "token", &hq_token).await?;
+    click(c, "form button[type=submit]").await?;
+    wait_text(c, "#live", "live").await?;
+
+    // The watch list: a bad plate is refused at the form; a good one is listed, critical.
+    click(c, "nav.pages a[href='/command/watch']").await?;
+    wait_text(c, "#no-entries", "Nothing on the watch list").await?;
+    fill(c, "watch-subject", "no plate!").await?;
+    fill(c, "watch-reason", "抢劫案嫌疑车 / robbery suspect").await?;
+    click(c, "form.watch-add button.primary").await?;
+    wait_text(c, "p.error.banner[data-field=plate]", "").await?;
+    fill(c, "watch-subject", WATCHED_PLATE).await?;
+    c.find(Locator::Css("#watch-priority"))
+        .await?
+        .select_by_value("3")
+        .await?;
+    fill(c, "watch-reason", "抢劫案嫌疑车 / robbery suspect").await?;
+    fill(c, "watch-case", "2026-88").await?;
+    click(c, "form.watch-add button.primary").await?;
+    wait_text(c, "p.notice", "Added to the watch list").await?;
+    let entry = wait_text(c, "#watch-entries tr.priority-3", WATCHED_PLATE).await?;
+    assert!(
+        entry.contains("critical") && entry.contains("2026-88"),
+        "{entry}"
+    );
+    screenshot(c, "command-watch.png").await?;
+
+    // The map: a stolen bike seen rings the normal alarm; nobody acknowledges it, so a
+    // second later it is escalated (urgent alarm, and the panel). The watched bike seen
+    // rings the critical one.
+    click(c, "nav.pages a[href='/command']").await?;
+    wait_text(c, "#live", "live").await?;
+    let mut reader =
+        ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-gate", &secret).await?;
+    reader.publish(vec![sighting(STOLEN_TAG, 5, -48)]).await?;
+    wait_text(c, "#incident-rows tr", STOLEN_PLATE).await?;
+    wait_played(c, 1).await?;
+    let escalated = wait_text(c, "#notable-rows tr.escalated", STOLEN_PLATE).await?;
+    assert!(escalated.contains("escalated"), "{escalated}");
+    wait_played(c, 2).await?;
+    assert_eq!(played(c, 3).await?, 0, "nothing critical yet");
+    reader.publish(vec![sighting(WATCHED_TAG, 5, -50)]).await?;
+    let hit = wait_text(c, "#incident-rows tr", WATCHED_PLATE).await?;
+    assert!(hit.contains("Watch list hit"), "{hit}");
+    wait_played(c, 3).await?;
+
+    // An officer rejects the watch hit as a misread: it shows in the panel.
+    let hit_incident = c
+        .find(Locator::XPath(&format!(
+            "//tbody[@id='incident-rows']/tr[td[contains(., '{WATCHED_PLATE}')]]"
+        )))
+        .await?
+        .attr("data-incident")
+        .await?
+        .context("a row names its incident")?;
+    greenplate_simulator::clients::patrol(svc.channel().await, &hq_token)?
+        .reject_hit(RejectHitRequest {
+            incident_id: hit_incident,
+            reason: RejectReason::Misread as i32,
+            note: "plate reads 潮阳B40003 on camera".into(),
+            ..Default::default()
+        })
+        .await?;
+    let rejected = wait_text(c, "#notable-rows tr.rejected", WATCHED_PLATE).await?;
+    assert!(rejected.contains("misread"), "{rejected}");
+    assert!(
+        c.execute(
+            "return document.getElementById('sound-off').hidden;",
+            vec![]
+        )
+        .await?
+        .as_bool()
+        .unwrap_or(false),
+        "the alarms played: no sound-off notice"
+    );
+    screenshot(c, "command-police.png").await?;
+
+    // The stolen bike's incident: its alerts with the gate's camera for that moment, and
+    // its steps, the escalation among them.
+    let details = c
+        .find(Locator::XPath(&format!(
+            "//tbody[@id='incident-rows']/tr[td[contains(., '{STOLEN_PLATE}')]]//a[@class='details']"
+        )))
+        .await?;
+    details.click().await?;
+    let camera = wait_text(c, "#incident-alerts a.camera", "西门路口").await?;
+    assert!(camera.contains("Video"), "{camera}");
+    let href = c
+        .find(Locator::Css("#incident-alerts a.camera"))
+        .await?
+        .attr("href")
+        .await?
+        .unwrap_or_default();
+    assert!(
+        href.starts_with("https://video.example/play?c=cam-1&from=") && !href.contains('{'),
+        "{href}"
+    );
+    wait_text(c, "#incident-events td", "escalate").await?;
+    screenshot(c, "command-incident.png").await?;
+
+    // Both bikes pass the bridge too, together: companions on two readers.
+    let mut bridge =
+        ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-bridge", &bridge_secret).await?;
+    bridge
+        .publish(vec![
+            sighting(STOLEN_TAG, 3, -52),
+            sighting(WATCHED_TAG, 3, -55),
+        ])
+        .await?;
+
+    // Investigations: who passed the gate (once the passes have closed and been written),
+    // and who rode with the stolen bike; each with its reason, audited.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        click(c, "nav.pages a[href='/command/investigate']").await?;
+        fill(c, "stakeout-readers", "rd-gate").await?;
+        fill(c, "stakeout-reason", "案件 2026-88").await?;
+        click(c, "#stakeout-form button.primary").await?;
+        let found = wait_text(c, "#stakeout-count", "").await?;
+        if found.trim() == "2" && c.find_all(Locator::Css("#stakeout-results")).await?.len() == 1 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the stakeout found {found} passes, not 2");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let passes = wait_text(c, "#stakeout-results", STOLEN_PLATE).await?;
+    assert!(passes.contains(WATCHED_PLATE), "{passes}");
+    // Refused at the form with the reason in both languages: a window over 7 days.
+    fill(c, "companions-subject", STOLEN_PLATE).await?;
+    fill(c, "companions-from", "2026-01-01 00:00").await?;
+    fill(c, "companions-reason", "案件 2026-88").await?;
+    click(c, "#companions-form button.primary").await?;
+    let refused = wait_text(c, "p.error.banner", "时间窗无效：不能超过7天").await?;
+    assert!(
+        refused.contains("Invalid window: is more than 7 days"),
+        "{refused}"
+    );
+    // On both readers (once the bridge's passes are written).
+    let deadline = Instant::now() + DEADLINE;
+    let companions = loop {
+        click(c, "nav.pages a[href='/command/investigate']").await?;
+        fill(c, "companions-subject", STOLEN_PLATE).await?;
+        fill(c, "companions-min", "2").await?;
+        fill(c, "companions-reason", "案件 2026-88").await?;
+        click(c, "#companions-form button.primary").await?;
+        let found = wait_text(c, "#companion-count", "").await?;
+        if found.trim() == "1" {
+            break wait_text(c, "#companion-results", WATCHED_PLATE).await?;
+        }
+        if Instant::now() > deadline {
+            bail!("the companion search found {found}, not 1");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(!companions.contains(STOLEN_PLATE), "{companions}");
+    screenshot(c, "command-investigate.png").await?;
+    let audit = svc.audit_log().await;
+    for action in ["stakeout", "companions", "get_incident", "add_watch_entry"] {
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == action && e.actor == "patrol:hq"),
+            "{action} not audited as the signed-in unit"
+        );
+    }
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "stakeout" && e.subject.ends_with("; reason: 案件 2026-88"))
+    );
+
+    // The entry removed from the page ends the watch.
+    click(c, "nav.pages a[href='/command/watch']").await?;
+    click(c, "#watch-entries button.remove").await?;
+    wait_text(c, "p.notice", "Removed").await?;
+    wait_text(c, "#no-entries", "Nothing on the watch list").await?;
+
+    browser.stop().await;
+    reader.disconnect().await;
+    bridge.disconnect().await;
     svc.stop().await;
     Ok(())
 }

@@ -68,13 +68,19 @@ impl OptionalFromRequestParts<WebState> for KioskSession {
     }
 }
 
+/// The command center's session, while its unit is still a command-center unit (one
+/// changed since it signed in loses the pages at once).
+fn command_signed_in(parts: &Parts, web: &WebState) -> Option<CommandSession> {
+    signed_in(parts, web, Area::Command)
+        .filter(|s| web.alerting.is_command_unit(&s.caller.id))
+        .map(CommandSession)
+}
+
 impl FromRequestParts<WebState> for CommandSession {
     type Rejection = WebError;
 
     async fn from_request_parts(parts: &mut Parts, web: &WebState) -> Result<Self, WebError> {
-        signed_in(parts, web, Area::Command)
-            .map(Self)
-            .ok_or(WebError::SignedOut(Area::Command))
+        command_signed_in(parts, web).ok_or(WebError::SignedOut(Area::Command))
     }
 }
 
@@ -85,7 +91,7 @@ impl OptionalFromRequestParts<WebState> for CommandSession {
         parts: &mut Parts,
         web: &WebState,
     ) -> Result<Option<Self>, Self::Rejection> {
-        Ok(signed_in(parts, web, Area::Command).map(Self))
+        Ok(command_signed_in(parts, web))
     }
 }
 

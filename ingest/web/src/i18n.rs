@@ -48,6 +48,15 @@ pub fn field_name(field: &str) -> (&'static str, &'static str) {
         "notes" | "note" => ("备注", "notes"),
         "reason" => ("原因", "reason"),
         "stolen_at_ms" => ("被盗时间", "time of theft"),
+        "case_number" => ("案件编号", "case number"),
+        "priority" => ("优先级", "priority"),
+        "expires_at_ms" => ("有效时长", "expiry"),
+        "from_ms" | "to_ms" => ("时间窗", "window"),
+        "reader_ids" => ("读写器", "readers"),
+        "polygon_geojson" => ("区域", "area"),
+        "delta_ms" => ("时间差", "time apart"),
+        "min_readers" => ("至少共同读写器数", "readers in common"),
+        "url_template" => ("摄像头地址模板", "camera URL template"),
         _ => ("字段", "field"),
     }
 }
@@ -62,6 +71,14 @@ fn reason_zh(reason: &str) -> &'static str {
         "must be 4 to 8 digits" => "必须是4到8位数字",
         "is in the future" => "不能是将来的时间",
         "is before the year 2000" => "不能早于2000年",
+        "must be at least 2" => "至少为2",
+        "must be 1 to 600000" => "必须是1至600000毫秒（10分钟）",
+        "is more than 7 days after from_ms" => "不能超过7天",
+        "and to_ms must give a window (from_ms <= to_ms)" => "开始时间必须早于结束时间",
+        "name no reader (or the polygon holds none)" => "没有对应的读写器（或区域内没有读写器）",
+        "must be 1 (normal), 2 (urgent) or 3 (critical)" => "必须是1（一般）、2（紧急）或3（特急）",
+        "must be within 366 days" => "不能超过366天",
+        "give a plate or a tag_id (one of the two)" => "请填写车牌号或电子标签号（二选一）",
         r if r.starts_with("must be an EPC-96") => "必须是24位十六进制数字（EPC-96）",
         r if r.starts_with("must be 1-3 district") => {
             "格式不对：1至3个地区汉字加4至8位字母或数字，例如 潮阳A12345"

@@ -20,7 +20,9 @@
 //! - `page`: the HTML shell, security headers, redirects, message pages.
 //! - `sign_in`: signing in and out, shared by both apps.
 //! - `kiosk`: sign-in, registration, lookup and the bike actions.
-//! - `command`: sign-in, the map, the incident list, the live event stream.
+//! - `command`: sign-in, the map, the incident list, the live event stream, an incident's
+//!   history with its cameras, the watch list, investigations.
+//! - `sound`: the command center's alarms, one per priority, made as WAV.
 //! - `assets/`: `style.css`, `kiosk.js`, `command.js`.
 
 use axum::Router;
@@ -37,6 +39,7 @@ pub mod limits;
 mod page;
 pub mod session;
 mod sign_in;
+mod sound;
 mod state;
 
 pub use limits::WebMetrics;
@@ -59,6 +62,13 @@ pub fn router(state: WebState) -> Router {
         .route("/command/login", post(command::login))
         .route("/command/logout", post(command::logout))
         .route("/command/incident", post(command::incident))
+        .route("/command/incidents/{id}", get(command::incident_detail))
+        .route(
+            "/command/watch",
+            get(command::watch).post(command::watch_action),
+        )
+        .route("/command/investigate", get(command::investigate))
+        .route("/web/alarm-{priority}", get(alarm))
         .route("/command/events", get(command::events))
         .with_state(state)
 }
@@ -106,6 +116,24 @@ async fn kiosk_js() -> Response {
         "text/javascript; charset=utf-8",
         include_str!("assets/kiosk.js"),
     )
+}
+
+/// `/web/alarm-N.wav`: the alarm of priority N (1-3).
+async fn alarm(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    let priority = match file.as_str() {
+        "1.wav" => 1,
+        "2.wav" => 2,
+        "3.wav" => 3,
+        _ => return axum::http::StatusCode::NOT_FOUND.into_response(),
+    };
+    let mut r = sound::alarm(priority).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/wav"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    r
 }
 
 async fn command_js() -> Response {

@@ -149,6 +149,30 @@ pub fn datetime(ms: i64) -> String {
     }
 }
 
+/// `YYYY-MM-DD HH:MM` (a `T` for the space, and seconds, allowed) in China Standard Time,
+/// as Unix ms: what [`datetime`] shows, read back from a form.
+pub fn parse_datetime(s: &str) -> Option<i64> {
+    let s = s.trim().replace('T', " ");
+    let (date, clock) = s.split_once(' ')?;
+    let mut d = date.split('-').map(|p| p.parse::<i32>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    let mut c = clock.split(':').map(|p| p.parse::<u8>().ok());
+    let (hour, minute) = (c.next()??, c.next()??);
+    let second = c.next().flatten().unwrap_or(0);
+    if d.next().is_some() || c.next().is_some() {
+        return None;
+    }
+    let date = time::Date::from_calendar_date(
+        year,
+        time::Month::try_from(u8::try_from(month).ok()?).ok()?,
+        u8::try_from(day).ok()?,
+    )
+    .ok()?;
+    let clock = time::Time::from_hms(hour, minute, second).ok()?;
+    let t = time::PrimitiveDateTime::new(date, clock).assume_offset(cst());
+    Some(t.unix_timestamp() * 1000)
+}
+
 /// Unix ms as `MM-DD HH:MM:SS` (China Standard Time), for lists; `-` for 0.
 pub fn short_datetime(ms: i64) -> String {
     let full = datetime(ms);
@@ -180,6 +204,25 @@ mod tests {
         assert_eq!(datetime(1_767_225_600_000), "2026-01-01 08:00:00");
         assert_eq!(short_datetime(1_767_225_600_000), "01-01 08:00:00");
         assert_eq!(short_datetime(0), "-");
+        assert_eq!(parse_datetime("2026-01-01 08:00"), Some(1_767_225_600_000));
+        assert_eq!(
+            parse_datetime(" 2026-01-01T08:00:01 "),
+            Some(1_767_225_601_000)
+        );
+        assert_eq!(
+            parse_datetime(&datetime(1_767_225_600_000)),
+            Some(1_767_225_600_000)
+        );
+        for bad in [
+            "",
+            "2026-01-01",
+            "2026-13-01 08:00",
+            "2026-01-01 25:00",
+            "x y",
+            "2026-01-01 08:00:00:00",
+        ] {
+            assert_eq!(parse_datetime(bad), None, "{bad}");
+        }
     }
 
     #[test]

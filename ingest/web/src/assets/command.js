@@ -1,7 +1,8 @@
 // greenplate command center: keeps the incident list, the map markers, readers' health and
 // the ingest rates live from the server-sent event stream /command/events. The stream
 // resumes after the last alert seq (the page's, then the browser's Last-Event-ID), so a
-// reload or a dropped connection misses nothing.
+// reload or a dropped connection misses nothing. Each live alert plays the alarm of its
+// priority; escalations and rejected hits also go to their panel.
 (function () {
   'use strict';
   var main = document.getElementById('command');
@@ -51,6 +52,59 @@
     return f;
   }
 
+  // The alarm of a priority (1 normal, 2 urgent, 3 critical). A browser may refuse sound
+  // until the officer has touched the page: then a button says so, and turns it on.
+  var soundOff = document.getElementById('sound-off');
+  function alarm(priority) {
+    var p = Math.min(Math.max(priority || 1, 1), 3);
+    var audio = document.getElementById('alarm-' + p);
+    if (!audio) return;
+    audio.currentTime = 0;
+    var played = audio.play();
+    var done = function () {
+      audio.dataset.played = String(parseInt(audio.dataset.played || '0', 10) + 1);
+    };
+    if (played && played.then) {
+      played.then(done, function () { if (soundOff) soundOff.hidden = false; });
+    } else {
+      done();
+    }
+  }
+  var soundOn = document.getElementById('sound-on');
+  if (soundOn) {
+    soundOn.addEventListener('click', function () {
+      var a = document.getElementById('alarm-1');
+      if (a) { a.muted = true; a.play().then(function () { a.pause(); a.muted = false; }, function () {}); }
+      soundOff.hidden = true;
+    });
+  }
+
+  var notable = document.getElementById('notable-rows');
+  function addNotable(a) {
+    if (!notable || notable.querySelector('tr' + sel('data-seq', String(a.seq)))) return;
+    var row = document.createElement('tr');
+    row.dataset.seq = a.seq;
+    row.className = a.escalation > 0 ? 'escalated fresh' : 'rejected fresh';
+    row.appendChild(node('td', a.seen, 'time'));
+    var kind = node('td');
+    if (a.escalation > 0) {
+      kind.appendChild(node('span', '升级 / escalated', 'badge escalated'));
+      kind.appendChild(document.createTextNode(' '));
+    }
+    kind.appendChild(node('span', a.kind_zh, 'zh'));
+    kind.appendChild(document.createElement('br'));
+    kind.appendChild(node('span', a.kind_en, 'en'));
+    row.appendChild(kind);
+    var plate = node('td', '', 'plate');
+    var link = node('a', a.plate || a.incident_id);
+    link.href = '/command/incidents/' + encodeURIComponent(a.incident_id);
+    plate.appendChild(link);
+    row.appendChild(plate);
+    row.appendChild(node('td', a.reader_id, 'reader'));
+    row.appendChild(node('td', a.reason || (a.escalation > 0 ? '无人及时受理 / nobody acknowledged it in time' : ''), 'why'));
+    notable.insertBefore(row, notable.firstChild);
+  }
+
   function upsertRow(a) {
     var row = rows.querySelector('tr' + sel('data-incident', a.incident_id));
     if (row && parseInt(row.dataset.seq, 10) >= a.seq) return;
@@ -75,6 +129,9 @@
       row.appendChild(node('td', '', 'reader'));
       row.appendChild(node('td', '新 / open', 'state'));
       var act = node('td', '', 'act');
+      var details = node('a', '详情 / Details', 'details');
+      details.href = '/command/incidents/' + encodeURIComponent(a.incident_id);
+      act.appendChild(details);
       act.appendChild(actionForm(a.incident_id, 'ack', '受理 / Ack', false));
       act.appendChild(actionForm(a.incident_id, 'resolve', '结案 / Resolve', true));
       row.appendChild(act);
@@ -82,7 +139,11 @@
     row.querySelector('.time').textContent = a.seen;
     row.querySelector('.reader').textContent = a.reader_id;
     row.dataset.seq = a.seq;
-    row.className = (a.priority > 1 ? 'urgent ' : '') + 'fresh';
+    // The incident's highest priority so far (a later note on it, such as a rejected hit,
+    // does not make it look less urgent).
+    var p = Math.max(a.priority || 1, parseInt(row.dataset.priority || '1', 10));
+    row.dataset.priority = p;
+    row.className = 'priority-' + p + (p > 1 ? ' urgent' : '') + ' fresh';
     rows.insertBefore(row, rows.firstChild);
     var count = document.getElementById('incident-count');
     if (count) count.textContent = rows.children.length;
@@ -153,6 +214,8 @@
   });
   source.addEventListener('alert', function (e) {
     var a = JSON.parse(e.data);
+    alarm(a.priority);
+    if (a.escalation > 0 || a.kind === 11) addNotable(a);
     upsertRow(a);
     upsertMarker(a);
   });

@@ -50,6 +50,8 @@ fn alert_event(a: &Alert) -> Event {
         "lon": a.lon,
         "seen": short_datetime(a.seen_at_ms),
         "priority": a.priority,
+        "escalation": a.escalation,
+        "reason": a.reason,
     });
     Event::default()
         .id(a.seq.to_string())

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::response::Response;
 use greenplate_alerting::OpenIncident;
-use greenplate_proto::v1::Outcome;
+use greenplate_proto::v1::{Alert, Outcome};
 use greenplate_registry::RegistryError;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -21,7 +21,8 @@ pub(super) fn incident_row(session: &Session, i: &OpenIncident) -> Markup {
     let a = &i.last;
     let (zh, en) = kind_name(i.kind);
     html! {
-        tr data-incident=(a.incident_id) data-seq=(a.seq) class=(if a.priority > 1 { "urgent" } else { "" }) {
+        tr data-incident=(a.incident_id) data-seq=(a.seq) data-priority=(a.priority.clamp(1, 3))
+            class=(format!("priority-{}{}", a.priority.clamp(1, 3), if a.priority > 1 { " urgent" } else { "" })) {
             td.time title=(datetime(a.seen_at_ms)) { (short_datetime(a.seen_at_ms)) }
             td { span.zh { (zh) } br; span.en { (en) } }
             td.plate {
@@ -31,7 +32,36 @@ pub(super) fn incident_row(session: &Session, i: &OpenIncident) -> Markup {
             }
             td.reader { (a.reader_id) }
             td.state { @if i.acknowledged { "已受理 / acknowledged" } @else { "新 / open" } }
-            td.act { (incident_actions(session, &a.incident_id, i.acknowledged)) }
+            td.act {
+                a.details href=(format!("/command/incidents/{}", query_value(&a.incident_id))) { "详情 / Details" }
+                (incident_actions(session, &a.incident_id, i.acknowledged))
+            }
+        }
+    }
+}
+
+/// One row of the escalations and rejected hits (the script builds the same for live
+/// ones).
+pub(super) fn notable_row(a: &Alert) -> Markup {
+    let (zh, en) = kind_name(a.kind);
+    html! {
+        tr data-seq=(a.seq) class=(if a.escalation > 0 { "escalated" } else { "rejected" }) {
+            td.time title=(datetime(a.seen_at_ms)) { (short_datetime(a.seen_at_ms)) }
+            td {
+                @if a.escalation > 0 { span.badge.escalated { "升级 / escalated" } " " }
+                span.zh { (zh) } br; span.en { (en) }
+            }
+            td.plate {
+                a href=(format!("/command/incidents/{}", query_value(&a.incident_id))) {
+                    @if a.plate.is_empty() { (a.incident_id) } @else { (a.plate) }
+                }
+            }
+            td.reader { (a.reader_id) }
+            td.why {
+                @if a.reason.is_empty() && a.escalation > 0 {
+                    "无人及时受理 / nobody acknowledged it in time"
+                } @else { (a.reason) }
+            }
         }
     }
 }

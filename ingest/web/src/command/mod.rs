@@ -12,10 +12,19 @@
 //! [`alert_feed`]: greenplate_alerting::alert_feed
 //! [`Alerting`]: greenplate_alerting::Alerting
 //!
+//! The page plays an alarm for each live alert, a different sound per priority
+//! (`/web/alarm-N.wav`, see `sound`), and keeps a panel of escalations and hits officers
+//! rejected as a misread or a suspected clone. Beside it: the watch list (`watch`),
+//! investigations over the pass history (`investigate`), and each incident's history with
+//! the cameras of its readers (`detail`).
+//!
 //! Layout:
 //! - `map`: the district map, drawn as SVG.
 //! - `track`: a bike's last day, for the map.
 //! - `incidents`: the incident list, acknowledge and resolve.
+//! - `detail`: one incident: its alerts and steps, with camera links.
+//! - `watch`: the watch list (布控): add, change the priority, remove.
+//! - `investigate`: stakeout and companion searches, each with its audited reason.
 //! - `events`: the live event stream.
 
 use axum::Form;
@@ -24,27 +33,33 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use greenplate_alerting::AlertingError;
 use greenplate_registry::{Reader, Role};
-use maud::html;
+use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::error::WebError;
 use super::extract::{ClientIp, CommandSession, Csrf};
 use super::i18n::Bilingual;
 use super::page::{both, datetime, html_response, layout, short_datetime};
-use super::session::Area;
+use super::session::{Area, Session};
 use super::sign_in::{self, Door, LoginForm};
 use crate::state::WebState;
 use map::{Proj, map_svg};
 use track::{load_track, track_error};
 
+mod detail;
 mod events;
 mod incidents;
+mod investigate;
 mod map;
 mod track;
+mod watch;
 
+pub use detail::incident_detail;
 pub use events::events;
 pub use incidents::incident;
-use incidents::incident_row;
+use incidents::{incident_row, notable_row};
+pub use investigate::investigate;
+pub use watch::{watch, watch_action};
 
 const AREA: Area = Area::Command;
 const HOME: &str = "/command";
@@ -52,6 +67,38 @@ const HOME: &str = "/command";
 const MAX_INCIDENTS: i64 = 500;
 /// Track points drawn at most.
 const MAX_TRACK_POINTS: usize = 2000;
+/// Escalations and rejected hits shown at most.
+const MAX_NOTABLE: i64 = 50;
+
+/// The bar at the top of every command-center page: who is signed in, the pages, sign-out.
+fn top_bar(session: &Session, live: bool) -> Markup {
+    html! {
+        header.top {
+            span.brand { "greenplate 指挥中心 / Command center" }
+            nav.pages {
+                a href="/command" { "地图 / Map" }
+                a href="/command/watch" { "布控 / Watch list" }
+                a href="/command/investigate" { "研判 / Investigations" }
+            }
+            span.who { "单位 / Unit: " (session.caller.id) }
+            @if live { span #live.live { "连接中… / connecting…" } }
+            form method="post" action="/command/logout" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                button.secondary type="submit" { "退出 / Sign out" }
+            }
+        }
+    }
+}
+
+/// A page's failure of the server's own (logged), as the officer sees it.
+fn internal(what: &str, e: &dyn std::fmt::Display) -> WebError {
+    tracing::error!(error = %e, "{what} failed.");
+    WebError::message(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Bilingual::new("系统错误，请稍后再试", "Internal error; please try again"),
+        AREA,
+    )
+}
 
 /// What an alert kind is called.
 pub fn kind_name(kind: i32) -> (&'static str, &'static str) {
@@ -137,17 +184,11 @@ pub async fn home(
     let loaded = async {
         let after = web.alerting.last_seq().await?;
         let incidents = web.alerting.open_incidents(MAX_INCIDENTS).await?;
-        Ok::<_, AlertingError>((after, incidents))
+        let notable = web.alerting.notable_alerts(MAX_NOTABLE).await?;
+        Ok::<_, AlertingError>((after, incidents, notable))
     }
     .await;
-    let (after, incidents) = loaded.map_err(|e| {
-        tracing::error!(error = %e, "Command-center page failed.");
-        WebError::message(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Bilingual::new("系统错误，请稍后再试", "Internal error; please try again"),
-            AREA,
-        )
-    })?;
+    let (after, incidents, notable) = loaded.map_err(|e| internal("Command-center page", &e))?;
     let track = if query.track.trim().is_empty() {
         None
     } else {
@@ -174,14 +215,15 @@ pub async fn home(
             .chain(track_points.iter().copied()),
     );
     let body = html! {
-        header.top {
-            span.brand { "greenplate 指挥中心 / Command center" }
-            span.who { "单位 / Unit: " (session.caller.id) }
-            span #live.live { "连接中… / connecting…" }
-            form method="post" action="/command/logout" {
-                input type="hidden" name="csrf" value=(session.csrf);
-                button.secondary type="submit" { "退出 / Sign out" }
+        (top_bar(&session, true))
+        // One alarm per priority; the script plays the one of each live alert.
+        div.alarms hidden {
+            @for p in 1..=3 {
+                audio id=(format!("alarm-{p}")) src=(format!("/web/alarm-{p}.wav")) preload="auto" data-played="0" {}
             }
+        }
+        p #sound-off.notice hidden {
+            button #sound-on type="button" { "开启声音 / Turn the alarm sound on" }
         }
         main.command #command data-after=(after) data-csrf=(session.csrf) {
             section.mapbox {
@@ -219,6 +261,13 @@ pub async fn home(
                 }
                 @if incidents.is_empty() {
                     p #no-incidents.quiet { "暂无未结案事件 / No open incidents" }
+                }
+                h2 { "升级与否认命中 / Escalations and rejected hits" }
+                table #notable {
+                    thead { tr { th { "时间 / Seen" } th { "类型 / Kind" } th { "车牌 / Plate" } th { "读写器 / Reader" } th { "说明 / Why" } } }
+                    tbody #notable-rows {
+                        @for a in &notable { (notable_row(a)) }
+                    }
                 }
                 h2 { "采集速率 / Ingest rates" }
                 dl #rates.rates {
