@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::AlertingError;
 use crate::hub::LoggedAlert;
-use crate::incidents::{record_event, touch};
+use crate::incidents::record_event;
 use crate::schema::{ALERT_COLUMNS, alert_from_row};
 use crate::state::Alerting;
 
@@ -161,17 +161,21 @@ impl Alerting {
             }
         }
         recipients.sort();
-        let mut alert = Alert {
+        let alert = Alert {
             seq: 0,
-            alert_id: format!("al-{}", hex::encode(rand::random::<[u8; 8]>())),
+            alert_id: String::new(),
             priority: (latest.priority + 1).min(3),
             escalation: 1,
             ..latest
         };
         let source = format!("escalate/{incident_id}");
-        if !crate::log::append(&mut tx, &mut alert, Some(&source), &recipients, now).await? {
+        let appended = self
+            .append_outside(&mut tx, Some((alert, recipients, source)), incident_id, now)
+            .await?;
+        // Escalated already (by another node, or before a restart): nothing more to do.
+        let Some(LoggedAlert { alert, recipients }) = appended.logged() else {
             return Ok(false);
-        }
+        };
         record_event(
             &mut tx,
             incident_id,
@@ -187,21 +191,16 @@ impl Alerting {
             now,
         )
         .await?;
-        touch(&mut tx, incident_id, now).await?;
-        if !self.engine_publishes {
-            crate::log::announce(&mut tx).await?;
-        }
+        let (seq, units) = (alert.seq, recipients.len());
         tx.commit().await?;
         self.escalations.inc();
         tracing::warn!(
             incident = %incident_id,
-            seq = alert.seq,
-            units = recipients.len(),
+            seq,
+            units,
             "Incident escalated: not acknowledged in time."
         );
-        if self.engine_publishes {
-            self.hub.publish(LoggedAlert { alert, recipients });
-        }
+        self.publish_appended(appended);
         Ok(true)
     }
 }

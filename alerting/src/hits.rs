@@ -9,8 +9,7 @@ use greenplate_proto::v1::{Alert, AlertKind, Incident, IncidentState, RejectReas
 use greenplate_registry::{Caller, RegistryError, now_ms};
 
 use crate::error::AlertingError;
-use crate::hub::LoggedAlert;
-use crate::incidents::{incident_row, record_event, touch};
+use crate::incidents::{incident_row, record_event};
 use crate::schema::{ALERT_COLUMNS, alert_from_row};
 use crate::state::{Alerting, VerdictLabel};
 
@@ -113,42 +112,33 @@ impl Alerting {
             now,
         )
         .await?;
-        let mut logged = None;
-        if let Verdict::Rejected(r @ (RejectReason::Misread | RejectReason::SuspectedClone)) =
-            verdict
-        {
-            let mut alert = Alert {
-                alert_id: format!("al-{}", hex::encode(rand::random::<[u8; 8]>())),
-                kind: AlertKind::HitRejected as i32,
-                plate: hit.plate.clone(),
-                tag_id: hit.tag_id.clone(),
-                reader_id: hit.reader_id.clone(),
-                lat: hit.lat,
-                lon: hit.lon,
-                seen_at_ms: hit.seen_at_ms,
-                incident_id: incident_id.to_owned(),
-                priority: 1,
-                reason: format!("{} by {}: {note}", reason_name(r), caller.audit_name()),
-                ..Default::default()
-            };
-            let recipients = self.router.command_units();
-            let source = format!("reject/{}", hit.alert_id);
-            if crate::log::append(&mut tx, &mut alert, Some(&source), &recipients, now).await? {
-                logged = Some(LoggedAlert { alert, recipients });
+        let alert = match verdict {
+            Verdict::Rejected(r @ (RejectReason::Misread | RejectReason::SuspectedClone)) => {
+                let alert = Alert {
+                    kind: AlertKind::HitRejected as i32,
+                    plate: hit.plate.clone(),
+                    tag_id: hit.tag_id.clone(),
+                    reader_id: hit.reader_id.clone(),
+                    lat: hit.lat,
+                    lon: hit.lon,
+                    seen_at_ms: hit.seen_at_ms,
+                    incident_id: incident_id.to_owned(),
+                    priority: 1,
+                    reason: format!("{} by {}: {note}", reason_name(r), caller.audit_name()),
+                    ..Default::default()
+                };
+                let source = format!("reject/{}", hit.alert_id);
+                Some((alert, self.router.command_units(), source))
             }
-        }
-        touch(&mut tx, incident_id, now).await?;
-        if logged.is_some() && !self.engine_publishes {
-            crate::log::announce(&mut tx).await?;
-        }
+            _ => None,
+        };
+        let appended = self
+            .append_outside(&mut tx, alert, incident_id, now)
+            .await?;
         let out = incident_row(&mut tx, incident_id).await?;
         tx.commit().await?;
         self.hits_judged.get_or_create(&verdict.labels()).inc();
-        if let Some(logged) = logged
-            && self.engine_publishes
-        {
-            self.hub.publish(logged);
-        }
+        self.publish_appended(appended);
         Ok(out)
     }
 }

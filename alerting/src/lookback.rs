@@ -29,7 +29,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::AlertingError;
 use crate::history::Pass;
-use crate::hub::LoggedAlert;
 use crate::incidents;
 use crate::state::{Alerting, ResultLabel};
 
@@ -165,8 +164,7 @@ impl Alerting {
             let (lat, lon) = reader_of(p).map_or((0.0, 0.0), |r| (r.lat, r.lon));
             incidents::record_pass(&mut tx, &incident_id, p, lat, lon).await?;
         }
-        let mut logged = None;
-        if let Some(p) = &latest {
+        let alert = latest.as_ref().map(|p| {
             let (reader, recipients) = match reader_of(p) {
                 Some(r) => {
                     let units = self.router.units_for(&r);
@@ -184,9 +182,7 @@ impl Alerting {
                     self.router.command_units(),
                 ),
             };
-            let mut alert = Alert {
-                seq: 0,
-                alert_id: format!("al-{}", hex::encode(rand::random::<[u8; 8]>())),
+            let alert = Alert {
                 kind: AlertKind::StolenSightedEarlier as i32,
                 plate: due.plate.clone(),
                 tag_id: p.tag.to_string(),
@@ -198,15 +194,11 @@ impl Alerting {
                 priority: 1,
                 ..Default::default()
             };
-            let source = format!("lookback/{}", due.report_id);
-            if crate::log::append(&mut tx, &mut alert, Some(&source), &recipients, now).await? {
-                logged = Some(LoggedAlert { alert, recipients });
-            }
-        }
-        incidents::touch(&mut tx, &incident_id, now).await?;
-        if logged.is_some() && !self.engine_publishes {
-            crate::log::announce(&mut tx).await?;
-        }
+            (alert, recipients, format!("lookback/{}", due.report_id))
+        });
+        let appended = self
+            .append_outside(&mut tx, alert, &incident_id, now)
+            .await?;
         tx.commit().await?;
         let result = if latest.is_some() {
             "sighted"
@@ -224,11 +216,7 @@ impl Alerting {
             passes = passes.len(),
             "Looked back a theft report."
         );
-        if let Some(logged) = logged
-            && self.engine_publishes
-        {
-            self.hub.publish(logged);
-        }
+        self.publish_appended(appended);
         Ok(true)
     }
 }

@@ -327,19 +327,30 @@ impl Registry {
         caller: &Caller,
         ended: bool,
     ) -> Result<Vec<WatchEntry>, RegistryError> {
-        // What expired since the last sweep is shown ended, not active.
-        self.expire_watch_entries(now_ms()).await?;
-        let filter = if ended {
-            ""
+        let now = now_ms();
+        let rows = if ended {
+            // What expired since the last sweep is shown ended, with who ended it: sweep
+            // first (a write, for this rarer listing only).
+            self.expire_watch_entries(now).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM watch_entries \
+                 ORDER BY added_at_ms DESC, entry_id LIMIT $1"
+            )))
+            .bind(MAX_LIST)
+            .fetch_all(self.db.pool())
+            .await?
         } else {
-            "WHERE removed_at_ms IS NULL"
+            // The active ones: a read only (what expired since the last sweep is left out).
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM watch_entries \
+                 WHERE removed_at_ms IS NULL AND expires_at_ms > $1 \
+                 ORDER BY added_at_ms DESC, entry_id LIMIT $2"
+            )))
+            .bind(now)
+            .bind(MAX_LIST)
+            .fetch_all(self.db.pool())
+            .await?
         };
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM watch_entries {filter} ORDER BY added_at_ms DESC, entry_id LIMIT $1"
-        )))
-        .bind(MAX_LIST)
-        .fetch_all(self.db.pool())
-        .await?;
         self.audit_lookup(
             caller,
             "list_watch_entries",

@@ -134,6 +134,63 @@ pub(crate) async fn append(
     Ok(true)
 }
 
+/// A new alert id: `al-` and 16 hex digits.
+pub(crate) fn new_alert_id() -> String {
+    format!("al-{}", hex::encode(rand::random::<[u8; 8]>()))
+}
+
+/// An alert written outside the engine's group commit, to publish once its transaction
+/// has committed ([`Alerting::publish_appended`]); none if there was no alert to write or
+/// its source was in the log already.
+#[must_use = "publish it once the transaction has committed"]
+pub(crate) struct Appended(Option<LoggedAlert>);
+
+impl Appended {
+    pub(crate) fn logged(&self) -> Option<&LoggedAlert> {
+        self.0.as_ref()
+    }
+}
+
+impl Alerting {
+    /// Writes an alert outside the engine's group commit (a look-back, a rejected hit, an
+    /// escalation) in `tx`, as the engine would: appended with its recipients unless its
+    /// `source` is logged already (named here if it has no id yet), its incident touched,
+    /// every node's follower told on commit (PostgreSQL). `alert` None: the incident is
+    /// only touched.
+    pub(crate) async fn append_outside(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        alert: Option<(Alert, Vec<String>, String)>,
+        incident_id: &str,
+        now: i64,
+    ) -> Result<Appended, sqlx::Error> {
+        let mut logged = None;
+        if let Some((mut alert, recipients, source)) = alert {
+            if alert.alert_id.is_empty() {
+                alert.alert_id = new_alert_id();
+            }
+            if append(tx, &mut alert, Some(&source), &recipients, now).await? {
+                logged = Some(LoggedAlert { alert, recipients });
+            }
+        }
+        incidents::touch(tx, incident_id, now).await?;
+        if logged.is_some() && !self.engine_publishes {
+            announce(tx).await?;
+        }
+        Ok(Appended(logged))
+    }
+
+    /// Hands an alert [`Alerting::append_outside`] wrote, now committed, to this node's live
+    /// streams (where the engine publishes; elsewhere the log follower does).
+    pub(crate) fn publish_appended(&self, appended: Appended) {
+        if let Some(logged) = appended.0
+            && self.engine_publishes
+        {
+            self.hub.publish(logged);
+        }
+    }
+}
+
 /// Tells every node's [`follow`]er, on commit, that the log grew (PostgreSQL).
 pub(crate) async fn announce(tx: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, '')")

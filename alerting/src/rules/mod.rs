@@ -138,7 +138,7 @@ impl Pending<'_> {
         });
         let alert = Alert {
             seq: 0,
-            alert_id: format!("al-{}", hex::encode(rand::random::<[u8; 8]>())),
+            alert_id: crate::log::new_alert_id(),
             kind: kind as i32,
             plate: self.plate,
             tag_id: self.tag,

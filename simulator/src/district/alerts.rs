@@ -26,6 +26,9 @@ pub(super) struct Tally {
     pub(super) received: u64,
     pub(super) unexpected: u64,
     pub(super) unexpected_samples: Vec<String>,
+    /// Look-back alerts (a theft reported after the bike was seen): the server searches
+    /// its own pass history, which the oracle does not model; counted apart, not matched.
+    pub(super) look_back: u64,
     pub(super) duplicated: u64,
     pub(super) foreign: u64,
     pub(super) by_kind: BTreeMap<String, KindCount>,
@@ -53,6 +56,10 @@ impl Tally {
         }
         if !self.seqs.entry(unit.to_owned()).or_default().insert(a.seq) {
             self.duplicated += 1;
+            return;
+        }
+        if a.kind == AlertKind::StolenSightedEarlier as i32 {
+            self.look_back += 1;
             return;
         }
         let key = (

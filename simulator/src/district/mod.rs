@@ -330,6 +330,7 @@ pub async fn run(target: &Target, spec: &DistrictSpec) -> anyhow::Result<Report>
             lost: t.expected.saturating_sub(t.received),
             duplicated: t.duplicated,
             unexpected: t.unexpected,
+            look_back: t.look_back,
             by_kind: t.by_kind.clone(),
             latency_ms: Latency::of(t.latencies.clone()),
             reader_offline_latency_ms: t.offline_latency,
