@@ -11,9 +11,10 @@ use greenplate_proto::v1::{
     AddCanaryRequest, AddCanaryResponse, AddKioskRequest, AddKioskResponse, AddPatrolUnitRequest,
     AddPatrolUnitResponse, AddReaderRequest, AddReaderResponse, AddZoneRequest, AddZoneResponse,
     AuditEntry, Canary, ListAuditRequest, ListAuditResponse, ListCanariesRequest,
-    ListCanariesResponse, ListReadersRequest, ListReadersResponse, ReaderInfo, RevokeTokenRequest,
-    RevokeTokenResponse, RotateReaderSecretRequest, RotateReaderSecretResponse, RotateTokenRequest,
-    RotateTokenResponse, SetReaderCamerasRequest, SetReaderCamerasResponse,
+    ListCanariesResponse, ListDeadLettersRequest, ListDeadLettersResponse, ListReadersRequest,
+    ListReadersResponse, ReaderInfo, ReplayDeadLettersRequest, ReplayDeadLettersResponse,
+    RevokeTokenRequest, RevokeTokenResponse, RotateReaderSecretRequest, RotateReaderSecretResponse,
+    RotateTokenRequest, RotateTokenResponse, SetReaderCamerasRequest, SetReaderCamerasResponse,
     SetReaderEnabledRequest, SetReaderEnabledResponse, TokenHolder,
 };
 use greenplate_registry::auth::{AuthInterceptor, Role, require};
@@ -218,6 +219,67 @@ impl admin_server::Admin for AdminService {
             .await?;
         tracing::info!(reader = %r.reader_id, enabled = r.enabled, "Reader enabled or disabled.");
         Ok(Response::new(SetReaderEnabledResponse {}))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        req: Request<ListDeadLettersRequest>,
+    ) -> Result<Response<ListDeadLettersResponse>, Status> {
+        require(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => 100,
+            n => i64::from(n.min(1000)),
+        };
+        let letters = crate::forward::outbox::dead_letters(self.alerting.db(), &r.target, limit)
+            .await
+            .map_err(crate::AlertingError::from)?;
+        Ok(Response::new(ListDeadLettersResponse {
+            dead_letters: letters
+                .into_iter()
+                .map(|d| greenplate_proto::v1::DeadLetter {
+                    target: d.target,
+                    seq: d.seq,
+                    alert_id: d.alert_id,
+                    attempts: d.attempts,
+                    last_error: d.last_error,
+                    failed_at_ms: d.failed_at_ms,
+                    replay: d.replay,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        req: Request<ReplayDeadLettersRequest>,
+    ) -> Result<Response<ReplayDeadLettersResponse>, Status> {
+        let caller = require(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        let what = if r.seqs.is_empty() {
+            "all".to_owned()
+        } else {
+            format!("{} chosen", r.seqs.len())
+        };
+        let mut tx = self
+            .alerting
+            .db()
+            .begin_write()
+            .await
+            .map_err(crate::AlertingError::from)?;
+        let marked = crate::forward::outbox::replay(&mut tx, &r.target, &r.seqs)
+            .await
+            .map_err(crate::AlertingError::from)?;
+        greenplate_registry::store::audit(
+            &mut tx,
+            &caller,
+            "replay_dead_letters",
+            &format!("{}: {what}, {marked} marked", r.target),
+        )
+        .await?;
+        tx.commit().await.map_err(crate::AlertingError::from)?;
+        tracing::info!(target_name = %r.target, marked, "Dead letters marked for replay.");
+        Ok(Response::new(ReplayDeadLettersResponse { marked }))
     }
 
     async fn set_reader_cameras(

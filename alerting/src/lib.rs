@@ -30,6 +30,8 @@
 //! - [`state`]: [`Alerting`], the shared value the stages above are methods of (it holds
 //!   the [`route::Router`], the [`hub::Hub`] and the [`History`]); `schema`: the tables;
 //!   [`provision`]: adding zones and units (Admin).
+//! - [`forward`]: alerts forwarded to partner systems (signed webhooks, JSON or CAP 1.2),
+//!   at least once from the log, one node per target, dead letters an operator replays.
 //! - [`lookback`]: a theft reported late: the pass history since the theft, searched once
 //!   per report; its incident lists the passes, and the latest is alerted.
 //! - [`history`]: the pass history (where each tag was seen) and its retention job;
@@ -42,6 +44,7 @@ pub mod command;
 pub mod engine;
 mod error;
 pub mod escalation;
+pub mod forward;
 pub mod history;
 pub mod hits;
 pub mod hub;

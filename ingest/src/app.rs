@@ -99,6 +99,8 @@ impl Service {
         let mut exported = prometheus_client::registry::Registry::with_prefix("greenplate");
         metrics.register(&mut exported);
         alerting.register_metrics(&mut exported);
+        let forward_metrics = greenplate_alerting::forward::ForwardMetrics::default();
+        forward_metrics.register(&mut exported);
         registry.register_metrics(&mut exported);
         let http_metrics = http::HttpMetrics::new();
         http_metrics.register(&mut exported);
@@ -167,6 +169,13 @@ impl Service {
         ));
         tracker.spawn(greenplate_alerting::lookback::run(
             alerting.clone(),
+            shutdown.clone(),
+        ));
+        tracker.spawn(greenplate_alerting::forward::run(
+            alerting.clone(),
+            // Checked by Config::validate.
+            config.forward.targets().unwrap_or_default(),
+            forward_metrics,
             shutdown.clone(),
         ));
         tracker.spawn(greenplate_alerting::canary::watch(

@@ -134,11 +134,6 @@ pub(crate) async fn append(
     Ok(true)
 }
 
-/// A new alert id: `al-` and 16 hex digits.
-pub(crate) fn new_alert_id() -> String {
-    format!("al-{}", hex::encode(rand::random::<[u8; 8]>()))
-}
-
 /// An alert written outside the engine's group commit, to publish once its transaction
 /// has committed ([`Alerting::publish_appended`]); none if there was no alert to write or
 /// its source was in the log already.
@@ -167,7 +162,7 @@ impl Alerting {
         let mut logged = None;
         if let Some((mut alert, recipients, source)) = alert {
             if alert.alert_id.is_empty() {
-                alert.alert_id = new_alert_id();
+                alert.alert_id = crate::rules::new_alert_id();
             }
             if append(tx, &mut alert, Some(&source), &recipients, now).await? {
                 logged = Some(LoggedAlert { alert, recipients });

@@ -138,7 +138,7 @@ impl Pending<'_> {
         });
         let alert = Alert {
             seq: 0,
-            alert_id: crate::log::new_alert_id(),
+            alert_id: new_alert_id(),
             kind: kind as i32,
             plate: self.plate,
             tag_id: self.tag,
@@ -157,6 +157,11 @@ impl Pending<'_> {
         };
         (alert, self.recipients)
     }
+}
+
+/// A new alert id: `al-` and 16 hex digits.
+pub(crate) fn new_alert_id() -> String {
+    format!("al-{}", hex::encode(rand::random::<[u8; 8]>()))
 }
 
 /// What the rules need of the bikes of a batch, read in one query: plates and open theft

@@ -59,6 +59,9 @@ pub struct Config {
     pub ingest: IngestConfig,
     #[serde(default)]
     pub alerting: AlertingConfig,
+    /// Partner systems that receive alerts (`[[forward.targets]]`).
+    #[serde(default)]
+    pub forward: ForwardConfig,
     #[serde(default)]
     pub log: LogConfig,
     /// TLS for the gRPC and HTTP ports (and, with `mqtt.tls`, the embedded MQTT listener).
@@ -116,6 +119,141 @@ pub struct AlertingConfig {
     /// priority 2 after 60 s. An empty list turns escalation off.
     #[serde(default = "default_escalation")]
     pub escalation: Vec<EscalationConfig>,
+}
+
+/// Forwarding alerts to partner systems (issue #18; `greenplate_alerting::forward`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    #[serde(default)]
+    pub targets: Vec<ForwardTargetConfig>,
+}
+
+/// One partner target (`[[forward.targets]]`): an HTTPS webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardTargetConfig {
+    /// Unique, `[A-Za-z0-9_.-]`: names the target's cursor, metrics and dead letters.
+    pub name: String,
+    /// Where alerts are POSTed (https; http only for a receiver on a network you control).
+    pub url: String,
+    /// The HMAC-SHA256 key of `X-Greenplate-Signature`, at least 16 characters.
+    pub secret: String,
+    /// `json` (greenplate JSON, the default) or `cap` (OASIS CAP 1.2 XML).
+    #[serde(default = "default_forward_format")]
+    pub format: String,
+    /// Alert kinds sent (`STOLEN_SIGHTED`, `WATCH_LIST_HIT`, ...); empty or absent: all.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Zone ids the alert's position must be in; empty or absent: anywhere.
+    #[serde(default)]
+    pub zones: Vec<String>,
+    /// Alerts of at least this priority (1 normal, 2 urgent, 3 critical).
+    #[serde(default = "default_forward_min_priority")]
+    pub min_priority: u32,
+    /// Covert watch-list hits too (default false: they reach command centers only).
+    #[serde(default)]
+    pub include_covert: bool,
+    /// How long one alert is retried before it becomes a dead letter, seconds.
+    #[serde(default = "default_forward_give_up_after_s")]
+    pub give_up_after_s: u64,
+    /// One request's time limit, seconds.
+    #[serde(default = "default_forward_timeout_s")]
+    pub timeout_s: u64,
+}
+
+fn default_forward_format() -> String {
+    "json".into()
+}
+fn default_forward_min_priority() -> u32 {
+    1
+}
+fn default_forward_give_up_after_s() -> u64 {
+    3600
+}
+fn default_forward_timeout_s() -> u64 {
+    10
+}
+
+impl ForwardConfig {
+    /// The targets as the alerting library takes them, or what is wrong with one.
+    pub fn targets(&self) -> Result<Vec<greenplate_alerting::forward::Target>, String> {
+        use greenplate_alerting::forward::{Filter, Format, Target};
+        let mut names = std::collections::HashSet::new();
+        self.targets
+            .iter()
+            .map(|t| {
+                let at = format!("forward.targets {:?}", t.name);
+                if t.name.is_empty()
+                    || t.name.len() > 64
+                    || !t
+                        .name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+                {
+                    return Err(format!("{at}: name must be 1-64 of [A-Za-z0-9_.-]"));
+                }
+                if !names.insert(t.name.clone()) {
+                    return Err(format!("{at}: two targets have this name"));
+                }
+                let url = t.url.trim();
+                if !(url.starts_with("https://") || url.starts_with("http://"))
+                    || reqwest_url_ok(url).is_err()
+                {
+                    return Err(format!("{at}: url must be an http(s) URL"));
+                }
+                if t.secret.len() < 16 {
+                    return Err(format!("{at}: secret must be at least 16 characters"));
+                }
+                let format = match t.format.as_str() {
+                    "json" => Format::Json,
+                    "cap" => Format::Cap,
+                    _ => return Err(format!("{at}: format must be json or cap")),
+                };
+                let kinds = t
+                    .kinds
+                    .iter()
+                    .map(|k| {
+                        greenplate_proto::v1::AlertKind::from_str_name(&format!("ALERT_KIND_{k}"))
+                            .filter(|k| *k != greenplate_proto::v1::AlertKind::Unspecified)
+                            .ok_or_else(|| format!("{at}: {k:?} is not an alert kind"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                if !(1..=3).contains(&t.min_priority) {
+                    return Err(format!("{at}: min_priority must be 1, 2 or 3"));
+                }
+                if t.give_up_after_s == 0 || t.timeout_s == 0 {
+                    return Err(format!(
+                        "{at}: give_up_after_s and timeout_s must be at least 1"
+                    ));
+                }
+                Ok(Target {
+                    name: t.name.clone(),
+                    url: url.to_owned(),
+                    secret: t.secret.clone(),
+                    format,
+                    filter: Filter {
+                        kinds,
+                        zones: t.zones.clone(),
+                        min_priority: t.min_priority,
+                        include_covert: t.include_covert,
+                    },
+                    give_up_after: std::time::Duration::from_secs(t.give_up_after_s),
+                    timeout: std::time::Duration::from_secs(t.timeout_s),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A URL with a host (what the HTTP client will be asked to reach).
+fn reqwest_url_ok(url: &str) -> Result<(), ()> {
+    let rest = url.split_once("://").map(|(_, r)| r).ok_or(())?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(());
+    }
+    Ok(())
 }
 
 /// One escalation rule (`[[alerting.escalation]]`).
@@ -299,6 +437,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             ingest: IngestConfig::default(),
             alerting: AlertingConfig::default(),
+            forward: ForwardConfig::default(),
             log: LogConfig::default(),
             tls: None,
         }
@@ -352,6 +491,7 @@ impl Config {
         self.alerting
             .escalation_rules()
             .map_err(ConfigError::Invalid)?;
+        self.forward.targets().map_err(ConfigError::Invalid)?;
         if self.mqtt.persistent_session.is_some() {
             return Err(ConfigError::Invalid(
                 "mqtt.persistent_session was removed with the takeover of dead nodes' sessions \
@@ -449,6 +589,41 @@ mod tests {
         for bad in ["", "a/b", "node+", "#"] {
             c.mqtt.client_id = Some(bad.into());
             assert!(c.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn forward_targets_are_checked() {
+        let good = r#"
+[[forward.targets]]
+name = "dispatch-110"
+url = "https://dispatch.example/greenplate"
+secret = "0123456789abcdef"
+format = "cap"
+kinds = ["STOLEN_SIGHTED"]
+"#;
+        let c: Config = toml::from_str(good).unwrap();
+        c.validate().unwrap();
+        let t = &c.forward.targets().unwrap()[0];
+        assert_eq!(t.format, greenplate_alerting::forward::Format::Cap);
+        assert_eq!(t.give_up_after, std::time::Duration::from_secs(3600));
+        for (bad, says) in [
+            (good.replace("0123456789abcdef", "short"), "secret"),
+            (
+                good.replace("STOLEN_SIGHTED", "STOLEN"),
+                "not an alert kind",
+            ),
+            (good.replace("\"cap\"", "\"xml\""), "format"),
+            (
+                good.replace("https://dispatch.example/greenplate", "ftp://x"),
+                "url",
+            ),
+            (good.replace("dispatch-110", "a b"), "name"),
+            (format!("{good}{good}"), "two targets"),
+        ] {
+            let c: Config = toml::from_str(&bad).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(says), "{says}: {err}");
         }
     }
 

@@ -12,6 +12,7 @@ mod cluster;
 mod end_to_end;
 mod external_broker;
 mod formats;
+mod forward;
 mod fuzz_seeds;
 mod history;
 mod hostile;

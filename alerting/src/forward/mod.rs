@@ -1,0 +1,459 @@
+//! Forwarding alerts to partner systems (110 dispatch, the city's governance centre): each
+//! configured [`Target`] gets the alerts its [`Filter`] lets through, from the alert log,
+//! at least once, in seq order.
+//!
+//! The alert log's seq is the outbox cursor, stored per target ([`outbox`]), so a restart or
+//! a node's death resumes with no gap. One node at a time delivers for a target (a lease in
+//! the same row), so with several nodes each alert goes out once per target, not once per
+//! node. A receiver that fails is retried with exponential backoff and full jitter, the
+//! target's later alerts waiting behind (order is kept); after `give_up_after` the alert
+//! becomes a dead letter, which an operator can list and replay (`Admin.ListDeadLetters`,
+//! `Admin.ReplayDeadLetters`), and the target moves on. Every request is signed and carries
+//! an idempotency key ([`payload`]).
+//!
+//! Covert watch-list hits reach command centers only: they are never forwarded unless a
+//! target says `include_covert`. Every alert a target is not sent is counted by reason.
+//!
+//! Layout:
+//! - this file: [`Target`], [`Filter`], the per-target worker ([`run`]), [`ForwardMetrics`];
+//! - [`outbox`]: cursors, leases and dead letters in the database;
+//! - [`payload`]: greenplate JSON, CAP 1.2, the signature.
+
+pub mod outbox;
+pub mod payload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use geo::{Contains, Point};
+use greenplate_proto::v1::{Alert, AlertKind};
+use greenplate_registry::now_ms;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::Alerting;
+pub use outbox::DeadLetter;
+pub use payload::Format;
+
+/// Alerts read from the log at a time.
+const PAGE: i64 = 100;
+/// How often an idle worker looks at the log (it also wakes on every new alert) and
+/// renews its lease.
+const IDLE: Duration = Duration::from_secs(1);
+/// First retry delay; doubles up to [`MAX_BACKOFF`], with full jitter.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Which alerts a target takes.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Alert kinds; empty: every kind.
+    pub kinds: Vec<AlertKind>,
+    /// Zones (patrol or watch zone ids) the alert's position must be in; empty: anywhere.
+    pub zones: Vec<String>,
+    /// Alerts of at least this priority (1-3).
+    pub min_priority: u32,
+    /// Covert watch-list hits too (default: never).
+    pub include_covert: bool,
+}
+
+/// A partner system that receives alerts over HTTPS.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Unique; names the cursor, the metrics and the dead letters.
+    pub name: String,
+    pub url: String,
+    /// The HMAC key of the signature.
+    pub secret: String,
+    pub format: Format,
+    pub filter: Filter,
+    /// How long one alert is retried before it becomes a dead letter.
+    pub give_up_after: Duration,
+    /// One request's time limit.
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabel {
+    pub target: String,
+    /// `filtered` (kind, zone or priority) or `covert`.
+    pub reason: String,
+}
+
+/// Per-target counters and gauges (`greenplate_forward_*`).
+#[derive(Debug, Clone, Default)]
+pub struct ForwardMetrics {
+    /// Alerts the target took (a 2xx answer).
+    pub delivered: Family<TargetLabel, Counter>,
+    /// Requests that failed and were tried again.
+    pub retries: Family<TargetLabel, Counter>,
+    /// Alerts given up on (dead letters).
+    pub failed: Family<TargetLabel, Counter>,
+    /// Alerts not for this target, by reason.
+    pub skipped: Family<SkipLabel, Counter>,
+    /// Alerts in the log after the target's cursor.
+    pub lag_seq: Family<TargetLabel, Gauge>,
+    /// Age of the oldest alert after the target's cursor, seconds (0 when none).
+    pub lag_seconds: Family<TargetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Dead letters waiting.
+    pub dead_letters: Family<TargetLabel, Gauge>,
+}
+
+impl ForwardMetrics {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let r = registry.sub_registry_with_prefix("forward");
+        r.register(
+            "delivered",
+            "Alerts a partner target took (2xx), by target",
+            self.delivered.clone(),
+        );
+        r.register(
+            "retries",
+            "Deliveries to a target that failed and were tried again",
+            self.retries.clone(),
+        );
+        r.register(
+            "failed",
+            "Alerts a target did not take within its give_up_after_s: dead letters",
+            self.failed.clone(),
+        );
+        r.register(
+            "skipped",
+            "Alerts not sent to a target, by reason (filtered, covert)",
+            self.skipped.clone(),
+        );
+        r.register(
+            "lag_seq",
+            "Alerts in the log after a target's cursor",
+            self.lag_seq.clone(),
+        );
+        r.register(
+            "lag_seconds",
+            "Age of the oldest alert after a target's cursor",
+            self.lag_seconds.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Dead letters of a target waiting for a replay",
+            self.dead_letters.clone(),
+        );
+    }
+}
+
+impl Filter {
+    /// Why `a` is not for this target, if it is not.
+    fn refuses(&self, alerting: &Alerting, a: &Alert, covert: bool) -> Option<&'static str> {
+        if covert && !self.include_covert {
+            return Some("covert");
+        }
+        if a.priority < self.min_priority
+            || (!self.kinds.is_empty() && !self.kinds.iter().any(|k| *k as i32 == a.kind))
+        {
+            return Some("filtered");
+        }
+        if !self.zones.is_empty() {
+            let at = Point::new(a.lon, a.lat);
+            let inside = alerting
+                .zones()
+                .iter()
+                .any(|z| self.zones.contains(&z.id) && z.area.contains(&at));
+            if !inside {
+                return Some("filtered");
+            }
+        }
+        None
+    }
+}
+
+/// Why a delivery stopped short of a 2xx.
+enum Stop {
+    /// Given up after `give_up_after`: (attempts, last error).
+    GaveUp(u32, String),
+    /// This node lost the target's lease, or is stopping: leave the alert to whoever holds
+    /// the lease next.
+    Interrupted,
+}
+
+/// One target's worker on this node.
+struct Worker {
+    alerting: Arc<Alerting>,
+    target: Target,
+    client: reqwest::Client,
+    node: String,
+    metrics: ForwardMetrics,
+    sender: String,
+    shutdown: CancellationToken,
+}
+
+/// Delivers to every target until `shutdown`: one worker per target on each node, the one
+/// holding a target's lease sending.
+pub async fn run(
+    alerting: Arc<Alerting>,
+    targets: Vec<Target>,
+    metrics: ForwardMetrics,
+    shutdown: CancellationToken,
+) {
+    if targets.is_empty() {
+        return;
+    }
+    let node = format!("node-{}", hex::encode(rand::random::<[u8; 6]>()));
+    let client = match reqwest::Client::builder()
+        .user_agent(concat!("greenplate/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot build the forwarding HTTP client: nothing is forwarded.");
+            return;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for target in targets {
+        let worker = Worker {
+            alerting: alerting.clone(),
+            sender: format!("greenplate@{}", node),
+            client: client.clone(),
+            node: node.clone(),
+            metrics: metrics.clone(),
+            target,
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(worker.run());
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let cap = FIRST_BACKOFF
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(MAX_BACKOFF);
+    // Full jitter: anywhere from nothing to the cap, so many nodes or targets retrying at
+    // once do not knock on the receiver in step.
+    cap.mul_f64(rand::random::<f64>())
+}
+
+impl Worker {
+    fn label(&self) -> TargetLabel {
+        TargetLabel {
+            target: self.target.name.clone(),
+        }
+    }
+
+    async fn run(self) {
+        let name = self.target.name.clone();
+        let db = self.alerting.db().clone();
+        let mut live = self.alerting.subscribe();
+        let mut registered = false;
+        while !self.shutdown.is_cancelled() {
+            let now = now_ms();
+            if !registered {
+                match outbox::register(&db, &name, now).await {
+                    Ok(()) => registered = true,
+                    Err(e) => {
+                        tracing::error!(target_name = %name, error = %e, "Registering a forwarding target failed.")
+                    }
+                }
+            }
+            self.update_lag(now).await;
+            let progressed = match outbox::lease(&db, &name, &self.node, now).await {
+                Ok(Some(cursor)) => match self.step(cursor).await {
+                    Ok(progressed) => progressed,
+                    Err(e) => {
+                        tracing::error!(target_name = %name, error = %e, "Forwarding failed; retrying.");
+                        false
+                    }
+                },
+                // Another node holds the lease.
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::error!(target_name = %name, error = %e, "Taking the forwarding lease failed.");
+                    false
+                }
+            };
+            if !progressed {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => break,
+                    _ = live.recv() => {}
+                    _ = tokio::time::sleep(IDLE) => {}
+                }
+            }
+        }
+        if let Err(e) = outbox::release(&db, &name, &self.node).await {
+            tracing::warn!(target_name = %name, error = %e, "Releasing the forwarding lease failed.");
+        }
+    }
+
+    async fn update_lag(&self, now: i64) {
+        let db = self.alerting.db();
+        if let Ok((behind, age_ms)) = outbox::lag(db, &self.target.name, now).await {
+            self.metrics
+                .lag_seq
+                .get_or_create(&self.label())
+                .set(i64::try_from(behind).unwrap_or(i64::MAX));
+            self.metrics
+                .lag_seconds
+                .get_or_create(&self.label())
+                .set(age_ms as f64 / 1000.0);
+        }
+        if let Ok(n) = outbox::dead_count(db, &self.target.name).await {
+            self.metrics
+                .dead_letters
+                .get_or_create(&self.label())
+                .set(n);
+        }
+    }
+
+    /// Sends what is due while this node holds the lease: replays first, then the log
+    /// after `cursor`. True if it got anywhere (more may be waiting).
+    async fn step(&self, cursor: u64) -> Result<bool, sqlx::Error> {
+        let db = self.alerting.db();
+        let name = &self.target.name;
+        let mut progressed = false;
+        for l in outbox::to_replay(db, name, PAGE).await? {
+            match self.deliver(&l.alert).await {
+                Ok(()) => {
+                    outbox::delivered_again(db, name, l.alert.seq).await?;
+                    tracing::info!(target_name = %name, seq = l.alert.seq, "A dead letter was delivered.");
+                    progressed = true;
+                }
+                Err(Stop::GaveUp(attempts, error)) => {
+                    outbox::dead_letter(db, name, &l.alert, attempts, &error, now_ms()).await?;
+                    self.metrics.failed.get_or_create(&self.label()).inc();
+                }
+                Err(Stop::Interrupted) => return Ok(false),
+            }
+        }
+        let page = outbox::after(db, cursor, PAGE).await?;
+        for l in &page {
+            let alert = self.alerting.with_cameras(l.alert.clone());
+            match self.target.filter.refuses(&self.alerting, &alert, l.covert) {
+                Some(reason) => {
+                    self.metrics
+                        .skipped
+                        .get_or_create(&SkipLabel {
+                            target: name.clone(),
+                            reason: reason.into(),
+                        })
+                        .inc();
+                }
+                None => match self.deliver(&alert).await {
+                    Ok(()) => {}
+                    Err(Stop::GaveUp(attempts, error)) => {
+                        outbox::dead_letter(db, name, &alert, attempts, &error, now_ms()).await?;
+                        self.metrics.failed.get_or_create(&self.label()).inc();
+                        tracing::error!(
+                            target_name = %name,
+                            seq = alert.seq,
+                            alert = %alert.alert_id,
+                            attempts,
+                            error = %error,
+                            "A partner target did not take an alert in time: dead letter."
+                        );
+                    }
+                    Err(Stop::Interrupted) => return Ok(progressed),
+                },
+            }
+            if !outbox::advance(db, name, &self.node, l.alert.seq, now_ms()).await? {
+                tracing::warn!(target_name = %name, "Lost the forwarding lease; another node goes on.");
+                return Ok(false);
+            }
+            progressed = true;
+        }
+        Ok(progressed)
+    }
+
+    /// Sends one alert until the target takes it (2xx), retrying with backoff; gives up
+    /// after the target's `give_up_after`.
+    async fn deliver(&self, alert: &Alert) -> Result<(), Stop> {
+        let body = self.target.format.body(alert, &self.sender);
+        let started = std::time::Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let timestamp = now_ms() / 1000;
+            let sent = self
+                .client
+                .post(&self.target.url)
+                .timeout(self.target.timeout)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    self.target.format.content_type(),
+                )
+                .header("Idempotency-Key", &alert.alert_id)
+                .header("X-Greenplate-Seq", alert.seq.to_string())
+                .header("X-Greenplate-Target", &self.target.name)
+                .header("X-Greenplate-Timestamp", timestamp.to_string())
+                .header(
+                    "X-Greenplate-Signature",
+                    payload::signature(self.target.secret.as_bytes(), timestamp, &body),
+                )
+                .body(body.clone())
+                .send()
+                .await;
+            let error = match sent {
+                Ok(r) if r.status().is_success() => {
+                    self.metrics.delivered.get_or_create(&self.label()).inc();
+                    return Ok(());
+                }
+                Ok(r) => format!("HTTP {}", r.status()),
+                Err(e) => {
+                    // reqwest's message names the URL; the cause says what failed.
+                    let mut msg = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        msg = format!("{msg}: {s}");
+                        source = s.source();
+                    }
+                    msg
+                }
+            };
+            if started.elapsed() >= self.target.give_up_after {
+                return Err(Stop::GaveUp(attempt, error));
+            }
+            self.metrics.retries.get_or_create(&self.label()).inc();
+            tracing::debug!(target_name = %self.target.name, seq = alert.seq, attempt, error = %error, "Delivery failed; retrying.");
+            let wait =
+                backoff(attempt).min(self.target.give_up_after.saturating_sub(started.elapsed()));
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Stop::Interrupted),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            // Still this node's target? (A long outage must not let two nodes send.)
+            match outbox::lease(self.alerting.db(), &self.target.name, &self.node, now_ms()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(Stop::Interrupted),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Renewing the forwarding lease failed.");
+                    return Err(Stop::Interrupted);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter() {
+        for attempt in 0..40 {
+            let cap = FIRST_BACKOFF
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(MAX_BACKOFF);
+            for _ in 0..20 {
+                assert!(backoff(attempt) <= cap);
+            }
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| backoff(5)).collect();
+        assert!(spread.len() > 10, "jittered: {spread:?}");
+    }
+}
