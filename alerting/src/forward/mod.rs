@@ -331,7 +331,10 @@ impl Worker {
                 Err(Stop::Interrupted) => return Ok(false),
             }
         }
-        let page = outbox::after(db, cursor, PAGE).await?;
+        // Only what the hub has settled: on PostgreSQL a lower seq may commit after a
+        // higher one, and a cursor past it would skip it for good.
+        let upto = self.alerting.hub.published();
+        let page = outbox::after(db, cursor, upto, PAGE).await?;
         for l in &page {
             let alert = self.alerting.with_cameras(l.alert.clone());
             match self.target.filter.refuses(&self.alerting, &alert, l.covert) {

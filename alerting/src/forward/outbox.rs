@@ -117,13 +117,21 @@ fn logged(row: &sqlx::any::AnyRow) -> Result<Logged, sqlx::Error> {
     })
 }
 
-/// Up to `limit` alerts after `after`, in seq order.
-pub(crate) async fn after(db: &Db, after: u64, limit: i64) -> Result<Vec<Logged>, sqlx::Error> {
+/// Up to `limit` alerts with `after` < seq <= `upto`, in seq order. `upto` is where the
+/// hub has got: on PostgreSQL a seq may commit after a higher one, and the log follower
+/// settles such holes before it moves on, so nothing below `upto` can still appear.
+pub(crate) async fn after(
+    db: &Db,
+    after: u64,
+    upto: u64,
+    limit: i64,
+) -> Result<Vec<Logged>, sqlx::Error> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {ALERT_COLUMNS}, {LOGGED_COLUMNS} FROM alerts a {COVERT_JOIN} \
-         WHERE a.seq > $1 ORDER BY a.seq LIMIT $2"
+         WHERE a.seq > $1 AND a.seq <= $2 ORDER BY a.seq LIMIT $3"
     )))
     .bind(after as i64)
+    .bind(i64::try_from(upto).unwrap_or(i64::MAX))
     .bind(limit)
     .fetch_all(db.pool())
     .await?;
