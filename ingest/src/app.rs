@@ -101,6 +101,14 @@ impl Service {
         alerting.register_metrics(&mut exported);
         let forward_metrics = greenplate_alerting::forward::ForwardMetrics::default();
         forward_metrics.register(&mut exported);
+        // Partner targets and the owners' texts (checked by Config::validate).
+        let mut forward_targets = config.forward.targets().unwrap_or_default();
+        if let Some(sms) = config.sms.target().ok().flatten() {
+            if let greenplate_alerting::forward::Sink::OwnerSms(gateway) = &sms.sink {
+                gateway.register_metrics(&mut exported);
+            }
+            forward_targets.push(sms);
+        }
         registry.register_metrics(&mut exported);
         let http_metrics = http::HttpMetrics::new();
         http_metrics.register(&mut exported);
@@ -173,8 +181,7 @@ impl Service {
         ));
         tracker.spawn(greenplate_alerting::forward::run(
             alerting.clone(),
-            // Checked by Config::validate.
-            config.forward.targets().unwrap_or_default(),
+            forward_targets,
             forward_metrics,
             shutdown.clone(),
         ));

@@ -10,6 +10,8 @@
 //!   deregistration, arming — one transaction each, audited.
 //! - [`thefts`]: theft and recovery reports (the hotlist).
 //! - [`import`]: bulk import of existing registrations from CSV.
+//! - [`owners`]: what owners' notifications need: a phone opened at sending, recoveries
+//!   not yet told.
 //! - [`pin`]: owners' PINs (Argon2id, lockout), and the counters of refused owner proofs.
 //! - [`service`]: the `greenplate.v1.Registry` gRPC service.
 //! - [`hot_index`]: tag -> (bike, stolen, armed, revoked), lock-free reads.
@@ -39,6 +41,7 @@ pub mod import;
 pub mod limits;
 pub mod lists;
 mod metrics;
+pub mod owners;
 pub mod pin;
 pub mod readers;
 pub mod rekey;
@@ -59,6 +62,7 @@ pub use cameras::{Camera, CameraLink};
 pub use db::{Backend, Db, DbError, now_ms};
 pub use error::RegistryError;
 pub use hot_index::{HotIndex, TagState};
+pub use owners::{OwnerContact, Recovery};
 pub use readers::{Liveness, Reader, Readers};
 pub use secrets::SecretBox;
 pub use seqs::StoredSeqs;

@@ -21,6 +21,7 @@
 
 pub mod outbox;
 pub mod payload;
+pub mod sms;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,15 +61,26 @@ pub struct Filter {
     pub include_covert: bool,
 }
 
-/// A partner system that receives alerts over HTTPS.
+/// Where a target's alerts go.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// A partner system's HTTPS endpoint: signed POSTs ([`payload`]).
+    Webhook {
+        url: String,
+        /// The HMAC key of the signature.
+        secret: String,
+        format: Format,
+    },
+    /// Texts to the bikes' owners through the SMS gateway ([`sms`]).
+    OwnerSms(Arc<sms::Gateway>),
+}
+
+/// Where alerts go: a partner system, or the owners' SMS.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// Unique; names the cursor, the metrics and the dead letters.
     pub name: String,
-    pub url: String,
-    /// The HMAC key of the signature.
-    pub secret: String,
-    pub format: Format,
+    pub sink: Sink,
     pub filter: Filter,
     /// How long one alert is retried before it becomes a dead letter.
     pub give_up_after: Duration,
@@ -173,6 +185,15 @@ impl Filter {
     }
 }
 
+/// What became of one attempt that did not fail.
+pub(crate) enum Delivered {
+    /// The receiver took it (2xx).
+    Sent,
+    /// Not for this receiver after all (an SMS for a bike with no owner, an owner over the
+    /// rate): counted by reason, not retried.
+    Skipped(&'static str),
+}
+
 /// Why a delivery stopped short of a 2xx.
 enum Stop {
     /// Given up after `give_up_after`: (attempts, last error).
@@ -217,6 +238,16 @@ pub async fn run(
     };
     let mut tasks = tokio::task::JoinSet::new();
     for target in targets {
+        if let Sink::OwnerSms(gateway) = &target.sink {
+            tasks.spawn(sms::run_recoveries(
+                alerting.clone(),
+                gateway.clone(),
+                client.clone(),
+                target.timeout,
+                node.clone(),
+                shutdown.clone(),
+            ));
+        }
         let worker = Worker {
             alerting: alerting.clone(),
             sender: format!("greenplate@{}", node),
@@ -229,6 +260,17 @@ pub async fn run(
         tasks.spawn(worker.run());
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// An error with its causes (reqwest's own message names only the URL).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
+    }
+    msg
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -373,50 +415,74 @@ impl Worker {
         Ok(progressed)
     }
 
+    /// One attempt at a webhook: a signed POST.
+    async fn post(
+        &self,
+        url: &str,
+        secret: &str,
+        format: Format,
+        alert: &Alert,
+    ) -> Result<Delivered, String> {
+        let body = format.body(alert, &self.sender);
+        let timestamp = now_ms() / 1000;
+        let sent = self
+            .client
+            .post(url)
+            .timeout(self.target.timeout)
+            .header(reqwest::header::CONTENT_TYPE, format.content_type())
+            .header("Idempotency-Key", &alert.alert_id)
+            .header("X-Greenplate-Seq", alert.seq.to_string())
+            .header("X-Greenplate-Target", &self.target.name)
+            .header("X-Greenplate-Timestamp", timestamp.to_string())
+            .header(
+                "X-Greenplate-Signature",
+                payload::signature(secret.as_bytes(), timestamp, &body),
+            )
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => Ok(Delivered::Sent),
+            Ok(r) => Err(format!("HTTP {}", r.status())),
+            Err(e) => Err(error_chain(&e)),
+        }
+    }
+
     /// Sends one alert until the target takes it (2xx), retrying with backoff; gives up
     /// after the target's `give_up_after`.
     async fn deliver(&self, alert: &Alert) -> Result<(), Stop> {
-        let body = self.target.format.body(alert, &self.sender);
         let started = std::time::Instant::now();
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let timestamp = now_ms() / 1000;
-            let sent = self
-                .client
-                .post(&self.target.url)
-                .timeout(self.target.timeout)
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    self.target.format.content_type(),
-                )
-                .header("Idempotency-Key", &alert.alert_id)
-                .header("X-Greenplate-Seq", alert.seq.to_string())
-                .header("X-Greenplate-Target", &self.target.name)
-                .header("X-Greenplate-Timestamp", timestamp.to_string())
-                .header(
-                    "X-Greenplate-Signature",
-                    payload::signature(self.target.secret.as_bytes(), timestamp, &body),
-                )
-                .body(body.clone())
-                .send()
-                .await;
-            let error = match sent {
-                Ok(r) if r.status().is_success() => {
+            let tried = match &self.target.sink {
+                Sink::Webhook {
+                    url,
+                    secret,
+                    format,
+                } => self.post(url, secret, *format, alert).await,
+                Sink::OwnerSms(gateway) => {
+                    gateway
+                        .send_alert(&self.alerting, &self.client, self.target.timeout, alert)
+                        .await
+                }
+            };
+            let error = match tried {
+                Ok(Delivered::Sent) => {
                     self.metrics.delivered.get_or_create(&self.label()).inc();
                     return Ok(());
                 }
-                Ok(r) => format!("HTTP {}", r.status()),
-                Err(e) => {
-                    // reqwest's message names the URL; the cause says what failed.
-                    let mut msg = e.to_string();
-                    let mut source = std::error::Error::source(&e);
-                    while let Some(s) = source {
-                        msg = format!("{msg}: {s}");
-                        source = s.source();
-                    }
-                    msg
+                Ok(Delivered::Skipped(reason)) => {
+                    self.metrics
+                        .skipped
+                        .get_or_create(&SkipLabel {
+                            target: self.target.name.clone(),
+                            reason: reason.into(),
+                        })
+                        .inc();
+                    return Ok(());
                 }
+                Err(e) => e,
             };
             if started.elapsed() >= self.target.give_up_after {
                 return Err(Stop::GaveUp(attempt, error));

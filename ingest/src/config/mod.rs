@@ -62,6 +62,9 @@ pub struct Config {
     /// Partner systems that receive alerts (`[[forward.targets]]`).
     #[serde(default)]
     pub forward: ForwardConfig,
+    /// Texts to owners through an SMS gateway (`[sms]`); off unless `url` is set.
+    #[serde(default)]
+    pub sms: SmsConfig,
     #[serde(default)]
     pub log: LogConfig,
     /// TLS for the gRPC and HTTP ports (and, with `mqtt.tls`, the embedded MQTT listener).
@@ -178,7 +181,7 @@ fn default_forward_timeout_s() -> u64 {
 impl ForwardConfig {
     /// The targets as the alerting library takes them, or what is wrong with one.
     pub fn targets(&self) -> Result<Vec<greenplate_alerting::forward::Target>, String> {
-        use greenplate_alerting::forward::{Filter, Format, Target};
+        use greenplate_alerting::forward::{Filter, Format, Sink, Target};
         let mut names = std::collections::HashSet::new();
         self.targets
             .iter()
@@ -227,11 +230,18 @@ impl ForwardConfig {
                         "{at}: give_up_after_s and timeout_s must be at least 1"
                     ));
                 }
+                if t.name.starts_with("greenplate") {
+                    return Err(format!(
+                        "{at}: names starting with greenplate are the server's own"
+                    ));
+                }
                 Ok(Target {
                     name: t.name.clone(),
-                    url: url.to_owned(),
-                    secret: t.secret.clone(),
-                    format,
+                    sink: Sink::Webhook {
+                        url: url.to_owned(),
+                        secret: t.secret.clone(),
+                        format,
+                    },
                     filter: Filter {
                         kinds,
                         zones: t.zones.clone(),
@@ -243,6 +253,120 @@ impl ForwardConfig {
                 })
             })
             .collect()
+    }
+}
+
+/// Owners' texts (`[sms]`, `greenplate_alerting::forward::sms`): one small HTTP interface
+/// that an adapter at the provider speaks (deploy/README.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsConfig {
+    /// The gateway's URL; none: no texts.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Sent as `Authorization: Bearer`; required with `url`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Texts one owner gets in an hour at most; the rest are counted and dropped.
+    #[serde(default = "default_sms_max_per_owner_per_hour")]
+    pub max_per_owner_per_hour: u32,
+    /// How long one text is retried before it becomes a dead letter of
+    /// `greenplate-owner-sms`, seconds.
+    #[serde(default = "default_sms_give_up_after_s")]
+    pub give_up_after_s: u64,
+    /// One request's time limit, seconds.
+    #[serde(default = "default_forward_timeout_s")]
+    pub timeout_s: u64,
+    /// The texts, with `{plate}`, `{time}` and `{reader}` filled in; absent: the built-in
+    /// Chinese ones.
+    #[serde(default)]
+    pub templates: SmsTemplates,
+}
+
+/// `[sms.templates]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsTemplates {
+    #[serde(default)]
+    pub armed_moved: Option<String>,
+    #[serde(default)]
+    pub stolen_seen: Option<String>,
+    #[serde(default)]
+    pub recovered: Option<String>,
+}
+
+fn default_sms_max_per_owner_per_hour() -> u32 {
+    5
+}
+fn default_sms_give_up_after_s() -> u64 {
+    600
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            token: None,
+            max_per_owner_per_hour: default_sms_max_per_owner_per_hour(),
+            give_up_after_s: default_sms_give_up_after_s(),
+            timeout_s: default_forward_timeout_s(),
+            templates: SmsTemplates::default(),
+        }
+    }
+}
+
+impl SmsConfig {
+    /// The owners' texts as a forwarding target, if configured; or what is wrong.
+    pub fn target(&self) -> Result<Option<greenplate_alerting::forward::Target>, String> {
+        use greenplate_alerting::forward::sms::{Gateway, OWNER_SMS, Templates};
+        use greenplate_alerting::forward::{Filter, Sink, Target};
+        use greenplate_proto::v1::AlertKind;
+        let Some(url) = self.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || reqwest_url_ok(url).is_err()
+        {
+            return Err("sms.url must be an http(s) URL".into());
+        }
+        let token = self
+            .token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or("sms.token is required with sms.url")?;
+        if self.max_per_owner_per_hour == 0 || self.give_up_after_s == 0 || self.timeout_s == 0 {
+            return Err(
+                "sms.max_per_owner_per_hour, give_up_after_s and timeout_s must be at least 1"
+                    .into(),
+            );
+        }
+        let d = Templates::default();
+        let templates = Templates {
+            armed_moved: self.templates.armed_moved.clone().unwrap_or(d.armed_moved),
+            stolen_seen: self.templates.stolen_seen.clone().unwrap_or(d.stolen_seen),
+            recovered: self.templates.recovered.clone().unwrap_or(d.recovered),
+        };
+        Ok(Some(Target {
+            name: OWNER_SMS.into(),
+            sink: Sink::OwnerSms(std::sync::Arc::new(Gateway::new(
+                url.to_owned(),
+                token,
+                templates,
+                self.max_per_owner_per_hour,
+            ))),
+            filter: Filter {
+                kinds: vec![
+                    AlertKind::ArmedMoved,
+                    AlertKind::StolenSighted,
+                    AlertKind::StolenSightedEarlier,
+                ],
+                zones: Vec::new(),
+                min_priority: 1,
+                include_covert: false,
+            },
+            give_up_after: std::time::Duration::from_secs(self.give_up_after_s),
+            timeout: std::time::Duration::from_secs(self.timeout_s),
+        }))
     }
 }
 
@@ -438,6 +562,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             alerting: AlertingConfig::default(),
             forward: ForwardConfig::default(),
+            sms: SmsConfig::default(),
             log: LogConfig::default(),
             tls: None,
         }
@@ -492,6 +617,7 @@ impl Config {
             .escalation_rules()
             .map_err(ConfigError::Invalid)?;
         self.forward.targets().map_err(ConfigError::Invalid)?;
+        self.sms.target().map_err(ConfigError::Invalid)?;
         if self.mqtt.persistent_session.is_some() {
             return Err(ConfigError::Invalid(
                 "mqtt.persistent_session was removed with the takeover of dead nodes' sessions \
@@ -605,7 +731,13 @@ kinds = ["STOLEN_SIGHTED"]
         let c: Config = toml::from_str(good).unwrap();
         c.validate().unwrap();
         let t = &c.forward.targets().unwrap()[0];
-        assert_eq!(t.format, greenplate_alerting::forward::Format::Cap);
+        assert!(matches!(
+            t.sink,
+            greenplate_alerting::forward::Sink::Webhook {
+                format: greenplate_alerting::forward::Format::Cap,
+                ..
+            }
+        ));
         assert_eq!(t.give_up_after, std::time::Duration::from_secs(3600));
         for (bad, says) in [
             (good.replace("0123456789abcdef", "short"), "secret"),
@@ -619,6 +751,10 @@ kinds = ["STOLEN_SIGHTED"]
                 "url",
             ),
             (good.replace("dispatch-110", "a b"), "name"),
+            (
+                good.replace("dispatch-110", "greenplate-x"),
+                "the server's own",
+            ),
             (format!("{good}{good}"), "two targets"),
         ] {
             let c: Config = toml::from_str(&bad).unwrap();

@@ -22,6 +22,7 @@ mod nats;
 mod nats_failover;
 mod operability;
 mod owner_proof;
+mod owner_sms;
 mod police;
 mod readers;
 mod registry_api;
