@@ -8,14 +8,15 @@ use std::sync::atomic::Ordering;
 use crate::{Alerting, UnitRole, ZoneKind};
 use greenplate_proto::v1::admin_server::{self, AdminServer};
 use greenplate_proto::v1::{
-    AddCanaryRequest, AddCanaryResponse, AddKioskRequest, AddKioskResponse, AddPatrolUnitRequest,
-    AddPatrolUnitResponse, AddReaderRequest, AddReaderResponse, AddZoneRequest, AddZoneResponse,
-    AuditEntry, Canary, ListAuditRequest, ListAuditResponse, ListCanariesRequest,
-    ListCanariesResponse, ListDeadLettersRequest, ListDeadLettersResponse, ListReadersRequest,
-    ListReadersResponse, ReaderInfo, ReplayDeadLettersRequest, ReplayDeadLettersResponse,
-    RevokeTokenRequest, RevokeTokenResponse, RotateReaderSecretRequest, RotateReaderSecretResponse,
-    RotateTokenRequest, RotateTokenResponse, SetReaderCamerasRequest, SetReaderCamerasResponse,
-    SetReaderEnabledRequest, SetReaderEnabledResponse, TokenHolder,
+    AddCanaryRequest, AddCanaryResponse, AddInsurerRequest, AddInsurerResponse, AddKioskRequest,
+    AddKioskResponse, AddPatrolUnitRequest, AddPatrolUnitResponse, AddReaderRequest,
+    AddReaderResponse, AddZoneRequest, AddZoneResponse, AuditEntry, Canary, ListAuditRequest,
+    ListAuditResponse, ListCanariesRequest, ListCanariesResponse, ListDeadLettersRequest,
+    ListDeadLettersResponse, ListReadersRequest, ListReadersResponse, ReaderInfo,
+    ReplayDeadLettersRequest, ReplayDeadLettersResponse, RevokeTokenRequest, RevokeTokenResponse,
+    RotateReaderSecretRequest, RotateReaderSecretResponse, RotateTokenRequest, RotateTokenResponse,
+    SetReaderCamerasRequest, SetReaderCamerasResponse, SetReaderEnabledRequest,
+    SetReaderEnabledResponse, TokenHolder,
 };
 use greenplate_registry::auth::{AuthInterceptor, Role, require};
 use tonic::service::interceptor::InterceptedService;
@@ -131,6 +132,24 @@ impl admin_server::Admin for AdminService {
             .await?;
         tracing::info!(kiosk = %r.kiosk_id, "Added a kiosk.");
         Ok(Response::new(AddKioskResponse {
+            expires_at_ms: issued.expires_at_ms().unwrap_or(0),
+            token: issued.token,
+        }))
+    }
+
+    async fn add_insurer(
+        &self,
+        req: Request<AddInsurerRequest>,
+    ) -> Result<Response<AddInsurerResponse>, Status> {
+        let caller = require(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        let issued = self
+            .alerting
+            .registry()
+            .add_insurer(&caller, &r.insurer_id, &r.name, ttl(r.token_ttl_s))
+            .await?;
+        tracing::info!(insurer = %r.insurer_id, "Added an insurer.");
+        Ok(Response::new(AddInsurerResponse {
             expires_at_ms: issued.expires_at_ms().unwrap_or(0),
             token: issued.token,
         }))
@@ -395,8 +414,10 @@ fn holder_role(holder: TokenHolder) -> Result<Role, Status> {
     match holder {
         TokenHolder::Kiosk => Ok(Role::Kiosk),
         TokenHolder::PatrolUnit => Ok(Role::Patrol),
+        TokenHolder::Insurer => Ok(Role::Insurer),
         TokenHolder::Unspecified => Err(Status::invalid_argument(
-            "holder: TOKEN_HOLDER_KIOSK or TOKEN_HOLDER_PATROL_UNIT is required",
+            "holder: TOKEN_HOLDER_KIOSK, TOKEN_HOLDER_PATROL_UNIT or TOKEN_HOLDER_INSURER is \
+             required",
         )),
     }
 }

@@ -30,6 +30,7 @@
 //! - [`state`]: [`Alerting`], the shared value the stages above are methods of (it holds
 //!   the [`route::Router`], the [`hub::Hub`] and the [`History`]); `schema`: the tables;
 //!   [`provision`]: adding zones and units (Admin).
+//! - [`claims`]: signed (Ed25519) insurance claim records of thefts unresolved for long.
 //! - [`forward`]: alerts forwarded to partner systems (signed webhooks, JSON or CAP 1.2),
 //!   at least once from the log, one node per target, dead letters an operator replays.
 //! - [`lookback`]: a theft reported late: the pass history since the theft, searched once
@@ -40,6 +41,7 @@
 pub mod admin;
 pub mod canaries;
 pub mod canary;
+pub mod claims;
 pub mod command;
 pub mod engine;
 mod error;

@@ -158,6 +158,10 @@ impl Alerting {
                 "SELECT COUNT(*) AS n FROM patrol_units WHERE unit_id = $1",
                 "patrol unit",
             ),
+            Role::Insurer => (
+                "SELECT COUNT(*) AS n FROM insurers WHERE insurer_id = $1",
+                "insurer",
+            ),
             Role::Admin => {
                 return Err(RegistryError::invalid(
                     "holder",
@@ -190,6 +194,7 @@ fn audit_subject(role: Role, holder_id: &str, reason: &str) -> String {
     let holder = match role {
         Role::Kiosk => "kiosk",
         Role::Patrol => "unit",
+        Role::Insurer => "insurer",
         Role::Admin => "admin",
     };
     if reason.is_empty() {

@@ -397,9 +397,30 @@ impl Service {
             web_metrics,
             tls.is_some(),
         );
+        // Checked by Config::validate.
+        let claims_key = match &config.claims.signing_key {
+            Some(k) => k.clone(),
+            None => read_or_create(&config.data_dir.join(data_dir::CLAIMS_KEY_FILE), || {
+                greenplate_alerting::claims::ClaimSigner::generate_hex()
+            })?,
+        };
+        let claims_signer = Arc::new(
+            greenplate_alerting::claims::ClaimSigner::from_hex(&claims_key).map_err(|e| {
+                StartError::Config(ConfigError::Invalid(format!("claims key: {e}")))
+            })?,
+        );
         let http_task = tokio::spawn(http::serve(
             http,
-            http::router(exported, alerting.clone(), shutdown.clone(), web),
+            http::router(
+                exported,
+                alerting.clone(),
+                shutdown.clone(),
+                web,
+                http::Claims {
+                    signer: claims_signer,
+                    after_days: config.claims.after_days,
+                },
+            ),
             Duration::from_secs(config.http.header_timeout_s),
             tls.as_ref().map(|t| t.http_acceptor()).transpose()?,
             http_metrics,

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// The data directory's key file.
 pub const KEY_FILE: &str = "secret.key";
+/// The Ed25519 key that signs insurance claim records (64 hex digits), unless configured.
+pub const CLAIMS_KEY_FILE: &str = "claims.key";
 /// The SQLite database (when no `database_url` is configured).
 pub const DATABASE_FILE: &str = "greenplate.db";
 /// The new key while a rotation is under way.

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use greenplate_alerting::Alerting;
+use greenplate_alerting::claims::ClaimSigner;
+use greenplate_alerting::{Alerting, AlertingError};
+use greenplate_registry::{RegistryError, Role};
 
 use prometheus_client::registry::Registry;
 
@@ -25,6 +27,14 @@ struct AppState {
     metrics: Arc<Registry>,
     alerting: Arc<Alerting>,
     shutdown: CancellationToken,
+    claims: Claims,
+}
+
+/// Signed insurance claim records: the key, and after how many days a theft gets one.
+#[derive(Clone)]
+pub struct Claims {
+    pub signer: Arc<ClaimSigner>,
+    pub after_days: u32,
 }
 
 /// The HTTP routes, the web pages' among them.
@@ -33,19 +43,103 @@ pub fn router(
     alerting: Arc<Alerting>,
     shutdown: CancellationToken,
     web: crate::web::WebState,
+    claims: Claims,
 ) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
         .route("/metrics", get(metrics_handler))
+        .route("/claims/public-key", get(claims_key_handler))
+        .route("/claims/{plate}", get(claim_handler))
         .with_state(AppState {
             metrics,
             alerting,
             shutdown,
+            claims,
         })
         .merge(crate::web::router(web))
         // A span per request: method, path, status and latency at DEBUG.
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+fn json(status: StatusCode, body: String) -> axum::response::Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn json_error(status: StatusCode, message: &str) -> axum::response::Response {
+    json(status, serde_json::json!({ "error": message }).to_string())
+}
+
+/// `GET /claims/public-key`: the key claim records are signed with (Ed25519, hex).
+async fn claims_key_handler(State(state): State<AppState>) -> axum::response::Response {
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "algorithm": "Ed25519",
+            "public_key": state.claims.signer.public_key_hex(),
+        })
+        .to_string(),
+    )
+}
+
+/// `GET /claims/PLATE` with an insurer's (or the admin's) bearer token: the signed claim
+/// record of the bike's latest theft, if unresolved long enough (409 otherwise).
+async fn claim_handler(
+    State(state): State<AppState>,
+    axum::extract::Path(plate): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    let Some(caller) = state.alerting.registry().auth().authenticate(token) else {
+        return json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+    };
+    if !matches!(caller.role, Role::Insurer | Role::Admin) {
+        return json_error(StatusCode::FORBIDDEN, "insurers' tokens only");
+    }
+    let signed = state
+        .alerting
+        .claim_record(
+            &caller,
+            &state.claims.signer,
+            &plate,
+            state.claims.after_days,
+        )
+        .await;
+    match signed {
+        Ok(claim) => json(
+            StatusCode::OK,
+            serde_json::to_string(&claim).unwrap_or_default(),
+        ),
+        Err(e) => {
+            let status = match &e {
+                AlertingError::Registry(RegistryError::NotFound(_)) => StatusCode::NOT_FOUND,
+                AlertingError::Registry(RegistryError::FailedPrecondition(_)) => {
+                    StatusCode::CONFLICT
+                }
+                AlertingError::Registry(
+                    RegistryError::Invalid { .. } | RegistryError::InvalidValue { .. },
+                ) => StatusCode::BAD_REQUEST,
+                _ => {
+                    tracing::error!(error = %e, "A claim record failed.");
+                    return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+                }
+            };
+            json_error(status, &e.to_string())
+        }
+    }
 }
 
 /// 200 while the service takes work; 503 once it drains, or while its database does not

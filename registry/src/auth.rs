@@ -32,6 +32,8 @@ pub enum Role {
     Admin,
     Kiosk,
     Patrol,
+    /// An insurer: reads signed claim records of thefts, nothing else.
+    Insurer,
 }
 
 impl Role {
@@ -40,6 +42,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Kiosk => "kiosk",
             Role::Patrol => "patrol",
+            Role::Insurer => "insurer",
         }
     }
 
@@ -48,6 +51,7 @@ impl Role {
             "admin" => Some(Role::Admin),
             "kiosk" => Some(Role::Kiosk),
             "patrol" => Some(Role::Patrol),
+            "insurer" => Some(Role::Insurer),
             _ => None,
         }
     }

@@ -355,6 +355,31 @@ impl Registry {
         Ok(issued)
     }
 
+    /// Adds an insurer (reads signed claim records only) and returns its token.
+    pub async fn add_insurer(
+        &self,
+        caller: &Caller,
+        insurer_id: &str,
+        name: &str,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<IssuedToken, RegistryError> {
+        let insurer_id = validate::ident("insurer_id", insurer_id)?;
+        let name = validate::text("name", name, 200)?;
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query("INSERT INTO insurers (insurer_id, name, created_at_ms) VALUES ($1, $2, $3)")
+            .bind(&insurer_id)
+            .bind(&name)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| already_exists(e, || format!("insurer {insurer_id}")))?;
+        let issued = Authenticator::issue(&mut tx, Role::Insurer, &insurer_id, ttl).await?;
+        audit(&mut tx, caller, "add_insurer", &insurer_id).await?;
+        tx.commit().await?;
+        self.auth.activate(&issued);
+        Ok(issued)
+    }
+
     /// Entries of the audit log after `after_id`, oldest first.
     pub async fn list_audit(
         &self,

@@ -65,6 +65,9 @@ pub struct Config {
     /// Texts to owners through an SMS gateway (`[sms]`); off unless `url` is set.
     #[serde(default)]
     pub sms: SmsConfig,
+    /// Signed insurance claim records (`[claims]`).
+    #[serde(default)]
+    pub claims: ClaimsConfig,
     #[serde(default)]
     pub log: LogConfig,
     /// TLS for the gRPC and HTTP ports (and, with `mqtt.tls`, the embedded MQTT listener).
@@ -281,6 +284,32 @@ pub struct SmsConfig {
     /// Chinese ones.
     #[serde(default)]
     pub templates: SmsTemplates,
+}
+
+/// Insurance claim records (`[claims]`, `greenplate_alerting::claims`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimsConfig {
+    /// A theft unresolved this many days after its report gets a signed claim record.
+    #[serde(default = "default_claims_after_days")]
+    pub after_days: u32,
+    /// The Ed25519 signing key, 64 hex digits; default `<data_dir>/claims.key`, generated at
+    /// first start. Nodes sharing a database must share it (set it on each).
+    #[serde(default)]
+    pub signing_key: Option<String>,
+}
+
+fn default_claims_after_days() -> u32 {
+    30
+}
+
+impl Default for ClaimsConfig {
+    fn default() -> Self {
+        Self {
+            after_days: default_claims_after_days(),
+            signing_key: None,
+        }
+    }
 }
 
 /// `[sms.templates]`.
@@ -563,6 +592,7 @@ impl Default for Config {
             alerting: AlertingConfig::default(),
             forward: ForwardConfig::default(),
             sms: SmsConfig::default(),
+            claims: ClaimsConfig::default(),
             log: LogConfig::default(),
             tls: None,
         }
@@ -618,6 +648,10 @@ impl Config {
             .map_err(ConfigError::Invalid)?;
         self.forward.targets().map_err(ConfigError::Invalid)?;
         self.sms.target().map_err(ConfigError::Invalid)?;
+        if let Some(k) = &self.claims.signing_key {
+            greenplate_alerting::claims::ClaimSigner::from_hex(k)
+                .map_err(|e| ConfigError::Invalid(format!("claims.signing_key: {e}")))?;
+        }
         if self.mqtt.persistent_session.is_some() {
             return Err(ConfigError::Invalid(
                 "mqtt.persistent_session was removed with the takeover of dead nodes' sessions \

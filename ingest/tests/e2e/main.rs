@@ -6,6 +6,7 @@ mod support;
 
 mod alerting_rules;
 mod canaries;
+mod claims;
 mod cli;
 mod clone_oracle;
 mod cluster;

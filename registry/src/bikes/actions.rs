@@ -425,6 +425,9 @@ pub(crate) fn owner_pin<'a>(
             Ok(Some(given))
         }
         Role::Admin | Role::Patrol => Ok(None),
+        Role::Insurer => Err(RegistryError::PermissionDenied(
+            "insurers read claim records only".into(),
+        )),
     }
 }
 

@@ -1,0 +1,161 @@
+//! Insurance claim evidence (issue #18): an insurer's token gets the signed record of an
+//! unresolved theft (the report, every pass since, the outcome), which checks against the
+//! public key the server publishes and fails on any change; nothing for anyone else, for
+//! a recovered bike, or for a plate with no theft.
+
+use crate::support;
+
+use std::time::Duration;
+
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use greenplate_proto::v1::{AddInsurerRequest, ReportRecoveredRequest};
+use greenplate_simulator::reader::{ReaderClient, sighting};
+use support::{TestService, register_stolen};
+
+const TAG: &str = "E28011606000000000000D01";
+const PLATE: &str = "粤D7D001";
+
+async fn get(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json_or_null().await)
+}
+
+trait JsonOrNull {
+    async fn json_or_null(self) -> serde_json::Value;
+}
+
+impl JsonOrNull for reqwest::Response {
+    async fn json_or_null(self) -> serde_json::Value {
+        let bytes = self.bytes().await.unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insurer_gets_a_signed_record_of_an_unresolved_theft() {
+    let svc = TestService::start_configured(|c| {
+        c.alerting.clone_speed_kmh = 1e9;
+        c.ingest.pass_gap_ms = 300;
+        c.claims.after_days = 0;
+    })
+    .await;
+    let base = format!("http://{}", svc.service.http_addr);
+    let insurer = svc
+        .admin()
+        .await
+        .add_insurer(AddInsurerRequest {
+            insurer_id: "picc-shantou".into(),
+            name: "PICC Shantou".into(),
+            token_ttl_s: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    register_stolen(&svc, TAG, PLATE).await;
+    let mut secrets = Vec::new();
+    for (id, lat) in [("rd-1", 23.30), ("rd-2", 23.36)] {
+        secrets.push(svc.add_reader(id, lat, 116.60).await);
+    }
+    for (i, id) in ["rd-1", "rd-2"].into_iter().enumerate() {
+        let mut rd = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), id, &secrets[i])
+            .await
+            .unwrap();
+        rd.publish(vec![sighting(TAG, 3, -50)]).await.unwrap();
+        rd.disconnect().await;
+    }
+
+    // Once both passes are in the history, the record lists them.
+    let url = format!("{base}/claims/{PLATE}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let claim = loop {
+        let (status, body) = get(&url, Some(&insurer)).await;
+        let record: serde_json::Value =
+            serde_json::from_str(body["record"].as_str().unwrap_or("null")).unwrap_or_default();
+        let n = record["sightings"].as_array().map_or(0, Vec::len);
+        if status == 200 && n == 2 {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the record did not list both passes: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // It checks against the published key; changed, it does not.
+    let (status, key) = get(&format!("{base}/claims/public-key"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(key["algorithm"], "Ed25519");
+    let key: [u8; 32] = hex::decode(key["public_key"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let key = VerifyingKey::from_bytes(&key).unwrap();
+    let text = claim["record"].as_str().unwrap();
+    let sig =
+        Signature::from_slice(&hex::decode(claim["signature"].as_str().unwrap()).unwrap()).unwrap();
+    assert!(key.verify(text.as_bytes(), &sig).is_ok());
+    assert!(
+        key.verify(text.replace("rd-2", "rd-9").as_bytes(), &sig)
+            .is_err()
+    );
+    let record: serde_json::Value = serde_json::from_str(text).unwrap();
+    assert_eq!(record["kind"], "greenplate.theft_claim");
+    assert_eq!(record["bike"]["plate"], PLATE);
+    assert_eq!(record["bike"]["frame_number"], "LYDG5RULES1");
+    assert_eq!(record["outcome"]["state"], "unresolved");
+    assert_eq!(record["issued_by"], "insurer:picc-shantou");
+    let readers: Vec<&str> = record["sightings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["reader_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(readers, ["rd-1", "rd-2"]);
+    // No owner in it.
+    assert!(
+        !text.contains("黄敏") && !text.contains("13712345678"),
+        "{text}"
+    );
+
+    // Nobody else; no theft; a recovered bike.
+    assert_eq!(get(&url, None).await.0, 401);
+    let kiosk = support::new_kiosk_token(svc.channel().await, "k-claims").await;
+    assert_eq!(get(&url, Some(&kiosk)).await.0, 403);
+    assert_eq!(
+        get(&format!("{base}/claims/粤D7D999"), Some(&insurer))
+            .await
+            .0,
+        404
+    );
+    svc.add_kiosk("k-2")
+        .await
+        .report_recovered(ReportRecoveredRequest {
+            plate: PLATE.into(),
+            pin: "2468".into(),
+        })
+        .await
+        .unwrap();
+    let (status, body) = get(&url, Some(&insurer)).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("recovered"),
+        "{body}"
+    );
+    let audit = svc.audit_log().await;
+    assert!(audit.iter().any(|e| e.action == "add_insurer"));
+    assert!(
+        audit
+            .iter()
+            .filter(|e| e.action == "claim_record" && e.actor == "insurer:picc-shantou")
+            .count()
+            >= 2
+    );
+    svc.stop().await;
+}
