@@ -496,3 +496,82 @@ async fn two_nodes_send_each_alert_once_per_target() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Covert watch-list hits reach command centers only: a partner target is not sent them
+/// (counted as skipped, covert), and is sent the open ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn covert_hits_are_not_forwarded() {
+    use greenplate_proto::v1::{AddWatchEntryRequest, AlertKind, WatchPriority};
+    let mut receiver = Receiver::start().await;
+    let url = receiver.url("/dispatch");
+    let svc = TestService::start_configured(move |c| {
+        c.alerting.clone_speed_kmh = 1e9;
+        c.forward.targets = vec![greenplate_ingest::config::ForwardTargetConfig {
+            kinds: vec!["WATCH_LIST_HIT".into()],
+            ..target("dispatch", url.clone(), "json", 60)
+        }];
+    })
+    .await;
+    let secret = svc.add_reader("rd-1", 23.30, 116.60).await;
+    let hq_token = support::new_unit_token(svc.channel().await, "hq", &[], true).await;
+    let hq = greenplate_simulator::clients::patrol(svc.channel().await, &hq_token).unwrap();
+    let mut command =
+        greenplate_simulator::clients::command(svc.channel().await, &hq_token).unwrap();
+    let mut alerts = stream(&hq, 0).await;
+    let mut kiosk = svc.add_kiosk("k-1").await;
+    for (i, (tag, plate)) in TAGS[..2].iter().enumerate() {
+        kiosk
+            .register_bike(support::bike(tag, plate))
+            .await
+            .unwrap();
+        command
+            .add_watch_entry(AddWatchEntryRequest {
+                plate: (*plate).into(),
+                priority: WatchPriority::Urgent as i32,
+                reason: "robbery".into(),
+                covert: i == 0,
+                expires_at_ms: greenplate_simulator::reader::now_ms() + 3_600_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let mut reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-1", &secret)
+        .await
+        .unwrap();
+    reader
+        .publish(vec![
+            sighting(TAGS[0].0, 2, -50),
+            sighting(TAGS[1].0, 2, -50),
+        ])
+        .await
+        .unwrap();
+    let mut hits = Vec::new();
+    while hits.len() < 2 {
+        let a = next_alert(&mut alerts).await;
+        if a.kind == AlertKind::WatchListHit as i32 {
+            hits.push(a);
+        }
+    }
+    svc.wait_metric(
+        "greenplate_forward_skipped_total{target=\"dispatch\",reason=\"covert\"}",
+        1.0,
+    )
+    .await;
+    svc.wait_metric(
+        "greenplate_forward_delivered_total{target=\"dispatch\"}",
+        1.0,
+    )
+    .await;
+    wait_metric_at_most(&svc, "greenplate_forward_lag_seq{target=\"dispatch\"}", 0.0).await;
+    let got: Vec<String> = receiver.got().iter().map(|g| g.alert_id.clone()).collect();
+    let open = hits.iter().find(|a| a.plate == TAGS[1].1).unwrap();
+    assert_eq!(
+        got,
+        std::slice::from_ref(&open.alert_id),
+        "only the open entry's hit"
+    );
+    reader.disconnect().await;
+    receiver.down().await;
+    svc.stop().await;
+}
