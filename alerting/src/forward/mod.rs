@@ -19,6 +19,7 @@
 //! - [`outbox`]: cursors, leases and dead letters in the database;
 //! - [`payload`]: greenplate JSON, CAP 1.2, the signature.
 
+pub mod nats;
 pub mod outbox;
 pub mod payload;
 pub mod sms;
@@ -71,6 +72,8 @@ pub enum Sink {
         secret: String,
         format: Format,
     },
+    /// A subject on NATS JetStream, acknowledged by the stream that captures it ([`nats`]).
+    Nats(Arc<nats::NatsSink>),
     /// Texts to the bikes' owners through the SMS gateway ([`sms`]).
     OwnerSms(Arc<sms::Gateway>),
 }
@@ -461,6 +464,10 @@ impl Worker {
                     secret,
                     format,
                 } => self.post(url, secret, *format, alert).await,
+                Sink::Nats(sink) => {
+                    sink.publish(alert, &self.sender, &self.target.name, self.target.timeout)
+                        .await
+                }
                 Sink::OwnerSms(gateway) => {
                     gateway
                         .send_alert(&self.alerting, &self.client, self.target.timeout, alert)

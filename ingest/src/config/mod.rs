@@ -141,8 +141,13 @@ pub struct ForwardConfig {
 pub struct ForwardTargetConfig {
     /// Unique, `[A-Za-z0-9_.-]`: names the target's cursor, metrics and dead letters.
     pub name: String,
-    /// Where alerts are POSTed (https; http only for a receiver on a network you control).
+    /// Where alerts are POSTed (https; http only for a receiver on a network you control),
+    /// or a NATS server (`nats://HOST:PORT`, with `subject`).
     pub url: String,
+    /// For a `nats://` url: the subject alerts are published to, which a JetStream stream
+    /// must capture (delivered once the stream acknowledges).
+    #[serde(default)]
+    pub subject: Option<String>,
     /// The HMAC-SHA256 key of `X-Greenplate-Signature`, at least 16 characters.
     pub secret: String,
     /// `json` (greenplate JSON, the default) or `cap` (OASIS CAP 1.2 XML).
@@ -203,10 +208,25 @@ impl ForwardConfig {
                     return Err(format!("{at}: two targets have this name"));
                 }
                 let url = t.url.trim();
-                if !(url.starts_with("https://") || url.starts_with("http://"))
+                let nats = url.starts_with("nats://") || url.starts_with("tls://");
+                if !(nats || url.starts_with("https://") || url.starts_with("http://"))
                     || reqwest_url_ok(url).is_err()
                 {
-                    return Err(format!("{at}: url must be an http(s) URL"));
+                    return Err(format!("{at}: url must be an http(s) or nats:// URL"));
+                }
+                let subject = t.subject.as_deref().map(str::trim).unwrap_or_default();
+                if nats
+                    && (subject.is_empty()
+                        || subject.contains(['*', '>', ' '])
+                        || subject.starts_with('.')
+                        || subject.ends_with('.'))
+                {
+                    return Err(format!(
+                        "{at}: a nats:// target needs a subject without wildcards"
+                    ));
+                }
+                if !nats && !subject.is_empty() {
+                    return Err(format!("{at}: subject is for nats:// targets"));
                 }
                 if t.secret.len() < 16 {
                     return Err(format!("{at}: secret must be at least 16 characters"));
@@ -240,10 +260,21 @@ impl ForwardConfig {
                 }
                 Ok(Target {
                     name: t.name.clone(),
-                    sink: Sink::Webhook {
-                        url: url.to_owned(),
-                        secret: t.secret.clone(),
-                        format,
+                    sink: if nats {
+                        Sink::Nats(std::sync::Arc::new(
+                            greenplate_alerting::forward::nats::NatsSink::new(
+                                url.to_owned(),
+                                subject.to_owned(),
+                                t.secret.clone(),
+                                format,
+                            ),
+                        ))
+                    } else {
+                        Sink::Webhook {
+                            url: url.to_owned(),
+                            secret: t.secret.clone(),
+                            format,
+                        }
                     },
                     filter: Filter {
                         kinds,

@@ -154,6 +154,7 @@ fn target(
     greenplate_ingest::config::ForwardTargetConfig {
         name: name.into(),
         url,
+        subject: None,
         secret: SECRET.into(),
         format: format.into(),
         kinds: Vec::new(),
@@ -573,5 +574,85 @@ async fn covert_hits_are_not_forwarded() {
     );
     reader.disconnect().await;
     receiver.down().await;
+    svc.stop().await;
+}
+
+/// A partner on NATS JetStream: alerts published to a subject a stream captures, each with
+/// its id as `Nats-Msg-Id`, signed like a webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server (NATS_SERVER, default nats-server on PATH)"]
+async fn alerts_reach_a_partner_on_nats_jetstream() {
+    use futures::StreamExt;
+    let nats = crate::nats::nats_server_with("").await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let partner = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "PARTNER".into(),
+            subjects: vec!["partner.alerts".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let url = nats.url();
+    let svc = TestService::start_configured(move |c| {
+        c.alerting.clone_speed_kmh = 1e9;
+        c.forward.targets = vec![greenplate_ingest::config::ForwardTargetConfig {
+            subject: Some("partner.alerts".into()),
+            ..target("city-nats", url.clone(), "json", 60)
+        }];
+    })
+    .await;
+    let secret = svc.add_reader("rd-1", 23.30, 116.60).await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let mut alerts = stream(&hq, 0).await;
+    register_stolen(&svc, TAGS[0].0, TAGS[0].1).await;
+    let mut reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-1", &secret)
+        .await
+        .unwrap();
+    reader
+        .publish(vec![sighting(TAGS[0].0, 2, -50)])
+        .await
+        .unwrap();
+    let alert = next_alert(&mut alerts).await;
+    svc.wait_metric(
+        "greenplate_forward_delivered_total{target=\"city-nats\"}",
+        1.0,
+    )
+    .await;
+    let consumer = partner
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.fetch().max_messages(10).messages().await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("a message on the partner's stream")
+        .unwrap()
+        .unwrap();
+    let headers = m.headers.clone().unwrap();
+    assert_eq!(
+        headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        Some(alert.alert_id.as_str())
+    );
+    let ts = headers
+        .get("Greenplate-Timestamp")
+        .unwrap()
+        .as_str()
+        .to_owned();
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(ts.as_bytes());
+    mac.update(b".");
+    mac.update(&m.payload);
+    assert_eq!(
+        headers
+            .get("Greenplate-Signature")
+            .map(|v| v.as_str().to_owned()),
+        Some(format!("v1={}", hex::encode(mac.finalize().into_bytes())))
+    );
+    let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["alert_id"], alert.alert_id.as_str());
+    assert_eq!(v["plate"], TAGS[0].1);
+    reader.disconnect().await;
     svc.stop().await;
 }
