@@ -187,7 +187,11 @@ impl Registry {
             &mut tx,
             caller,
             "add_reader",
-            &format!("{reader_id} ({format}, {} cameras)", cameras.len()),
+            &if cameras.is_empty() {
+                format!("{reader_id} ({format})")
+            } else {
+                format!("{reader_id} ({format}, {} cameras)", cameras.len())
+            },
         )
         .await?;
         let change = Change::Reader {
