@@ -179,6 +179,25 @@ async fn wait_metric_at_most(svc: &TestService, sample: &str, max: f64) {
     .await
 }
 
+/// A reader at (23.30, 116.60), a command center's alert stream from the start, `stolen`
+/// bikes reported stolen, and the reader connected.
+async fn scene(
+    svc: &TestService,
+    reader_id: &str,
+    stolen: &[(&str, &str)],
+) -> (ReaderClient, tonic::Streaming<greenplate_proto::v1::Alert>) {
+    let secret = svc.add_reader(reader_id, 23.30, 116.60).await;
+    let hq = svc.add_unit("hq", &[], true).await;
+    let alerts = stream(&hq, 0).await;
+    for (tag, plate) in stolen {
+        register_stolen(svc, tag, plate).await;
+    }
+    let reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), reader_id, &secret)
+        .await
+        .unwrap();
+    (reader, alerts)
+}
+
 const TAGS: [(&str, &str); 3] = [
     ("E28011606000000000000F01", "粤D7F001"),
     ("E28011606000000000000F02", "粤D7F002"),
@@ -201,15 +220,7 @@ async fn every_alert_reaches_a_flaky_partner_signed_and_in_order() {
         ];
     })
     .await;
-    let secret = svc.add_reader("rd-1", 23.30, 116.60).await;
-    let hq = svc.add_unit("hq", &[], true).await;
-    let mut alerts = stream(&hq, 0).await;
-    for (tag, plate) in TAGS {
-        register_stolen(&svc, tag, plate).await;
-    }
-    let mut reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-1", &secret)
-        .await
-        .unwrap();
+    let (mut reader, mut alerts) = scene(&svc, "rd-1", &TAGS).await;
 
     // The first alert meets three refusals, then goes through.
     reader
@@ -329,13 +340,7 @@ async fn a_partner_down_too_long_gets_dead_letters_an_operator_replays() {
         c.forward.targets = vec![target("slow", url.clone(), "json", 1)];
     })
     .await;
-    let secret = svc.add_reader("rd-1", 23.30, 116.60).await;
-    let hq = svc.add_unit("hq", &[], true).await;
-    let mut alerts = stream(&hq, 0).await;
-    register_stolen(&svc, TAGS[0].0, TAGS[0].1).await;
-    let mut reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-1", &secret)
-        .await
-        .unwrap();
+    let (mut reader, mut alerts) = scene(&svc, "rd-1", &TAGS[..1]).await;
     reader
         .publish(vec![sighting(TAGS[0].0, 2, -50)])
         .await
@@ -439,15 +444,7 @@ async fn two_nodes_send_each_alert_once_per_target() {
         c.forward.targets = vec![target("dispatch", url_b.clone(), "json", 60)];
     })
     .await;
-    let secret = a.add_reader("rd-a", 23.30, 116.60).await;
-    let hq = a.add_unit("hq", &[], true).await;
-    let mut alerts = stream(&hq, 0).await;
-    for (tag, plate) in TAGS {
-        register_stolen(&a, tag, plate).await;
-    }
-    let mut reader = ReaderClient::connect("127.0.0.1", a.mqtt_port(), "rd-a", &secret)
-        .await
-        .unwrap();
+    let (mut reader, mut alerts) = scene(&a, "rd-a", &TAGS).await;
     reader
         .publish(vec![
             sighting(TAGS[0].0, 2, -50),
@@ -603,13 +600,7 @@ async fn alerts_reach_a_partner_on_nats_jetstream() {
         }];
     })
     .await;
-    let secret = svc.add_reader("rd-1", 23.30, 116.60).await;
-    let hq = svc.add_unit("hq", &[], true).await;
-    let mut alerts = stream(&hq, 0).await;
-    register_stolen(&svc, TAGS[0].0, TAGS[0].1).await;
-    let mut reader = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-1", &secret)
-        .await
-        .unwrap();
+    let (mut reader, mut alerts) = scene(&svc, "rd-1", &TAGS[..1]).await;
     reader
         .publish(vec![sighting(TAGS[0].0, 2, -50)])
         .await

@@ -121,6 +121,20 @@ impl Browser {
     }
 }
 
+/// The patrol zone "z-town" around the readers of these tests.
+async fn add_town(svc: &TestService) -> anyhow::Result<()> {
+    svc.admin()
+        .await
+        .add_zone(AddZoneRequest {
+            zone_id: "z-town".into(),
+            name: "Town".into(),
+            geojson: ZONE.into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
 /// Waits until an element matching `css` has text containing `text`; returns that text.
 async fn wait_text(c: &Client, css: &str, text: &str) -> anyhow::Result<String> {
     let deadline = Instant::now() + DEADLINE;
@@ -183,15 +197,7 @@ async fn kiosk_registration_to_a_live_incident_in_a_real_browser() -> anyhow::Re
     // Passes close 300 ms after their last read, so the track shows within the test.
     let svc = TestService::start_configured(|c| c.ingest.pass_gap_ms = 300).await;
     let base = format!("http://{}", svc.service.http_addr);
-    svc.admin()
-        .await
-        .add_zone(AddZoneRequest {
-            zone_id: "z-town".into(),
-            name: "Town".into(),
-            geojson: ZONE.into(),
-            ..Default::default()
-        })
-        .await?;
+    add_town(&svc).await?;
     let kiosk_token = new_kiosk_token(svc.channel().await, "k-town-hall").await;
     let hq_token = new_unit_token(svc.channel().await, "hq", &[], true).await;
     let secret = svc.add_reader("rd-gate", 23.26, 116.58).await;
@@ -390,15 +396,7 @@ async fn the_command_center_keeps_watch_lists_rings_by_priority_and_investigates
     })
     .await;
     let base = format!("http://{}", svc.service.http_addr);
-    svc.admin()
-        .await
-        .add_zone(AddZoneRequest {
-            zone_id: "z-town".into(),
-            name: "Town".into(),
-            geojson: ZONE.into(),
-            ..Default::default()
-        })
-        .await?;
+    add_town(&svc).await?;
     let hq_token = new_unit_token(svc.channel().await, "hq", &[], true).await;
     let secret = svc
         .admin()
