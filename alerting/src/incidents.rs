@@ -113,6 +113,30 @@ impl Alerting {
             .map_err(Into::into)
     }
 
+    /// A theft report's case as its owner sees it: the incident's state and when the bike
+    /// was last seen (an alert), if the incident is open.
+    pub async fn theft_case(
+        &self,
+        report_id: i64,
+    ) -> Result<Option<(String, Option<i64>)>, AlertingError> {
+        let row = sqlx::query(
+            "SELECT i.state, (SELECT MAX(a.seen_at_ms) FROM alerts a \
+                              WHERE a.incident_id = i.incident_id) AS last_seen \
+             FROM incidents i WHERE i.dedup_key = $1 ORDER BY i.opened_at_ms DESC LIMIT 1",
+        )
+        .bind(format!("theft:{report_id}"))
+        .fetch_optional(self.db().pool())
+        .await?;
+        row.map(|r| {
+            Ok::<_, sqlx::Error>((
+                r.try_get("state")?,
+                r.try_get::<Option<i64>, _>("last_seen")?,
+            ))
+        })
+        .transpose()
+        .map_err(Into::into)
+    }
+
     /// A unit takes an incident on.
     pub async fn acknowledge(
         &self,

@@ -162,10 +162,10 @@ impl Alerting {
                 "SELECT COUNT(*) AS n FROM insurers WHERE insurer_id = $1",
                 "insurer",
             ),
-            Role::Admin => {
+            Role::Admin | Role::Owner => {
                 return Err(RegistryError::invalid(
                     "holder",
-                    "the admin token is set in the configuration",
+                    "the admin token is set in the configuration; owners have no tokens",
                 )
                 .into());
             }
@@ -195,6 +195,7 @@ fn audit_subject(role: Role, holder_id: &str, reason: &str) -> String {
         Role::Kiosk => "kiosk",
         Role::Patrol => "unit",
         Role::Insurer => "insurer",
+        Role::Owner => "owner",
         Role::Admin => "admin",
     };
     if reason.is_empty() {

@@ -103,9 +103,11 @@ impl Service {
         forward_metrics.register(&mut exported);
         // Partner targets and the owners' texts (checked by Config::validate).
         let mut forward_targets = config.forward.targets().unwrap_or_default();
+        let mut owner_sms = None;
         if let Some(sms) = config.sms.target().ok().flatten() {
             if let greenplate_alerting::forward::Sink::OwnerSms(gateway) = &sms.sink {
                 gateway.register_metrics(&mut exported);
+                owner_sms = Some(crate::web::OwnerSms::new(gateway.clone(), sms.timeout));
             }
             forward_targets.push(sms);
         }
@@ -397,6 +399,10 @@ impl Service {
             web_metrics,
             tls.is_some(),
         );
+        let web = match owner_sms {
+            Some(sms) => web.with_owner_sms(sms),
+            None => web,
+        };
         // Checked by Config::validate.
         let claims_key = match &config.claims.signing_key {
             Some(k) => k.clone(),

@@ -34,6 +34,9 @@ pub enum Role {
     Patrol,
     /// An insurer: reads signed claim records of thefts, nothing else.
     Insurer,
+    /// A bike's owner signed in on the owner page (a code texted to the registered phone;
+    /// never an API token): their own bikes only, the PIN for what needs it.
+    Owner,
 }
 
 impl Role {
@@ -43,6 +46,7 @@ impl Role {
             Role::Kiosk => "kiosk",
             Role::Patrol => "patrol",
             Role::Insurer => "insurer",
+            Role::Owner => "owner",
         }
     }
 

@@ -62,7 +62,7 @@ pub use cameras::{Camera, CameraLink};
 pub use db::{Backend, Db, DbError, now_ms};
 pub use error::RegistryError;
 pub use hot_index::{HotIndex, TagState};
-pub use owners::{OwnerContact, Recovery};
+pub use owners::{OpenTheft, OwnerBike, OwnerContact, Recovery};
 pub use readers::{Liveness, Reader, Readers};
 pub use secrets::SecretBox;
 pub use seqs::StoredSeqs;

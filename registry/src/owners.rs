@@ -28,6 +28,28 @@ impl std::fmt::Debug for OwnerContact {
     }
 }
 
+/// A bike as its owner sees it on the owner page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerBike {
+    pub bike_id: i64,
+    pub plate: String,
+    pub tag_id: String,
+    pub make: String,
+    pub model: String,
+    pub color: String,
+    pub armed: bool,
+    /// Its open theft report, if it is stolen.
+    pub theft: Option<OpenTheft>,
+}
+
+/// An open theft report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenTheft {
+    pub report_id: i64,
+    pub stolen_at_ms: i64,
+    pub reported_at_ms: i64,
+}
+
 /// A recovery whose owner has not been told yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovery {
@@ -63,6 +85,60 @@ impl Registry {
         .fetch_optional(self.db().pool())
         .await?;
         row.map(|r| self.contact_of(&r)).transpose()
+    }
+
+    /// The owner of the registered bike with `plate`, if any.
+    pub async fn owner_contact_by_plate(
+        &self,
+        plate: &str,
+    ) -> Result<Option<OwnerContact>, RegistryError> {
+        let plate = crate::validate::plate("plate", plate)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{CONTACT} WHERE b.plate = $1 AND b.state = 'registered'"
+        )))
+        .bind(&plate)
+        .fetch_optional(self.db().pool())
+        .await?;
+        row.map(|r| self.contact_of(&r)).transpose()
+    }
+
+    /// An owner's registered bikes, by plate, with what the owner page shows of each.
+    pub async fn owner_bikes(&self, owner_id: i64) -> Result<Vec<OwnerBike>, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT b.bike_id, b.plate, b.tag_id, b.make, b.model, b.color, b.armed, \
+                    t.report_id, t.stolen_at_ms, t.reported_at_ms \
+             FROM bikes b LEFT JOIN theft_reports t \
+                 ON t.bike_id = b.bike_id AND t.recovered_at_ms IS NULL \
+             WHERE b.owner_id = $1 AND b.state = 'registered' ORDER BY b.plate",
+        )
+        .bind(owner_id)
+        .fetch_all(self.db().pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OwnerBike {
+                    bike_id: r.try_get("bike_id")?,
+                    plate: r.try_get("plate")?,
+                    tag_id: r
+                        .try_get::<Option<String>, _>("tag_id")?
+                        .unwrap_or_default(),
+                    make: r.try_get("make")?,
+                    model: r.try_get("model")?,
+                    color: r.try_get("color")?,
+                    armed: r.try_get::<i64, _>("armed")? != 0,
+                    theft: match r.try_get::<Option<i64>, _>("report_id")? {
+                        Some(report_id) => Some(OpenTheft {
+                            report_id,
+                            stolen_at_ms: r.try_get::<Option<i64>, _>("stolen_at_ms")?.unwrap_or(0),
+                            reported_at_ms: r
+                                .try_get::<Option<i64>, _>("reported_at_ms")?
+                                .unwrap_or(0),
+                        }),
+                        None => None,
+                    },
+                })
+            })
+            .collect()
     }
 
     /// The owner of a bike, by its id.

@@ -37,6 +37,11 @@ struct Browser {
 
 impl Browser {
     async fn start() -> anyhow::Result<Self> {
+        Self::start_sized(1280, 800).await
+    }
+
+    /// A browser whose viewport is `width` x `height` CSS pixels (a phone: 390 x 844).
+    async fn start_sized(width: u32, height: u32) -> anyhow::Result<Self> {
         let chromedriver =
             std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
         let chrome = std::env::var("CHROME").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -82,7 +87,7 @@ impl Browser {
                 "binary": chrome,
                 "args": [
                     "--headless=new",
-                    "--window-size=1280,800",
+                    format!("--window-size={width},{height}"),
                     // Tests run as root in CI, where Chromium's sandbox cannot start.
                     "--no-sandbox",
                     "--disable-dev-shm-usage",
@@ -100,7 +105,7 @@ impl Browser {
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
             .context("opening a WebDriver session")?;
-        // A viewport of 1280x800: the window plus whatever the browser keeps around it.
+        // A viewport of width x height: the window plus whatever the browser keeps around it.
         let frame = client
             .execute(
                 "return [window.outerWidth - window.innerWidth, \
@@ -110,7 +115,7 @@ impl Browser {
             .await?;
         let extra = |i: usize| frame[i].as_u64().unwrap_or(0) as u32;
         client
-            .set_window_size(1280 + extra(0), 800 + extra(1))
+            .set_window_size(width + extra(0), height + extra(1))
             .await?;
         Ok(Self { client, driver })
     }
@@ -610,5 +615,169 @@ async fn the_command_center_keeps_watch_lists_rings_by_priority_and_investigates
     reader.disconnect().await;
     bridge.disconnect().await;
     svc.stop().await;
+    Ok(())
+}
+
+const OWNER_TAG: &str = "E28011606000020700000051";
+const OWNER_PLATE: &str = "潮阳B50001";
+const OTHER_TAG: &str = "E28011606000020700000052";
+const OTHER_PLATE: &str = "潮阳B50002";
+
+/// The owner page on a phone-sized screen: sign in with the plate and a texted code (a
+/// wrong code counted), see one's own bike and not another owner's, arm it with the PIN,
+/// see its passes, report it stolen and see the case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium (chromium, chromium-driver)"]
+async fn an_owner_signs_in_by_text_arms_and_reports_a_theft_on_a_phone_in_a_real_browser()
+-> anyhow::Result<()> {
+    use std::sync::{Arc, Mutex};
+    // The SMS gateway: it keeps what it is asked to send.
+    let texts: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sms_url = format!("http://{}/send", listener.local_addr()?);
+    let kept = texts.clone();
+    let gateway = axum::Router::new().route(
+        "/send",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    kept.lock().unwrap().push(v);
+                }
+                axum::http::StatusCode::ACCEPTED
+            }
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, gateway).await });
+    let svc = TestService::start_configured(move |c| {
+        c.ingest.pass_gap_ms = 300;
+        c.sms.url = Some(sms_url.clone());
+        c.sms.token = Some("t".into());
+    })
+    .await;
+    let base = format!("http://{}", svc.service.http_addr);
+    let mut kiosk = svc.add_kiosk("k-owner").await;
+    kiosk
+        .register_bike(support::bike(OWNER_TAG, OWNER_PLATE))
+        .await?;
+    let mut other = support::bike(OTHER_TAG, OTHER_PLATE);
+    other.owner = Some(greenplate_proto::v1::Owner {
+        name: "陈伟".into(),
+        id_number: "440513198001011236".into(),
+        phone: "13800138000".into(),
+    });
+    kiosk.register_bike(other).await?;
+    let secret = svc.add_reader("rd-gate", 23.26, 116.58).await;
+    let mut reader =
+        ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-gate", &secret).await?;
+    reader.publish(vec![sighting(OWNER_TAG, 3, -50)]).await?;
+
+    let browser = Browser::start_sized(390, 844).await?;
+    let c = &browser.client;
+    c.goto(&format!("{base}/owner")).await?;
+    fill(c, "plate", OWNER_PLATE).await?;
+    click(c, "#owner-plate button[type=submit]").await?;
+    wait_text(c, "#code-sent", "a code was texted").await?;
+    let code = {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let sent = texts.lock().unwrap().iter().find_map(|t| {
+                (t["kind"] == "sign_in_code" && t["to"] == "13712345678")
+                    .then(|| t["text"].as_str().unwrap_or_default().to_owned())
+            });
+            if let Some(text) = sent {
+                break text
+                    .chars()
+                    .filter(char::is_ascii_digit)
+                    .collect::<String>()
+                    .chars()
+                    .take(6)
+                    .collect::<String>();
+            }
+            if Instant::now() > deadline {
+                bail!("no code texted: {:?}", texts.lock().unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(code.len(), 6, "{code}");
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    fill(c, "code", wrong).await?;
+    click(c, "#owner-code button[type=submit]").await?;
+    wait_text(c, "#owner-code p.error", "4 tries left").await?;
+    fill(c, "code", &code).await?;
+    click(c, "#owner-code button[type=submit]").await?;
+
+    // Their bike, not the other owner's.
+    let card = wait_text(c, "section.bike", OWNER_PLATE).await?;
+    assert!(card.contains("Yadea"), "{card}");
+    assert!(
+        c.find_all(Locator::Css(&format!(
+            "section.bike[data-plate=\"{OTHER_PLATE}\"]"
+        )))
+        .await?
+        .is_empty()
+    );
+    // Arm it with the PIN.
+    c.find(Locator::Css("section.bike form.arm input[name=pin]"))
+        .await?
+        .send_keys("2468")
+        .await?;
+    click(c, "section.bike form.arm button[type=submit]").await?;
+    wait_text(c, "p.notice", "Armed").await?;
+    wait_text(c, "section.bike .badge.armed", "armed").await?;
+    screenshot(c, "owner.png").await?;
+
+    // Its passes (once the pass is written), and nothing of another owner's bike.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        c.goto(&format!("{base}/owner/bike?plate={OWNER_PLATE}"))
+            .await?;
+        let n = wait_text(c, "#pass-count", "").await?;
+        if n.trim() != "0" {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no passes shown");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    wait_text(c, "#passes td", "rd-gate").await?;
+    c.goto(&format!("{base}/owner/bike?plate={OTHER_PLATE}"))
+        .await?;
+    wait_text(c, "p.error", "No such bike of yours").await?;
+
+    // Report it stolen from the phone: the same report and case as at a kiosk.
+    c.goto(&format!("{base}/owner")).await?;
+    click(c, "section.bike details.report summary").await?;
+    c.find(Locator::Css("form.stolen input[name=place]"))
+        .await?
+        .send_keys("菜市场门口 / market gate")
+        .await?;
+    click(c, "form.stolen button[type=submit]").await?;
+    wait_text(c, "p.notice", "Theft reported").await?;
+    wait_text(c, "section.bike .badge.stolen", "stolen").await?;
+    c.goto(&format!("{base}/owner/bike?plate={OWNER_PLATE}"))
+        .await?;
+    wait_text(c, "#case-state", "").await?;
+    screenshot(c, "owner-bike.png").await?;
+
+    let audit = svc.audit_log().await;
+    for action in ["arm", "report_stolen", "owner_passes"] {
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action.starts_with(action) && e.actor.starts_with("owner:")),
+            "{action} not audited as the owner: {:?}",
+            audit
+                .iter()
+                .map(|e| (&e.action, &e.actor))
+                .collect::<Vec<_>>()
+        );
+    }
+    browser.stop().await;
+    reader.disconnect().await;
+    svc.stop().await;
+    server.abort();
     Ok(())
 }

@@ -32,13 +32,18 @@ pub struct KioskSession(pub Session);
 #[derive(Debug, Clone)]
 pub struct CommandSession(pub Session);
 
+/// Signed in on the owner page (as a bike's owner: `Role::Owner`, id the owner's).
+#[derive(Debug, Clone)]
+pub struct OwnerSession(pub Session);
+
 /// The live session the request's cookie for `area` names, marked used now. A session whose
-/// token was revoked or expired ends here.
+/// token was revoked or expired ends here (an owner's session has no token: it lives
+/// until it is idle or signed out).
 fn signed_in(parts: &Parts, web: &WebState, area: Area) -> Option<Session> {
     let session = web
         .sessions
         .from_headers(area, &parts.headers, Instant::now())?;
-    if web.auth().is_live(&session.credential) {
+    if area == Area::Owner || web.auth().is_live(&session.credential) {
         Some(session)
     } else {
         web.sessions.remove(&session.id);
@@ -101,6 +106,34 @@ pub trait CsrfSession {
     const AREA: Area;
     /// The session (none: a sign-out without a session, which has nothing to protect).
     fn session(&self) -> Option<&Session>;
+}
+
+impl FromRequestParts<WebState> for OwnerSession {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut Parts, web: &WebState) -> Result<Self, WebError> {
+        signed_in(parts, web, Area::Owner)
+            .map(Self)
+            .ok_or(WebError::SignedOut(Area::Owner))
+    }
+}
+
+impl OptionalFromRequestParts<WebState> for OwnerSession {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        web: &WebState,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(signed_in(parts, web, Area::Owner).map(Self))
+    }
+}
+
+impl CsrfSession for OwnerSession {
+    const AREA: Area = Area::Owner;
+    fn session(&self) -> Option<&Session> {
+        Some(&self.0)
+    }
 }
 
 impl CsrfSession for KioskSession {

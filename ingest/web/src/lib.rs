@@ -23,6 +23,8 @@
 //! - `command`: sign-in, the map, the incident list, the live event stream, an incident's
 //!   history with its cameras, the watch list, investigations.
 //! - `sound`: the command center's alarms, one per priority, made as WAV.
+//! - `owner`: the owner page: sign-in with a texted code, own bikes, arm, report a theft,
+//!   passes and the case; `owner_codes`: its one-time codes.
 //! - `assets/`: `style.css`, `kiosk.js`, `command.js`.
 
 use axum::Router;
@@ -36,6 +38,8 @@ mod extract;
 mod i18n;
 mod kiosk;
 pub mod limits;
+mod owner;
+mod owner_codes;
 mod page;
 pub mod session;
 mod sign_in;
@@ -43,7 +47,7 @@ mod sound;
 mod state;
 
 pub use limits::WebMetrics;
-pub use state::{IngestTotals, Totals, WebState};
+pub use state::{IngestTotals, OwnerSms, Totals, WebState};
 
 /// The web routes, to merge into the HTTP port's router.
 pub fn router(state: WebState) -> Router {
@@ -70,6 +74,13 @@ pub fn router(state: WebState) -> Router {
         .route("/command/investigate", get(command::investigate))
         .route("/web/alarm-{priority}", get(alarm))
         .route("/command/events", get(command::events))
+        .route("/owner", get(owner::home))
+        .route("/owner/code", post(owner::code))
+        .route("/owner/login", post(owner::login))
+        .route("/owner/logout", post(owner::logout))
+        .route("/owner/arm", post(owner::arm))
+        .route("/owner/stolen", post(owner::stolen))
+        .route("/owner/bike", get(owner::bike))
         .with_state(state)
 }
 
@@ -85,6 +96,7 @@ async fn index() -> Response {
                     ul.links {
                         li { a href="/kiosk" { "摩托车登记终端 / Bike registration kiosk" } }
                         li { a href="/command" { "指挥中心 / Command center" } }
+                        li { a href="/owner" { "车主服务 / Owners" } }
                     }
                 }
             },

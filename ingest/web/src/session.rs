@@ -27,6 +27,8 @@ use subtle::ConstantTimeEq;
 pub enum Area {
     Kiosk,
     Command,
+    /// The owner page: signed in with a code texted to the bike's registered phone.
+    Owner,
 }
 
 impl Area {
@@ -35,6 +37,7 @@ impl Area {
         match self {
             Area::Kiosk => "gp_kiosk",
             Area::Command => "gp_command",
+            Area::Owner => "gp_owner",
         }
     }
 
@@ -43,6 +46,7 @@ impl Area {
         match self {
             Area::Kiosk => "/kiosk",
             Area::Command => "/command",
+            Area::Owner => "/owner",
         }
     }
 }

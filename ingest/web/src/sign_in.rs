@@ -144,7 +144,7 @@ pub fn sign_out(door: &Door, web: &WebState, session: Option<&Session>) -> Respo
 /// False when a browser says the request comes from a page of another site (`Origin`
 /// naming another host than `Host`). Sign-in forms have no session yet, so no CSRF token:
 /// this keeps another site from signing a browser in to a session of its choosing.
-fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+pub(crate) fn same_origin(headers: &axum::http::HeaderMap) -> bool {
     let Some(origin) = headers
         .get(axum::http::header::ORIGIN)
         .and_then(|v| v.to_str().ok())

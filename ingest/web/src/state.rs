@@ -42,6 +42,30 @@ pub struct WebState {
     pub(crate) sign_in_limits: Arc<SignInLimits>,
     /// The port speaks TLS: cookies are `Secure`.
     pub(crate) secure: bool,
+    /// The SMS gateway that texts owners their sign-in codes; none: no owner sign-in.
+    pub(crate) owner_sms: Option<OwnerSms>,
+    pub(crate) owner_codes: Arc<crate::owner_codes::Codes>,
+}
+
+/// How the owner page texts codes.
+#[derive(Clone)]
+pub struct OwnerSms {
+    pub(crate) gateway: Arc<greenplate_alerting::forward::sms::Gateway>,
+    pub(crate) client: reqwest::Client,
+    pub(crate) timeout: Duration,
+}
+
+impl OwnerSms {
+    pub fn new(
+        gateway: Arc<greenplate_alerting::forward::sms::Gateway>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            gateway,
+            client: reqwest::Client::new(),
+            timeout,
+        }
+    }
 }
 
 impl WebState {
@@ -64,7 +88,15 @@ impl WebState {
             metrics,
             sign_in_limits: Arc::new(SignInLimits::default()),
             secure,
+            owner_sms: None,
+            owner_codes: Arc::default(),
         }
+    }
+
+    /// Owners sign in with codes texted through this gateway.
+    pub fn with_owner_sms(mut self, sms: OwnerSms) -> Self {
+        self.owner_sms = Some(sms);
+        self
     }
 
     pub(crate) fn auth(&self) -> &Arc<Authenticator> {

@@ -420,7 +420,7 @@ pub(crate) fn owner_pin<'a>(
     given: &'a str,
 ) -> Result<Option<&'a str>, RegistryError> {
     match caller.role {
-        Role::Kiosk => {
+        Role::Kiosk | Role::Owner => {
             pin::validate_given("pin", given)?;
             Ok(Some(given))
         }
