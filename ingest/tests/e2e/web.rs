@@ -674,6 +674,14 @@ async fn an_owner_signs_in_by_text_arms_and_reports_a_theft_on_a_phone_in_a_real
 
     let browser = Browser::start_sized(390, 844).await?;
     let c = &browser.client;
+    // A plate nobody registered looks the same: a code page, and a wrong code counted.
+    c.goto(&format!("{base}/owner")).await?;
+    fill(c, "plate", "潮阳B59999").await?;
+    click(c, "#owner-plate button[type=submit]").await?;
+    wait_text(c, "#code-sent", "a code was texted").await?;
+    fill(c, "code", "123456").await?;
+    click(c, "#owner-code button[type=submit]").await?;
+    wait_text(c, "#owner-code p.error", "4 tries left").await?;
     c.goto(&format!("{base}/owner")).await?;
     fill(c, "plate", OWNER_PLATE).await?;
     click(c, "#owner-plate button[type=submit]").await?;

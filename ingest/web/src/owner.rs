@@ -38,6 +38,8 @@ const AREA: Area = Area::Owner;
 /// Passes shown per bike at most.
 const MAX_PASSES: usize = 500;
 const WEEK_MS: i64 = 7 * 24 * 3_600_000;
+/// The owner id of the codes issued for a plate nobody owns.
+const NOBODY: i64 = -1;
 
 fn page(title: &str, status: StatusCode, body: Markup) -> Response {
     html_response(status, layout(title, None, body))
@@ -275,38 +277,44 @@ pub async fn code(
             );
         }
     };
-    if let Some(contact) = contact {
-        match web
-            .owner_codes
-            .issue(&plate, contact.owner_id, Instant::now())
-        {
-            Ok(code) => {
-                if let Err(e) = sms
-                    .gateway
-                    .send_code(&sms.client, sms.timeout, &contact, &code)
-                    .await
-                {
-                    tracing::warn!(error = %e, "Texting an owner's sign-in code failed.");
-                    return message(
-                        StatusCode::BAD_GATEWAY,
-                        "验证码发送失败，请稍后再试",
-                        "The code could not be texted; try again later",
-                    );
-                }
-                tracing::info!(owner = contact.owner_id, "Texted an owner a sign-in code.");
+    // A plate with no owner gets a code too (never sent), so asking for codes and guessing
+    // them behaves the same whether or not the plate is registered.
+    let owner_id = contact.as_ref().map_or(NOBODY, |c| c.owner_id);
+    match web.owner_codes.issue(&plate, owner_id, Instant::now()) {
+        Ok(code) => {
+            if let Some(contact) = contact {
+                // Sent beside the answer, so the page looks the same and takes the same
+                // time for a plate that is not registered; a failure is logged.
+                tokio::spawn(async move {
+                    match sms
+                        .gateway
+                        .send_code(&sms.client, sms.timeout, &contact, &code)
+                        .await
+                    {
+                        Ok(()) => tracing::info!(
+                            owner = contact.owner_id,
+                            "Texted an owner a sign-in code."
+                        ),
+                        Err(e) => tracing::warn!(
+                            owner = contact.owner_id,
+                            error = %e,
+                            "Texting an owner's sign-in code failed."
+                        ),
+                    }
+                });
             }
-            Err(codes::Refused::Locked) => {
-                return sign_in_page(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Some(&Bilingual::new(
-                        "错误次数过多，请15分钟后再试",
-                        "Too many wrong codes; try again in 15 minutes",
-                    )),
-                );
-            }
-            // A code sent a moment ago still works.
-            Err(_) => {}
         }
+        Err(codes::Refused::Locked) => {
+            return sign_in_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(&Bilingual::new(
+                    "错误次数过多，请15分钟后再试",
+                    "Too many wrong codes; try again in 15 minutes",
+                )),
+            );
+        }
+        // A code sent a moment ago still works.
+        Err(_) => {}
     }
     code_page(&plate, StatusCode::OK, None)
 }
@@ -342,7 +350,7 @@ pub async fn login(
         );
     }
     match web.owner_codes.check(&plate, &form.code, Instant::now()) {
-        Ok(owner_id) => {
+        Ok(owner_id) if owner_id != NOBODY => {
             let caller = Caller {
                 role: Role::Owner,
                 id: owner_id.to_string(),
@@ -370,7 +378,8 @@ pub async fn login(
                 "Too many wrong codes; try again in 15 minutes",
             )),
         ),
-        Err(_) => sign_in_page(
+        // No code, an expired one, or one of a plate nobody owns.
+        _ => sign_in_page(
             StatusCode::UNAUTHORIZED,
             Some(&Bilingual::new(
                 "验证码已失效，请重新获取",
