@@ -52,6 +52,22 @@ async fn open_feed(svc: &TestService, cookie: &str) -> tokio::net::TcpStream {
     s
 }
 
+/// Reads a live feed until `text` has come; returns what came.
+async fn feed_until(s: &mut tokio::net::TcpStream, text: &str, within: Duration) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        while !String::from_utf8_lossy(&got).contains(text) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the live feed ended before {text:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {text:?} on the live feed within {within:?}"));
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 /// Reads a live feed to its end; fails if it does not end within `within`.
 async fn feed_ends(mut s: tokio::net::TcpStream, within: Duration) -> String {
     let mut got = Vec::new();
@@ -72,7 +88,9 @@ async fn a_revoked_unit_token_ends_its_calls_its_stream_and_its_web_session() {
     let mut hq_stream = stream(&hq, 0).await;
     let mut other_stream = stream(&other, 0).await;
     let cookie = sign_in(svc.service.http_addr, "command", &hq_token).await;
-    let feed = open_feed(&svc, &cookie).await;
+    let mut feed = open_feed(&svc, &cookie).await;
+    // The feed is live (its first status came) before the token is revoked.
+    feed_until(&mut feed, "event: status", Duration::from_secs(10)).await;
 
     let revoked = svc
         .admin()
@@ -95,8 +113,8 @@ async fn a_revoked_unit_token_ends_its_calls_its_stream_and_its_web_session() {
     // New calls are refused; the web session is gone and its live feed ended.
     let err = stream_alerts_code(&hq).await;
     assert_eq!(err, Code::Unauthenticated);
-    let text = feed_ends(feed, Duration::from_secs(10)).await;
-    assert!(text.contains("event: status"), "{text}");
+    // It ends (read to its end within the time), having been live before.
+    feed_ends(feed, Duration::from_secs(10)).await;
     let page = request(svc.service.http_addr, "GET", "/command", Some(&cookie), &[]).await;
     assert!(page.body.contains("/command/login"), "{}", page.body);
     let again = request(
