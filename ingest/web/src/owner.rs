@@ -230,14 +230,39 @@ pub struct PlateForm {
     code: String,
 }
 
-fn limited(web: &WebState, client: Option<IpAddr>, key: &str) -> bool {
+/// The form's plate, checked for shape and taken from the request budgets (per client
+/// address and per plate); or the status and reason to answer with.
+fn admitted_plate(
+    web: &WebState,
+    client: Option<IpAddr>,
+    raw: &str,
+) -> Result<String, (StatusCode, Bilingual)> {
+    let plate = greenplate_registry::validate::plate("plate", raw)
+        .map_err(|e| (StatusCode::BAD_REQUEST, explain(&e).1))?;
     let now = Instant::now();
     let limits = &web.sign_in_limits;
     let client_ok = client.is_none_or(|ip| limits.clients.take(&ip, now));
-    !client_ok
-        || !limits
-            .tokens
-            .take(&Credential::of(&format!("owner-plate:{key}")), now)
+    let plate_ok = limits
+        .tokens
+        .take(&Credential::of(&format!("owner-plate:{plate}")), now);
+    if !client_ok || !plate_ok {
+        return Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            Bilingual::new("请求过多，请稍后再试", "Too many requests; try again later"),
+        ));
+    }
+    Ok(plate)
+}
+
+/// The sign-in page of a plate locked after too many wrong codes.
+fn locked() -> Response {
+    sign_in_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        Some(&Bilingual::new(
+            "错误次数过多，请15分钟后再试",
+            "Too many wrong codes; try again in 15 minutes",
+        )),
+    )
 }
 
 /// `POST /owner/code`: texts a code to the plate's owner (if it has one).
@@ -253,19 +278,10 @@ pub async fn code(
             "Texting is not set up here; please go to a kiosk",
         );
     };
-    let plate = match greenplate_registry::validate::plate("plate", &form.plate) {
+    let plate = match admitted_plate(&web, client, &form.plate) {
         Ok(p) => p,
-        Err(e) => return sign_in_page(StatusCode::BAD_REQUEST, Some(&explain(&e).1)),
+        Err((status, why)) => return sign_in_page(status, Some(&why)),
     };
-    if limited(&web, client, &plate) {
-        return sign_in_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            Some(&Bilingual::new(
-                "请求过多，请稍后再试",
-                "Too many requests; try again later",
-            )),
-        );
-    }
     let contact = match web.alerting.registry().owner_contact_by_plate(&plate).await {
         Ok(c) => c,
         Err(e) => {
@@ -304,15 +320,7 @@ pub async fn code(
                 });
             }
         }
-        Err(codes::Refused::Locked) => {
-            return sign_in_page(
-                StatusCode::TOO_MANY_REQUESTS,
-                Some(&Bilingual::new(
-                    "错误次数过多，请15分钟后再试",
-                    "Too many wrong codes; try again in 15 minutes",
-                )),
-            );
-        }
+        Err(codes::Refused::Locked) => return locked(),
         // A code sent a moment ago still works.
         Err(_) => {}
     }
@@ -335,20 +343,14 @@ pub async fn login(
             )),
         );
     }
-    let plate = match greenplate_registry::validate::plate("plate", &form.plate) {
+    let plate = match admitted_plate(&web, client, &form.plate) {
         Ok(p) => p,
-        Err(e) => return sign_in_page(StatusCode::BAD_REQUEST, Some(&explain(&e).1)),
+        // Over the budget, the code page stays (the code still works a minute later).
+        Err((StatusCode::TOO_MANY_REQUESTS, why)) => {
+            return code_page(form.plate.trim(), StatusCode::TOO_MANY_REQUESTS, Some(&why));
+        }
+        Err((status, why)) => return sign_in_page(status, Some(&why)),
     };
-    if limited(&web, client, &plate) {
-        return code_page(
-            &plate,
-            StatusCode::TOO_MANY_REQUESTS,
-            Some(&Bilingual::new(
-                "请求过多，请稍后再试",
-                "Too many requests; try again later",
-            )),
-        );
-    }
     match web.owner_codes.check(&plate, &form.code, Instant::now()) {
         Ok(owner_id) if owner_id != NOBODY => {
             let caller = Caller {
@@ -371,13 +373,7 @@ pub async fn login(
                 format!("Wrong code; {left} tries left"),
             )),
         ),
-        Err(codes::Refused::Locked) => sign_in_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            Some(&Bilingual::new(
-                "错误次数过多，请15分钟后再试",
-                "Too many wrong codes; try again in 15 minutes",
-            )),
-        ),
+        Err(codes::Refused::Locked) => locked(),
         // No code, an expired one, or one of a plate nobody owns.
         _ => sign_in_page(
             StatusCode::UNAUTHORIZED,
