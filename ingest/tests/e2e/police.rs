@@ -90,11 +90,17 @@ async fn look_back(svc: TestService) {
         .unwrap();
     let first_pass_at = now_ms();
     let port = svc.mqtt_port();
-    for ((id, _, _), secret) in readers.iter().zip(&secrets) {
+    // One second apart, so the track's order is the publishing order (back to back, two
+    // passes could share a first-read millisecond and then tie).
+    for (i, ((id, _, _), secret)) in readers.iter().zip(&secrets).enumerate() {
         let mut r = ReaderClient::connect("127.0.0.1", port, id, secret)
             .await
             .unwrap();
-        r.publish(vec![sighting(TAG, 2, -50)]).await.unwrap();
+        let mut s = sighting(TAG, 2, -50);
+        let earlier = (readers.len() - 1 - i) as i64 * 1_000;
+        s.first_seen_ms -= earlier;
+        s.last_seen_ms -= earlier;
+        r.publish(vec![s]).await.unwrap();
         r.disconnect().await;
     }
     svc.wait_metric("greenplate_history_passes_stored_total", 3.0)
