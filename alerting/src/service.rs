@@ -76,18 +76,25 @@ impl PatrolService {
         max_streams_per_unit: usize,
     ) -> InterceptedService<PatrolServer<Self>, AuthInterceptor> {
         let auth = alerting.registry().auth().interceptor();
-        let slots = Arc::new(StreamSlots {
-            max: max_streams_per_unit,
-            open: Mutex::new(HashMap::new()),
-        });
-        PatrolServer::with_interceptor(
-            Self {
-                alerting,
-                shutdown,
-                slots,
-            },
-            auth,
-        )
+        PatrolServer::with_interceptor(Self::new(alerting, shutdown, max_streams_per_unit), auth)
+    }
+
+    /// The service alone; its calls expect the authentication interceptor to have run (the
+    /// HTTP/JSON API runs it too). Its stream slots are its own, not shared with another
+    /// instance's.
+    pub fn new(
+        alerting: Arc<Alerting>,
+        shutdown: CancellationToken,
+        max_streams_per_unit: usize,
+    ) -> Self {
+        Self {
+            alerting,
+            shutdown,
+            slots: Arc::new(StreamSlots {
+                max: max_streams_per_unit,
+                open: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 }
 

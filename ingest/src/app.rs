@@ -43,6 +43,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+    #[error("the HTTP/JSON API's OpenAPI document: {0}")]
+    OpenApi(#[from] crate::api::OpenApiError),
     #[error("alert log: {0}")]
     AlertLog(#[source] greenplate_alerting::AlertingError),
     #[error(
@@ -116,6 +118,8 @@ impl Service {
         http_metrics.register(&mut exported);
         let web_metrics = crate::web::WebMetrics::new();
         web_metrics.register(&mut exported);
+        let api_metrics = crate::api::ApiMetrics::new();
+        api_metrics.register(&mut exported);
         let exported = Arc::new(exported);
 
         let shutdown = CancellationToken::new();
@@ -415,6 +419,17 @@ impl Service {
                 StartError::Config(ConfigError::Invalid(format!("claims key: {e}")))
             })?,
         );
+        // The HTTP/JSON API runs the gRPC services' own methods behind the same interceptor.
+        let api = crate::api::router(
+            registry.auth().interceptor(),
+            RegistryService::new(registry.clone()),
+            PatrolService::new(
+                alerting.clone(),
+                shutdown.clone(),
+                config.grpc.max_streams_per_unit,
+            ),
+            api_metrics,
+        )?;
         let http_task = tokio::spawn(http::serve(
             http,
             http::router(
@@ -426,6 +441,7 @@ impl Service {
                     signer: claims_signer,
                     after_days: config.claims.after_days,
                 },
+                api,
             ),
             Duration::from_secs(config.http.header_timeout_s),
             tls.as_ref().map(|t| t.http_acceptor()).transpose()?,

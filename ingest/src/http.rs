@@ -1,8 +1,9 @@
 //! The HTTP port: `/healthz` (liveness only: the process answers HTTP; it checks nothing
 //! else, so a restart is never triggered by a database outage), `/readyz` (readiness: it
 //! should be sent work: not draining, and its database answers within a second; 503
-//! otherwise), `/metrics` in Prometheus text format, and the web
-//! pages of [`crate::web`] (`/kiosk`, `/command`).
+//! otherwise), `/metrics` in Prometheus text format, the web pages of [`crate::web`]
+//! (`/kiosk`, `/command`, `/owner`), the claim records (`/claims/...`) and the HTTP/JSON
+//! API of [`crate::api`] (`/api/...`, `/openapi.json`).
 
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ pub fn router(
     shutdown: CancellationToken,
     web: crate::web::WebState,
     claims: Claims,
+    api: Router,
 ) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -58,6 +60,7 @@ pub fn router(
             claims,
         })
         .merge(crate::web::router(web))
+        .merge(api)
         // A span per request: method, path, status and latency at DEBUG.
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }

@@ -14,6 +14,8 @@
 //! Layout of this crate:
 //! - [`config`]: the service configuration (TOML; `greenplate generate-config`), layered.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, and the web pages' routes.
+//! - [`api`]: the HTTP/JSON API (Connect's unary JSON form of the Registry and Patrol read
+//!   calls) and its OpenAPI document at `/openapi.json`.
 //! - [`health`]: `grpc.health.v1.Health` on the gRPC port (per service; NOT_SERVING while
 //!   draining or while the database does not answer).
 //! - [`logging`]: text or JSON logs, and rumqttd's ordinary disconnects taken off ERROR.
@@ -26,6 +28,7 @@
 //! The `greenplate` binary (`src/bin/greenplate/`) parses flags and hands each subcommand to
 //! its module; `serve` calls [`Service`].
 
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod data_dir;

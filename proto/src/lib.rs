@@ -10,9 +10,12 @@
 //! - [`topics`]: the MQTT topic names readers publish to.
 //! - [`tls`]: the TLS client settings a reader, a client or ingest uses to reach a server
 //!   whose CA it is given.
-//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
+//! - [`openapi`]: the OpenAPI document of the HTTP/JSON API, built from the descriptors.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection and
+//!   [`openapi`].
 
 pub mod auth;
+pub mod openapi;
 pub mod seal;
 pub mod tls;
 pub mod topics;
@@ -21,6 +24,8 @@ pub mod topics;
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("greenplate.v1");
+    // serde in the proto3 JSON mapping (pbjson-build), for the HTTP/JSON API.
+    include!(concat!(env!("OUT_DIR"), "/greenplate.v1.serde.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of the whole contract, for gRPC server reflection.

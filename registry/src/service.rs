@@ -28,12 +28,18 @@ pub struct RegistryService {
 }
 
 impl RegistryService {
+    /// The service alone; its calls expect [`AuthInterceptor`] to have run (the HTTP/JSON
+    /// API runs it too).
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+
     /// The service wrapped in its authentication interceptor, ready to add to a router.
     pub fn server(
         registry: Arc<Registry>,
     ) -> InterceptedService<RegistryServer<Self>, AuthInterceptor> {
         let auth = registry.auth().interceptor();
-        RegistryServer::with_interceptor(Self { registry }, auth)
+        RegistryServer::with_interceptor(Self::new(registry), auth)
     }
 }
 

@@ -17,6 +17,7 @@ mod forward;
 mod fuzz_seeds;
 mod history;
 mod hostile;
+mod json_api;
 mod lifecycle;
 mod limits;
 mod nats;
