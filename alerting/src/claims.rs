@@ -56,6 +56,14 @@ impl ClaimSigner {
     }
 }
 
+/// Where claim records are given (the insurers' `GET /claims/PLATE`, the owner page): the
+/// key, and after how many days an unresolved theft gets one.
+#[derive(Debug, Clone)]
+pub struct Claims {
+    pub signer: std::sync::Arc<ClaimSigner>,
+    pub after_days: u32,
+}
+
 /// A signed record: `record` is the JSON text that `signature` (hex Ed25519) signs.
 #[derive(Debug, Clone, Serialize)]
 pub struct SignedClaim {

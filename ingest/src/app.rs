@@ -430,6 +430,11 @@ impl Service {
             ),
             api_metrics,
         )?;
+        let claims = greenplate_alerting::claims::Claims {
+            signer: claims_signer,
+            after_days: config.claims.after_days,
+        };
+        let web = web.with_claims(claims.clone());
         let http_task = tokio::spawn(http::serve(
             http,
             http::router(
@@ -437,10 +442,7 @@ impl Service {
                 alerting.clone(),
                 shutdown.clone(),
                 web,
-                http::Claims {
-                    signer: claims_signer,
-                    after_days: config.claims.after_days,
-                },
+                claims,
                 api,
             ),
             Duration::from_secs(config.http.header_timeout_s),

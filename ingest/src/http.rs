@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use greenplate_alerting::claims::ClaimSigner;
+use greenplate_alerting::claims::Claims;
 use greenplate_alerting::{Alerting, AlertingError};
 use greenplate_registry::{RegistryError, Role};
 
@@ -29,13 +29,6 @@ struct AppState {
     alerting: Arc<Alerting>,
     shutdown: CancellationToken,
     claims: Claims,
-}
-
-/// Signed insurance claim records: the key, and after how many days a theft gets one.
-#[derive(Clone)]
-pub struct Claims {
-    pub signer: Arc<ClaimSigner>,
-    pub after_days: u32,
 }
 
 /// The HTTP routes, the web pages' among them.

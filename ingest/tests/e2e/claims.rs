@@ -159,3 +159,180 @@ async fn an_insurer_gets_a_signed_record_of_an_unresolved_theft() {
     );
     svc.stop().await;
 }
+
+/// The owner gets the same signed record from the owner page (`/owner/claim`), for their
+/// own bike only: another owner's plate reads as absent, a recovered bike gets none, and
+/// each is audited under the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_downloads_the_signed_record_of_their_own_bike() {
+    use std::sync::{Arc, Mutex};
+    use support::web::{enc, request};
+
+    // The SMS gateway: it keeps what it is asked to send.
+    let texts: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sms_url = format!("http://{}/send", listener.local_addr().unwrap());
+    let kept = texts.clone();
+    let gateway = axum::Router::new().route(
+        "/send",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    kept.lock().unwrap().push(v);
+                }
+                axum::http::StatusCode::ACCEPTED
+            }
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, gateway).await });
+    let svc = TestService::start_configured(move |c| {
+        c.alerting.clone_speed_kmh = 1e9;
+        c.ingest.pass_gap_ms = 300;
+        c.claims.after_days = 0;
+        c.sms.url = Some(sms_url.clone());
+        c.sms.token = Some("t".into());
+    })
+    .await;
+    let addr = svc.service.http_addr;
+    register_stolen(&svc, TAG, PLATE).await;
+    // Another owner's stolen bike.
+    let mut other = support::bike("E28011606000000000000D02", "粤D7D002");
+    other.owner.as_mut().unwrap().id_number = "440513198001011236".into();
+    other.owner.as_mut().unwrap().phone = "13800000002".into();
+    let mut kiosk = svc.add_kiosk("k-other").await;
+    kiosk.register_bike(other).await.unwrap();
+    kiosk
+        .report_stolen(greenplate_proto::v1::ReportStolenRequest {
+            plate: "粤D7D002".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let secret = svc.add_reader("rd-o", 23.30, 116.60).await;
+    let mut rd = ReaderClient::connect("127.0.0.1", svc.mqtt_port(), "rd-o", &secret)
+        .await
+        .unwrap();
+    rd.publish(vec![sighting(TAG, 3, -50)]).await.unwrap();
+    svc.wait_metric("greenplate_history_passes_stored_total", 1.0)
+        .await;
+
+    // Sign in as the owner with the texted code.
+    let r = request(addr, "POST", "/owner/code", None, &[("plate", PLATE)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        let sent = texts.lock().unwrap().iter().find_map(|t| {
+            (t["kind"] == "sign_in_code" && t["to"] == "13712345678")
+                .then(|| t["text"].as_str().unwrap_or_default().to_owned())
+        });
+        if let Some(text) = sent {
+            break text
+                .chars()
+                .filter(char::is_ascii_digit)
+                .take(6)
+                .collect::<String>();
+        }
+        assert!(std::time::Instant::now() < deadline, "no code texted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let r = request(
+        addr,
+        "POST",
+        "/owner/login",
+        None,
+        &[("plate", PLATE), ("code", &code)],
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let cookie = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // The bike's page links the record; the record checks against the published key.
+    let page = request(
+        addr,
+        "GET",
+        &format!("/owner/bike?plate={}", enc(PLATE)),
+        Some(&cookie),
+        &[],
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("id=\"claim-link\""), "{}", page.body);
+    let claim_path = format!("/owner/claim?plate={}", enc(PLATE));
+    let r = request(addr, "GET", &claim_path, Some(&cookie), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.header("content-disposition")
+            .unwrap()
+            .starts_with("attachment"),
+        "{}",
+        r.head
+    );
+    let claim: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let (_, key) = get(&format!("http://{addr}/claims/public-key"), None).await;
+    assert_eq!(claim["public_key"], key["public_key"]);
+    let key: [u8; 32] = hex::decode(key["public_key"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let text = claim["record"].as_str().unwrap();
+    let sig =
+        Signature::from_slice(&hex::decode(claim["signature"].as_str().unwrap()).unwrap()).unwrap();
+    assert!(
+        VerifyingKey::from_bytes(&key)
+            .unwrap()
+            .verify(text.as_bytes(), &sig)
+            .is_ok()
+    );
+    let record: serde_json::Value = serde_json::from_str(text).unwrap();
+    assert_eq!(record["bike"]["plate"], PLATE);
+    assert!(
+        record["issued_by"].as_str().unwrap().starts_with("owner:"),
+        "{record}"
+    );
+    assert_eq!(record["sightings"].as_array().unwrap().len(), 1);
+
+    // Another owner's stolen bike reads as absent; no session, no record.
+    let r = request(
+        addr,
+        "GET",
+        &format!("/owner/claim?plate={}", enc("粤D7D002")),
+        Some(&cookie),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(!r.body.contains("粤D7D002\""), "{}", r.body);
+    let r = request(addr, "GET", &claim_path, None, &[]).await;
+    assert_ne!(r.status, 200);
+    assert!(!r.body.contains("signature"), "{}", r.body);
+
+    // Recovered: no record.
+    svc.add_kiosk("k-rec")
+        .await
+        .report_recovered(ReportRecoveredRequest {
+            plate: PLATE.into(),
+            pin: "2468".into(),
+        })
+        .await
+        .unwrap();
+    let r = request(addr, "GET", &claim_path, Some(&cookie), &[]).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+
+    let audit = svc.audit_log().await;
+    let owner_claims: Vec<bool> = audit
+        .iter()
+        .filter(|e| e.action.starts_with("claim_record") && e.actor.starts_with("owner:"))
+        .map(|e| e.subject.contains("粤D7D002"))
+        .collect();
+    assert_eq!(owner_claims.len(), 3, "{audit:?}");
+    assert_eq!(owner_claims.iter().filter(|o| **o).count(), 1);
+    server.abort();
+    svc.stop().await;
+}

@@ -80,6 +80,7 @@ pub fn router(state: WebState) -> Router {
         .route("/owner/logout", post(owner::logout))
         .route("/owner/arm", post(owner::arm))
         .route("/owner/stolen", post(owner::stolen))
+        .route("/owner/claim", get(owner::claim))
         .route("/owner/bike", get(owner::bike))
         .with_state(state)
 }

@@ -1,7 +1,8 @@
 //! The owner page (`/owner`), for a phone: an owner signs in with the plate and a code
 //! texted to the phone registered with it, then sees their own bikes, arms and disarms them
 //! (with the PIN), reports a theft (the same report, incident and look-back as at a kiosk),
-//! sees a bike's passes of the last 7 days and the state of its theft case.
+//! sees a bike's passes of the last 7 days and the state of its theft case, and downloads
+//! the signed claim record of a theft unresolved after `claims.after_days`.
 //!
 //! Everything goes through the registry and alerting functions as the owner
 //! (`Role::Owner`, id the owner's), so it is validated and audited like the kiosk; every
@@ -16,8 +17,8 @@ use std::time::Instant;
 
 use axum::Form;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use greenplate_registry::{
     Caller, Credential, OwnerBike, RegistryError, Role, TheftDetails, now_ms,
 };
@@ -37,7 +38,8 @@ const HOME: &str = "/owner";
 const AREA: Area = Area::Owner;
 /// Passes shown per bike at most.
 const MAX_PASSES: usize = 500;
-const WEEK_MS: i64 = 7 * 24 * 3_600_000;
+const DAY_MS: i64 = 24 * 3_600_000;
+const WEEK_MS: i64 = 7 * DAY_MS;
 /// The owner id of the codes issued for a plate nobody owns.
 const NOBODY: i64 = -1;
 
@@ -573,6 +575,13 @@ pub async fn bike(
                                 }
                             }
                         }
+                        @if let Some(claims) = &web.claims {
+                            @if now - t.reported_at_ms >= i64::from(claims.after_days) * DAY_MS {
+                                p { a #claim-link href=(format!("/owner/claim?plate={}", query_value(&bike.plate))) download { "下载理赔记录（服务器签名）/ Claim record, signed by the server" } }
+                            } @else {
+                                p.quiet #claim-later { "报案满" (claims.after_days) "天仍未找回，可在此下载理赔记录。/ If the bike is not found " (claims.after_days) " days after the report, a claim record for the insurer is here." }
+                            }
+                        }
                     }
                 }
                 h2 { "近7天行驶记录 / Passes, last 7 days " span.count #pass-count { (passes.len()) } }
@@ -590,6 +599,92 @@ pub async fn bike(
             }
         },
     ))
+}
+
+/// `GET /owner/claim?plate=`: the signed claim record of the owner's own unresolved theft
+/// (the record an insurer gets at `/claims/PLATE`), as a JSON download. Audited as
+/// `claim_record`, refusals too; another owner's plate reads as absent.
+pub async fn claim(
+    State(web): State<WebState>,
+    Query(q): Query<BikeQuery>,
+    OwnerSession(session): OwnerSession,
+) -> Result<Response, WebError> {
+    let Some(claims) = web.claims.clone() else {
+        return Ok(message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "此处不提供理赔记录",
+            "Claim records are not offered here",
+        ));
+    };
+    let bike = match own_bike(&web, &session, &q.plate).await {
+        Ok(b) => b,
+        Err(RegistryError::NotFound(_) | RegistryError::Invalid { .. }) => {
+            web.alerting
+                .registry()
+                .audit_lookup(
+                    &session.caller,
+                    "claim_record",
+                    &format!("plate {}", q.plate.trim()),
+                    false,
+                    "",
+                )
+                .await
+                .map_err(|e| WebError::Alerting(AREA, e.into()))?;
+            return Ok(message(
+                StatusCode::NOT_FOUND,
+                "未找到您的这辆车",
+                "No such bike of yours",
+            ));
+        }
+        Err(e) => return Err(WebError::Alerting(AREA, e.into())),
+    };
+    let signed = web
+        .alerting
+        .claim_record(
+            &session.caller,
+            &claims.signer,
+            &bike.plate,
+            claims.after_days,
+        )
+        .await;
+    match signed {
+        Ok(record) => {
+            let body = serde_json::to_string(&record).map_err(|e| {
+                tracing::error!(error = %e, "A claim record did not encode.");
+                WebError::message(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Bilingual::new("系统错误，请稍后再试", "Internal error; please try again"),
+                    AREA,
+                )
+            })?;
+            Ok((
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CACHE_CONTROL, "no-store"),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        "attachment; filename=\"greenplate-claim.json\"",
+                    ),
+                ],
+                body,
+            )
+                .into_response())
+        }
+        Err(greenplate_alerting::AlertingError::Registry(
+            RegistryError::FailedPrecondition(_) | RegistryError::NotFound(_),
+        )) => Ok(message(
+            StatusCode::CONFLICT,
+            &format!(
+                "报案满{}天仍未找回的车辆才能出具理赔记录",
+                claims.after_days
+            ),
+            &format!(
+                "A claim record is given for a theft still unresolved {} days after its report",
+                claims.after_days
+            ),
+        )),
+        Err(e) => Err(WebError::Alerting(AREA, e)),
+    }
 }
 
 #[cfg(test)]

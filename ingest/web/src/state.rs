@@ -45,6 +45,8 @@ pub struct WebState {
     /// The SMS gateway that texts owners their sign-in codes; none: no owner sign-in.
     pub(crate) owner_sms: Option<OwnerSms>,
     pub(crate) owner_codes: Arc<crate::owner_codes::Codes>,
+    /// Claim records for owners; none: the owner page offers none.
+    pub(crate) claims: Option<greenplate_alerting::claims::Claims>,
 }
 
 /// How the owner page texts codes.
@@ -90,12 +92,19 @@ impl WebState {
             secure,
             owner_sms: None,
             owner_codes: Arc::default(),
+            claims: None,
         }
     }
 
     /// Owners sign in with codes texted through this gateway.
     pub fn with_owner_sms(mut self, sms: OwnerSms) -> Self {
         self.owner_sms = Some(sms);
+        self
+    }
+
+    /// Owners get the signed claim records of their own unresolved thefts.
+    pub fn with_claims(mut self, claims: greenplate_alerting::claims::Claims) -> Self {
+        self.claims = Some(claims);
         self
     }
 
