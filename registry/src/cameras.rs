@@ -69,13 +69,7 @@ impl Camera {
 }
 
 fn iso(at_ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(at_ms.div_euclid(1000))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    crate::clock::rfc3339(at_ms, time::UtcOffset::UTC)
 }
 
 /// Fills the placeholders of a template that [`validate`] accepted (values are URL-safe:

@@ -28,12 +28,14 @@
 //! - [`changes`]: what a node announces when it commits a change (NOTIFY on commit);
 //!   [`sync`]: the other nodes' side (listen, reload).
 //! - [`validate`]: tag ids, plates, resident ID numbers, phones; masking.
+//! - [`clock`]: now, and times as text (RFC 3339, China Standard Time) for every crate.
 //! - `testing` (feature `test-util`): throwaway PostgreSQL databases for tests.
 
 pub mod auth;
 pub mod bikes;
 pub mod cameras;
 pub mod changes;
+pub mod clock;
 pub mod db;
 mod error;
 pub mod hot_index;
@@ -59,7 +61,8 @@ pub mod watch;
 pub use auth::{Authenticator, Caller, Credential, Role};
 pub use bikes::{BikeKey, BikeRecord, NewBike, NewOwner, Registered};
 pub use cameras::{Camera, CameraLink};
-pub use db::{Backend, Db, DbError, now_ms};
+pub use clock::now_ms;
+pub use db::{Backend, Db, DbError};
 pub use error::RegistryError;
 pub use hot_index::{HotIndex, TagState};
 pub use owners::{OpenTheft, OwnerBike, OwnerContact, Recovery};

@@ -9,6 +9,7 @@
 //! once) drops the second.
 
 use greenplate_proto::v1::{Alert, AlertKind};
+use greenplate_registry::clock::{CST, rfc3339};
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
@@ -44,18 +45,6 @@ pub fn kind_name(kind: i32) -> String {
     AlertKind::try_from(kind)
         .map(|k| k.as_str_name().trim_start_matches("ALERT_KIND_").to_owned())
         .unwrap_or_else(|_| format!("KIND_{kind}"))
-}
-
-fn rfc3339(ms: i64, offset_hours: i8) -> String {
-    let offset = time::UtcOffset::from_hms(offset_hours, 0, 0).unwrap_or(time::UtcOffset::UTC);
-    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .map(|t| t.to_offset(offset))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -106,7 +95,7 @@ pub fn json(a: &Alert) -> Vec<u8> {
         lat: a.lat,
         lon: a.lon,
         seen_at_ms: a.seen_at_ms,
-        seen_at: rfc3339(a.seen_at_ms, 0),
+        seen_at: rfc3339(a.seen_at_ms, time::UtcOffset::UTC),
         zone_id: &a.zone_id,
         watch_entry_id: &a.watch_entry_id,
         reason: &a.reason,
@@ -195,7 +184,7 @@ pub fn cap(a: &Alert, sender: &str) -> String {
         esc(&a.alert_id)
     ));
     xml.push_str(&format!("  <sender>{}</sender>\n", esc(sender)));
-    xml.push_str(&format!("  <sent>{}</sent>\n", rfc3339(a.seen_at_ms, 8)));
+    xml.push_str(&format!("  <sent>{}</sent>\n", rfc3339(a.seen_at_ms, CST)));
     xml.push_str("  <status>Actual</status>\n  <msgType>Alert</msgType>\n");
     xml.push_str("  <scope>Restricted</scope>\n  <restriction>Police and public-safety partners only</restriction>\n");
     xml.push_str("  <info>\n    <language>en-US</language>\n    <category>Security</category>\n");

@@ -99,9 +99,7 @@ impl std::fmt::Debug for Gateway {
 }
 
 fn cst_time(ms: i64) -> String {
-    let offset = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);
-    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .map(|t| t.to_offset(offset))
+    greenplate_registry::clock::at(ms, greenplate_registry::clock::CST)
         .map(|t| {
             format!(
                 "{:02}-{:02} {:02}:{:02}",
@@ -112,6 +110,16 @@ fn cst_time(ms: i64) -> String {
             )
         })
         .unwrap_or_default()
+}
+
+/// One text to send: to whom, of which kind (the metrics' label), its idempotency key and
+/// its words.
+#[derive(Clone, Copy)]
+struct Text<'a> {
+    contact: &'a OwnerContact,
+    kind: &'a str,
+    id: &'a str,
+    text: &'a str,
 }
 
 impl Gateway {
@@ -211,15 +219,14 @@ impl Gateway {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| alert.reader_id.clone());
         let text = self.render(kind, &contact.plate, alert.seen_at_ms, &reader);
-        self.send(
-            client,
-            timeout,
-            &contact,
+        let id = format!("sms-{}", alert.alert_id);
+        let text = Text {
+            contact: &contact,
             kind,
-            &format!("sms-{}", alert.alert_id),
-            &text,
-        )
-        .await
+            id: &id,
+            text: &text,
+        };
+        self.send(client, timeout, &text).await
     }
 
     /// One attempt at sending `text` to `contact`.
@@ -227,11 +234,11 @@ impl Gateway {
         &self,
         client: &reqwest::Client,
         timeout: Duration,
-        contact: &OwnerContact,
-        kind: &str,
-        id: &str,
-        text: &str,
+        text: &Text<'_>,
     ) -> Result<Delivered, String> {
+        let Text {
+            contact, kind, id, ..
+        } = *text;
         if !self.admit(contact.owner_id, id) {
             self.count(kind, "rate_limited");
             tracing::info!(
@@ -241,7 +248,7 @@ impl Gateway {
             );
             return Ok(Delivered::Skipped("rate_limited"));
         }
-        self.post(client, timeout, contact, kind, id, text).await
+        self.post(client, timeout, text).await
     }
 
     /// Texts an owner-page sign-in code (limited by the page, not by the hourly budget of
@@ -255,20 +262,27 @@ impl Gateway {
     ) -> Result<(), String> {
         let text = SIGN_IN_CODE.replace("{code}", code);
         let id = format!("sms-code-{}", hex::encode(rand::random::<[u8; 8]>()));
-        self.post(client, timeout, contact, "sign_in_code", &id, &text)
-            .await
-            .map(|_| ())
+        let text = Text {
+            contact,
+            kind: "sign_in_code",
+            id: &id,
+            text: &text,
+        };
+        self.post(client, timeout, &text).await.map(|_| ())
     }
 
     async fn post(
         &self,
         client: &reqwest::Client,
         timeout: Duration,
-        contact: &OwnerContact,
-        kind: &str,
-        id: &str,
-        text: &str,
+        text: &Text<'_>,
     ) -> Result<Delivered, String> {
+        let Text {
+            contact,
+            kind,
+            id,
+            text,
+        } = *text;
         let body = serde_json::json!({
             "id": id,
             "to": contact.phone,
@@ -346,16 +360,14 @@ pub async fn run_recoveries(
             let sent = match alerting.registry().owner_contact_by_bike(r.bike_id).await {
                 Ok(Some(contact)) => {
                     let text = gateway.render("recovered", &contact.plate, r.recovered_at_ms, "");
-                    gateway
-                        .send(
-                            &client,
-                            timeout,
-                            &contact,
-                            "recovered",
-                            &format!("sms-recovered-{}", r.report_id),
-                            &text,
-                        )
-                        .await
+                    let id = format!("sms-recovered-{}", r.report_id);
+                    let text = Text {
+                        contact: &contact,
+                        kind: "recovered",
+                        id: &id,
+                        text: &text,
+                    };
+                    gateway.send(&client, timeout, &text).await
                 }
                 Ok(None) => {
                     gateway.count("recovered", "no_owner");

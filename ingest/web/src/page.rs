@@ -123,18 +123,15 @@ pub fn csrf_refused(link: &str) -> Response {
 }
 
 /// China Standard Time (UTC+8, no daylight saving).
-fn cst() -> time::UtcOffset {
-    time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC)
-}
+use greenplate_registry::clock::CST;
 
 /// Unix ms as `YYYY-MM-DD HH:MM:SS` in China Standard Time; `-` for 0.
 pub fn datetime(ms: i64) -> String {
     if ms <= 0 {
         return "-".into();
     }
-    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
-        Ok(t) => {
-            let t = t.to_offset(cst());
+    match greenplate_registry::clock::at(ms, CST) {
+        Some(t) => {
             format!(
                 "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
                 t.year(),
@@ -145,7 +142,7 @@ pub fn datetime(ms: i64) -> String {
                 t.second()
             )
         }
-        Err(_) => "-".into(),
+        None => "-".into(),
     }
 }
 
@@ -169,7 +166,7 @@ pub fn parse_datetime(s: &str) -> Option<i64> {
     )
     .ok()?;
     let clock = time::Time::from_hms(hour, minute, second).ok()?;
-    let t = time::PrimitiveDateTime::new(date, clock).assume_offset(cst());
+    let t = time::PrimitiveDateTime::new(date, clock).assume_offset(CST);
     Some(t.unix_timestamp() * 1000)
 }
 
