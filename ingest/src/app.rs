@@ -16,6 +16,8 @@ use crate::config::{Config, ConfigError, parse_key};
 use crate::metrics::Metrics;
 use crate::{broker, data_dir, http, pipeline};
 
+/// The claim-signing key's name in the registry's shared server keys.
+const CLAIMS_KEY: &str = "claims_signing";
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -407,12 +409,26 @@ impl Service {
             Some(sms) => web.with_owner_sms(sms),
             None => web,
         };
-        // Checked by Config::validate.
+        // Configured (checked by Config::validate), or the one every node on this database
+        // shares: made by the first node to start, from its data directory's claims.key
+        // where an earlier version left one, else new.
         let claims_key = match &config.claims.signing_key {
             Some(k) => k.clone(),
-            None => read_or_create(&config.data_dir.join(data_dir::CLAIMS_KEY_FILE), || {
-                greenplate_alerting::claims::ClaimSigner::generate_hex()
-            })?,
+            None => {
+                let file = config.data_dir.join(data_dir::CLAIMS_KEY_FILE);
+                let earlier = match std::fs::read_to_string(&file) {
+                    Ok(k) => Some(k.trim().to_owned()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(source) => return Err(StartError::DataDir { path: file, source }),
+                };
+                registry
+                    .shared_key(CLAIMS_KEY, || {
+                        earlier
+                            .unwrap_or_else(greenplate_alerting::claims::ClaimSigner::generate_hex)
+                    })
+                    .await
+                    .map_err(greenplate_registry::Error::from)?
+            }
         };
         let claims_signer = Arc::new(
             greenplate_alerting::claims::ClaimSigner::from_hex(&claims_key).map_err(|e| {

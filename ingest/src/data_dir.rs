@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// The data directory's key file.
 pub const KEY_FILE: &str = "secret.key";
-/// The Ed25519 key that signs insurance claim records (64 hex digits), unless configured.
+/// Where earlier versions kept the Ed25519 key that signs insurance claim records; now it is
+/// in the database, shared by every node, and this file (if there) only seeds it once.
 pub const CLAIMS_KEY_FILE: &str = "claims.key";
 /// The SQLite database (when no `database_url` is configured).
 pub const DATABASE_FILE: &str = "greenplate.db";

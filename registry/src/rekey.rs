@@ -1,5 +1,5 @@
 //! Rotating the at-rest key: every sealed value (owners' ID numbers and phones, readers'
-//! MQTT secrets) is opened with the old key and sealed again with the new one, and the
+//! MQTT secrets, the shared server keys) is opened with the old key and sealed again with the new one, and the
 //! owners' keyed ID hashes are recomputed, in one transaction: either all of the database is
 //! under the new key or none of it. Run it with every node stopped (a running node holds the
 //! old key) and the schema migrated (`store::migrations`); `greenplate registry rotate-key`
@@ -16,6 +16,8 @@ use crate::secrets::SecretBox;
 pub struct Rekeyed {
     pub owners: u64,
     pub readers: u64,
+    /// Shared server keys (the claim-signing key).
+    pub keys: u64,
 }
 
 /// Which key the database is under, judged by one sealed value (a reader's secret or an
@@ -23,7 +25,8 @@ pub struct Rekeyed {
 pub async fn opens_with(db: &Db, key: &SecretBox) -> Result<Option<bool>, RegistryError> {
     let sample = sqlx::query(
         "SELECT secret_sealed AS sealed FROM readers \
-         UNION ALL SELECT phone_sealed AS sealed FROM owners LIMIT 1",
+         UNION ALL SELECT phone_sealed AS sealed FROM owners \
+         UNION ALL SELECT sealed FROM server_keys LIMIT 1",
     )
     .fetch_optional(db.pool())
     .await?;
@@ -89,6 +92,25 @@ pub async fn rekey(
         done.readers += 1;
     }
 
+    let keys = sqlx::query("SELECT name, sealed FROM server_keys")
+        .fetch_all(&mut *tx)
+        .await?;
+    let update_key = format!(
+        "UPDATE server_keys SET sealed = {} WHERE name = {}",
+        b.ph(1),
+        b.ph(2)
+    );
+    for row in keys {
+        let name: String = row.try_get("name")?;
+        let key = old.open(&row.try_get::<Vec<u8>, _>("sealed")?)?;
+        sqlx::query(sqlx::AssertSqlSafe(update_key.clone()))
+            .bind(new.seal(&key))
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        done.keys += 1;
+    }
+
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO audit_log (at_ms, actor, action, subject) VALUES ({}, {}, 'rotate_key', {})",
         b.ph(1),
@@ -98,8 +120,8 @@ pub async fn rekey(
     .bind(now_ms())
     .bind(actor)
     .bind(format!(
-        "{} owners, {} readers re-sealed",
-        done.owners, done.readers
+        "{} owners, {} readers, {} server keys re-sealed",
+        done.owners, done.readers, done.keys
     ))
     .execute(&mut *tx)
     .await?;

@@ -109,6 +109,46 @@ impl Registry {
         &self.secrets
     }
 
+    /// The server key `name` that every node on this database shares (sealed with the
+    /// at-rest key in `server_keys`): the stored one, or, the first time, `make()`'s, stored.
+    /// Nodes starting together agree: the first insert wins and the others read it.
+    pub async fn shared_key(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> String,
+    ) -> Result<String, RegistryError> {
+        let b = self.db.backend();
+        let insert = format!(
+            "INSERT INTO server_keys (name, sealed, created_at_ms) VALUES ({}, {}, {}) \
+             ON CONFLICT (name) DO NOTHING",
+            b.ph(1),
+            b.ph(2),
+            b.ph(3)
+        );
+        let select = format!("SELECT sealed FROM server_keys WHERE name = {}", b.ph(1));
+        let found = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
+            .bind(name)
+            .fetch_optional(self.db.pool())
+            .await?;
+        let row = match found {
+            Some(row) => row,
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(insert))
+                    .bind(name)
+                    .bind(self.secrets.seal(make().as_bytes()))
+                    .bind(now_ms())
+                    .execute(self.db.pool())
+                    .await?;
+                sqlx::query(sqlx::AssertSqlSafe(select))
+                    .bind(name)
+                    .fetch_one(self.db.pool())
+                    .await?
+            }
+        };
+        self.secrets
+            .open_string(&row.try_get::<Vec<u8>, _>("sealed")?)
+    }
+
     pub fn auth(&self) -> &Arc<Authenticator> {
         &self.auth
     }

@@ -871,6 +871,13 @@ async fn rekey_behaviour(t: &TestDb) {
         )
         .await
         .unwrap();
+    // A shared server key: made once, the same for every later caller.
+    let key = reg.shared_key("claims", || "k1".into()).await.unwrap();
+    assert_eq!(key, "k1");
+    assert_eq!(
+        reg.shared_key("claims", || "k2".into()).await.unwrap(),
+        "k1"
+    );
     drop(reg);
     assert_eq!(opens_with(&t.db, &old).await.unwrap(), Some(true));
     assert_eq!(opens_with(&t.db, &new).await.unwrap(), Some(false));
@@ -886,7 +893,8 @@ async fn rekey_behaviour(t: &TestDb) {
         done,
         Rekeyed {
             owners: 1,
-            readers: 1
+            readers: 1,
+            keys: 1
         }
     );
     assert_eq!(opens_with(&t.db, &new).await.unwrap(), Some(true));
@@ -903,6 +911,10 @@ async fn rekey_behaviour(t: &TestDb) {
     );
     let owned = reg.list_owner_bikes(&kiosk(), ID_A, "").await.unwrap();
     assert_eq!(owned.len(), 1);
+    assert_eq!(
+        reg.shared_key("claims", || "k3".into()).await.unwrap(),
+        "k1"
+    );
     let audit = reg.list_audit(0, 100).await.unwrap();
     assert!(audit.iter().any(|e| e.action == "rotate_key"), "{audit:?}");
     drop(reg);

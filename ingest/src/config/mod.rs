@@ -324,8 +324,10 @@ pub struct ClaimsConfig {
     /// A theft unresolved this many days after its report gets a signed claim record.
     #[serde(default = "default_claims_after_days")]
     pub after_days: u32,
-    /// The Ed25519 signing key, 64 hex digits; default `<data_dir>/claims.key`, generated at
-    /// first start. Nodes sharing a database must share it (set it on each).
+    /// The Ed25519 signing key, 64 hex digits. Default: the key stored (sealed with the
+    /// at-rest key) in the database, made by the first node to start, so every node on one
+    /// database signs with the same key (from `<data_dir>/claims.key` if an earlier version
+    /// left one there, else new). Set here, it overrides the stored one on this node.
     #[serde(default)]
     pub signing_key: Option<String>,
 }

@@ -336,3 +336,57 @@ async fn an_owner_downloads_the_signed_record_of_their_own_bike() {
     server.abort();
     svc.stop().await;
 }
+
+/// The public key of a service's claim records.
+async fn public_key(svc: &TestService) -> String {
+    let (status, key) = get(
+        &format!("http://{}/claims/public-key", svc.service.http_addr),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    key["public_key"].as_str().unwrap().to_owned()
+}
+
+/// A data directory that an earlier version left a `claims.key` in: its key is taken into
+/// the database and kept across restarts, so insurers' copies of the public key stay good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_claims_key_file_is_taken_over_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = [7u8; 32];
+    std::fs::write(dir.path().join("claims.key"), hex::encode(secret)).unwrap();
+    let expected = hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&secret)
+            .verifying_key()
+            .to_bytes(),
+    );
+    let svc = TestService::start_in(dir).await;
+    assert_eq!(public_key(&svc).await, expected);
+    let dir = svc.stop().await;
+    // The file is not needed any more: the database holds the key.
+    std::fs::remove_file(dir.path().join("claims.key")).unwrap();
+    let svc = TestService::start_in(dir).await;
+    assert_eq!(public_key(&svc).await, expected);
+    svc.stop().await;
+}
+
+/// Two nodes on one PostgreSQL, neither configured with a key, sign with the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (GREENPLATE_TEST_PG)"]
+async fn nodes_on_one_database_sign_with_one_key_on_postgres() {
+    let a = TestService::start_postgres_configured(|c| {
+        c.secret_key = Some(support::SHARED_KEY.into());
+    })
+    .await;
+    let db = a.database_url.clone();
+    let b = TestService::start_configured(move |c| {
+        c.secret_key = Some(support::SHARED_KEY.into());
+        c.database_url = db.clone();
+    })
+    .await;
+    let key = public_key(&a).await;
+    assert_eq!(key.len(), 64);
+    assert_eq!(public_key(&b).await, key);
+    b.stop().await;
+    a.stop().await;
+}

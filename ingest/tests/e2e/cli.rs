@@ -689,6 +689,7 @@ async fn rotate_key_reseals_the_registry_and_the_node_starts_on_the_new_key() {
     let svc = TestService::start().await;
     let secret = svc.add_reader("rd-k", 23.3, 116.6).await;
     support::register_stolen(&svc, "E28011606000000000000C71", "粤D7C071").await;
+    let claims_key = svc.http_get("/claims/public-key").await;
     let dir = svc.stop().await;
     let key_file = dir.path().join("secret.key");
     let old_key = std::fs::read_to_string(&key_file).unwrap();
@@ -702,7 +703,10 @@ async fn rotate_key_reseals_the_registry_and_the_node_starts_on_the_new_key() {
         String::from_utf8(out.stdout).unwrap()
     };
     let said = rotate();
-    assert!(said.contains("Re-sealed 1 owners and 1 readers"), "{said}");
+    assert!(
+        said.contains("Re-sealed 1 owners, 1 readers and 1 server keys"),
+        "{said}"
+    );
     assert_ne!(std::fs::read_to_string(&key_file).unwrap(), old_key);
     // The old key no longer opens it: a node given it refuses to start, failing to open
     // the first reader's sealed secret.
@@ -740,7 +744,10 @@ async fn rotate_key_reseals_the_registry_and_the_node_starts_on_the_new_key() {
         refused.map(|_| ())
     );
     let said = rotate();
-    assert!(said.contains("Re-sealed 1 owners and 1 readers"), "{said}");
+    assert!(
+        said.contains("Re-sealed 1 owners, 1 readers and 1 server keys"),
+        "{said}"
+    );
     assert!(!dir.path().join("secret.key.next").exists());
 
     // The node on the new key: the reader logs in with its secret, the owner's phone opens.
@@ -759,6 +766,8 @@ async fn rotate_key_reseals_the_registry_and_the_node_starts_on_the_new_key() {
         .into_inner();
     // support::bike's owner phone, 13712345678, opened under the new key and masked.
     assert_eq!(bike.owner.unwrap().phone, "137****5678");
+    // The claim-signing key, re-sealed, is the same key.
+    assert_eq!(svc.http_get("/claims/public-key").await, claims_key);
     reader.disconnect().await;
     svc.stop().await;
 }

@@ -52,8 +52,8 @@ async fn rotate_key(args: RotateKeyArgs) -> anyhow::Result<ExitCode> {
     match greenplate_ingest::rotate_key::rotate_key(&config, args.new_key.as_deref()).await? {
         Rotation::Rotated { rekeyed, key_file } => {
             println!(
-                "Re-sealed {} owners and {} readers under the new key.",
-                rekeyed.owners, rekeyed.readers
+                "Re-sealed {} owners, {} readers and {} server keys under the new key.",
+                rekeyed.owners, rekeyed.readers, rekeyed.keys
             );
             match key_file {
                 Some(f) => println!("The new key is in {}.", f.display()),
