@@ -25,6 +25,17 @@ async fn get(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     (status, r.json_or_null().await)
 }
 
+/// Whether `claim`'s signature is `public_key`'s (hex) over `text`, checked with Ed25519
+/// code of the test's own.
+fn signed_by(public_key: &str, text: &str, claim: &serde_json::Value) -> bool {
+    let key: [u8; 32] = hex::decode(public_key).unwrap().try_into().unwrap();
+    let sig = hex::decode(claim["signature"].as_str().unwrap()).unwrap();
+    VerifyingKey::from_bytes(&key)
+        .unwrap()
+        .verify(text.as_bytes(), &Signature::from_slice(&sig).unwrap())
+        .is_ok()
+}
+
 trait JsonOrNull {
     async fn json_or_null(self) -> serde_json::Value;
 }
@@ -92,19 +103,10 @@ async fn an_insurer_gets_a_signed_record_of_an_unresolved_theft() {
     let (status, key) = get(&format!("{base}/claims/public-key"), None).await;
     assert_eq!(status, 200);
     assert_eq!(key["algorithm"], "Ed25519");
-    let key: [u8; 32] = hex::decode(key["public_key"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let key = VerifyingKey::from_bytes(&key).unwrap();
+    let key = key["public_key"].as_str().unwrap();
     let text = claim["record"].as_str().unwrap();
-    let sig =
-        Signature::from_slice(&hex::decode(claim["signature"].as_str().unwrap()).unwrap()).unwrap();
-    assert!(key.verify(text.as_bytes(), &sig).is_ok());
-    assert!(
-        key.verify(text.replace("rd-2", "rd-9").as_bytes(), &sig)
-            .is_err()
-    );
+    assert!(signed_by(key, text, &claim));
+    assert!(!signed_by(key, &text.replace("rd-2", "rd-9"), &claim));
     let record: serde_json::Value = serde_json::from_str(text).unwrap();
     assert_eq!(record["kind"], "greenplate.theft_claim");
     assert_eq!(record["bike"]["plate"], PLATE);
@@ -165,27 +167,10 @@ async fn an_insurer_gets_a_signed_record_of_an_unresolved_theft() {
 /// each is audited under the owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_downloads_the_signed_record_of_their_own_bike() {
-    use std::sync::{Arc, Mutex};
     use support::web::{enc, request};
 
-    // The SMS gateway: it keeps what it is asked to send.
-    let texts: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sms_url = format!("http://{}/send", listener.local_addr().unwrap());
-    let kept = texts.clone();
-    let gateway = axum::Router::new().route(
-        "/send",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let kept = kept.clone();
-            async move {
-                if let Ok(v) = serde_json::from_slice(&body) {
-                    kept.lock().unwrap().push(v);
-                }
-                axum::http::StatusCode::ACCEPTED
-            }
-        }),
-    );
-    let server = tokio::spawn(async move { axum::serve(listener, gateway).await });
+    let sms = support::sms::SmsGateway::start().await;
+    let sms_url = sms.url.clone();
     let svc = TestService::start_configured(move |c| {
         c.alerting.clone_speed_kmh = 1e9;
         c.ingest.pass_gap_ms = 300;
@@ -220,22 +205,7 @@ async fn an_owner_downloads_the_signed_record_of_their_own_bike() {
     // Sign in as the owner with the texted code.
     let r = request(addr, "POST", "/owner/code", None, &[("plate", PLATE)]).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        let sent = texts.lock().unwrap().iter().find_map(|t| {
-            (t["kind"] == "sign_in_code" && t["to"] == "13712345678")
-                .then(|| t["text"].as_str().unwrap_or_default().to_owned())
-        });
-        if let Some(text) = sent {
-            break text
-                .chars()
-                .filter(char::is_ascii_digit)
-                .take(6)
-                .collect::<String>();
-        }
-        assert!(std::time::Instant::now() < deadline, "no code texted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let code = sms.code_for("13712345678").await;
     let r = request(
         addr,
         "POST",
@@ -277,19 +247,8 @@ async fn an_owner_downloads_the_signed_record_of_their_own_bike() {
     let claim: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     let (_, key) = get(&format!("http://{addr}/claims/public-key"), None).await;
     assert_eq!(claim["public_key"], key["public_key"]);
-    let key: [u8; 32] = hex::decode(key["public_key"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
     let text = claim["record"].as_str().unwrap();
-    let sig =
-        Signature::from_slice(&hex::decode(claim["signature"].as_str().unwrap()).unwrap()).unwrap();
-    assert!(
-        VerifyingKey::from_bytes(&key)
-            .unwrap()
-            .verify(text.as_bytes(), &sig)
-            .is_ok()
-    );
+    assert!(signed_by(key["public_key"].as_str().unwrap(), text, &claim));
     let record: serde_json::Value = serde_json::from_str(text).unwrap();
     assert_eq!(record["bike"]["plate"], PLATE);
     assert!(
@@ -333,7 +292,6 @@ async fn an_owner_downloads_the_signed_record_of_their_own_bike() {
         .collect();
     assert_eq!(owner_claims.len(), 3, "{audit:?}");
     assert_eq!(owner_claims.iter().filter(|o| **o).count(), 1);
-    server.abort();
     svc.stop().await;
 }
 

@@ -630,25 +630,8 @@ const OTHER_PLATE: &str = "潮阳B50002";
 #[ignore = "needs Chromium (chromium, chromium-driver)"]
 async fn an_owner_signs_in_by_text_arms_and_reports_a_theft_on_a_phone_in_a_real_browser()
 -> anyhow::Result<()> {
-    use std::sync::{Arc, Mutex};
-    // The SMS gateway: it keeps what it is asked to send.
-    let texts: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let sms_url = format!("http://{}/send", listener.local_addr()?);
-    let kept = texts.clone();
-    let gateway = axum::Router::new().route(
-        "/send",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let kept = kept.clone();
-            async move {
-                if let Ok(v) = serde_json::from_slice(&body) {
-                    kept.lock().unwrap().push(v);
-                }
-                axum::http::StatusCode::ACCEPTED
-            }
-        }),
-    );
-    let server = tokio::spawn(async move { axum::serve(listener, gateway).await });
+    let sms = support::sms::SmsGateway::start().await;
+    let sms_url = sms.url.clone();
     let svc = TestService::start_configured(move |c| {
         c.ingest.pass_gap_ms = 300;
         c.sms.url = Some(sms_url.clone());
@@ -686,29 +669,7 @@ async fn an_owner_signs_in_by_text_arms_and_reports_a_theft_on_a_phone_in_a_real
     fill(c, "plate", OWNER_PLATE).await?;
     click(c, "#owner-plate button[type=submit]").await?;
     wait_text(c, "#code-sent", "a code was texted").await?;
-    let code = {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let sent = texts.lock().unwrap().iter().find_map(|t| {
-                (t["kind"] == "sign_in_code" && t["to"] == "13712345678")
-                    .then(|| t["text"].as_str().unwrap_or_default().to_owned())
-            });
-            if let Some(text) = sent {
-                break text
-                    .chars()
-                    .filter(char::is_ascii_digit)
-                    .collect::<String>()
-                    .chars()
-                    .take(6)
-                    .collect::<String>();
-            }
-            if Instant::now() > deadline {
-                bail!("no code texted: {:?}", texts.lock().unwrap());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    assert_eq!(code.len(), 6, "{code}");
+    let code = sms.code_for("13712345678").await;
     let wrong = if code == "000000" { "000001" } else { "000000" };
     fill(c, "code", wrong).await?;
     click(c, "#owner-code button[type=submit]").await?;
@@ -786,6 +747,5 @@ async fn an_owner_signs_in_by_text_arms_and_reports_a_theft_on_a_phone_in_a_real
     browser.stop().await;
     reader.disconnect().await;
     svc.stop().await;
-    server.abort();
     Ok(())
 }

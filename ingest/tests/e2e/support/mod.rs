@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod node;
+pub mod sms;
 pub mod web;
 
 use std::net::SocketAddr;
