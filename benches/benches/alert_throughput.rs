@@ -12,7 +12,9 @@
 //!   cargo bench -p greenplate-benches --bench alert_throughput             # and PostgreSQL
 //! ```
 //! Options (environment): GREENPLATE_BENCH_BIKES (100), GREENPLATE_BENCH_READERS (400),
-//! GREENPLATE_BENCH_UNITS (10).
+//! GREENPLATE_BENCH_UNITS (10), GREENPLATE_BENCH_FORWARD (0): that many webhook targets
+//! ([`greenplate_alerting::forward`], greenplate JSON, signed) to local HTTP receivers that
+//! answer 200, whose time to take every alert is reported too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +47,29 @@ struct Outcome {
     units: usize,
     elapsed: Duration,
     latency_mean_ms: f64,
+    /// Webhook targets, and the time until the slowest had every alert.
+    forwarded: Option<(usize, Duration)>,
+}
+
+/// A partner's endpoint that takes everything: counts requests, answers 200.
+async fn receiver() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let app = axum::Router::new().route(
+        "/alerts",
+        axum::routing::post(move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::Relaxed);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, count)
 }
 
 async fn run(db: Db, follow_url: Option<String>) -> Outcome {
@@ -136,6 +161,45 @@ async fn run(db: Db, follow_url: Option<String>) -> Outcome {
     }
     let expected = bikes * readers.len();
     let recipients = units + 1;
+    // Partner targets, each registered (its cursor at the log's end) before any alert.
+    let mut receivers = Vec::new();
+    let mut targets = Vec::new();
+    for t in 0..env("GREENPLATE_BENCH_FORWARD", 0) {
+        let (url, count) = receiver().await;
+        receivers.push(count);
+        targets.push(greenplate_alerting::forward::Target {
+            name: format!("bench-{t}"),
+            sink: greenplate_alerting::forward::Sink::Webhook {
+                url,
+                secret: "bench".into(),
+                format: greenplate_alerting::forward::Format::Json,
+            },
+            filter: Default::default(),
+            give_up_after: Duration::from_secs(600),
+            timeout: Duration::from_secs(10),
+        });
+    }
+    if !targets.is_empty() {
+        let n = targets.len() as i64;
+        tracker.spawn(greenplate_alerting::forward::run(
+            alerting.clone(),
+            targets,
+            Default::default(),
+            shutdown.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let row = sqlx::query("SELECT COUNT(*) AS n FROM forward_targets")
+                .fetch_one(registry.db().pool())
+                .await
+                .unwrap();
+            if sqlx::Row::try_get::<i64, _>(&row, "n").unwrap() == n {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the targets did not register");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     // Each unit's stream: a hub subscriber counting the alerts addressed to it.
     let mut streams = Vec::new();
     for u in (0..units).map(|u| format!("u{u}")).chain(["cc".to_owned()]) {
@@ -182,6 +246,19 @@ async fn run(db: Db, follow_url: Option<String>) -> Outcome {
     }
     let elapsed = started.elapsed();
     assert_eq!(delivered, expected * recipients);
+    let forwarded = if receivers.is_empty() {
+        None
+    } else {
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        while receivers
+            .iter()
+            .any(|c| c.load(std::sync::atomic::Ordering::Relaxed) < expected)
+        {
+            assert!(Instant::now() < deadline, "forwarding took over 30 minutes");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Some((receivers.len(), started.elapsed()))
+    };
     let latency_mean_ms = {
         use prometheus_client::encoding::text::encode;
         let mut reg = prometheus_client::registry::Registry::default();
@@ -204,6 +281,7 @@ async fn run(db: Db, follow_url: Option<String>) -> Outcome {
         units: recipients,
         elapsed,
         latency_mean_ms,
+        forwarded,
     }
 }
 
@@ -219,6 +297,14 @@ fn report(backend: &str, o: &Outcome) {
         (o.alerts * o.units) as f64 / s,
         o.latency_mean_ms,
     );
+    if let Some((targets, took)) = o.forwarded {
+        let s = took.as_secs_f64();
+        println!(
+            "{backend}: every alert forwarded to each of {targets} webhook targets in {s:.2} s \
+             from the first sighting: {:.0} alerts/s per target",
+            o.alerts as f64 / s,
+        );
+    }
 }
 
 fn main() {

@@ -48,6 +48,12 @@ const IDLE: Duration = Duration::from_secs(1);
 /// First retry delay; doubles up to [`MAX_BACKOFF`], with full jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the cursor is stored while alerts flow (and at the end of each page, before a
+/// retry's wait, and at shutdown). One write per alert took a database write per alert per
+/// target, which slowed the engine's own commits (benches/README); a node that dies loses at
+/// most this much progress, and its successor sends those alerts again (at least once, with
+/// the same idempotency keys).
+const STORE_CURSOR_EVERY: Duration = Duration::from_millis(200);
 
 /// Which alerts a target takes.
 #[derive(Debug, Clone, Default)]
@@ -217,6 +223,24 @@ struct Worker {
     shutdown: CancellationToken,
 }
 
+/// How far a worker got in a page: the last alert done (sent, skipped or dead-lettered) and
+/// the last stored.
+struct Cursor {
+    done: u64,
+    stored: u64,
+    stored_at: std::time::Instant,
+}
+
+impl Cursor {
+    fn new(stored: u64) -> Self {
+        Self {
+            done: stored,
+            stored,
+            stored_at: std::time::Instant::now(),
+        }
+    }
+}
+
 /// Delivers to every target until `shutdown`: one worker per target on each node, the one
 /// holding a target's lease sending.
 pub async fn run(
@@ -363,7 +387,7 @@ impl Worker {
         let name = &self.target.name;
         let mut progressed = false;
         for l in outbox::to_replay(db, name, PAGE).await? {
-            match self.deliver(&l.alert).await {
+            match self.deliver(&l.alert, &mut Cursor::new(cursor)).await {
                 Ok(()) => {
                     outbox::delivered_again(db, name, l.alert.seq).await?;
                     tracing::info!(target_name = %name, seq = l.alert.seq, "A dead letter was delivered.");
@@ -380,6 +404,7 @@ impl Worker {
         // higher one, and a cursor past it would skip it for good.
         let upto = self.alerting.hub.published();
         let page = outbox::after(db, cursor, upto, PAGE).await?;
+        let mut cursor = Cursor::new(cursor);
         for l in &page {
             let alert = self.alerting.with_cameras(l.alert.clone());
             match self.target.filter.refuses(&self.alerting, &alert, l.covert) {
@@ -392,7 +417,7 @@ impl Worker {
                         })
                         .inc();
                 }
-                None => match self.deliver(&alert).await {
+                None => match self.deliver(&alert, &mut cursor).await {
                     Ok(()) => {}
                     Err(Stop::GaveUp(attempts, error)) => {
                         outbox::dead_letter(db, name, &alert, attempts, &error, now_ms()).await?;
@@ -406,16 +431,37 @@ impl Worker {
                             "A partner target did not take an alert in time: dead letter."
                         );
                     }
-                    Err(Stop::Interrupted) => return Ok(progressed),
+                    Err(Stop::Interrupted) => {
+                        self.store(&mut cursor).await?;
+                        return Ok(progressed);
+                    }
                 },
             }
-            if !outbox::advance(db, name, &self.node, l.alert.seq, now_ms()).await? {
-                tracing::warn!(target_name = %name, "Lost the forwarding lease; another node goes on.");
+            cursor.done = l.alert.seq;
+            progressed = true;
+            if cursor.stored_at.elapsed() >= STORE_CURSOR_EVERY && !self.store(&mut cursor).await? {
                 return Ok(false);
             }
-            progressed = true;
+        }
+        if !self.store(&mut cursor).await? {
+            return Ok(false);
         }
         Ok(progressed)
+    }
+
+    /// Stores the cursor if it moved; false if this node lost the lease meanwhile.
+    async fn store(&self, cursor: &mut Cursor) -> Result<bool, sqlx::Error> {
+        cursor.stored_at = std::time::Instant::now();
+        if cursor.done <= cursor.stored {
+            return Ok(true);
+        }
+        let name = &self.target.name;
+        if !outbox::advance(self.alerting.db(), name, &self.node, cursor.done, now_ms()).await? {
+            tracing::warn!(target_name = %name, "Lost the forwarding lease; another node goes on.");
+            return Ok(false);
+        }
+        cursor.stored = cursor.done;
+        Ok(true)
     }
 
     /// One attempt at a webhook: a signed POST.
@@ -453,7 +499,7 @@ impl Worker {
 
     /// Sends one alert until the target takes it (2xx), retrying with backoff; gives up
     /// after the target's `give_up_after`.
-    async fn deliver(&self, alert: &Alert) -> Result<(), Stop> {
+    async fn deliver(&self, alert: &Alert, cursor: &mut Cursor) -> Result<(), Stop> {
         let started = std::time::Instant::now();
         let mut attempt: u32 = 0;
         loop {
@@ -495,6 +541,17 @@ impl Worker {
                 return Err(Stop::GaveUp(attempt, error));
             }
             self.metrics.retries.get_or_create(&self.label()).inc();
+            // What went out before this alert is stored before waiting on the receiver.
+            if attempt == 1 {
+                match self.store(cursor).await {
+                    Ok(true) => {}
+                    Ok(false) => return Err(Stop::Interrupted),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Storing the forwarding cursor failed.");
+                        return Err(Stop::Interrupted);
+                    }
+                }
+            }
             tracing::debug!(target_name = %self.target.name, seq = alert.seq, attempt, error = %error, "Delivery failed; retrying.");
             let wait =
                 backoff(attempt).min(self.target.give_up_after.saturating_sub(started.elapsed()));
