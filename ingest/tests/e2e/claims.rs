@@ -25,6 +25,18 @@ async fn get(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     (status, r.json_or_null().await)
 }
 
+/// Reports the bike of [`PLATE`] recovered, through a new kiosk `kiosk_id`.
+async fn recover(svc: &TestService, kiosk_id: &str) {
+    svc.add_kiosk(kiosk_id)
+        .await
+        .report_recovered(ReportRecoveredRequest {
+            plate: PLATE.into(),
+            pin: "2468".into(),
+        })
+        .await
+        .unwrap();
+}
+
 /// Whether `claim`'s signature is `public_key`'s (hex) over `text`, checked with Ed25519
 /// code of the test's own.
 fn signed_by(public_key: &str, text: &str, claim: &serde_json::Value) -> bool {
@@ -136,14 +148,7 @@ async fn an_insurer_gets_a_signed_record_of_an_unresolved_theft() {
             .0,
         404
     );
-    svc.add_kiosk("k-2")
-        .await
-        .report_recovered(ReportRecoveredRequest {
-            plate: PLATE.into(),
-            pin: "2468".into(),
-        })
-        .await
-        .unwrap();
+    recover(&svc, "k-2").await;
     let (status, body) = get(&url, Some(&insurer)).await;
     assert_eq!(status, 409, "{body}");
     assert!(
@@ -273,14 +278,7 @@ async fn an_owner_downloads_the_signed_record_of_their_own_bike() {
     assert!(!r.body.contains("signature"), "{}", r.body);
 
     // Recovered: no record.
-    svc.add_kiosk("k-rec")
-        .await
-        .report_recovered(ReportRecoveredRequest {
-            plate: PLATE.into(),
-            pin: "2468".into(),
-        })
-        .await
-        .unwrap();
+    recover(&svc, "k-rec").await;
     let r = request(addr, "GET", &claim_path, Some(&cookie), &[]).await;
     assert_eq!(r.status, 409, "{}", r.body);
 
