@@ -40,7 +40,42 @@ pub struct OpenIncident {
     pub last: Alert,
 }
 
+/// A theft reported and not seen since: an unresolved incident with no alert yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingTheft {
+    pub incident_id: String,
+    pub plate: String,
+    pub opened_at_ms: i64,
+}
+
 impl Alerting {
+    /// Unresolved incidents with no alert yet (a theft reported, the bike not seen since),
+    /// newest first, at most `limit`: the command center's "waiting for a sighting" list,
+    /// which [`Alerting::open_incidents`] cannot show (it lists incidents by their latest
+    /// alert).
+    pub async fn waiting_thefts(&self, limit: i64) -> Result<Vec<WaitingTheft>, AlertingError> {
+        let rows = sqlx::query(
+            "SELECT i.incident_id, i.opened_at_ms, b.plate FROM incidents i \
+             JOIN bikes b ON b.bike_id = i.bike_id \
+             WHERE i.state <> 'resolved' \
+               AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.incident_id = i.incident_id) \
+             ORDER BY i.opened_at_ms DESC, i.incident_id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.db().pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WaitingTheft {
+                    incident_id: r.try_get("incident_id")?,
+                    plate: r.try_get("plate")?,
+                    opened_at_ms: r.try_get("opened_at_ms")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     /// Incidents changed (opened, updated by an alert, acknowledged, resolved) at or after
     /// `since_ms`, with their state (`open`, `acknowledged`, `resolved`), at most `limit`:
     /// for live pages to follow what other users did.

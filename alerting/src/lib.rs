@@ -70,7 +70,7 @@ pub use error::AlertingError;
 pub use escalation::EscalationRule;
 pub use history::{History, Pass};
 pub use hub::LoggedAlert;
-pub use incidents::OpenIncident;
+pub use incidents::{OpenIncident, WaitingTheft};
 pub use provision::UnitRole;
 pub use route::RoutingConfig;
 pub use rules::clone::{CloneConfig, CloneEvidence, CloneWatch};

@@ -415,6 +415,23 @@ async fn incident_list_shows_open_incidents(svc: TestService) {
     let mut alerts = support::stream(&hq_stream, 0).await;
     let secret = svc.add_reader("rd-1", 23.26, 116.58).await;
     support::register_stolen(&svc, "E28011606000020700000041", "潮阳C40001").await;
+    // Reported and not seen yet: no alert, so it waits in its own list (once the report's
+    // look-back has opened its incident).
+    let cookie = sign_in(addr, "command", &hq).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let waiting = loop {
+        let page = request(addr, "GET", "/command", Some(&cookie), &[]).await;
+        if let Some((_, w)) = page.body.split_once("id=\"waiting\"") {
+            break w.split_once("</table>").unwrap().0.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no waiting list: {}",
+            page.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(waiting.contains("潮阳C40001"), "{waiting}");
     let mut reader = greenplate_simulator::reader::ReaderClient::connect(
         "127.0.0.1",
         svc.mqtt_port(),
@@ -433,9 +450,10 @@ async fn incident_list_shows_open_incidents(svc: TestService) {
         .unwrap();
     let alert = support::next_alert(&mut alerts).await;
 
-    let cookie = sign_in(addr, "command", &hq).await;
     let page = request(addr, "GET", "/command", Some(&cookie), &[]).await;
     assert_eq!(page.status, 200);
+    // Seen: an incident row now, and nothing waits.
+    assert!(!page.body.contains("id=\"waiting\""), "{}", page.body);
     assert!(
         page.body
             .contains(&format!("data-incident=\"{}\"", alert.incident_id)),

@@ -39,7 +39,7 @@ use serde::Deserialize;
 use super::error::WebError;
 use super::extract::{ClientIp, CommandSession, Csrf};
 use super::i18n::Bilingual;
-use super::page::{both, datetime, html_response, layout, short_datetime};
+use super::page::{both, datetime, html_response, layout, query_value, short_datetime};
 use super::session::{Area, Session};
 use super::sign_in::{self, Door, LoginForm};
 use crate::state::WebState;
@@ -185,10 +185,12 @@ pub async fn home(
         let after = web.alerting.last_seq().await?;
         let incidents = web.alerting.open_incidents(MAX_INCIDENTS).await?;
         let notable = web.alerting.notable_alerts(MAX_NOTABLE).await?;
-        Ok::<_, AlertingError>((after, incidents, notable))
+        let waiting = web.alerting.waiting_thefts(MAX_INCIDENTS).await?;
+        Ok::<_, AlertingError>((after, incidents, notable, waiting))
     }
     .await;
-    let (after, incidents, notable) = loaded.map_err(|e| internal("Command-center page", &e))?;
+    let (after, incidents, notable, waiting) =
+        loaded.map_err(|e| internal("Command-center page", &e))?;
     let track = if query.track.trim().is_empty() {
         None
     } else {
@@ -261,6 +263,21 @@ pub async fn home(
                 }
                 @if incidents.is_empty() {
                     p #no-incidents.quiet { "暂无未结案事件 / No open incidents" }
+                }
+                // Thefts reported and not seen since (no alert yet), as of the page's load.
+                @if !waiting.is_empty() {
+                    h2 { "已报案，尚未发现 / Reported, not seen yet " span #waiting-count.count { (waiting.len()) } }
+                    table #waiting {
+                        thead { tr { th { "报案 / Reported" } th { "车牌 / Plate" } } }
+                        tbody {
+                            @for w in &waiting {
+                                tr data-incident=(w.incident_id) {
+                                    td.time title=(datetime(w.opened_at_ms)) { (short_datetime(w.opened_at_ms)) }
+                                    td.plate { a href=(format!("/command/incidents/{}", query_value(&w.incident_id))) { (w.plate) } }
+                                }
+                            }
+                        }
+                    }
                 }
                 h2 { "升级与否认命中 / Escalations and rejected hits" }
                 table #notable {
