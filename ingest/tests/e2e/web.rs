@@ -268,6 +268,20 @@ async fn kiosk_registration_to_a_live_incident_in_a_real_browser() -> anyhow::Re
     click(c, "form button[type=submit]").await?;
     wait_text(c, "#live", "live").await?;
     wait_text(c, "#no-incidents", "No open incidents").await?;
+    // Reported, not seen yet: the bike waits in its own list (once the report's look-back
+    // has opened the incident; the list is as of the page's load).
+    let deadline = Instant::now() + DEADLINE;
+    while c
+        .find_all(Locator::Css("#waiting tr[data-incident]"))
+        .await?
+        .is_empty()
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the reported bike never waited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.goto(&format!("{base}/command")).await?;
+    }
+    wait_text(c, "#waiting td.plate", PLATE).await?;
+    wait_text(c, "#live", "live").await?;
 
     // A reader sees the bike: the incident appears without a reload.
     let mut reader =
@@ -277,6 +291,16 @@ async fn kiosk_registration_to_a_live_incident_in_a_real_browser() -> anyhow::Re
     assert!(row.contains("rd-gate"), "{row}");
     assert!(row.contains("Stolen bike seen"), "{row}");
     wait_text(c, "#markers g.marker text", PLATE).await?;
+    // ... and leaves the waiting list, live too.
+    let deadline = Instant::now() + DEADLINE;
+    while !c
+        .find_all(Locator::Css("#waiting tr[data-incident]"))
+        .await?
+        .is_empty()
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the seen bike is still waiting");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         c.find_all(Locator::Css("#no-incidents")).await?.is_empty(),
         "the empty-list note is gone"

@@ -106,6 +106,14 @@
   }
 
   function upsertRow(a) {
+    // A bike reported and not seen yet leaves the waiting list with its first alert.
+    var waiting = document.getElementById('waiting');
+    var wrow = waiting && waiting.querySelector('tr' + sel('data-incident', a.incident_id));
+    if (wrow) {
+      wrow.parentNode.removeChild(wrow);
+      var wcount = document.getElementById('waiting-count');
+      if (wcount) wcount.textContent = waiting.querySelectorAll('tbody tr').length;
+    }
     var row = rows.querySelector('tr' + sel('data-incident', a.incident_id));
     if (row && parseInt(row.dataset.seq, 10) >= a.seq) return;
     if (!row) {
