@@ -65,14 +65,16 @@ enum Call {
 const REGISTRY: &str = "greenplate.v1.Registry";
 const PATROL: &str = "greenplate.v1.Patrol";
 
-/// The route table: the paths served and the OpenAPI document both come from it.
-const CALLS: &[(Method, Call)] = &[
+/// The route table: the paths served, the OpenAPI document and the metrics' `method`
+/// label (the service's short name and the method) all come from it.
+const CALLS: &[(Method, Call, &str)] = &[
     (
         Method {
             service: REGISTRY,
             method: "GetBike",
         },
         Call::GetBike,
+        "Registry/GetBike",
     ),
     (
         Method {
@@ -80,6 +82,7 @@ const CALLS: &[(Method, Call)] = &[
             method: "ListOwnerBikes",
         },
         Call::ListOwnerBikes,
+        "Registry/ListOwnerBikes",
     ),
     (
         Method {
@@ -87,6 +90,7 @@ const CALLS: &[(Method, Call)] = &[
             method: "GetTrack",
         },
         Call::GetTrack,
+        "Patrol/GetTrack",
     ),
     (
         Method {
@@ -94,12 +98,13 @@ const CALLS: &[(Method, Call)] = &[
             method: "GetIncident",
         },
         Call::GetIncident,
+        "Patrol/GetIncident",
     ),
 ];
 
 /// The gRPC methods the API serves, in the document's order.
 pub fn methods() -> Vec<Method> {
-    CALLS.iter().map(|(m, _)| *m).collect()
+    CALLS.iter().map(|(m, _, _)| *m).collect()
 }
 
 /// `method` label: the service's short name and the method (`Registry/GetBike`), or
@@ -132,13 +137,10 @@ impl Default for ApiMetrics {
 const UNKNOWN: &str = "unknown";
 
 fn label(call: Option<Call>) -> &'static str {
-    match call {
-        Some(Call::GetBike) => "Registry/GetBike",
-        Some(Call::ListOwnerBikes) => "Registry/ListOwnerBikes",
-        Some(Call::GetTrack) => "Patrol/GetTrack",
-        Some(Call::GetIncident) => "Patrol/GetIncident",
-        None => UNKNOWN,
-    }
+    CALLS
+        .iter()
+        .find(|(_, c, _)| Some(*c) == call)
+        .map_or(UNKNOWN, |(_, _, label)| label)
 }
 
 impl ApiMetrics {
@@ -150,7 +152,7 @@ impl ApiMetrics {
             }),
         };
         // The outcomes a dashboard looks for exist from the start, at 0.
-        for (_, call) in CALLS {
+        for (_, call, _) in CALLS {
             for code in [
                 "ok",
                 "invalid_argument",
@@ -340,8 +342,8 @@ async fn call_handler(
     let started = Instant::now();
     let call = CALLS
         .iter()
-        .find(|(m, _)| m.service == service && m.method == method)
-        .map(|(_, c)| *c);
+        .find(|(m, _, _)| m.service == service && m.method == method)
+        .map(|(_, c, _)| *c);
     let result = match call {
         None => Err(Refusal {
             http: StatusCode::NOT_FOUND,
